@@ -1,0 +1,40 @@
+# One-command set-up and runs. Every target installs what it needs, idempotently.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint report clean-results
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, by exact pin: an unpinned resolver would fetch a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Run the embedded demo grid end to end (data -> speech -> budgets -> mixtures -> fine-tune -> decode -> score -> tables, figures, report).
+demo: $(STAMP)
+	mkdir -p logs
+	$(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local
+	$(BIN)/snakemake --cores 1 --profile workflow/profiles/local --report results/report.html
+
+## Unit tests plus the slow end-to-end tests (the whole suite, as CI runs it).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Only the fast unit tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+clean-results:
+	rm -rf results .snakemake/metadata

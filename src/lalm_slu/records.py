@@ -1,0 +1,157 @@
+"""The one utterance record every stage reads and writes, and its manifest files.
+
+A manifest is a parquet file with one row per utterance (columns = MANIFEST_COLUMNS).
+Entities are stored as a JSON string so that every reader (pandas, pyarrow, duckdb, a
+person with `jq`) sees the same plain `[{"type": ..., "filler": ...}]` list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+SPLITS = ("train", "dev", "test")
+
+MANIFEST_COLUMNS = (
+    "id",
+    "corpus",
+    "lang",
+    "split",
+    "text",
+    "scenario",
+    "action",
+    "intent",
+    "entities",
+    "audio",
+    "duration_s",
+    "voice",
+    "recordings",
+)
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file (and line or key) at fault."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, line: int | None = None):
+        where = ""
+        if path is not None:
+            where = f"{path}"
+            if line is not None:
+                where += f":{line}"
+            where += ": "
+        super().__init__(where + message)
+        self.path = None if path is None else str(path)
+        self.line = line
+
+
+@dataclass
+class Utterance:
+    """One labelled utterance. `intent` is always `scenario_action`."""
+
+    id: str
+    corpus: str
+    lang: str
+    split: str
+    text: str
+    scenario: str
+    action: str
+    entities: list[dict] = field(default_factory=list)
+    audio: str | None = None
+    duration_s: float | None = None
+    voice: str | None = None
+    # SLURP keeps several recordings per utterance; `audio` is the one chosen by config.
+    recordings: list[str] = field(default_factory=list)
+
+    @property
+    def intent(self) -> str:
+        return make_intent(self.scenario, self.action)
+
+    def to_row(self) -> dict:
+        row = asdict(self)
+        row["intent"] = self.intent
+        row["entities"] = json.dumps(self.entities, ensure_ascii=False)
+        row["recordings"] = json.dumps(self.recordings, ensure_ascii=False)
+        return {key: row[key] for key in MANIFEST_COLUMNS}
+
+
+def make_intent(scenario: str, action: str) -> str:
+    return f"{scenario}_{action}"
+
+
+def validate_utterance(utt: Utterance, path=None, line=None) -> None:
+    """Raise DataError for a record no later stage could use."""
+    if utt.split not in SPLITS:
+        raise DataError(f"unknown split {utt.split!r} (expected one of {SPLITS})", path, line)
+    if not utt.text or not utt.text.strip():
+        raise DataError(f"empty transcript for utterance {utt.id!r}", path, line)
+    if not utt.scenario or not utt.action:
+        raise DataError(f"missing scenario/action for utterance {utt.id!r}", path, line)
+    for entity in utt.entities:
+        if set(entity) != {"type", "filler"}:
+            raise DataError(f"entity {entity!r} must have exactly 'type' and 'filler'", path, line)
+        if entity["filler"].lower() not in utt.text.lower():
+            raise DataError(
+                f"entity filler {entity['filler']!r} does not occur in transcript {utt.text!r}", path, line
+            )
+
+
+def check_unique_ids(utterances: Iterable[Utterance], path=None) -> None:
+    seen: set[str] = set()
+    for index, utt in enumerate(utterances, start=1):
+        if utt.id in seen:
+            raise DataError(f"duplicate utterance id {utt.id!r} (record {index})", path)
+        seen.add(utt.id)
+
+
+def write_manifest(utterances: Iterable[Utterance] | pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves a half-written manifest."""
+    frame = utterances if isinstance(utterances, pd.DataFrame) else manifest_frame(utterances)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(handle)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def manifest_frame(utterances: Iterable[Utterance]) -> pd.DataFrame:
+    frame = pd.DataFrame([u.to_row() for u in utterances], columns=list(MANIFEST_COLUMNS))
+    frame["duration_s"] = frame["duration_s"].astype("float64")
+    return frame
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a manifest; `entities` and `recordings` come back as Python lists."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("manifest not found", path)
+    frame = pd.read_parquet(path)
+    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"not a manifest: missing columns {missing}", path)
+    frame["entities"] = frame["entities"].map(json.loads)
+    frame["recordings"] = frame["recordings"].map(json.loads)
+    return frame
+
+
+def utterances_from_frame(frame: pd.DataFrame) -> list[Utterance]:
+    """Inverse of manifest_frame (after read_manifest)."""
+    keep = [c for c in MANIFEST_COLUMNS if c != "intent"]
+    rows = frame[keep].to_dict("records")
+    out = []
+    for row in rows:
+        if row["duration_s"] is not None and pd.isna(row["duration_s"]):
+            row["duration_s"] = None
+        out.append(Utterance(**row))
+    return out

@@ -1,0 +1,118 @@
+"""Deterministic speech synthesis with eSpeak NG (the demo has no recorded speech).
+
+The library and its voice data come from the `espeakng-loader` wheel, so no system package
+is needed; eSpeak NG is driven through its C API in synchronous mode. Output is 16 kHz mono
+float32 (eSpeak speaks at 22.05 kHz; resampled with soxr).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+
+TARGET_RATE = 16_000
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE = 1, 2, 3, 4
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One speaker: an eSpeak voice name with variant (e.g. `en-us+f3`), words per minute, pitch 0-99."""
+
+    name: str
+    rate_wpm: int = 160
+    pitch: int = 50
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.rate_wpm}wpm@p{self.pitch}"
+
+    @classmethod
+    def from_key(cls, key: str) -> "Voice":
+        name, rate, pitch = key.split("@")
+        return cls(name, int(rate.removesuffix("wpm")), int(pitch.removeprefix("p")))
+
+
+class ESpeakSynthesizer:
+    """Process-wide eSpeak NG engine (the C library keeps global state, hence the lock)."""
+
+    _lock = threading.Lock()
+    _library = None
+    _native_rate = None
+
+    def __init__(self):
+        with self._lock:
+            if ESpeakSynthesizer._library is None:
+                ESpeakSynthesizer._library, ESpeakSynthesizer._native_rate = _load_espeak()
+        self._chunks: list[np.ndarray] = []
+        self._callback = _CALLBACK(self._collect)
+
+    def _collect(self, samples, count, events):
+        if count > 0:
+            self._chunks.append(np.ctypeslib.as_array(samples, shape=(count,)).copy())
+        return 0
+
+    def synthesize(self, text: str, voice: Voice, seed: int = 0) -> np.ndarray:
+        """Return 16 kHz mono float32 audio in [-1, 1] for `text` spoken by `voice`."""
+        lib = self._library
+        with self._lock:
+            self._chunks = []
+            lib.espeak_SetSynthCallback(self._callback)
+            if lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
+                raise ValueError(f"eSpeak NG has no voice {voice.name!r}")
+            lib.espeak_SetParameter(_PARAM_RATE, voice.rate_wpm, 0)
+            lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
+            lib.espeak_SetParameter(_PARAM_VOLUME, 100, 0)
+            # eSpeak's waveform generator draws noise from its own RNG: reseed per utterance.
+            lib.espeak_ng_SetRandSeed(seed)
+            data = text.encode("utf-8") + b"\0"
+            status = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+            if status != 0:
+                raise RuntimeError(f"eSpeak NG failed ({status}) on {text!r}")
+            lib.espeak_Synchronize()
+            chunks, self._chunks = self._chunks, []
+        native = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        audio = native.astype(np.float32) / 32768.0
+        return soxr.resample(audio, self._native_rate, TARGET_RATE).astype(np.float32)
+
+
+def _load_espeak():
+    import espeakng_loader
+
+    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    lib.espeak_Initialize.restype = ctypes.c_int
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.espeak_SetSynthCallback.argtypes = [_CALLBACK]
+    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
+    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
+    if rate <= 0:
+        raise RuntimeError("eSpeak NG failed to initialize (espeakng-loader data path?)")
+    return lib, rate
+
+
+def pick_voice(utterance_id: str, voices: list[Voice], seed: int) -> Voice:
+    """Deterministic, machine-independent voice choice for one utterance (no Python hash())."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{utterance_id}".encode()).digest()
+    return voices[int.from_bytes(digest[:8], "little") % len(voices)]
