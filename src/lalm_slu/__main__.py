@@ -1,0 +1,3 @@
+from lalm_slu.cli import main
+
+raise SystemExit(main())

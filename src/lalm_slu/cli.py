@@ -1,0 +1,59 @@
+"""`lalm-slu <command>` / `python -m lalm_slu <command>`: one entry point for every stage.
+
+Commands are looked up lazily so that `lalm-slu score` never imports torch. Each command module
+exposes `add_arguments(parser)` and `run(args)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = {
+    # name: (module, one-line help)
+    "prepare-corpus": ("lalm_slu.commands.prepare_corpus", "read a raw corpus into manifests"),
+    "synthesize-speech": ("lalm_slu.commands.synthesize_speech", "synthesize demo speech for a manifest"),
+    "ingest-audio": ("lalm_slu.commands.ingest_audio", "resample/check recorded audio for a manifest"),
+    "subsample-budget": ("lalm_slu.commands.subsample_budget", "nested, seeded speech-budget id lists"),
+    "mix-training-set": ("lalm_slu.commands.mix_training_set", "write one run's training mixture"),
+    "build-demo-model": ("lalm_slu.commands.build_demo_model", "build the small demo Qwen2-Audio model"),
+    "pretrain-demo-model": ("lalm_slu.commands.pretrain_demo_model", "speech-text alignment pretraining"),
+    "finetune": ("lalm_slu.commands.finetune", "fine-tune on a mixture file"),
+    "decode": ("lalm_slu.commands.decode", "batched decoding of a test set"),
+    "score": ("lalm_slu.commands.score", "SLURP metrics for predictions against gold"),
+    "aggregate": ("lalm_slu.commands.aggregate", "collect run metrics into one long CSV"),
+    "tables": ("lalm_slu.commands.tables", "paper tables from the metrics CSV"),
+    "figures": ("lalm_slu.commands.figures", "paper figures from the metrics CSV"),
+    "download": ("lalm_slu.commands.download", "fetch hub corpora into the cache (login node)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lalm-slu", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    top, rest = parser.parse_known_args(argv)
+    module_name, help_text = COMMANDS[top.command]
+    module = importlib.import_module(module_name)
+    command_parser = argparse.ArgumentParser(prog=f"lalm-slu {top.command}", description=help_text)
+    module.add_arguments(command_parser)
+    args = command_parser.parse_args(rest)
+    logging.basicConfig(
+        level=top.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    result = module.run(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
