@@ -1,0 +1,255 @@
+"""Speech↔text alignment pretraining of the demo model (no SLU labels, no evaluation-split utterance).
+
+Recipe: the audio tower starts from Whisper tiny.en and stays frozen; projector + LLM learn
+(a) speech → transcript on synthesized training speech in every demo language, and
+(b) the same instruction on the written transcript (a copy task), so that the LLM answers an utterance
+the same way whether it arrives as audio or as text — the property text-only fine-tuning relies on.
+Deterministic given the seed; checkpoints everything needed to resume and resumes automatically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+from tqdm import tqdm
+
+from lalm_slu.modeling import ChatItem, Collator, load_model_and_processor, set_trainable
+from lalm_slu.speech.tts import Voice
+
+log = logging.getLogger(__name__)
+
+TRANSCRIBE_INSTRUCTION = "Write down what is said."
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 4000
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    text_fraction: float = 0.25
+    trainable: list = field(default_factory=lambda: ["multi_modal_projector", "language_model", "lm_head"])
+    checkpoint_every: int = 250
+    eval_every: int = 1000
+    eval_utterances: int = 60
+    seed: int = 0
+    threads: int = 2
+
+
+@dataclass
+class Clip:
+    text: str
+    lang: str
+    audio: str
+
+
+def synthesize_clips(sentences: list[tuple[str, str, Voice]], audio_dir: Path) -> list[Clip]:
+    """Synthesize (text, lang, voice) triples to FLAC once, in a fresh process (eSpeak keeps state per process)."""
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    index_path = audio_dir / "clips.json"
+    if index_path.exists():
+        return [Clip(**c) for c in json.loads(index_path.read_text())]
+    import multiprocessing
+
+    jobs = [(t, lang, v.key, str(audio_dir / f"{i:06d}.flac")) for i, (t, lang, v) in enumerate(sentences)]
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(_synthesize_worker, (jobs,))
+    clips = [Clip(text=t, lang=lang, audio=path) for t, lang, _, path in jobs]
+    index_path.write_text(json.dumps([asdict(c) for c in clips]))
+    return clips
+
+
+def _synthesize_worker(jobs):
+    from lalm_slu.speech.tts import TARGET_RATE, ESpeakSynthesizer
+
+    synthesizer = ESpeakSynthesizer()
+    for text, _lang, voice_key, path in tqdm(jobs, desc="synthesizing", mininterval=10):
+        soundfile.write(path, synthesizer.synthesize(text, Voice.from_key(voice_key)), TARGET_RATE)
+
+
+def normalize_for_wer(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s']", " ", text.lower())).strip()
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    import jiwer
+
+    refs = [normalize_for_wer(r) or "<empty>" for r in references]
+    hyps = [normalize_for_wer(h) for h in hypotheses]
+    return float(jiwer.wer(refs, hyps))
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def batch_plan(num_clips: int, num_texts: int, cfg: PretrainConfig, step: int) -> list[tuple[str, int]]:
+    """The items of optimizer step `step`: a pure function of (seed, step), so resuming needs no data state."""
+    rng = np.random.default_rng([cfg.seed, step])
+    n_text = int(rng.binomial(cfg.batch_size, cfg.text_fraction))
+    speech = rng.integers(0, num_clips, cfg.batch_size - n_text)
+    texts = rng.integers(0, num_texts, n_text)
+    return [("speech", int(i)) for i in speech] + [("text", int(i)) for i in texts]
+
+
+def load_audio(path: str) -> np.ndarray:
+    audio, rate = soundfile.read(path, dtype="float32")
+    if rate != 16_000:
+        raise ValueError(f"{path}: expected 16 kHz audio, got {rate}")
+    return audio
+
+
+@torch.no_grad()
+def transcribe(model, processor, clips: list[Clip], batch_size: int = 16, max_new_tokens: int = 48) -> list[str]:
+    collator = Collator(processor, for_generation=True)
+    model.eval()
+    out = []
+    for start in range(0, len(clips), batch_size):
+        chunk = clips[start : start + batch_size]
+        batch = collator([ChatItem(TRANSCRIBE_INSTRUCTION, audio=load_audio(c.audio)) for c in chunk])
+        generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        new_tokens = generated[:, batch["input_ids"].shape[1] :]
+        out += processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [o.strip() for o in out]
+
+
+def evaluate_wer(model, processor, eval_clips: dict[str, list[Clip]]) -> dict[str, float]:
+    return {
+        lang: round(word_error_rate([c.text for c in clips], transcribe(model, processor, clips)), 4)
+        for lang, clips in eval_clips.items()
+    }
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, history: list) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    from safetensors.torch import save_file
+
+    save_file(trainable, str(tmp / "trainable.safetensors"))
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "history": history,
+            "torch_rng": torch.get_rng_state(),
+        },
+        tmp / "state.pt",
+    )
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list]:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    missing = model.load_state_dict(weights, strict=False)
+    if missing.unexpected_keys:
+        raise RuntimeError(f"{path}: unexpected keys {missing.unexpected_keys[:5]}")
+    state = torch.load(path / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), list(state["history"])
+
+
+def pretrain(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    work_dir: str | Path,
+    train_clips: list[Clip],
+    train_texts: list[str],
+    eval_clips: dict[str, list[Clip]],
+    cfg: PretrainConfig,
+) -> dict:
+    """Train from `model_dir` (the built model), checkpointing into `work_dir`; write the result to `out_dir`."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    work_dir, out_dir = Path(work_dir), Path(out_dir)
+    model, processor = load_model_and_processor(str(model_dir))
+    set_trainable(model, cfg.trainable)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    collator = Collator(processor)
+    checkpoint = work_dir / "checkpoint"
+    step, history = 0, []
+    if checkpoint.exists():
+        step, history = load_checkpoint(checkpoint, model, optimizer)
+        log.info("resumed from %s at step %d", checkpoint, step)
+    started = time.time()
+    progress = tqdm(total=cfg.steps, initial=step, desc="pretrain", mininterval=30)
+    while step < cfg.steps:
+        model.train()
+        model.model.audio_tower.eval()
+        items = []
+        for kind, index in batch_plan(len(train_clips), len(train_texts), cfg, step):
+            if kind == "speech":
+                clip = train_clips[index]
+                items.append(ChatItem(TRANSCRIBE_INSTRUCTION, clip.text, audio=load_audio(clip.audio)))
+            else:
+                items.append(ChatItem(TRANSCRIBE_INSTRUCTION, train_texts[index], text=train_texts[index]))
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss = model(**collator(items)).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {step}; last good checkpoint kept in {checkpoint}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        progress.update(1)
+        history.append({"step": step, "loss": round(float(loss), 5), "lr": lr_at(step - 1, cfg)})
+        if step % 50 == 0:
+            recent = np.mean([h["loss"] for h in history[-50:]])
+            log.info("step %d loss %.4f lr %.2e (%.2f s/step)", step, recent, lr_at(step - 1, cfg),
+                     (time.time() - started) / max(1, len(history)))
+        if step % cfg.eval_every == 0 and step < cfg.steps:
+            subset = {lang: clips[: cfg.eval_utterances] for lang, clips in eval_clips.items()}
+            wer = evaluate_wer(model, processor, subset)
+            history[-1]["wer"] = wer
+            log.info("step %d held-out-voice WER %s", step, wer)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint(checkpoint, model, optimizer, step, history)
+    progress.close()
+    final_wer = evaluate_wer(model, processor, eval_clips)
+    log.info("final held-out-voice WER %s", final_wer)
+    from lalm_slu.demo_model.build import save_model
+
+    save_model(model, processor, out_dir)
+    summary = {
+        "steps": cfg.steps,
+        "wall_time_s_this_session": round(time.time() - started, 1),
+        "final_wer": final_wer,
+        "eval_utterances": {lang: len(c) for lang, c in eval_clips.items()},
+        "train_clips": len(train_clips),
+        "train_texts": len(train_texts),
+        "config": asdict(cfg),
+    }
+    (out_dir / "pretraining_summary.json").write_text(json.dumps(summary, indent=2))
+    with open(out_dir / "pretraining_loss.csv", "w") as handle:
+        handle.write("step,loss,lr\n")
+        for h in history:
+            handle.write(f"{h['step']},{h['loss']},{h['lr']:.6g}\n")
+    return summary
