@@ -51,8 +51,21 @@ def resolve_model_source(name_or_path: str) -> str:
 
 
 def load_model_and_processor(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """The same calls a user makes for `Qwen/Qwen2-Audio-7B-Instruct`, plus the length-aware encoder."""
+    """The same calls a user makes for `Qwen/Qwen2-Audio-7B-Instruct`, plus the length-aware encoder.
+
+    A directory holding a peft adapter (a LoRA fine-tuning output) loads its base model, then the adapter
+    merged in, so decoding is the same code for full and LoRA fine-tuning."""
     source = resolve_model_source(name_or_path)
+    adapter_config = Path(source) / "adapter_config.json"
+    if adapter_config.exists():
+        import json
+
+        from peft import PeftModel
+
+        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        model, _ = load_model_and_processor(base, dtype=dtype, device="cpu")
+        model = PeftModel.from_pretrained(model, source).merge_and_unload()
+        return model.to(device), AutoProcessor.from_pretrained(source)
     processor = AutoProcessor.from_pretrained(source)
     model = Qwen2AudioForConditionalGeneration.from_pretrained(source, dtype=dtype)
     make_encoder_length_aware(model)

@@ -39,10 +39,10 @@ DEFAULT_ARCHITECTURE = {
         "max_source_positions": 1500,
     },
     "text": {
-        "hidden_size": 384,
-        "intermediate_size": 1024,
+        "hidden_size": 256,
+        "intermediate_size": 768,
         "num_hidden_layers": 4,
-        "num_attention_heads": 6,
+        "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": 1024,
         "rope_theta": 10000.0,

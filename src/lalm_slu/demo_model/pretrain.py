@@ -100,13 +100,22 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def batch_plan(num_clips: int, num_texts: int, cfg: PretrainConfig, step: int) -> list[tuple[str, int]]:
-    """The items of optimizer step `step`: a pure function of (seed, step), so resuming needs no data state."""
-    rng = np.random.default_rng([cfg.seed, step])
-    n_text = int(rng.binomial(cfg.batch_size, cfg.text_fraction))
-    speech = rng.integers(0, num_clips, cfg.batch_size - n_text)
-    texts = rng.integers(0, num_texts, n_text)
-    return [("speech", int(i)) for i in speech] + [("text", int(i)) for i in texts]
+def batch_plan(clip_lengths: list[float], num_texts: int, cfg: PretrainConfig, step: int) -> list[tuple[str, int]]:
+    """The items of optimizer step `step`: a pure function of (seed, step), so resuming needs no data state.
+
+    Steps come in windows of 50: each window draws its speech clips at random, sorts them by length (little
+    padding) and cuts them into batches; a step is all-speech or all-text (text batches are cheap)."""
+    window, offset = divmod(step, 50)
+    rng = np.random.default_rng([cfg.seed, window])
+    is_text = rng.random(50) < cfg.text_fraction
+    if is_text[offset]:
+        return [("text", int(i)) for i in rng.integers(0, num_texts, cfg.batch_size)]
+    n_speech_batches = int((~is_text).sum())
+    drawn = rng.integers(0, len(clip_lengths), n_speech_batches * cfg.batch_size)
+    drawn = sorted(drawn.tolist(), key=lambda i: clip_lengths[i])
+    batches = [drawn[k * cfg.batch_size : (k + 1) * cfg.batch_size] for k in range(n_speech_batches)]
+    batches = [batches[k] for k in rng.permutation(n_speech_batches)]
+    return [("speech", i) for i in batches[int((~is_text[:offset]).sum())]]
 
 
 def load_audio(path: str) -> np.ndarray:
@@ -199,11 +208,12 @@ def pretrain(
         log.info("resumed from %s at step %d", checkpoint, step)
     started = time.time()
     progress = tqdm(total=cfg.steps, initial=step, desc="pretrain", mininterval=30)
+    clip_lengths = [soundfile.info(c.audio).duration for c in train_clips]
     while step < cfg.steps:
         model.train()
         model.model.audio_tower.eval()
         items = []
-        for kind, index in batch_plan(len(train_clips), len(train_texts), cfg, step):
+        for kind, index in batch_plan(clip_lengths, len(train_texts), cfg, step):
             if kind == "speech":
                 clip = train_clips[index]
                 items.append(ChatItem(TRANSCRIBE_INSTRUCTION, clip.text, audio=load_audio(clip.audio)))
@@ -220,7 +230,7 @@ def pretrain(
         optimizer.step()
         step += 1
         progress.update(1)
-        history.append({"step": step, "loss": round(float(loss), 5), "lr": lr_at(step - 1, cfg)})
+        history.append({"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step - 1, cfg)})
         if step % 50 == 0:
             recent = np.mean([h["loss"] for h in history[-50:]])
             log.info("step %d loss %.4f lr %.2e (%.2f s/step)", step, recent, lr_at(step - 1, cfg),
