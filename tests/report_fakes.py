@@ -29,8 +29,16 @@ TARGET_ORACLE = 0.90  # xsid/de oracle, seed 0
 
 def score_result(value, meta):
     metrics = {name: {"value": value, "ci_low": value - 0.05, "ci_high": value + 0.05} for name in METRIC_NAMES}
-    counts = {"n_gold": 100, "n_gold_utterances": 100, "n_pred": 100, "n_missing": 0, "n_extra": 0,
-              "n_bad_lines": 0, "n_parse_failures": 2, "parse_failure_rate": 0.02}
+    counts = {
+        "n_gold": 100,
+        "n_gold_utterances": 100,
+        "n_pred": 100,
+        "n_missing": 0,
+        "n_extra": 0,
+        "n_bad_lines": 0,
+        "n_parse_failures": 2,
+        "parse_failure_rate": 0.02,
+    }
     return {"meta": meta, "granularity": "utterance", "counts": counts, "metrics": metrics}
 
 
@@ -47,15 +55,39 @@ def write_fake_results(root, modalities=("speech",)):
     for modality in modalities:
         for (scheme, budget), base in MONOLINGUAL_BASE.items():
             for seed in (0, 1):
-                meta = {"run": f"slurp-en_{scheme}_b{budget}_s{seed}", "corpus": "slurp", "lang": "en",
-                        "scheme": scheme, "budget": budget, "seed": seed, "modality": modality, "wall_time_s": 1.5}
+                meta = {
+                    "run": f"slurp-en_{scheme}_b{budget}_s{seed}",
+                    "corpus": "slurp",
+                    "lang": "en",
+                    "scheme": scheme,
+                    "budget": budget,
+                    "seed": seed,
+                    "modality": modality,
+                    "wall_time_s": 1.5,
+                }
                 paths.append(write_result(root, meta, base + 0.02 * seed))
         for (scheme, budget, target_text), value in CROSSLINGUAL_BASE.items():
             text = "t" if target_text else "nt"
-            meta = {"run": f"xsid-en2de_{scheme}_{text}_b{budget}_s0", "corpus": "xsid", "source": "en", "target": "de",
-                    "target_text": target_text, "scheme": scheme, "budget": budget, "seed": 0, "modality": modality}
+            meta = {
+                "run": f"xsid-en2de_{scheme}_{text}_b{budget}_s0",
+                "corpus": "xsid",
+                "source": "en",
+                "target": "de",
+                "target_text": target_text,
+                "scheme": scheme,
+                "budget": budget,
+                "seed": 0,
+                "modality": modality,
+            }
             paths.append(write_result(root, meta, value))
-        meta = {"run": "xsid-de_oracle_b100_s0", "corpus": "xsid", "lang": "de", "scheme": "oracle", "budget": "100",
-                "seed": 0, "modality": modality}
+        meta = {
+            "run": "xsid-de_oracle_b100_s0",
+            "corpus": "xsid",
+            "lang": "de",
+            "scheme": "oracle",
+            "budget": "100",
+            "seed": 0,
+            "modality": modality,
+        }
         paths.append(write_result(root, meta, TARGET_ORACLE))
     return paths

@@ -157,7 +157,9 @@ def test_entity_f1_is_micro_over_examples():
 
 def test_empty_gold_and_empty_prediction_add_nothing():
     counts = counts_of(example("a", "b"), example("a", "b"))
-    assert [counts[f"{variant}_{part}"] for variant in ("exact", "word", "char") for part in ("tp", "fp", "fn")] == [0] * 9
+    assert [counts[f"{variant}_{part}"] for variant in ("exact", "word", "char") for part in ("tp", "fp", "fn")] == [
+        0
+    ] * 9
 
 
 def test_entities_predicted_for_empty_gold_are_false_positives():

@@ -20,7 +20,13 @@ def test_one_row_per_run_testset_modality_and_metric(tmp_path):
 def test_rows_carry_meta_values_intervals_and_counts(tmp_path):
     frame = aggregate_metrics(write_fake_results(tmp_path / "results"))
     row = frame[(frame["run"] == "slurp-en_curriculum_b10_s1") & (frame["metric"] == "slu_f1")].iloc[0]
-    assert (row["corpus"], row["lang"], row["scheme"], row["budget"], row["seed"]) == ("slurp", "en", "curriculum", "10", 1)
+    assert (row["corpus"], row["lang"], row["scheme"], row["budget"], row["seed"]) == (
+        "slurp",
+        "en",
+        "curriculum",
+        "10",
+        1,
+    )
     assert (row["testset"], row["modality"], row["granularity"]) == ("test", "speech", "utterance")
     assert (row["value"], row["ci_low"], row["ci_high"]) == pytest.approx((0.76, 0.71, 0.81))
     assert (row["n_gold"], row["parse_failure_rate"]) == (100, 0.02)
@@ -49,8 +55,9 @@ def test_run_testset_and_modality_come_from_the_path_when_meta_lacks_them(tmp_pa
 
 
 def test_meta_that_disagrees_with_the_path_is_an_error(tmp_path):
-    path = write_result(tmp_path / "results", {"run": "r1", "modality": "speech", "scheme": "oracle", "budget": "100",
-                                                "seed": 0}, 0.5)
+    path = write_result(
+        tmp_path / "results", {"run": "r1", "modality": "speech", "scheme": "oracle", "budget": "100", "seed": 0}, 0.5
+    )
     result = json.loads(path.read_text())
     result["meta"]["modality"] = "text"
     path.write_text(json.dumps(result))

@@ -9,7 +9,6 @@ from lalm_slu.report.figures import (
     budget_curves_figure,
     crosslingual_figure,
     find_chromium,
-    screenshot_html,
     write_figures,
 )
 from lalm_slu.report.summary import CROSSLINGUAL_KEYS, MONOLINGUAL_KEYS, is_crosslingual, seed_summary
@@ -28,8 +27,10 @@ def metrics_csv(tmp_path):
 def summaries(metrics_csv):
     frame = read_metrics_csv(metrics_csv)
     cross = is_crosslingual(frame)
-    return (seed_summary(frame[~cross], MONOLINGUAL_KEYS),
-            seed_summary(frame[cross], (*CROSSLINGUAL_KEYS, "target_text")))
+    return (
+        seed_summary(frame[~cross], MONOLINGUAL_KEYS),
+        seed_summary(frame[cross], (*CROSSLINGUAL_KEYS, "target_text")),
+    )
 
 
 def test_figures_command_writes_png_pdf_and_an_index(metrics_csv, tmp_path):

@@ -58,8 +58,16 @@ def test_a_single_seed_shows_no_sd(tables):
 
 def test_cross_lingual_rows_show_pair_target_text_and_target_speech_budget(tables):
     cells = tables["xsid-crosslingual.test.speech"].cells
-    rows = list(zip(cells["Source"], cells["Target"], cells["Target text"], cells["Scheme"], cells["Target speech"],
-                    cells["SLU-F1"]))
+    rows = list(
+        zip(
+            cells["Source"],
+            cells["Target"],
+            cells["Target text"],
+            cells["Scheme"],
+            cells["Target speech"],
+            cells["SLU-F1"],
+        )
+    )
     assert rows == [
         ("en", "de", "no", "direct mixing", "10 %", "35.0"),
         ("en", "de", "yes", "curriculum", "0 %", "30.0"),
@@ -76,7 +84,13 @@ def test_cross_lingual_percent_is_of_the_target_language_oracle(tables):
 
 def test_budgets_sort_zero_then_shots_then_percentages():
     assert sorted(["10", "115shot", "0", "2", "5shot", "100"], key=budget_sort_key) == [
-        "0", "5shot", "115shot", "2", "10", "100"]
+        "0",
+        "5shot",
+        "115shot",
+        "2",
+        "10",
+        "100",
+    ]
     assert [budget_label(b) for b in ("0", "2.5", "115shot")] == ["0 %", "2.5 %", "115-shot"]
 
 
@@ -84,7 +98,10 @@ def test_markdown_has_a_title_header_and_right_aligned_numbers(tables):
     text = to_markdown(tables["slurp-en.test.speech"])
     lines = text.splitlines()
     assert lines[0].startswith("**slurp (en), test set, speech input**")
-    assert lines[2] == "| Scheme | Speech budget | Intent acc. | Intent acc. % of oracle | SLU-F1 | SLU-F1 % of oracle | Seeds |"
+    assert (
+        lines[2]
+        == "| Scheme | Speech budget | Intent acc. | Intent acc. % of oracle | SLU-F1 | SLU-F1 % of oracle | Seeds |"
+    )
     assert lines[3] == "|:---|:---|---:|---:|---:|---:|---:|"
     assert lines[4] == "| text only | 0 % | 51.0 ± 1.4 | 63.0 | 51.0 ± 1.4 | 63.0 | 2 |"
 
@@ -110,8 +127,11 @@ def test_tables_command_writes_csv_markdown_and_latex(metrics_csv, tmp_path):
     out_dir = tmp_path / "tables"
     assert main(["tables", "--metrics", str(metrics_csv), "--out-dir", str(out_dir)]) == 0
     names = sorted(path.name for path in out_dir.iterdir())
-    assert names == sorted(f"{stem}.{ext}" for stem in ("slurp-en.test.speech", "xsid-crosslingual.test.speech",
-                                                        "xsid-de.test.speech") for ext in ("csv", "md", "tex"))
+    assert names == sorted(
+        f"{stem}.{ext}"
+        for stem in ("slurp-en.test.speech", "xsid-crosslingual.test.speech", "xsid-de.test.speech")
+        for ext in ("csv", "md", "tex")
+    )
     numbers = pd.read_csv(out_dir / "slurp-en.test.speech.csv", dtype={"budget": str})
     assert list(numbers["budget"]) == ["0", "1", "1", "10", "10", "100"]
     assert numbers.loc[0, "intent_accuracy_mean"] == pytest.approx(0.51)

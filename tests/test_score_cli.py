@@ -53,10 +53,20 @@ def slurp_gold(tmp_path):
 @pytest.fixture
 def manifest_gold(tmp_path):
     utterances = [
-        Utterance("u1", "slurp", "en", "test", "wake me up at six am", "alarm", "set", [{"type": "time", "filler": "six am"}]),
+        Utterance(
+            "u1", "slurp", "en", "test", "wake me up at six am", "alarm", "set", [{"type": "time", "filler": "six am"}]
+        ),
         Utterance("u2", "slurp", "en", "test", "what is the weather", "weather", "query", []),
-        Utterance("u3", "slurp", "en", "test", "play jazz in the kitchen", "play", "music",
-                  [{"type": "music_genre", "filler": "Jazz"}, {"type": "house_place", "filler": "kitchen"}]),
+        Utterance(
+            "u3",
+            "slurp",
+            "en",
+            "test",
+            "play jazz in the kitchen",
+            "play",
+            "music",
+            [{"type": "music_genre", "filler": "Jazz"}, {"type": "house_place", "filler": "kitchen"}],
+        ),
     ]
     return write_manifest(utterances, tmp_path / "test.parquet")
 
@@ -64,23 +74,47 @@ def manifest_gold(tmp_path):
 def our_prediction_line(utterance_id, raw):
     """A line as the decoder writes it: the raw output plus what the one parser read from it."""
     parsed = parse_prediction(raw)
-    return {"id": utterance_id, "raw": raw, "scenario": parsed.scenario, "action": parsed.action,
-            "entities": parsed.entities, "parsed": parsed.parsed}
+    return {
+        "id": utterance_id,
+        "raw": raw,
+        "scenario": parsed.scenario,
+        "action": parsed.action,
+        "entities": parsed.entities,
+        "parsed": parsed.parsed,
+    }
 
 
 def test_our_format_round_trip_scores_perfectly(tmp_path, manifest_gold, capsys):
     lines = [
         our_prediction_line("u1", format_target("alarm", "set", [{"type": "time", "filler": "six am"}])),
         our_prediction_line("u2", format_target("weather", "query", [])),
-        our_prediction_line("u3", format_target("play", "music", [{"type": "music_genre", "filler": "jazz"},
-                                                                   {"type": "house_place", "filler": "kitchen"}])),
+        our_prediction_line(
+            "u3",
+            format_target(
+                "play",
+                "music",
+                [{"type": "music_genre", "filler": "jazz"}, {"type": "house_place", "filler": "kitchen"}],
+            ),
+        ),
     ]
     pred = write_jsonl(tmp_path / "pred.jsonl", lines)
-    result = json.loads(run_score("--gold", manifest_gold, "--pred", pred, "--json", "--bootstrap", "50", capsys=capsys))
+    result = json.loads(
+        run_score("--gold", manifest_gold, "--pred", pred, "--json", "--bootstrap", "50", capsys=capsys)
+    )
     assert result["granularity"] == "utterance"
-    assert {name: metric["value"] for name, metric in result["metrics"].items()} == dict.fromkeys(result["metrics"], 1.0)
-    assert result["counts"] == {"n_gold": 3, "n_gold_utterances": 3, "n_pred": 3, "n_missing": 0, "n_extra": 0,
-                                "n_bad_lines": 0, "n_parse_failures": 0, "parse_failure_rate": 0.0}
+    assert {name: metric["value"] for name, metric in result["metrics"].items()} == dict.fromkeys(
+        result["metrics"], 1.0
+    )
+    assert result["counts"] == {
+        "n_gold": 3,
+        "n_gold_utterances": 3,
+        "n_pred": 3,
+        "n_missing": 0,
+        "n_extra": 0,
+        "n_bad_lines": 0,
+        "n_parse_failures": 0,
+        "parse_failure_rate": 0.0,
+    }
     assert result["confusion"]["span_exact"] == {"tp": 3, "fp": 0, "fn": 0}
 
 
@@ -123,14 +157,33 @@ def test_slurp_gold_without_tokens_reads_the_inline_annotation(tmp_path):
 
 
 def test_slurp_recording_predictions_are_scored_per_recording(tmp_path, slurp_gold, capsys):
-    pred = write_jsonl(tmp_path / "pred.jsonl", [
-        {"file": "audio-1-headset.flac", "scenario": "takeaway", "action": "query",
-         "entities": [{"type": "business_type", "filler": "restaurant 's"}, {"type": "order_type", "filler": "delivery"}]},
-        {"file": "audio-1.flac", "scenario": "takeaway", "action": "order",
-         "entities": [{"type": "order_type", "filler": "delivery"}]},
-        {"file": "audio-2.flac", "scenario": "alarm", "action": "set", "entities": [{"type": "time", "filler": "six pm"}]},
-        {"file": "audio-404.flac", "scenario": "alarm", "action": "set", "entities": []},
-    ])
+    pred = write_jsonl(
+        tmp_path / "pred.jsonl",
+        [
+            {
+                "file": "audio-1-headset.flac",
+                "scenario": "takeaway",
+                "action": "query",
+                "entities": [
+                    {"type": "business_type", "filler": "restaurant 's"},
+                    {"type": "order_type", "filler": "delivery"},
+                ],
+            },
+            {
+                "file": "audio-1.flac",
+                "scenario": "takeaway",
+                "action": "order",
+                "entities": [{"type": "order_type", "filler": "delivery"}],
+            },
+            {
+                "file": "audio-2.flac",
+                "scenario": "alarm",
+                "action": "set",
+                "entities": [{"type": "time", "filler": "six pm"}],
+            },
+            {"file": "audio-404.flac", "scenario": "alarm", "action": "set", "entities": []},
+        ],
+    )
     result = json.loads(run_score("--gold", slurp_gold, "--pred", pred, "--json", "--bootstrap", "0", capsys=capsys))
     assert result["granularity"] == "recording"
     assert (result["counts"]["n_gold"], result["counts"]["n_gold_utterances"]) == (3, 2)
@@ -145,27 +198,35 @@ def test_slurp_recording_predictions_are_scored_per_recording(tmp_path, slurp_go
 
 
 def test_gold_transcript_predictions_by_slurp_id_are_scored_per_utterance(tmp_path, slurp_gold, capsys):
-    pred = write_jsonl(tmp_path / "pred.jsonl", [
-        {"slurp_id": 101, "scenario": "takeaway", "action": "query", "entities": []},
-        {"slurp_id": 102, "scenario": "alarm", "action": "set", "entities": [{"type": "time", "filler": "Six AM"}]},
-    ])
+    pred = write_jsonl(
+        tmp_path / "pred.jsonl",
+        [
+            {"slurp_id": 101, "scenario": "takeaway", "action": "query", "entities": []},
+            {"slurp_id": 102, "scenario": "alarm", "action": "set", "entities": [{"type": "time", "filler": "Six AM"}]},
+        ],
+    )
     result = json.loads(run_score("--gold", slurp_gold, "--pred", pred, "--json", "--bootstrap", "0", capsys=capsys))
     assert result["granularity"] == "utterance"
     assert result["confusion"]["span_exact"] == {"tp": 1, "fp": 0, "fn": 2}
 
 
 def test_utterance_predictions_at_recording_granularity_repeat_per_recording(tmp_path, slurp_gold):
-    pred = write_jsonl(tmp_path / "pred.jsonl", [
-        {"slurp_id": 101, "scenario": "takeaway", "action": "query", "entities": []},
-        {"slurp_id": 102, "scenario": "weather", "action": "query", "entities": []},
-    ])
+    pred = write_jsonl(
+        tmp_path / "pred.jsonl",
+        [
+            {"slurp_id": 101, "scenario": "takeaway", "action": "query", "entities": []},
+            {"slurp_id": 102, "scenario": "weather", "action": "query", "entities": []},
+        ],
+    )
     result = score_files(read_gold(slurp_gold), read_predictions(pred), "recording", bootstrap_resamples=0)
     assert result["counts"]["n_gold"] == 3
     assert result["metrics"]["intent_accuracy"]["value"] == pytest.approx(2 / 3)
 
 
 def test_recording_predictions_cannot_be_scored_per_utterance(tmp_path, slurp_gold):
-    pred = write_jsonl(tmp_path / "pred.jsonl", [{"file": "audio-2.flac", "scenario": "a", "action": "b", "entities": []}])
+    pred = write_jsonl(
+        tmp_path / "pred.jsonl", [{"file": "audio-2.flac", "scenario": "a", "action": "b", "entities": []}]
+    )
     with pytest.raises(DataError, match="--granularity recording"):
         score_files(read_gold(slurp_gold), read_predictions(pred), "utterance")
 
@@ -179,10 +240,24 @@ def test_malformed_prediction_line_is_an_error_naming_file_and_line(tmp_path):
 
 def test_malformed_prediction_line_can_be_counted_as_a_miss(tmp_path, manifest_gold, capsys):
     pred = tmp_path / "pred.jsonl"
-    pred.write_text('{"id": "u1", "scenario": "alarm", "action": "set", "entities": []}\n{"id": "u2", "scen\n'
-                    '{"id": "u3", "scenario": 5, "action": "music"}\n')
-    result = json.loads(run_score("--gold", manifest_gold, "--pred", pred, "--on-bad-line", "count", "--json",
-                                  "--bootstrap", "0", capsys=capsys))
+    pred.write_text(
+        '{"id": "u1", "scenario": "alarm", "action": "set", "entities": []}\n{"id": "u2", "scen\n'
+        '{"id": "u3", "scenario": 5, "action": "music"}\n'
+    )
+    result = json.loads(
+        run_score(
+            "--gold",
+            manifest_gold,
+            "--pred",
+            pred,
+            "--on-bad-line",
+            "count",
+            "--json",
+            "--bootstrap",
+            "0",
+            capsys=capsys,
+        )
+    )
     assert result["counts"]["n_bad_lines"] == 2
     assert (result["counts"]["n_pred"], result["counts"]["n_missing"]) == (1, 2)
 
@@ -228,8 +303,23 @@ def test_meta_block_and_out_file(tmp_path, manifest_gold, capsys):
     pred = write_jsonl(tmp_path / "pred.jsonl", [our_prediction_line("u2", format_target("weather", "query", []))])
     out = tmp_path / "metrics" / "test.speech.json"
     meta = {"run": "slurp-en_curriculum_b10_s0", "seed": 0}
-    assert run_score("--gold", manifest_gold, "--pred", pred, "--json", "--out", out, "--meta", json.dumps(meta),
-                     "--bootstrap", "20", capsys=capsys) == ""
+    assert (
+        run_score(
+            "--gold",
+            manifest_gold,
+            "--pred",
+            pred,
+            "--json",
+            "--out",
+            out,
+            "--meta",
+            json.dumps(meta),
+            "--bootstrap",
+            "20",
+            capsys=capsys,
+        )
+        == ""
+    )
     result = json.loads(out.read_text())
     assert result["meta"] == meta
     assert result["bootstrap"] == {"resamples": 20, "seed": 0, "confidence": 0.95}
@@ -243,8 +333,13 @@ def test_default_output_is_a_readable_table(tmp_path, manifest_gold, capsys):
 
 
 def test_same_seed_gives_identical_output(tmp_path, manifest_gold, capsys):
-    pred = write_jsonl(tmp_path / "pred.jsonl", [our_prediction_line("u1", format_target("alarm", "set", [])),
-                                                 our_prediction_line("u3", format_target("play", "music", []))])
+    pred = write_jsonl(
+        tmp_path / "pred.jsonl",
+        [
+            our_prediction_line("u1", format_target("alarm", "set", [])),
+            our_prediction_line("u3", format_target("play", "music", [])),
+        ],
+    )
     args = ("--gold", manifest_gold, "--pred", pred, "--json", "--bootstrap", "100", "--seed", "3")
     assert run_score(*args, capsys=capsys) == run_score(*args, capsys=capsys)
 
@@ -253,9 +348,14 @@ def test_same_seed_gives_identical_output(tmp_path, manifest_gold, capsys):
 def test_release_file_scored_against_itself_is_perfect_per_recording(tmp_path):
     gold = read_gold(SLURP_DEVEL)
     lines = [
-        {"file": recording, "scenario": g.labels.scenario, "action": g.labels.action,
-         "entities": [{"type": t, "filler": f} for t, f in g.labels.entities]}
-        for g in gold for recording in g.recordings
+        {
+            "file": recording,
+            "scenario": g.labels.scenario,
+            "action": g.labels.action,
+            "entities": [{"type": t, "filler": f} for t, f in g.labels.entities],
+        }
+        for g in gold
+        for recording in g.recordings
     ]
     result = score_files(gold, read_predictions(write_jsonl(tmp_path / "pred.jsonl", lines)), bootstrap_resamples=0)
     assert result["counts"]["n_gold"] == len(lines) > len(gold)

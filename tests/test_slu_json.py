@@ -31,31 +31,39 @@ def test_parse_round_trips_format_target():
 
 
 def test_parse_ignores_text_around_the_json():
-    prediction = parse_prediction('Sure, here you go: ```json\n' + json.dumps(ALARM) + "\n``` done.")
+    prediction = parse_prediction("Sure, here you go: ```json\n" + json.dumps(ALARM) + "\n``` done.")
     assert (prediction.scenario, prediction.action, prediction.entities) == ("alarm", "set", ALARM["entities"])
     assert prediction.parsed
     assert "ignored text" in prediction.error
 
 
 def test_parse_accepts_single_quotes():
-    prediction = parse_prediction("{'scenario': 'alarm', 'action': 'set', 'entities': [{'type': 'time', 'filler': \"six o'clock\"}]}")
+    prediction = parse_prediction(
+        "{'scenario': 'alarm', 'action': 'set', 'entities': [{'type': 'time', 'filler': \"six o'clock\"}]}"
+    )
     assert prediction.parsed
     assert prediction.entities == [{"type": "time", "filler": "six o'clock"}]
 
 
 def test_parse_accepts_trailing_commas():
-    prediction = parse_prediction('{"scenario": "alarm", "action": "set", "entities": [{"type": "time", "filler": "six am",},],}')
+    prediction = parse_prediction(
+        '{"scenario": "alarm", "action": "set", "entities": [{"type": "time", "filler": "six am",},],}'
+    )
     assert prediction.parsed
     assert prediction.entities == [{"type": "time", "filler": "six am"}]
 
 
 def test_parse_keeps_commas_and_brackets_inside_strings():
-    prediction = parse_prediction('{"scenario": "lists", "action": "add", "entities": [{"type": "item", "filler": "a, ]b}"},]}')
+    prediction = parse_prediction(
+        '{"scenario": "lists", "action": "add", "entities": [{"type": "item", "filler": "a, ]b}"},]}'
+    )
     assert prediction.entities == [{"type": "item", "filler": "a, ]b}"}]
 
 
 def test_parse_reads_entity_given_as_type_to_filler_pair():
-    prediction = parse_prediction('{"scenario": "alarm", "action": "set", "entities": [{"time": "six am"}, {"date": "monday"}]}')
+    prediction = parse_prediction(
+        '{"scenario": "alarm", "action": "set", "entities": [{"time": "six am"}, {"date": "monday"}]}'
+    )
     assert prediction.entities == [{"type": "time", "filler": "six am"}, {"type": "date", "filler": "monday"}]
 
 
@@ -93,7 +101,9 @@ def test_parse_splits_intent_at_a_known_scenario():
 
 
 def test_parse_closes_json_truncated_after_a_complete_value():
-    prediction = parse_prediction('{"scenario": "alarm", "action": "set", "entities": [{"type": "time", "filler": "six am"},')
+    prediction = parse_prediction(
+        '{"scenario": "alarm", "action": "set", "entities": [{"type": "time", "filler": "six am"},'
+    )
     assert prediction.parsed
     assert prediction.entities == [{"type": "time", "filler": "six am"}]
     assert "truncated" in prediction.error
@@ -119,7 +129,9 @@ def test_parse_skips_objects_without_slu_keys():
 
 
 def test_parse_accepts_capitalized_keys_and_strips_labels():
-    prediction = parse_prediction('{"Scenario": " alarm ", "ACTION": "set", "Entities": [{"Type": "time", "Filler": " six am "}]}')
+    prediction = parse_prediction(
+        '{"Scenario": " alarm ", "ACTION": "set", "Entities": [{"Type": "time", "Filler": " six am "}]}'
+    )
     assert (prediction.scenario, prediction.action) == ("alarm", "set")
     assert prediction.entities == [{"type": "time", "filler": "six am"}]
 

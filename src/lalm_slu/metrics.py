@@ -156,9 +156,7 @@ def metrics_from_totals(totals: np.ndarray, n_examples: int) -> dict[str, float]
     """All METRIC_NAMES from summed counts. SLU-F1 pools the word and char confusion counts."""
     t = dict(zip(COUNT_FIELDS, totals))
     exact = precision_recall_f1(t["exact_tp"], t["exact_fp"], t["exact_fn"])
-    slu = precision_recall_f1(
-        t["word_tp"] + t["char_tp"], t["word_fp"] + t["char_fp"], t["word_fn"] + t["char_fn"]
-    )
+    slu = precision_recall_f1(t["word_tp"] + t["char_tp"], t["word_fp"] + t["char_fp"], t["word_fn"] + t["char_fn"])
     per_example = max(n_examples, 1)
     return {
         "scenario_accuracy": t["scenario_correct"] / per_example,

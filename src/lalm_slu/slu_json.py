@@ -241,7 +241,7 @@ def _entity_from_item(item: Any) -> dict | None:
             entity_type, filler = fields["type"], fields["filler"]
         elif len(item) == 1 and not fields.keys() & {"type", "filler"}:
             # {"date": "today"} instead of {"type": "date", "filler": "today"}.
-            (entity_type, filler), = item.items()
+            ((entity_type, filler),) = item.items()
         else:
             return None
     elif isinstance(item, (list, tuple)) and len(item) == 2:

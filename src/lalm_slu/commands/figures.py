@@ -16,11 +16,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--metrics", required=True, type=Path, help="aggregate CSV written by `lalm-slu aggregate`")
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument(
-        "--metric", dest="figure_metrics", nargs="+", choices=METRIC_NAMES, default=list(FIGURE_METRICS),
+        "--metric",
+        dest="figure_metrics",
+        nargs="+",
+        choices=METRIC_NAMES,
+        metavar="METRIC",
+        default=list(FIGURE_METRICS),
         help="metrics plotted (one row of panels each)",
     )
     parser.add_argument(
-        "--screenshot", type=Path,
+        "--screenshot",
+        type=Path,
         help="also render OUT_DIR/index.html in headless chromium and save this PNG (a browser check)",
     )
 

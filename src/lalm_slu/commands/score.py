@@ -114,7 +114,9 @@ def _gold_from_slurp_line(obj: dict, path: Path, line: int) -> GoldUtterance:
     try:
         key = str(obj["slurp_id"])
         recordings = tuple(os.path.basename(r["file"]) for r in obj.get("recordings", []))
-        return GoldUtterance(key, LabelledExample.from_entities(obj["scenario"], obj["action"], _slurp_entities(obj)), recordings)
+        return GoldUtterance(
+            key, LabelledExample.from_entities(obj["scenario"], obj["action"], _slurp_entities(obj)), recordings
+        )
     except (KeyError, TypeError, IndexError) as error:
         raise DataError(f"not a SLURP release record ({type(error).__name__}: {error})", path, line) from None
 
@@ -265,5 +267,9 @@ def format_table(result: dict) -> str:
     counts = result["counts"]
     lines.append("")
     lines.append(f"granularity: {result['granularity']}")
-    lines.append(", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in counts.items()))
+    lines.append(
+        ", ".join(
+            f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in counts.items()
+        )
+    )
     return "\n".join(lines) + "\n"

@@ -16,7 +16,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--metrics", required=True, type=Path, help="aggregate CSV written by `lalm-slu aggregate`")
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument(
-        "--metric", dest="table_metrics", nargs="+", choices=METRIC_NAMES, default=list(DEFAULT_TABLE_METRICS),
+        "--metric",
+        dest="table_metrics",
+        nargs="+",
+        choices=METRIC_NAMES,
+        metavar="METRIC",
+        default=list(DEFAULT_TABLE_METRICS),
         help="metrics shown (columns), in this order",
     )
 

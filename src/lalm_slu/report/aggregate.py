@@ -52,7 +52,9 @@ def metric_rows(path: str | os.PathLike) -> list[dict]:
         from_path = match.group(key) if match else None
         if meta.get(key) is None:
             if from_path is None:
-                raise DataError(f"no {key!r} in meta and the path is not runs/{{run}}/metrics/{{testset}}.{{modality}}.json", path)
+                raise DataError(
+                    f"no {key!r} in meta and the path is not runs/{{run}}/metrics/{{testset}}.{{modality}}.json", path
+                )
             meta[key] = from_path
         elif from_path is not None and str(meta[key]) != from_path:
             raise DataError(f"meta {key}={meta[key]!r} disagrees with the path ({from_path!r})", path)
@@ -95,7 +97,9 @@ def read_metrics_csv(path: str | os.PathLike) -> pd.DataFrame:
         raise DataError("metrics CSV not found", path)
     text_columns = {name: "string" for name in META_COLUMNS if name not in ("seed", "wall_time_s")}
     frame = pd.read_csv(path, dtype={**text_columns, "metric": "string"}, keep_default_na=False, na_values=[""])
-    missing = [c for c in ("run", "scheme", "budget", "seed", "testset", "modality", "metric", "value") if c not in frame]
+    missing = [
+        c for c in ("run", "scheme", "budget", "seed", "testset", "modality", "metric", "value") if c not in frame
+    ]
     if missing:
         raise DataError(f"not an aggregate metrics CSV: missing columns {missing}", path)
     return frame

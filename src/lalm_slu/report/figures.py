@@ -100,7 +100,11 @@ def _empty_figure(message: str) -> Figure:
 
 
 def _panel_title(keys: dict) -> str:
-    where = f"{keys['corpus']} ({keys['lang']})" if "lang" in keys else f"{keys['corpus']} {keys['source']}→{keys['target']}"
+    where = (
+        f"{keys['corpus']} ({keys['lang']})"
+        if "lang" in keys
+        else f"{keys['corpus']} {keys['source']}→{keys['target']}"
+    )
     return f"{where}\n{keys['testset']} set, {keys['modality']} input"
 
 
@@ -168,15 +172,33 @@ def crosslingual_figure(summary: pd.DataFrame, mono: pd.DataFrame, metrics=FIGUR
                 low = (100 * (rows["mean"] - rows["ci_low"])).clip(lower=0).fillna(0)
                 high = (100 * (rows["ci_high"] - rows["mean"])).clip(lower=0).fillna(0)
                 text = {"yes": ", target text", "no": ", no target text"}.get(yes_no(target_text), "")
-                axes.errorbar(x, 100 * rows["mean"], yerr=[low, high], marker="o", markersize=3.5, capsize=2,
-                              color=_scheme_color(scheme, others), linestyle="-" if text != ", no target text" else "--",
-                              label=SCHEME_LABELS.get(scheme, scheme) + text)
-            oracle = mono[(mono["corpus"] == keys["corpus"]) & (mono["lang"] == keys["target"])
-                          & (mono["testset"] == keys["testset"]) & (mono["modality"] == keys["modality"])
-                          & (mono["scheme"] == "oracle") & (mono["metric"] == metric)]
+                axes.errorbar(
+                    x,
+                    100 * rows["mean"],
+                    yerr=[low, high],
+                    marker="o",
+                    markersize=3.5,
+                    capsize=2,
+                    color=_scheme_color(scheme, others),
+                    linestyle="-" if text != ", no target text" else "--",
+                    label=SCHEME_LABELS.get(scheme, scheme) + text,
+                )
+            oracle = mono[
+                (mono["corpus"] == keys["corpus"])
+                & (mono["lang"] == keys["target"])
+                & (mono["testset"] == keys["testset"])
+                & (mono["modality"] == keys["modality"])
+                & (mono["scheme"] == "oracle")
+                & (mono["metric"] == metric)
+            ]
             if len(oracle):
-                axes.axhline(100 * oracle["mean"].mean(), color="#000000", linestyle=":", linewidth=1.2,
-                             label=f"target oracle ({keys['target']}, all speech)")
+                axes.axhline(
+                    100 * oracle["mean"].mean(),
+                    color="#000000",
+                    linestyle=":",
+                    linewidth=1.2,
+                    label=f"target oracle ({keys['target']}, all speech)",
+                )
             axes.set_xticks(range(len(budgets)), [budget_label(b) for b in budgets])
             axes.set_xlim(-0.5, len(budgets) - 0.5)
             if row == 0:
@@ -195,8 +217,9 @@ def _figure_legend(figure: Figure, grid) -> None:
     for axes in grid.flat:
         for handle, label in zip(*axes.get_legend_handles_labels()):
             labels.setdefault(label, handle)
-    figure.legend(list(labels.values()), list(labels), loc="outside lower center", ncols=min(len(labels), 4),
-                  frameon=False)
+    figure.legend(
+        list(labels.values()), list(labels), loc="outside lower center", ncols=min(len(labels), 4), frameon=False
+    )
 
 
 def write_index_html(out_dir: Path, images: list[str]) -> Path:
@@ -227,9 +250,16 @@ def screenshot_html(html_path: str | os.PathLike, png_path: str | os.PathLike, w
     png_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
         command = [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}",
-            f"--screenshot={png_path}", Path(html_path).resolve().as_uri(),
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--window-size={window[0]},{window[1]}",
+            f"--screenshot={png_path}",
+            Path(html_path).resolve().as_uri(),
         ]
         completed = subprocess.run(command, capture_output=True, text=True, timeout=180)
     if completed.returncode != 0 or not png_path.exists():

@@ -114,17 +114,33 @@ def _crosslingual_table(keys: dict, group: pd.DataFrame, metrics, mono: pd.DataF
             & (group["scheme"] == scheme)
             & (group["budget"] == budget)
         ]
-        number = {"source": source, "target": target, "target_text": yes_no(target_text), "scheme": scheme,
-                  "target_speech_budget": budget, "n_seeds": int(rows["n_seeds"].max())}
-        cell = {"Source": source, "Target": target, "Target text": yes_no(target_text),
-                "Scheme": SCHEME_LABELS.get(scheme, scheme), "Target speech": budget_label(budget)}
-        target_oracle = mono[(mono["corpus"] == keys["corpus"]) & (mono["lang"] == target)
-                             & (mono["testset"] == keys["testset"]) & (mono["modality"] == keys["modality"])]
+        number = {
+            "source": source,
+            "target": target,
+            "target_text": yes_no(target_text),
+            "scheme": scheme,
+            "target_speech_budget": budget,
+            "n_seeds": int(rows["n_seeds"].max()),
+        }
+        cell = {
+            "Source": source,
+            "Target": target,
+            "Target text": yes_no(target_text),
+            "Scheme": SCHEME_LABELS.get(scheme, scheme),
+            "Target speech": budget_label(budget),
+        }
+        target_oracle = mono[
+            (mono["corpus"] == keys["corpus"])
+            & (mono["lang"] == target)
+            & (mono["testset"] == keys["testset"])
+            & (mono["modality"] == keys["modality"])
+        ]
         for metric in metrics:
             stats = _stats(rows, metric)
             ratio = _percent_of(stats[0], _mean(target_oracle, scheme="oracle", metric=metric))
-            number.update({f"{metric}_mean": stats[0], f"{metric}_sd": stats[1],
-                           f"{metric}_pct_of_target_oracle": ratio})
+            number.update(
+                {f"{metric}_mean": stats[0], f"{metric}_sd": stats[1], f"{metric}_pct_of_target_oracle": ratio}
+            )
             cell[metric_label(metric)] = _format_mean_sd(*stats)
             cell[f"{metric_label(metric)} % of target oracle"] = "" if ratio is None else f"{ratio:.1f}"
         cell["Seeds"] = str(number["n_seeds"])
@@ -200,9 +216,20 @@ def _is_numeric_column(column: pd.Series) -> bool:
     return bool(values) and all(v.split(" ± ")[0].replace(".", "", 1).lstrip("-").isdigit() for v in values)
 
 
-_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                   "±": r"$\pm$", "–": "--"}
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "–": "--",
+}
 
 
 def _latex_escape(text: str) -> str:
