@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import Callable
 
 from lalm_slu.corpora import hub
-from lalm_slu.corpora.common import BadRecordPolicy, utterance_key
+from lalm_slu.corpora.common import BAD_RECORD_MODES, BadRecordPolicy, utterance_key
 from lalm_slu.corpora.massive import read_massive
 from lalm_slu.corpora.slurp import read_slurp_release
 from lalm_slu.corpora.xsid import read_xsid
@@ -148,6 +148,7 @@ def read_subsets(reader: str, source: str, lang: str, train_ids: set[str], **opt
 
 
 __all__ = [
+    "BAD_RECORD_MODES",
     "READERS",
     "SUBSETS",
     "BadRecordPolicy",

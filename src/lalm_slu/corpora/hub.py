@@ -129,11 +129,16 @@ def read_speech_massive(
     source: str, corpus: str, lang: str, policy: BadRecordPolicy, config: str | None = None,
     test_source: str | None = SPEECH_MASSIVE_TEST_REPO, cache_dir: str | None = None,
     audio_dir: str | None = None, max_duration_s: float = 30.0, revision: str | None = None,
+    data_dir: str | None = None,
 ) -> list[Utterance]:
-    """`config` is the locale (default: `lang`, e.g. `fr-FR`)."""
-    config = config or lang
+    """`config` is the locale (default: `lang`, e.g. `fr-FR`).
+
+    Text-only MASSIVE from the hub's parquet export reads the same way: source
+    `AmazonScience/massive`, data_dir = locale, revision `refs/convert/parquet`, test_source empty.
+    """
+    config = None if data_dir else (config or lang)
     collector = RecordCollector(policy)
-    loaded = dict(load_hub(source, config=config, revision=revision, cache_dir=cache_dir))
+    loaded = dict(load_hub(source, config=config, data_dir=data_dir, revision=revision, cache_dir=cache_dir))
     if test_source:
         loaded["test"] = load_hub(test_source, config=config, revision=revision, cache_dir=cache_dir)["test"]
     train_ids: set[str] = set()
@@ -143,8 +148,8 @@ def read_speech_massive(
             log.warning("%s: ignoring unknown split %r", source, hub_split)
             continue
         dataset, split = loaded[hub_split], HUB_SPLITS[hub_split]
-        where = f"{test_source if hub_split == 'test' and test_source else source}[{config}/{hub_split}]"
-        require_columns(dataset, ("id", "utt", "annot_utt", "scenario", "audio"), where)
+        where = f"{test_source if hub_split == 'test' and test_source else source}[{config or data_dir}/{hub_split}]"
+        require_columns(dataset, ("id", "utt", "annot_utt", "scenario") + (("audio",) if audio_dir else ()), where)
         for index, row in enumerate(dataset):
             if split == "train" and str(row["id"]) in train_ids:
                 continue
@@ -157,7 +162,8 @@ def read_speech_massive(
                 }
                 utt = utterance_from_massive_fields(record, corpus, lang, split, where, index + 1)
                 utt.voice = speaker_of(row)
-                utt.recordings = [row["audio"].get("path") or row.get("path") or ""]
+                if "audio" in row:
+                    utt.recordings = [row["audio"].get("path") or row.get("path") or ""]
                 if audio_dir:
                     store_audio(utt, row["audio"], f"{where} row {index + 1}", audio_dir, max_duration_s)
             except DataError as error:
@@ -172,9 +178,10 @@ def read_speech_massive(
 
 
 def speech_massive_shot_ids(source: str, lang: str, config: str | None = None, cache_dir: str | None = None,
-                            revision: str | None = None, **_unused) -> list[str]:
+                            revision: str | None = None, data_dir: str | None = None, **_reader_options) -> list[str]:
     """Ids of Speech-MASSIVE's 115-shot train split (empty if the locale has none)."""
-    loaded = load_hub(source, config=config or lang, revision=revision, cache_dir=cache_dir)
+    loaded = load_hub(source, config=None if data_dir else (config or lang), data_dir=data_dir, revision=revision,
+                      cache_dir=cache_dir)
     if SHOT_SPLIT not in loaded:
         return []
     return [str(value) for value in loaded[SHOT_SPLIT]["id"]]
