@@ -157,7 +157,8 @@ def test_items_seen_per_modality_and_phase_match_the_mixture(curriculum_run):
 
 def test_lora_output_is_an_adapter_that_reloads_to_the_trained_logits(tiny_assets, tmp_path, monkeypatch):  # noqa: F811
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
-    settings = make_settings(tiny_assets.model_dir, [(1, 1, 5e-3, 0.0)], lora={"rank": 4, "alpha": 8})
+    settings = make_settings(tiny_assets.model_dir, [(1, 1, 5e-3, 0.0)], lora={"rank": 4, "alpha": 8},
+                             trainable=["multi_modal_projector", "language_model"])
     base, processor = load_model_and_processor(str(tiny_assets.model_dir))
     clip = read_manifest(tiny_assets.speech_manifest).iloc[0]
     probe = Collator(processor)([ChatItem(INSTRUCTION, "{}", audio=train.load_audio(clip["audio"])),
@@ -182,6 +183,10 @@ def test_lora_output_is_an_adapter_that_reloads_to_the_trained_logits(tiny_asset
     # Merging the adapter into the base weights changes only float rounding.
     torch.testing.assert_close(reloaded_logits, in_memory["logits"], rtol=0, atol=1e-5)
     assert (base_logits - in_memory["logits"]).abs().max() > 1e-3
+    # The projector, listed as trainable, trained fully beside the adapters; the frozen encoder did not move.
+    projector, encoder = reloaded.model.multi_modal_projector.linear.weight, reloaded.model.audio_tower.conv1.weight
+    assert not torch.equal(projector, base.model.multi_modal_projector.linear.weight)
+    assert torch.equal(encoder, base.model.audio_tower.conv1.weight)
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tiny_assets, tmp_path,  # noqa: F811

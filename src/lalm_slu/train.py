@@ -178,7 +178,9 @@ def device_and_dtype(training: dict) -> tuple[str, torch.dtype]:
     return device, dtype
 
 
-def apply_lora(model, lora: dict):
+def apply_lora(model, lora: dict, trainable_modules: list[str]):
+    """LoRA adapters on the LLM; the audio tower and projector, if trainable, train fully beside them
+    (peft would otherwise freeze everything but the adapters)."""
     from peft import LoraConfig, get_peft_model
 
     targets = "|".join(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"]))
@@ -188,8 +190,13 @@ def apply_lora(model, lora: dict):
         lora_dropout=float(lora.get("dropout", 0.0)),
         # Only the LLM: the audio tower has q/k/v projections with the same names.
         target_modules=rf".*language_model.*\.({targets})",
+        modules_to_save=[m for m in trainable_modules if m in ("audio_tower", "multi_modal_projector")] or None,
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    for name, param in model.named_parameters():
+        if "embed_positions" in name:  # the sinusoid table never trains
+            param.requires_grad_(False)
+    return model
 
 
 def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work_dir: str | Path) -> dict:
@@ -207,7 +214,7 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
     counts = set_trainable(model, scheme["trainable_modules"])
     lora = model_cfg.get("lora")
     if lora:
-        model = apply_lora(model, lora)
+        model = apply_lora(model, lora, scheme["trainable_modules"])
     if training.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
     params = [p for p in model.parameters() if p.requires_grad]
