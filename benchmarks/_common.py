@@ -30,10 +30,14 @@ from lalm_slu.speech.tts import ESpeakSynthesizer, Voice  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results"
 DEMO_MODEL = REPO / "models" / "demo-qwen2-audio"
 # The demo's training voices (config.yaml, speech.voices.en.train).
-VOICES = [Voice("en-us+m1", 150, 45), Voice("en-us+m3", 170, 50), Voice("en-us+f2", 160, 60),
-          Voice("en-us+f4", 180, 55)]
+VOICES = [
+    Voice("en-us+m1", 150, 45),
+    Voice("en-us+m3", 170, 50),
+    Voice("en-us+f2", 160, 60),
+    Voice("en-us+f4", 180, 55),
+]
 INSTRUCTION = (
-    'Identify the scenario, action and entities of this request. Answer with one line of JSON: '
+    "Identify the scenario, action and entities of this request. Answer with one line of JSON: "
     '{"scenario": ..., "action": ..., "entities": [{"type": ..., "filler": ...}]}.'
 )
 
@@ -47,8 +51,11 @@ def set_threads(threads: int | None) -> int:
 def slurp_sentences(count: int, seed: int = 0) -> list[Utterance]:
     """A seeded sample of the vendored SLURP test sentences (realistic lengths and targets)."""
     logging.getLogger("lalm_slu.corpora").setLevel(logging.ERROR)  # the reader reports each dropped record
-    utterances = [u for u in read_slurp_release(REPO / "data" / "slurp", "slurp", "en", BadRecordPolicy("drop"))
-                  if u.split == "test"]
+    utterances = [
+        u
+        for u in read_slurp_release(REPO / "data" / "slurp", "slurp", "en", BadRecordPolicy("drop"))
+        if u.split == "test"
+    ]
     return random.Random(seed).sample(utterances, count)
 
 
@@ -115,8 +122,13 @@ def write_result(name: str, parameters: dict, measurements: dict, targets: dict)
     result = {
         "benchmark": name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
         "parameters": parameters,
         "measurements": measurements,
         "targets": targets,

@@ -46,8 +46,9 @@ def main() -> None:
     for modality in args.modalities:
         for beams in args.beams:
             settings = {"num_beams": beams, "max_new_tokens": args.max_new_tokens}
-            batched, batched_s = timed_decode(model, processor, manifest, modality,
-                                              {**settings, "batch_size": args.batch_size})
+            batched, batched_s = timed_decode(
+                model, processor, manifest, modality, {**settings, "batch_size": args.batch_size}
+            )
             single, single_s = timed_decode(model, processor, manifest, modality, {**settings, "batch_size": 1})
             differing = sum(a != b for a, b in zip(batched, single))
             all_identical &= differing == 0
@@ -59,11 +60,18 @@ def main() -> None:
             }
     write_result(
         "decode_throughput",
-        {"model": model_kind, "utterances": args.utterances, "batch_size": args.batch_size,
-         "max_new_tokens": args.max_new_tokens, "threads": threads},
+        {
+            "model": model_kind,
+            "utterances": args.utterances,
+            "batch_size": args.batch_size,
+            "max_new_tokens": args.max_new_tokens,
+            "threads": threads,
+        },
         measured | {"all_outputs_identical": all_identical},
-        {"speedup_at_least": TARGET_SPEEDUP,
-         "met": all_identical and all(m["speedup"] >= TARGET_SPEEDUP for m in measured.values())},
+        {
+            "speedup_at_least": TARGET_SPEEDUP,
+            "met": all_identical and all(m["speedup"] >= TARGET_SPEEDUP for m in measured.values()),
+        },
     )
     if not all_identical:
         sys.exit("batched and one-at-a-time decoding disagree (see the result file)")

@@ -41,8 +41,11 @@ def seconds_per_step(path: str, items, batch_size: int, steps: int, warmup: int)
         optimizer_step(model, optimizer, collator(items[step * batch_size : (step + 1) * batch_size]), params, True)
         if step >= warmup:
             times.append(time.perf_counter() - started)
-    return {"median_s": round(statistics.median(times), 4), "mean_s": round(statistics.fmean(times), 4),
-            "max_s": round(max(times), 4)}
+    return {
+        "median_s": round(statistics.median(times), 4),
+        "mean_s": round(statistics.fmean(times), 4),
+        "max_s": round(max(times), 4),
+    }
 
 
 def main() -> None:
@@ -57,13 +60,22 @@ def main() -> None:
     path, model_kind = model_path(work)
     count = args.batch_size * (args.steps + args.warmup_steps)
     utterances = with_speech(slurp_sentences(count), work)
-    measured = {modality: seconds_per_step(path, chat_items(utterances, modality), args.batch_size, args.steps,
-                                           args.warmup_steps)
-                for modality in ("text", "speech")}
+    measured = {
+        modality: seconds_per_step(
+            path, chat_items(utterances, modality), args.batch_size, args.steps, args.warmup_steps
+        )
+        for modality in ("text", "speech")
+    }
     write_result(
         "finetune_step",
-        {"model": model_kind, "batch_size": args.batch_size, "steps": args.steps, "warmup_steps": args.warmup_steps,
-         "trainable": TRAINABLE, "threads": threads},
+        {
+            "model": model_kind,
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "warmup_steps": args.warmup_steps,
+            "trainable": TRAINABLE,
+            "threads": threads,
+        },
         measured,
         {f"{m}_median_s_at_most": limit for m, limit in TARGET_SECONDS.items()}
         | {"met": all(measured[m]["median_s"] <= limit for m, limit in TARGET_SECONDS.items())},

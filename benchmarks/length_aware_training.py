@@ -24,8 +24,9 @@ from _common import (
 TARGET_SPEEDUP = 4.0
 
 
-def throughput(path: str, items, batch_size: int, steps: int, warmup: int, length_aware: bool,
-               trainable: list[str]) -> dict:
+def throughput(
+    path: str, items, batch_size: int, steps: int, warmup: int, length_aware: bool, trainable: list[str]
+) -> dict:
     import torch
     from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
@@ -53,8 +54,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per path")
     parser.add_argument("--warmup-steps", type=int, default=1)
-    parser.add_argument("--trainable", nargs="+", default=["multi_modal_projector", "language_model", "lm_head"],
-                        help="modules trained (default: the demo's, encoder frozen)")
+    parser.add_argument(
+        "--trainable",
+        nargs="+",
+        default=["multi_modal_projector", "language_model", "lm_head"],
+        help="modules trained (default: the demo's, encoder frozen)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     threads = set_threads(args.threads)
@@ -63,16 +68,26 @@ def main() -> None:
     count = args.batch_size * (args.steps + args.warmup_steps)
     utterances = with_speech(slurp_sentences(count), work)
     items = chat_items(utterances, "speech")
-    paths = {name: throughput(path, items, args.batch_size, args.steps, args.warmup_steps, name == "length_aware",
-                              args.trainable)
-             for name in ("length_aware", "stock_30s_window")}
+    paths = {
+        name: throughput(
+            path, items, args.batch_size, args.steps, args.warmup_steps, name == "length_aware", args.trainable
+        )
+        for name in ("length_aware", "stock_30s_window")
+    }
     speedup = paths["length_aware"]["utterances_per_s"] / paths["stock_30s_window"]["utterances_per_s"]
     durations = sorted(u.duration_s for u in utterances)
     write_result(
         "length_aware_training",
-        {"model": model_kind, "batch_size": args.batch_size, "steps": args.steps, "warmup_steps": args.warmup_steps,
-         "trainable": args.trainable, "threads": threads, "utterances": count,
-         "clip_seconds": {"median": round(durations[len(durations) // 2], 2), "max": round(durations[-1], 2)}},
+        {
+            "model": model_kind,
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "warmup_steps": args.warmup_steps,
+            "trainable": args.trainable,
+            "threads": threads,
+            "utterances": count,
+            "clip_seconds": {"median": round(durations[len(durations) // 2], 2), "max": round(durations[-1], 2)},
+        },
         {**paths, "speedup": round(speedup, 2)},
         {"speedup_at_least": TARGET_SPEEDUP, "met": speedup >= TARGET_SPEEDUP},
     )

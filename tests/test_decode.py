@@ -15,8 +15,9 @@ from lalm_slu.train import load_audio
 
 
 def settings(**overrides) -> dict:
-    base = dict(num_beams=1, batch_size=3, max_new_tokens=12, instruction=INSTRUCTION, threads=1, device="cpu",
-                precision="fp32")
+    base = dict(
+        num_beams=1, batch_size=3, max_new_tokens=12, instruction=INSTRUCTION, threads=1, device="cpu", precision="fp32"
+    )
     return {**base, **overrides}
 
 
@@ -53,8 +54,14 @@ def test_batched_decoding_equals_one_utterance_at_a_time(tiny, tiny_assets, moda
     manifest = read_manifest(tiny_assets.speech_manifest)
     decoding = settings(num_beams=num_beams, batch_size=4)
     batched = [p["raw"] for p in decode_manifest(model, processor, manifest, modality, decoding, INSTRUCTION)]
-    items = [ChatItem(INSTRUCTION, audio=load_audio(row.audio)) if modality == "speech"
-             else ChatItem(INSTRUCTION, text=row.text) for row in manifest.itertuples()]
+    items = [
+        (
+            ChatItem(INSTRUCTION, audio=load_audio(row.audio))
+            if modality == "speech"
+            else ChatItem(INSTRUCTION, text=row.text)
+        )
+        for row in manifest.itertuples()
+    ]
     single = one_at_a_time(model, processor, items, decoding)
     assert batched == single
     assert len(set(single)) > 1  # outputs depend on the input, so equality is not trivial
@@ -67,7 +74,7 @@ def test_generated_text_is_what_generate_returns_after_the_prompt(tiny, tiny_ass
     batch = Collator(processor, for_generation=True)([item])
     with torch.no_grad():
         generated = model.generate(**batch, max_new_tokens=12, do_sample=False)
-    expected = processor.tokenizer.decode(generated[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    expected = processor.tokenizer.decode(generated[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     assert one_at_a_time(model, processor, [item], settings()) == [expected.strip()]
 
 

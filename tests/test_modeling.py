@@ -69,8 +69,13 @@ def test_audio_placeholder_expands_as_the_stock_processor_does(tiny, clips):
     model, processor = tiny
     items = [speech_item(clips[0], False), speech_item(clips[-1], False)]
     ours = Collator(processor, for_generation=True)(items)
-    stock = processor(text=[render_prompt(processor, it) for it in items], audio=[it.audio for it in items],
-                      sampling_rate=16_000, return_tensors="pt", padding=True)
+    stock = processor(
+        text=[render_prompt(processor, it) for it in items],
+        audio=[it.audio for it in items],
+        sampling_rate=16_000,
+        return_tensors="pt",
+        padding=True,
+    )
     audio_token = processor.audio_token_id
     stock_counts = (stock["input_ids"] == audio_token).sum(-1).tolist()
     assert (ours["input_ids"] == audio_token).sum(-1).tolist() == stock_counts
@@ -78,7 +83,8 @@ def test_audio_placeholder_expands_as_the_stock_processor_does(tiny, clips):
     assert stock_counts[0] > stock_counts[1] > 0
     for row in range(2):
         assert unpadded(ours["input_ids"][row], ours["attention_mask"][row]) == unpadded(
-            stock["input_ids"][row], stock["attention_mask"][row])
+            stock["input_ids"][row], stock["attention_mask"][row]
+        )
 
 
 def test_labels_cover_only_the_answer_and_its_end_token(tiny, clips):
@@ -144,8 +150,10 @@ def test_demo_directory_and_hub_id_go_through_the_same_loader(tiny_assets, monke
 def test_offline_hub_id_missing_from_the_cache_fails_clearly(tmp_path, monkeypatch, no_network):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    with pytest.raises(ModelNotAvailableError, match=r"'Qwen/Qwen2-Audio-7B-Instruct'.*not in the Hugging Face cache.*"
-                       r"offline \(HF_HUB_OFFLINE=1\)"):
+    with pytest.raises(
+        ModelNotAvailableError,
+        match=r"'Qwen/Qwen2-Audio-7B-Instruct'.*not in the Hugging Face cache.*" r"offline \(HF_HUB_OFFLINE=1\)",
+    ):
         load_model_and_processor(HUB_ID)
 
 

@@ -36,17 +36,31 @@ def write_mixture(path: Path, manifest: Path, rows: list[tuple[str, str, int]]) 
 
 
 def make_settings(model_dir, phases, trainable=LLM_ONLY, lora=None, **training) -> dict:
-    defaults = dict(per_device_batch_size=2, global_batch_size=4, seed=0, threads=1, checkpoint_every_steps=100,
-                    group_by_length=True, length_aware=True, precision="fp32", device="cpu", weight_decay=0.0,
-                    max_grad_norm=1.0, gradient_checkpointing=False)
+    defaults = dict(
+        per_device_batch_size=2,
+        global_batch_size=4,
+        seed=0,
+        threads=1,
+        checkpoint_every_steps=100,
+        group_by_length=True,
+        length_aware=True,
+        precision="fp32",
+        device="cpu",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        gradient_checkpointing=False,
+    )
     model = {"path": str(model_dir)}
     if lora:
         model["lora"] = lora
     return {
         "model": model,
         "training": {**defaults, **training},
-        "scheme": {"name": "test", "trainable_modules": trainable,
-                   "phases": [dict(zip(("phase", "epochs", "learning_rate", "warmup_ratio"), p)) for p in phases]},
+        "scheme": {
+            "name": "test",
+            "trainable_modules": trainable,
+            "phases": [dict(zip(("phase", "epochs", "learning_rate", "warmup_ratio"), p)) for p in phases],
+        },
         "prompt": {"instruction": INSTRUCTION},
     }
 
@@ -56,8 +70,20 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def run_cli(mixture, settings, out_dir, work_dir) -> list[str]:
-    return [sys.executable, "-m", "lalm_slu", "finetune", "--mixture", str(mixture), "--settings",
-            json.dumps(settings), "--out-dir", str(out_dir), "--work-dir", str(work_dir)]
+    return [
+        sys.executable,
+        "-m",
+        "lalm_slu",
+        "finetune",
+        "--mixture",
+        str(mixture),
+        "--settings",
+        json.dumps(settings),
+        "--out-dir",
+        str(out_dir),
+        "--work-dir",
+        str(work_dir),
+    ]
 
 
 def mixed_rows(phase=1) -> list[tuple[str, str, int]]:
@@ -133,8 +159,10 @@ def test_curriculum_phase_two_starts_from_phase_one_final_weights(curriculum_run
 
     def first_step_loss():
         with torch.no_grad():
-            total = sum(float(model(**collator(to_chat_items([items[i] for i in ids], INSTRUCTION))).loss) * len(ids)
-                        for ids in first_step)
+            total = sum(
+                float(model(**collator(to_chat_items([items[i] for i in ids], INSTRUCTION))).loss) * len(ids)
+                for ids in first_step
+            )
         return total / sum(len(ids) for ids in first_step)
 
     from_base_weights = first_step_loss()
@@ -157,12 +185,20 @@ def test_items_seen_per_modality_and_phase_match_the_mixture(curriculum_run):
 
 def test_lora_output_is_an_adapter_that_reloads_to_the_trained_logits(tiny_assets, tmp_path, monkeypatch):  # noqa: F811
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
-    settings = make_settings(tiny_assets.model_dir, [(1, 1, 5e-3, 0.0)], lora={"rank": 4, "alpha": 8},
-                             trainable=["multi_modal_projector", "language_model"])
+    settings = make_settings(
+        tiny_assets.model_dir,
+        [(1, 1, 5e-3, 0.0)],
+        lora={"rank": 4, "alpha": 8},
+        trainable=["multi_modal_projector", "language_model"],
+    )
     base, processor = load_model_and_processor(str(tiny_assets.model_dir))
     clip = read_manifest(tiny_assets.speech_manifest).iloc[0]
-    probe = Collator(processor)([ChatItem(INSTRUCTION, "{}", audio=train.load_audio(clip["audio"])),
-                                 ChatItem(INSTRUCTION, "{}", text=clip["text"])])
+    probe = Collator(processor)(
+        [
+            ChatItem(INSTRUCTION, "{}", audio=train.load_audio(clip["audio"])),
+            ChatItem(INSTRUCTION, "{}", text=clip["text"]),
+        ]
+    )
     in_memory = {}
     real_write = train._write_output
 
@@ -189,8 +225,9 @@ def test_lora_output_is_an_adapter_that_reloads_to_the_trained_logits(tiny_asset
     assert torch.equal(encoder, base.model.audio_tower.conv1.weight)
 
 
-def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tiny_assets, tmp_path,  # noqa: F811
-                                                                               monkeypatch):
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
+    tiny_assets, tmp_path, monkeypatch  # noqa: F811
+):
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
     settings = make_settings(tiny_assets.model_dir, [(1, 2, 1e-3, 0.0)], checkpoint_every_steps=1)
     real_forward = Qwen2AudioForConditionalGeneration.forward
@@ -213,8 +250,9 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
 
 
 def test_mixture_id_missing_from_its_manifest_fails_naming_both_files(tiny_assets, tmp_path):  # noqa: F811
-    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [("u0", "text", 1),
-                                                                                         ("nope", "text", 1)])
+    mixture = write_mixture(
+        tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [("u0", "text", 1), ("nope", "text", 1)]
+    )
     with pytest.raises(DataError, match=rf"{mixture}: id 'nope' not found in manifest {tiny_assets.speech_manifest}"):
         load_items(mixture, 1)
 
@@ -256,8 +294,14 @@ def checkpoint_step(work_dir: Path) -> int:
 def test_rerun_after_sigkill_ends_with_the_uninterrupted_weights(tiny_assets, tmp_path):  # noqa: F811
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
     # 12 items, 2 per step, 2 epochs: 12 optimizer steps, a checkpoint after each.
-    settings = make_settings(tiny_assets.model_dir, [(1, 2, 2e-3, 0.2)], trainable=["multi_modal_projector", *LLM_ONLY],
-                             per_device_batch_size=1, global_batch_size=2, checkpoint_every_steps=1)
+    settings = make_settings(
+        tiny_assets.model_dir,
+        [(1, 2, 2e-3, 0.2)],
+        trainable=["multi_modal_projector", *LLM_ONLY],
+        per_device_batch_size=1,
+        global_batch_size=2,
+        checkpoint_every_steps=1,
+    )
     finetune(mixture, settings, tmp_path / "reference", tmp_path / "reference-work")
 
     command = run_cli(mixture, settings, tmp_path / "out", tmp_path / "work")
@@ -278,15 +322,21 @@ def test_rerun_after_sigkill_ends_with_the_uninterrupted_weights(tiny_assets, tm
     assert expected.keys() == actual.keys()
     # One thread, same data order, optimizer state and weights restored exactly: bitwise equal.
     assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "reference" / "loss.csv"),
-                                  pd.read_csv(tmp_path / "out" / "loss.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "reference" / "loss.csv"), pd.read_csv(tmp_path / "out" / "loss.csv")
+    )
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_take_the_same_steps_as_one_with_the_same_global_batch(tiny_assets, tmp_path):  # noqa: F811
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
-    settings = make_settings(tiny_assets.model_dir, [(1, 2, 2e-3, 0.2)], trainable=["multi_modal_projector", *LLM_ONLY],
-                             per_device_batch_size=1, global_batch_size=4)
+    settings = make_settings(
+        tiny_assets.model_dir,
+        [(1, 2, 2e-3, 0.2)],
+        trainable=["multi_modal_projector", *LLM_ONLY],
+        per_device_batch_size=1,
+        global_batch_size=4,
+    )
     single = finetune(mixture, settings, tmp_path / "single", tmp_path / "single-work")
 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -297,8 +347,9 @@ def test_two_gloo_processes_take_the_same_steps_as_one_with_the_same_global_batc
     assert summary["processes"] == 2 and single["processes"] == 1
     assert summary["optimizer_steps"] == single["optimizer_steps"] == 6  # 12 items / 4 per step × 2 epochs
     one, two = (pd.read_csv(tmp_path / name / "loss.csv") for name in ("single", "ddp"))
-    pd.testing.assert_frame_equal(one[["step", "text_items", "speech_items", "lr"]],
-                                  two[["step", "text_items", "speech_items", "lr"]])
+    pd.testing.assert_frame_equal(
+        one[["step", "text_items", "speech_items", "lr"]], two[["step", "text_items", "speech_items", "lr"]]
+    )
     # Same items and gradient per step; only the order of float sums differs (gloo all-reduce vs accumulation):
     # measured max difference 2.3e-6 after 6 steps. Updating untouched parameters with zero gradients gave 4e-3.
     expected, actual = weights(tmp_path / "single"), weights(tmp_path / "ddp")

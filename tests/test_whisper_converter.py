@@ -11,8 +11,14 @@ from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncod
 from lalm_slu.demo_model.whisper_ct2 import bundled_whisper_tiny_en, load_whisper_encoder_into, read_ct2_variables
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice
 
-WHISPER_TINY = dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
-                    num_mel_bins=80, max_source_positions=1500)
+WHISPER_TINY = dict(
+    d_model=384,
+    encoder_layers=4,
+    encoder_attention_heads=6,
+    encoder_ffn_dim=1536,
+    num_mel_bins=80,
+    max_source_positions=1500,
+)
 
 
 class RecordingDict(dict):

@@ -42,13 +42,26 @@ TINY_ARCHITECTURE = {
 # (id, text, scenario, action, entities); lengths vary so batches need padding.
 UTTERANCES = [
     ("u0", "wake me up at seven am", "alarm", "set", [{"type": "time", "filler": "seven am"}]),
-    ("u1", "will it rain in paris tomorrow", "weather", "query",
-     [{"type": "place_name", "filler": "paris"}, {"type": "date", "filler": "tomorrow"}]),
+    (
+        "u1",
+        "will it rain in paris tomorrow",
+        "weather",
+        "query",
+        [{"type": "place_name", "filler": "paris"}, {"type": "date", "filler": "tomorrow"}],
+    ),
     ("u2", "play some jazz", "play", "music", [{"type": "music_genre", "filler": "jazz"}]),
     ("u3", "turn the lights off", "iot", "hue_lightoff", []),
-    ("u4", "cancel my meeting with john on friday afternoon", "calendar", "remove",
-     [{"type": "person", "filler": "john"}, {"type": "date", "filler": "friday"},
-      {"type": "timeofday", "filler": "afternoon"}]),
+    (
+        "u4",
+        "cancel my meeting with john on friday afternoon",
+        "calendar",
+        "remove",
+        [
+            {"type": "person", "filler": "john"},
+            {"type": "date", "filler": "friday"},
+            {"type": "timeofday", "filler": "afternoon"},
+        ],
+    ),
     ("u5", "what time is it", "datetime", "query", []),
     ("u6", "tell me a joke", "general", "joke", []),
     ("u7", "set the volume to five", "audio", "volume_up", []),
@@ -95,8 +108,16 @@ def build_tiny_assets(root: Path) -> TinyAssets:
         path = root / "audio" / f"{utt_id}.flac"
         path.parent.mkdir(exist_ok=True)
         soundfile.write(path, audio, 16_000)
-        fields = dict(id=utt_id, corpus="tiny", lang="en", split="train", text=text, scenario=scenario,
-                      action=action, entities=entities)
+        fields = dict(
+            id=utt_id,
+            corpus="tiny",
+            lang="en",
+            split="train",
+            text=text,
+            scenario=scenario,
+            action=action,
+            entities=entities,
+        )
         speech.append(Utterance(**fields, audio=str(path), duration_s=len(audio) / 16_000, voice=voice.key))
         text_only.append(Utterance(**fields))
     write_manifest(speech, assets.speech_manifest)
