@@ -2,8 +2,9 @@
 
 Length-aware audio: the stock `Qwen2AudioProcessor` pads every clip to the feature extractor's full window
 (30 s for Qwen2-Audio) and `Qwen2AudioEncoder.forward` refuses anything else. We pad features only to the
-longest clip of the batch (keeping the feature attention mask) and swap the encoder's class for a subclass
-whose forward slices the positional table to the actual length. Audio-token expansion uses the processor's
+longest clip of the batch plus the few frames of silence its last positions see (keeping the feature attention
+mask) and swap the encoder's class for a subclass whose forward slices the positional table to the actual
+length; the encoding then equals the stock one up to float summation order. Audio-token expansion uses the processor's
 own formula, so prompts are token-for-token what the stock processor renders.
 """
 
@@ -129,7 +130,12 @@ def audio_features(processor, waveforms: list[np.ndarray], length_aware: bool = 
     extractor = processor.feature_extractor
     kwargs = dict(sampling_rate=SAMPLE_RATE, return_attention_mask=True, return_tensors="pt")
     if length_aware:
-        longest = max(len(w) for w in waveforms)
+        # The last encoder positions of a clip see two mel frames past its end (conv1, then conv2 with stride 2),
+        # and those frames' STFT windows reach n_fft/2 further. Padding with real silence past all of them gives
+        # every position the input it has in the full window, so the encoding is the stock one and does not
+        # depend on which clips share the batch.
+        margin = extractor.n_fft + MEL_FRAMES_MULTIPLE * extractor.hop_length
+        longest = max(len(w) for w in waveforms) + margin
         multiple = extractor.hop_length * MEL_FRAMES_MULTIPLE
         target = min(-(-longest // multiple) * multiple, extractor.n_samples)
         kwargs.update(padding="max_length", max_length=target, truncation=True)

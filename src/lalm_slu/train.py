@@ -63,6 +63,8 @@ def load_items(mixture_path: str | Path, phase: int) -> list[TrainItem]:
         if row.modality == "speech":
             if not utt["audio"]:
                 raise DataError(f"speech item {row.id!r} has no audio in {row.manifest}", mixture_path)
+            if not os.path.isfile(utt["audio"]):
+                raise DataError(f"audio file {utt['audio']} of speech item {row.id!r} not found", row.manifest)
             items.append(TrainItem(row.id, "speech", utt["text"], target, utt["audio"], float(utt["duration_s"])))
         elif row.modality == "text":
             items.append(TrainItem(row.id, "text", utt["text"], target, None, len(utt["text"]) / 15.0))
@@ -140,8 +142,14 @@ class Distributed:
     def average_gradients(self, params) -> None:
         if self.world_size == 1:
             return
-        for p in params:
-            if p.grad is None:  # a rank with no micro-batch this step still joins the reduction
+        # A parameter no rank touched this step (the projector in an all-text step) keeps grad None, so AdamW
+        # skips it as a single process would; zeros would still move it through its moments.
+        touched = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+        torch.distributed.all_reduce(touched)
+        for p, ranks in zip(params, touched.tolist()):
+            if ranks == 0:
+                continue
+            if p.grad is None:  # touched on another rank only: join the reduction with zeros
                 p.grad = torch.zeros_like(p)
             torch.distributed.all_reduce(p.grad)
             p.grad /= self.world_size
@@ -170,7 +178,9 @@ def device_and_dtype(training: dict) -> tuple[str, torch.dtype]:
     return device, dtype
 
 
-def apply_lora(model, lora: dict):
+def apply_lora(model, lora: dict, trainable_modules: list[str]):
+    """LoRA adapters on the LLM; the audio tower and projector, if trainable, train fully beside them
+    (peft would otherwise freeze everything but the adapters)."""
     from peft import LoraConfig, get_peft_model
 
     targets = "|".join(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"]))
@@ -180,8 +190,13 @@ def apply_lora(model, lora: dict):
         lora_dropout=float(lora.get("dropout", 0.0)),
         # Only the LLM: the audio tower has q/k/v projections with the same names.
         target_modules=rf".*language_model.*\.({targets})",
+        modules_to_save=[m for m in trainable_modules if m in ("audio_tower", "multi_modal_projector")] or None,
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    for name, param in model.named_parameters():
+        if "embed_positions" in name:  # the sinusoid table never trains
+            param.requires_grad_(False)
+    return model
 
 
 def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work_dir: str | Path) -> dict:
@@ -199,7 +214,7 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
     counts = set_trainable(model, scheme["trainable_modules"])
     lora = model_cfg.get("lora")
     if lora:
-        model = apply_lora(model, lora)
+        model = apply_lora(model, lora, scheme["trainable_modules"])
     if training.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -224,16 +239,23 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
     run_fingerprint = fingerprint(mixture_path, settings)
     position = {"phase_index": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0}
     history: list[dict] = []
+    previous = checkpoint.parent / (checkpoint.name + ".old")
+    if not checkpoint.exists() and previous.exists():  # killed between the two renames of _save_checkpoint
+        os.replace(previous, checkpoint)
     if checkpoint.exists():
         position, history = _resume(checkpoint, model, optimizer, run_fingerprint)
         log.info("resumed from %s at %s", checkpoint, position)
 
+    # Every phase's items are checked before any training, so a bad row fails at once, not after phase 1.
+    phase_items = {int(phase["phase"]): load_items(mixture_path, int(phase["phase"])) for phase in scheme["phases"]}
+    for number, items in phase_items.items():
+        if not items:
+            raise DataError(f"phase {number} of the mixture has no items", mixture_path)
+
     for phase_index, phase in enumerate(scheme["phases"]):
         if phase_index < position["phase_index"]:
             continue
-        items = load_items(mixture_path, int(phase["phase"]))
-        if not items:
-            raise DataError(f"phase {phase['phase']} of the mixture has no items", mixture_path)
+        items = phase_items[int(phase["phase"])]
         epochs = int(phase["epochs"])
         steps_per_epoch = math.ceil(len(items) / global_batch)
         total_steps = steps_per_epoch * epochs
@@ -250,6 +272,7 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
             for step in range(first, steps_per_epoch):
                 group = batches[step * accumulation * dist.world_size : (step + 1) * accumulation * dist.world_size]
                 mine = group[dist.rank :: dist.world_size]
+                speech_items = sum(items[i].modality == "speech" for batch_ids in group for i in batch_ids)
                 n_items = dist.all_sum(float(sum(len(b) for b in mine)))
                 model.train()
                 if "audio_tower" not in scheme["trainable_modules"]:
@@ -279,7 +302,8 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
                 position = {"phase_index": phase_index, "epoch": epoch, "step_in_epoch": step + 1,
                             "global_step": position["global_step"] + 1}
                 history.append({"step": position["global_step"], "phase": int(phase["phase"]), "epoch": epoch,
-                                "loss": round(dist.all_sum(loss_sum) / n_items, 6), "lr": lr})
+                                "loss": round(dist.all_sum(loss_sum) / n_items, 6), "lr": lr,
+                                "text_items": int(n_items) - speech_items, "speech_items": speech_items})
                 progress.update(1)
                 every = int(training.get("checkpoint_every_steps", 50))
                 if position["global_step"] % every == 0:
