@@ -65,14 +65,21 @@ def subprocess_env() -> dict:
 class WorkflowCopy:
     """The workflow (Snakefile, rules, schema, package source) copied into a scratch directory."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, source: Path = REPO):
         self.root = root
-        for name in ("Snakefile", "config.yaml"):
-            shutil.copy2(REPO / name, root / name)
-        shutil.copytree(REPO / "workflow", root / "workflow")
-        shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+        if source == REPO:
+            for name in ("Snakefile", "config.yaml"):
+                shutil.copy2(REPO / name, root / name)
+            for directory in ("workflow", "envs"):
+                shutil.copytree(REPO / directory, root / directory)
+            shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+        else:  # a whole scratch workflow, with its results and Snakemake's records
+            shutil.copytree(source, root, symlinks=True)
         self.env = subprocess_env()
         self.env["PYTHONPATH"] = str(root / "src")
+
+    def clone(self, root: Path) -> "WorkflowCopy":
+        return WorkflowCopy(root, source=self.root)
 
     def snakemake(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         command = [str(BIN / "snakemake"), "--cores", "2", *args]

@@ -1,12 +1,12 @@
-rule decode:
+rule decode_test_set:
     input:
         unpack(decode_inputs),
     output:
         "results/runs/{run}/predictions/{testset}.{modality}.jsonl",
     log:
-        "logs/decode/{run}/{testset}.{modality}.log",
+        "logs/decode_test_set/{run}/{testset}.{modality}.log",
     benchmark:
-        "results/benchmarks/decode/{run}/{testset}.{modality}.tsv"
+        "results/benchmarks/decode_test_set/{run}/{testset}.{modality}.tsv"
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("decode", "threads")

@@ -1,12 +1,12 @@
-rule finetune:
+rule finetune_model:
     input:
         unpack(finetune_inputs),
     output:
         directory("results/runs/{run}/model"),
     log:
-        "logs/finetune/{run}.log",
+        "logs/finetune_model/{run}.log",
     benchmark:
-        "results/benchmarks/finetune/{run}.tsv"
+        "results/benchmarks/finetune_model/{run}.tsv"
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("finetune", "threads")
