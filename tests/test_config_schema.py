@@ -123,6 +123,10 @@ def test_bad_value_stops_snakemake_before_any_job(workflow_copy):
             lambda c: c["corpora"]["slurp"].update(speech="recorded"),
             "corpora.slurp.audio_root: required when speech is recorded",
         ),
+        (
+            lambda c: c["corpora"]["slurp"].update(download={"corpus": "massive"}),
+            "corpora.slurp.options.cache_dir: required with download",
+        ),
     ],
 )
 def test_cross_field_errors_stop_snakemake_naming_the_key(workflow_copy, edit, message):

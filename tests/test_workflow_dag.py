@@ -123,3 +123,24 @@ def test_runs_outside_the_grid_are_not_buildable(workflow_copy, target):
     result = workflow_copy.snakemake("--dry-run", target, check=False)
     assert result.returncode != 0
     assert "MissingRuleException" in result.stdout + result.stderr
+
+
+def test_hub_corpora_are_downloaded_once_before_preparation(workflow_copy):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["corpora"]["smassive"] = {
+        "reader": "speech_massive_hub",
+        "source": "FBK-MT/Speech-MASSIVE",
+        "languages": ["fr", "de"],
+        "options": {"cache_dir": "resources/hub", "config": "fr-FR"},
+        "download": {"corpus": "speech_massive", "locales": ["fr-FR", "de-DE"]},
+        "speech": "recorded",
+        "audio_root": "resources/hub/audio",
+    }
+    config["grid"] = {"monolingual": [{"corpus": "smassive", "lang": "fr", "schemes": ["text_only"]}]}
+    prepare(workflow_copy, config)
+    result = workflow_copy.snakemake("--dry-run", "--printshellcmds")
+    output = result.stdout + result.stderr
+    jobs = Counter(rule for rule, _ in planned_jobs(workflow_copy))
+    assert jobs["download_corpus"] == 1 and jobs["prepare_corpus"] == 1 and jobs["ingest_audio"] == 2
+    assert "download --corpus speech_massive --cache-dir resources/hub --locales fr-FR de-DE" in output
+    assert "--source FBK-MT/Speech-MASSIVE" in output and "--option cache_dir=resources/hub config=fr-FR" in output

@@ -59,15 +59,15 @@ def check_config(config):
 
 def check_corpus(config, name, corpus):
     key = f"corpora.{name}"
-    if corpus["download"] == bool(corpus.get("source")):
-        raise WorkflowError(
-            f"config {key}: give either source (local raw data) or download: true"
-        )
-    source = corpus.get("source")
+    source = corpus["source"]
     if isinstance(source, dict):
         missing = [lang for lang in corpus["languages"] if lang not in source]
         if missing:
             raise WorkflowError(f"config {key}.source: no path for languages {missing}")
+    if corpus["download"] and "cache_dir" not in corpus["options"]:
+        raise WorkflowError(
+            f"config {key}.options.cache_dir: required with download (the hub cache)"
+        )
     if corpus["speech"] == "recorded" and not corpus["audio_root"]:
         raise WorkflowError(
             f"config {key}.audio_root: required when speech is recorded"
@@ -237,12 +237,35 @@ def parent_dir(wildcards, output):
 # ---------------------------------------------------------------- input functions
 
 
-def corpus_source(wildcards):
+def corpus_input(wildcards):
+    """The local raw data, or the stamp of the download that filled the hub cache."""
     corpus = config["corpora"][wildcards.corpus]
     if corpus["download"]:
-        return f"resources/hub/{wildcards.corpus}"
-    source = corpus["source"]
+        return f"resources/downloads/{wildcards.corpus}.json"
+    return corpus_source(wildcards)
+
+
+def corpus_source(wildcards):
+    source = config["corpora"][wildcards.corpus]["source"]
     return source[wildcards.lang] if isinstance(source, dict) else source
+
+
+def reader_option_arguments(wildcards):
+    options = config["corpora"][wildcards.corpus]["options"]
+    pairs = [f"{key}={value}" for key, value in sorted(options.items())]
+    return f"--option {' '.join(pairs)}" if pairs else ""
+
+
+def download_arguments(wildcards):
+    corpus = config["corpora"][wildcards.corpus]
+    locales = corpus["download"].get("locales", [])
+    return " ".join(
+        [
+            f"--corpus {corpus['download']['corpus']}",
+            f"--cache-dir {corpus['options']['cache_dir']}",
+            f"--locales {' '.join(locales)}" if locales else "",
+        ]
+    )
 
 
 def max_utterance_arguments(wildcards):

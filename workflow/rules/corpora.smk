@@ -1,20 +1,20 @@
 rule download_corpus:
     output:
-        directory("resources/hub/{corpus}"),
+        "resources/downloads/{corpus}.json",
     log:
         "logs/download_corpus/{corpus}.log",
     localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     params:
-        reader=corpus_setting("reader"),
+        arguments=download_arguments,
     shell:
-        "python -m lalm_slu download --corpus {params.reader} --cache-dir {output} > {log} 2>&1"
+        "python -m lalm_slu download {params.arguments} --stamp {output} > {log} 2>&1"
 
 
 rule prepare_corpus:
     input:
-        source=corpus_source,
+        corpus_input,
     output:
         train="results/manifests/{corpus}/{lang}/train.parquet",
         dev="results/manifests/{corpus}/{lang}/dev.parquet",
@@ -29,13 +29,15 @@ rule prepare_corpus:
         runtime=resource("prepare_corpus", "runtime"),
     params:
         reader=corpus_setting("reader"),
+        source=corpus_source,
+        options=reader_option_arguments,
         max_utterances=max_utterance_arguments,
         seed=corpus_setting("subset_seed"),
         on_bad_record=corpus_setting("on_bad_record"),
         out_dir=parent_dir,
         code=code_version("prepare_corpus"),
     shell:
-        "python -m lalm_slu prepare-corpus --reader {params.reader} --source {input.source}"
+        "python -m lalm_slu prepare-corpus --reader {params.reader} --source {params.source}"
         " --corpus {wildcards.corpus} --lang {wildcards.lang} --out-dir {params.out_dir}"
         " {params.max_utterances} --seed {params.seed}"
-        " --on-bad-record {params.on_bad_record} > {log} 2>&1"
+        " --on-bad-record {params.on_bad_record} {params.options} > {log} 2>&1"

@@ -54,8 +54,10 @@ rule ingest_audio:
         runtime=resource("ingest_audio", "runtime"),
     params:
         audio_root=corpus_setting("audio_root"),
+        max_duration_s=config["speech"]["max_duration_s"],
         code=code_version("ingest_audio"),
     shell:
         "python -m lalm_slu ingest-audio --manifest {input.manifest}"
         " --audio-root {params.audio_root} --out-manifest {output.manifest}"
-        " --audio-dir {output.audio} > {log} 2>&1"
+        " --audio-dir {output.audio} --max-duration-s {params.max_duration_s}"
+        " --threads {threads} > {log} 2>&1"
