@@ -27,6 +27,18 @@ def test_audio_is_byte_identical_for_any_worker_count_and_on_rerun(tmp_path):
     assert one == two == again
 
 
+def test_spawned_and_forkserver_chunk_processes_give_the_same_audio(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from lalm_slu.speech import synthesis
+
+    utterances = make_utterances(4)
+    synthesize_utterances(utterances, tmp_path / "default", VOICES, seed=2, workers=2, chunk_size=2)
+    monkeypatch.setattr(synthesis, "fresh_process_context", lambda: multiprocessing.get_context("spawn"))
+    synthesize_utterances(utterances, tmp_path / "spawned", VOICES, seed=2, workers=2, chunk_size=2)
+    assert audio_bytes(tmp_path / "default") == audio_bytes(tmp_path / "spawned")
+
+
 def test_synthesized_manifest_points_to_16khz_mono_flac_of_the_stated_duration(tmp_path):
     [utterance] = synthesize_utterances(make_utterances(1), tmp_path / "audio", VOICES, seed=0, chunk_size=4)
     audio, rate = soundfile.read(utterance.audio)

@@ -2,9 +2,10 @@
 
 eSpeak NG's waveform generator keeps state across calls within a process, so the samples
 for one utterance depend on what that process synthesized before. Synthesis is therefore
-done in a fixed order, in fixed-size chunks, each chunk in a freshly spawned process: the
-audio is byte-identical for any number of workers and on every rerun. The chunk size is
-part of the recipe (changing it changes the audio); the worker count is not.
+done in a fixed order, in fixed-size chunks, each chunk in a fresh process that never ran
+eSpeak NG before (forked from a clean fork server where available, else spawned): the audio
+is byte-identical for any number of workers and on every rerun. The chunk size is part of
+the recipe (changing it changes the audio); the worker count is not.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import soundfile
-from tqdm import tqdm
 
-from lalm_slu.records import DataError, Utterance
 from lalm_slu.speech.tts import TARGET_RATE, ESpeakSynthesizer, Voice, pick_voice
+
+if TYPE_CHECKING:  # records imports pandas; chunk workers start fresh, so keep their imports light
+    from lalm_slu.records import Utterance
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +88,9 @@ def synthesize_chunk(jobs: Sequence[SynthesisJob], seed: int, max_duration_s: fl
         audio = synthesizer.synthesize(job.text, job.voice, seed=utterance_seed(seed, job.utterance_id))
         duration = len(audio) / TARGET_RATE
         if duration == 0:
-            raise DataError(f"eSpeak NG produced no audio for utterance {job.utterance_id!r}: {job.text!r}")
+            _fail(f"eSpeak NG produced no audio for utterance {job.utterance_id!r}: {job.text!r}")
         if max_duration_s is not None and duration > max_duration_s:
-            raise DataError(
+            _fail(
                 f"utterance {job.utterance_id!r} lasts {duration:.1f} s with voice {job.voice.key}, "
                 f"above speech.max_duration_s={max_duration_s}"
             )
@@ -97,8 +99,24 @@ def synthesize_chunk(jobs: Sequence[SynthesisJob], seed: int, max_duration_s: fl
     return done
 
 
+def _fail(message: str) -> None:
+    from lalm_slu.records import DataError  # imported late: records pulls in pandas, slow in every fresh worker
+
+    raise DataError(message)
+
+
 def _run_chunk(task: tuple[Sequence[SynthesisJob], int, float | None]) -> list[Synthesized]:
     return synthesize_chunk(*task)
+
+
+def fresh_process_context():
+    """Processes that never ran eSpeak NG: forked from a clean server (fast), or spawned."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    # The server only imports modules; eSpeak NG is loaded in each chunk's own process.
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def synthesize_utterances(
@@ -111,6 +129,8 @@ def synthesize_utterances(
     max_duration_s: float | None = None,
 ) -> list[Utterance]:
     """Return the utterances with audio, duration_s, voice and recordings filled in."""
+    from tqdm import tqdm
+
     if chunk_size < 1 or workers < 1:
         raise ValueError("chunk_size and workers must be positive")
     jobs = plan_jobs(utterances, audio_dir, voices, seed)
@@ -121,7 +141,7 @@ def synthesize_utterances(
     started = time.perf_counter()
     progress = tqdm(total=len(jobs), unit="utt", desc="synthesize", mininterval=5, disable=not jobs)
     # A fresh process per chunk: eSpeak NG output depends on what its process spoke before.
-    context = multiprocessing.get_context("spawn")
+    context = fresh_process_context()
     with context.Pool(max(1, min(workers, len(chunks))), maxtasksperchild=1) as pool:
         for chunk_result in pool.imap(_run_chunk, tasks, chunksize=1):
             results.update((item.utterance_id, item) for item in chunk_result)
