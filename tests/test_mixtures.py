@@ -80,6 +80,13 @@ def test_crosslingual_curriculum_adds_only_the_scarce_target_speech_in_phase_two
     assert phase2 == {**phase1, ("de", "speech"): 2}
 
 
+def test_crosslingual_run_without_target_text_has_only_the_target_speech_budget():
+    source, target = part("en", size=20, speech=20, scarce=False), part("de", size=10, speech=3)
+    mixture = build_mixture("direct_mixing", [source, replace(target, use_text=False)], seed=0)
+    counts = mixture.groupby(["lang", "modality"]).size().to_dict()
+    assert counts == {("en", "text"): 20, ("en", "speech"): 20, ("de", "speech"): 3}
+
+
 def test_mixture_is_deterministic_for_a_seed_and_reshuffled_by_another():
     parts = [part(size=30, speech=10)]
     first, again = build_mixture("direct_mixing", parts, seed=4), build_mixture("direct_mixing", parts, seed=4)

@@ -75,6 +75,7 @@ def test_default_grid_plans_every_run_once_with_its_name(workflow_copy):
     expected = {"slurp-en_text_only_b0_s0", "slurp-en_oracle_b100_s0"}
     expected |= {f"slurp-en_{scheme}_b{b}_s0" for scheme in ("direct_mixing", "curriculum") for b in (1, 5, 25)}
     expected |= {f"xsid-en2{t}_direct_mixing_b{b}_s0" for t in ("de", "it") for b in ("0", "10shot", "25")}
+    expected |= {"xsid-de_oracle_b100_s0", "xsid-it_oracle_b100_s0"}
     assert runs == expected
     counts = Counter(rule for rule, _ in jobs)
     assert counts["decode_test_set"] == counts["score_predictions"] == 2 * len(expected)  # speech and text
@@ -113,7 +114,8 @@ def test_demo_model_is_built_only_on_request(workflow_copy):
     prepare(workflow_copy)
     rules = Counter(rule for rule, _ in planned_jobs(workflow_copy, "pretrain_demo_model"))
     assert rules["build_demo_model"] == rules["pretrain_demo_model"] == 1
-    assert rules["synthesize_speech"] == 1  # its pretraining speech
+    assert rules["prepare_corpus"] == 4  # slurp/en, xsid/en, xsid/de, xsid/it text
+    assert "synthesize_speech" not in rules  # pretraining speaks its own sentences
     assert "finetune_model" not in rules
 
 

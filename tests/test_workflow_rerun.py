@@ -42,6 +42,7 @@ def micro_config(source_dir="data/tiny"):
         },  # fmt: skip
         "model": {"path": "models/demo"},
         "decode": {"modalities": ["speech"]},
+        "prompt": default["prompt"],
     }
 
 
@@ -147,7 +148,7 @@ def test_adding_one_target_language_schedules_only_that_language(planned):
 
 def test_changing_training_settings_reruns_training_but_not_data_stages(planned):
     config = micro_config()
-    config["training"] = {"epochs": 9}
+    config["training"] = {"per_device_batch_size": 4}
     write_config(planned, config)
     pending = planned.pending()
     assert not {p for p in pending if p.startswith(("results/manifests", "results/speech", "results/budgets"))}
@@ -204,3 +205,13 @@ def test_after_running_the_data_stages_one_changed_budget_reruns_only_its_depend
     ids = (copy.root / "results/budgets/tiny/en/train/seed0/25.txt").read_text().split()
     smaller = (copy.root / "results/budgets/tiny/en/train/seed0/10.txt").read_text().split()
     assert len(ids) == 8 and set(smaller) <= set(ids)
+
+
+def test_report_collects_metrics_tables_and_figures_with_captions(planned):
+    (planned.root / "results/tables/intent_accuracy.csv").write_text("scheme,accuracy\ntext_only,0.5\n")
+    (planned.root / "results/figures/intent_accuracy.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    planned.snakemake("--report", "report.html")
+    report = (planned.root / "report.html").read_text(errors="replace")
+    for name in ("metrics.csv", "intent_accuracy.csv", "intent_accuracy.png"):
+        assert name in report
+    assert "SLU-F1 against the speech budget" in report  # the figures caption

@@ -14,8 +14,9 @@ the ids whose speech may be used; a *scarce* part's speech is the budgeted resou
 - oracle: every utterance as speech (phase 1); every part must allow all of its speech.
 
 Cross-lingual runs follow the paper's setting: the source language contributes all of its
-text and all of its speech (not scarce), the target language all of its text and its
-speech budget (scarce). Within each phase the order is a seeded shuffle of a fixed listing.
+text and all of its speech (not scarce), the target language all of its text (unless a run
+leaves target text out) and its speech budget (scarce). Within each phase the order is a
+seeded shuffle of a fixed listing.
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ class MixturePart:
     ids: tuple[str, ...]  # every training utterance, in manifest order
     speech_ids: tuple[str, ...]  # those whose speech may be used
     scarce: bool  # True: this part's speech is the budgeted resource
+    use_text: bool = True  # False: only the allowed speech (cross-lingual runs without target text)
 
     def text_items(self) -> list[tuple[str, str, str, str]]:
+        if not self.use_text:
+            return []
         return [(uid, self.lang, "text", self.text_manifest) for uid in self.ids]
 
     def speech_items(self) -> list[tuple[str, str, str, str]]:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -49,10 +50,11 @@ def check_config(config):
                 raise WorkflowError(
                     f"config {key}.targets: {target!r} is also the source language"
                 )
-    for index, ref in enumerate(config["demo_model"]["pretrain_data"]):
-        check_language(
-            f"demo_model.pretrain_data[{index}].lang", ref["corpus"], ref["lang"]
-        )
+    for key in ("train_data", "eval_data"):
+        for index, ref in enumerate(config["demo_model"][key]):
+            check_language(
+                f"demo_model.{key}[{index}].lang", ref["corpus"], ref["lang"]
+            )
     for name, corpus in corpora.items():
         check_corpus(config, name, corpus)
 
@@ -106,12 +108,20 @@ class Run:
     scheme: str
     budget: str  # speech budget label: "25" (percent) or "10shot"
     seed: int
+    source_split: str = "train"  # training split of the (source) language
     target_split: str | None = None  # target-language training split (cross-lingual)
+    target_text: bool = True  # cross-lingual: whether the target-language text is used
 
     @property
     def name(self):
         return run_name(
-            self.corpus, self.source, self.target, self.scheme, self.budget, self.seed
+            self.corpus,
+            self.source,
+            self.target,
+            self.scheme,
+            self.budget,
+            self.seed,
+            self.target_text,
         )
 
     @property
@@ -119,9 +129,12 @@ class Run:
         return self.target or self.source
 
 
-def run_name(corpus, source, target, scheme, budget, seed):
-    """The one place run names are made: slurp-en_curriculum_b5_s0, xsid-en2de_direct_mixing_b10shot_s0."""
+def run_name(corpus, source, target, scheme, budget, seed, target_text=True):
+    """The one place run names are made: slurp-en_curriculum_b5_s0,
+    xsid-en2de_direct_mixing_b10shot_s0, xsid-en2de-notext_curriculum_b0_s0."""
     languages = source if target is None else f"{source}2{target}"
+    if not target_text:
+        languages += "-notext"
     return f"{corpus}-{languages}_{scheme}_b{budget}_s{seed}"
 
 
@@ -134,32 +147,47 @@ def scheme_budgets(scheme, budgets):
     return [str(budget) for budget in budgets]
 
 
-def expand_grid(config):
-    runs = []
+def grid_runs(config):
     for seed in config["grid"]["seeds"]:
         for entry in config["grid"]["monolingual"]:
             for scheme in entry["schemes"]:
                 for budget in scheme_budgets(scheme, entry["budgets"]):
-                    runs.append(
-                        Run(entry["corpus"], entry["lang"], None, scheme, budget, seed)
+                    yield Run(
+                        entry["corpus"],
+                        entry["lang"],
+                        None,
+                        scheme,
+                        budget,
+                        seed,
+                        source_split=entry["train_split"],
                     )
         for entry in config["grid"]["crosslingual"]:
-            for target in entry["targets"]:
-                for scheme in entry["schemes"]:
-                    budgets = scheme_budgets(scheme, entry["target_speech_budgets"])
-                    for budget in budgets:
-                        runs.append(
-                            Run(
-                                entry["corpus"],
-                                entry["source"],
-                                target,
-                                scheme,
-                                budget,
-                                seed,
-                                entry["target_text_split"],
-                            )
-                        )
-    return {run.name: run for run in runs}
+            for target, scheme, target_text in product(
+                entry["targets"], entry["schemes"], entry["target_text"]
+            ):
+                for budget in scheme_budgets(scheme, entry["target_speech_budgets"]):
+                    yield Run(
+                        entry["corpus"],
+                        entry["source"],
+                        target,
+                        scheme,
+                        budget,
+                        seed,
+                        target_split=entry["target_text_split"],
+                        target_text=target_text,
+                    )
+
+
+def expand_grid(config):
+    runs = {}
+    for run in grid_runs(config):
+        if runs.get(run.name, run) != run:
+            raise WorkflowError(
+                f"config grid: two different runs would both be named {run.name!r} "
+                "(the same corpus and language listed twice with different splits?)"
+            )
+        runs[run.name] = run
+    return runs
 
 
 RUNS = expand_grid(config)
@@ -295,17 +323,18 @@ def budget_pool(wildcards):
 
 def mixture_inputs(wildcards):
     run = RUNS[wildcards.run]
+    split = run.source_split
     inputs = {
-        "text": manifest_path(run.corpus, run.source, "train"),
-        "speech": speech_manifest_path(run.corpus, run.source, "train"),
+        "text": manifest_path(run.corpus, run.source, split),
+        "speech": speech_manifest_path(run.corpus, run.source, split),
     }
     if run.target is None:
         inputs["speech_ids"] = budget_path(
-            run.corpus, run.source, "train", run.seed, run.budget
+            run.corpus, run.source, split, run.seed, run.budget
         )
         return inputs
     # Cross-lingual: all source speech; the budget applies to the target language.
-    inputs["speech_ids"] = budget_path(run.corpus, run.source, "train", run.seed, "100")
+    inputs["speech_ids"] = budget_path(run.corpus, run.source, split, run.seed, "100")
     inputs["target_text"] = manifest_path(run.corpus, run.target, run.target_split)
     inputs["target_speech"] = speech_manifest_path(
         run.corpus, run.target, run.target_split
@@ -317,12 +346,16 @@ def mixture_inputs(wildcards):
 
 
 def mixture_target_arguments(wildcards, input):
-    if RUNS[wildcards.run].target is None:
+    run = RUNS[wildcards.run]
+    if run.target is None:
         return ""
-    return (
-        f"--target-text-manifest {input.target_text} "
-        f"--target-speech-manifest {input.target_speech} "
-        f"--target-speech-ids {input.target_speech_ids}"
+    return " ".join(
+        [
+            f"--target-text-manifest {input.target_text}",
+            f"--target-speech-manifest {input.target_speech}",
+            f"--target-speech-ids {input.target_speech_ids}",
+            "" if run.target_text else "--no-target-text",
+        ]
     )
 
 
@@ -348,15 +381,21 @@ def finetune_settings(wildcards):
     run = RUNS[wildcards.run]
     return json.dumps(
         {
-            "run": run.name,
-            "seed": run.seed,
             "model": config["model"],
-            "training": config["training"],
+            "training": {**config["training"], "seed": run.seed},
             "scheme": {"name": run.scheme, **config["schemes"][run.scheme]},
             "prompt": config["prompt"],
         },
         sort_keys=True,
     )
+
+
+def finetune_launcher(wildcards):
+    """One process per GPU (torch.distributed) when a run gets several cards."""
+    gpus = resource("finetune", "gpu")
+    if gpus > 1:
+        return f"python -m torch.distributed.run --standalone --nproc_per_node {gpus}"
+    return "python"
 
 
 def work_dir(wildcards):
@@ -373,11 +412,9 @@ def decode_inputs(wildcards):
 
 
 def decode_settings(wildcards):
-    decode = {k: v for k, v in config["decode"].items() if k != "modalities"}
-    return json.dumps(
-        {"model": config["model"], "decode": decode, "prompt": config["prompt"]},
-        sort_keys=True,
-    )
+    settings = {k: v for k, v in config["decode"].items() if k != "modalities"}
+    settings["instruction"] = config["prompt"]["instruction"]
+    return json.dumps(settings, sort_keys=True)
 
 
 def gold_manifest(wildcards):
@@ -385,29 +422,50 @@ def gold_manifest(wildcards):
     return manifest_path(corpus, lang, "test")
 
 
-def runs_metadata(wildcards):
-    """Run name -> its grid coordinates, for the metrics table."""
+def score_meta(wildcards):
+    """The run's grid coordinates, copied into its metric files (and so into metrics.csv)."""
+    run = RUNS[wildcards.run]
+    meta = {"run": run.name, "corpus": run.corpus, "scheme": run.scheme}
+    if run.target is None:
+        meta["lang"] = run.source
+    else:
+        meta.update(source=run.source, target=run.target, target_text=run.target_text)
+    meta.update(budget=run.budget, seed=run.seed)
+    return json.dumps(meta)
+
+
+def data_manifests(key):
+    """Text manifests named by a demo_model list of {corpus, lang, split}."""
+    return [
+        manifest_path(ref["corpus"], ref["lang"], ref["split"])
+        for ref in config["demo_model"][key]
+    ]
+
+
+def pretrain_voices_json(wildcards):
+    """Voice keys (name@RATEwpm@pPITCH) per language of the pretraining data."""
+    languages = {ref["lang"] for ref in config["demo_model"]["train_data"]}
+    voices = config["speech"]["tts"]["voices"]
     return json.dumps(
         {
-            name: {
-                "corpus": run.corpus,
-                "source": run.source,
-                "target": run.target,
-                "scheme": run.scheme,
-                "budget": run.budget,
-                "seed": run.seed,
+            lang: {
+                split: [
+                    f"{v['name']}@{v['rate_wpm']}wpm@p{v['pitch']}"
+                    for v in voices[lang][split]
+                ]
+                for split in ("train", "test")
             }
-            for name, run in RUNS.items()
+            for lang in sorted(languages)
         },
         sort_keys=True,
     )
 
 
-def pretrain_manifests(wildcards):
-    return [
-        speech_manifest_path(ref["corpus"], ref["lang"], ref["split"])
-        for ref in config["demo_model"]["pretrain_data"]
-    ]
+def pretrain_options(wildcards):
+    options = config["demo_model"]["pretrain_options"]
+    return " ".join(
+        f"--{key.replace('_', '-')} {value}" for key, value in sorted(options.items())
+    )
 
 
 def settings_json(*keys):

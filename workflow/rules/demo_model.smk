@@ -3,6 +3,8 @@
 
 
 rule build_demo_model:
+    input:
+        train=data_manifests("train_data"),
     output:
         directory("results/demo_model/initial"),
     log:
@@ -16,17 +18,20 @@ rule build_demo_model:
         mem_mb=resource("build_demo_model", "mem_mb"),
         runtime=resource("build_demo_model", "runtime"),
     params:
-        settings=settings_json("demo_model", "build"),
+        architecture=settings_json("demo_model", "architecture"),
+        seed=config["demo_model"]["seed"],
         code=code_version("build_demo_model"),
     shell:
-        "python -m lalm_slu build-demo-model --settings {params.settings:q}"
+        "python -m lalm_slu build-demo-model --train-manifests {input.train}"
+        " --architecture-json {params.architecture:q} --seed {params.seed}"
         " --out-dir {output} > {log} 2>&1"
 
 
 rule pretrain_demo_model:
     input:
         model="results/demo_model/initial",
-        manifests=pretrain_manifests,
+        train=data_manifests("train_data"),
+        eval=data_manifests("eval_data"),
     output:
         directory("results/demo_model/pretrained"),
     log:
@@ -41,10 +46,14 @@ rule pretrain_demo_model:
         runtime=resource("pretrain_demo_model", "runtime"),
         gpu=resource("pretrain_demo_model", "gpu"),
     params:
+        voices=pretrain_voices_json,
+        options=pretrain_options,
         settings=settings_json("demo_model", "pretrain"),
         work_dir="work/demo_model_pretrain",
         code=code_version("pretrain_demo_model"),
     shell:
-        "python -m lalm_slu pretrain-demo-model --model {input.model}"
-        " --manifests {input.manifests} --settings {params.settings:q}"
-        " --out-dir {output} --work-dir {params.work_dir} > {log} 2>&1"
+        "python -m lalm_slu pretrain-demo-model --model-dir {input.model}"
+        " --train-manifests {input.train} --eval-manifests {input.eval}"
+        " --voices-json {params.voices:q} {params.options}"
+        " --settings {params.settings:q} --work-dir {params.work_dir}"
+        " --out-dir {output} > {log} 2>&1"

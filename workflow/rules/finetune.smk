@@ -15,10 +15,11 @@ rule finetune_model:
         runtime=resource("finetune", "runtime"),
         gpu=resource("finetune", "gpu"),
     params:
+        launcher=finetune_launcher,
         settings=finetune_settings,
         work_dir=work_dir,
         code=code_version("finetune"),
     shell:
-        "python -m lalm_slu finetune --mixture {input.mixture}"
+        "{params.launcher} -m lalm_slu finetune --mixture {input.mixture}"
         " --settings {params.settings:q} --out-dir {output}"
         " --work-dir {params.work_dir} > {log} 2>&1"

@@ -16,11 +16,9 @@ rule aggregate_metrics:
         mem_mb=resource("light", "mem_mb"),
         runtime=resource("light", "runtime"),
     params:
-        runs=runs_metadata,
         code=code_version("aggregate"),
     shell:
-        "python -m lalm_slu aggregate --metrics {input} --runs-meta {params.runs:q}"
-        " --out {output} > {log} 2>&1"
+        "python -m lalm_slu aggregate --metrics {input} --out {output} > {log} 2>&1"
 
 
 rule make_tables:

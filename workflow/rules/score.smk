@@ -13,7 +13,10 @@ rule score_predictions:
         mem_mb=resource("light", "mem_mb"),
         runtime=resource("light", "runtime"),
     params:
+        meta=score_meta,
+        bootstrap=config["scoring"]["bootstrap"],
         code=code_version("score"),
     shell:
         "python -m lalm_slu score --gold {input.gold} --pred {input.predictions}"
+        " --meta {params.meta:q} --bootstrap {params.bootstrap}"
         " --json --out {output} > {log} 2>&1"

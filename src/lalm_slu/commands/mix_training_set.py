@@ -26,6 +26,7 @@ def add_arguments(parser):
     parser.add_argument("--target-text-manifest")
     parser.add_argument("--target-speech-manifest")
     parser.add_argument("--target-speech-ids")
+    parser.add_argument("--no-target-text", action="store_true", help="leave the target-language text out")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out", required=True, help="mixture parquet file")
 
@@ -35,9 +36,11 @@ def run(args):
     if any(target_args) and not all(target_args):
         raise SystemExit("--target-text-manifest, --target-speech-manifest and --target-speech-ids go together")
     crosslingual = all(target_args)
+    if args.no_target_text and not crosslingual:
+        raise SystemExit("--no-target-text needs the --target-* arguments")
     parts = [load_part(args.text_manifest, args.speech_manifest, args.speech_ids, scarce=not crosslingual)]
     if crosslingual:
-        parts.append(load_part(*target_args, scarce=True))
+        parts.append(load_part(*target_args, scarce=True, use_text=not args.no_target_text))
     try:
         mixture = build_mixture(args.scheme, parts, args.seed)
     except MixtureError as error:
@@ -49,7 +52,9 @@ def run(args):
     log.info("wrote %d items (%s) to %s", len(mixture), args.scheme, args.out)
 
 
-def load_part(text_manifest: str, speech_manifest: str, speech_ids_path: str, scarce: bool) -> MixturePart:
+def load_part(
+    text_manifest: str, speech_manifest: str, speech_ids_path: str, scarce: bool, use_text: bool = True
+) -> MixturePart:
     text = read_manifest(text_manifest)
     speech = read_manifest(speech_manifest)
     speech_ids = read_budget_ids(speech_ids_path)
@@ -67,4 +72,5 @@ def load_part(text_manifest: str, speech_manifest: str, speech_ids_path: str, sc
         ids=tuple(text["id"].astype(str)),
         speech_ids=tuple(speech_ids),
         scarce=scarce,
+        use_text=use_text,
     )
