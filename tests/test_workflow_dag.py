@@ -146,3 +146,26 @@ def test_hub_corpora_are_downloaded_once_before_preparation(workflow_copy):
     assert jobs["download_corpus"] == 1 and jobs["prepare_corpus"] == 1 and jobs["ingest_audio"] == 2
     assert "download --corpus speech_massive --cache-dir resources/hub --locales fr-FR de-DE" in output
     assert "--source FBK-MT/Speech-MASSIVE" in output and "--option cache_dir=resources/hub config=fr-FR" in output
+
+
+def test_commands_receive_the_run_settings_and_score_metadata(workflow_copy):
+    import json
+    import shlex
+
+    prepare(workflow_copy)
+    result = workflow_copy.snakemake("--dry-run", "--printshellcmds", "--forceall")
+    commands = [line for line in (result.stdout + result.stderr).splitlines() if "python -m lalm_slu" in line]
+
+    def arguments(command_name, run):
+        line = next(c for c in commands if f" {command_name} " in c and run in c)
+        words = shlex.split(line.split(">")[0])
+        return {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
+
+    settings = json.loads(arguments("finetune", "xsid-en2de_direct_mixing_b10shot_s0")["--settings"])
+    assert settings["training"]["seed"] == 0 and settings["scheme"]["name"] == "direct_mixing"
+    assert set(settings) == {"model", "training", "scheme", "prompt"}
+    meta = json.loads(arguments("score", "xsid-en2de_direct_mixing_b10shot_s0")["--meta"])
+    assert meta == {"run": "xsid-en2de_direct_mixing_b10shot_s0", "corpus": "xsid", "scheme": "direct_mixing",
+                    "source": "en", "target": "de", "target_text": True, "budget": "10shot", "seed": 0}  # fmt: skip
+    decode = json.loads(arguments("decode", "slurp-en_oracle_b100_s0")["--settings"])
+    assert decode["instruction"].startswith("Identify the scenario") and "modalities" not in decode
