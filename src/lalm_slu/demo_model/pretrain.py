@@ -49,6 +49,14 @@ class PretrainConfig:
     threads: int = 2
     # End this session after so many steps (checkpointed, no final output): fits a job's time limit.
     stop_after_steps: int | None = None
+    # Embedding alignment, from `alignment_start_step` on: CTC of the projected audio frames against the
+    # transcript's tokens, scored by cosine similarity with the LLM's token embeddings (blank = pad token),
+    # and a penalty keeping projected frames at the token embeddings' norm. Without it the projector's
+    # output is ~25x larger than a token embedding and the LLM reads speech and text in different ways.
+    alignment_start_step: int | None = None
+    ctc_weight: float = 0.5
+    norm_weight: float = 1.0
+    ctc_scale: float = 16.0
 
 
 @dataclass
@@ -148,6 +156,32 @@ def evaluate_wer(model, processor, eval_clips: dict[str, list[Clip]]) -> dict[st
     }
 
 
+def alignment_losses(model, processor, projected, feature_mask, texts, cfg: PretrainConfig):
+    """CTC of projected audio frames against transcript tokens (cosine with token embeddings) + norm penalty."""
+    from lalm_slu.modeling import audio_token_count
+
+    embeddings = model.model.language_model.embed_tokens.weight
+    lengths = torch.tensor([audio_token_count(int(n)) for n in feature_mask.sum(-1)])
+    logits = cfg.ctc_scale * torch.nn.functional.normalize(projected, dim=-1) @ torch.nn.functional.normalize(
+        embeddings, dim=-1
+    ).T
+    targets = [processor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    target_lengths = torch.tensor([len(t) for t in targets])
+    ctc = torch.nn.functional.ctc_loss(
+        logits.log_softmax(-1).transpose(0, 1),
+        torch.tensor([i for t in targets for i in t]),
+        lengths,
+        target_lengths,
+        blank=processor.tokenizer.pad_token_id,
+        reduction="mean",
+        zero_infinity=True,
+    )
+    valid = torch.arange(projected.shape[1])[None, :] < lengths[:, None]
+    target_norm = embeddings.norm(dim=-1).mean().detach()
+    norm = ((projected.norm(dim=-1)[valid] / target_norm - 1.0) ** 2).mean()
+    return ctc, norm
+
+
 def save_checkpoint(path: Path, model, optimizer, step: int, history: list) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -212,6 +246,13 @@ def pretrain(
     progress = tqdm(total=cfg.steps, initial=step, desc="pretrain", mininterval=30)
     session_end = cfg.steps if cfg.stop_after_steps is None else min(cfg.steps, step + cfg.stop_after_steps)
     clip_lengths = [soundfile.info(c.audio).duration for c in train_clips]
+    captured: list[torch.Tensor] = []
+    alignment_log: list[tuple[float, float]] = []
+    model.model.multi_modal_projector.register_forward_hook(lambda _m, _i, output: captured.append(output))
+
+    def aligning(at_step: int) -> bool:
+        return cfg.alignment_start_step is not None and at_step >= cfg.alignment_start_step
+
     while step < session_end:
         model.train()
         model.model.audio_tower.eval()
@@ -224,7 +265,14 @@ def pretrain(
                 items.append(ChatItem(TRANSCRIBE_INSTRUCTION, train_texts[index], text=train_texts[index]))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = model(**collator(items)).loss
+        batch = collator(items)
+        captured.clear()
+        loss = model(**batch).loss
+        if aligning(step) and captured:
+            texts = [it.answer for it in items if it.audio is not None]
+            ctc, norm = alignment_losses(model, processor, captured[0], batch["feature_attention_mask"], texts, cfg)
+            loss = loss + cfg.ctc_weight * ctc + cfg.norm_weight * norm
+            alignment_log.append((float(ctc), float(norm)))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {step}; last good checkpoint kept in {checkpoint}")
         optimizer.zero_grad(set_to_none=True)
@@ -238,6 +286,9 @@ def pretrain(
             recent = np.mean([h["loss"] for h in history[-50:]])
             log.info("step %d loss %.4f lr %.2e (%.2f s/step)", step, recent, lr_at(step - 1, cfg),
                      (time.time() - started) / max(1, len(history)))
+            if alignment_log:
+                ctc_mean, norm_mean = np.mean(alignment_log[-30:], axis=0)
+                log.info("step %d alignment: ctc %.3f norm penalty %.3f", step, ctc_mean, norm_mean)
         if step % cfg.eval_every == 0 and step < cfg.steps:
             subset = {lang: clips[: cfg.eval_utterances] for lang, clips in eval_clips.items()}
             wer = evaluate_wer(model, processor, subset)
