@@ -443,22 +443,10 @@ def data_manifests(key):
 
 
 def pretrain_voices_json(wildcards):
-    """Voice keys (name@RATEwpm@pPITCH) per language of the pretraining data."""
+    """Voice records per language of the pretraining data: training voices speak, test voices evaluate."""
     languages = {ref["lang"] for ref in config["demo_model"]["train_data"]}
     voices = config["speech"]["tts"]["voices"]
-    return json.dumps(
-        {
-            lang: {
-                split: [
-                    f"{v['name']}@{v['rate_wpm']}wpm@p{v['pitch']}"
-                    for v in voices[lang][split]
-                ]
-                for split in ("train", "test")
-            }
-            for lang in sorted(languages)
-        },
-        sort_keys=True,
-    )
+    return json.dumps({lang: voices[lang] for lang in sorted(languages)}, sort_keys=True)
 
 
 def pretrain_options(wildcards):

@@ -16,7 +16,9 @@ def add_arguments(parser):
     parser.add_argument("--model-dir", required=True, help="the built (untrained) demo model")
     parser.add_argument("--train-manifests", nargs="+", required=True, help="train/dev manifests (text only used)")
     parser.add_argument("--eval-manifests", nargs="+", required=True, help="held-out utterances for WER")
-    parser.add_argument("--voices-json", required=True, help='{"en": {"train": [voice keys], "test": [...]}, ...}')
+    parser.add_argument(
+        "--voices-json", required=True, help='{"en": {"train": [voice records], "test": [...]}, ...} (config format)'
+    )
     parser.add_argument("--voices-per-sentence", type=int, default=1)
     parser.add_argument("--min-clips-per-lang", type=int, default=1500, help="more voices for small languages")
     parser.add_argument("--max-sentences-per-lang", type=int, default=20000)
@@ -26,13 +28,15 @@ def add_arguments(parser):
     parser.add_argument("--out-dir", required=True)
 
 
-def voice_pools(path: str) -> dict[str, dict[str, list[Voice]]]:
-    raw = json.loads(Path(path).read_text())
-    pools = {lang: {role: [Voice.from_key(k) for k in keys] for role, keys in roles.items()} for lang, roles in raw.items()}
+def voice_pools(voices_json: str) -> dict[str, dict[str, list[Voice]]]:
+    from lalm_slu.speech.synthesis import voices_from_json
+
+    raw = json.loads(voices_json)
+    pools = {lang: {role: voices_from_json(records) for role, records in roles.items()} for lang, roles in raw.items()}
     for lang, roles in pools.items():
         shared = {v.name for v in roles["train"]} & {v.name for v in roles["test"]}
         if shared:
-            raise ValueError(f"{path}: {lang} train and test voices overlap: {sorted(shared)}")
+            raise ValueError(f"--voices-json: {lang} train and test voices overlap: {sorted(shared)}")
     return pools
 
 

@@ -167,8 +167,19 @@ def synthesize_utterances(
 
 
 def voices_from_json(records: Sequence[dict]) -> list[Voice]:
-    """Voices from config records `{name, rate_wpm, pitch}`; unknown variants are rejected."""
-    voices = [Voice(str(r["name"]), int(r.get("rate_wpm", 160)), int(r.get("pitch", 50))) for r in records]
+    """Voices from config records `{name, rate_wpm, pitch}`, where a list of rates or pitches stands for every
+    combination; unknown variants are rejected."""
+
+    def as_list(value, default):
+        value = default if value is None else value
+        return [int(v) for v in (value if isinstance(value, list) else [value])]
+
+    voices = [
+        Voice(str(r["name"]), rate, pitch)
+        for r in records
+        for rate in as_list(r.get("rate_wpm"), 160)
+        for pitch in as_list(r.get("pitch"), 50)
+    ]
     for voice in voices:
         check_variant(voice)
     return voices
