@@ -446,7 +446,9 @@ def pretrain_voices_json(wildcards):
     """Voice records per language of the pretraining data: training voices speak, test voices evaluate."""
     languages = {ref["lang"] for ref in config["demo_model"]["train_data"]}
     voices = config["speech"]["tts"]["voices"]
-    return json.dumps({lang: voices[lang] for lang in sorted(languages)}, sort_keys=True)
+    return json.dumps(
+        {lang: voices[lang] for lang in sorted(languages)}, sort_keys=True
+    )
 
 
 def pretrain_options(wildcards):
