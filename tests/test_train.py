@@ -356,3 +356,15 @@ def test_two_gloo_processes_take_the_same_steps_as_one_with_the_same_global_batc
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-5)
     assert max((expected[n] - weights(tiny_assets.model_dir)[n]).abs().max() for n in expected) > 1e-3
+
+
+def test_a_checkpoint_of_other_settings_is_discarded_and_training_starts_over(tiny_assets, tmp_path):  # noqa: F811
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
+    first = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1)
+    finetune(mixture, first, tmp_path / "out", tmp_path / "work")
+    changed = make_settings(tiny_assets.model_dir, [(1, 1, 5e-4, 0.0)], checkpoint_every_steps=1)
+    finetune(mixture, changed, tmp_path / "out", tmp_path / "work")
+    loss = pd.read_csv(tmp_path / "out" / "loss.csv")
+    # A resumed run would have started after the first run's last step with nothing left to do.
+    assert loss["step"].tolist() == [1, 2]
+    assert loss["lr"].max() == pytest.approx(5e-4)

@@ -242,6 +242,10 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
     previous = checkpoint.parent / (checkpoint.name + ".old")
     if not checkpoint.exists() and previous.exists():  # killed between the two renames of _save_checkpoint
         os.replace(previous, checkpoint)
+    if checkpoint.exists() and _checkpoint_fingerprint(checkpoint) != run_fingerprint:
+        # The config or the mixture changed since that checkpoint: its state belongs to another run.
+        log.warning("%s was written for other settings or another mixture; starting over", checkpoint)
+        shutil.rmtree(checkpoint)
     if checkpoint.exists():
         position, history = _resume(checkpoint, model, optimizer, run_fingerprint)
         log.info("resumed from %s at %s", checkpoint, position)
@@ -356,6 +360,13 @@ def _save_checkpoint(path: Path, model, optimizer, position, history, run_finger
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
+
+
+def _checkpoint_fingerprint(path: Path) -> str | None:
+    try:
+        return json.loads((path / "meta.json").read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _resume(path: Path, model, optimizer, run_fingerprint: str):
