@@ -330,6 +330,15 @@ def write_model_card(out_dir: str | Path, summary: dict) -> Path:
     config = json.loads((out_dir / "config.json").read_text())
     audio, text = config["audio_config"], config["text_config"]
     cfg = summary["config"]
+    alignment = ""
+    if cfg.get("alignment_start_step") is not None:
+        alignment = (
+            f"\n- From step {cfg['alignment_start_step']}: embedding alignment — CTC (weight {cfg['ctc_weight']}) of the"
+            " projected audio frames against the transcript's tokens, scored by cosine similarity with the LLM's"
+            f" token embeddings (scale {cfg['ctc_scale']}, blank = pad token), and a penalty (weight"
+            f" {cfg['norm_weight']}) keeping projected frames at the token embeddings' norm (before it they were"
+            " ~25x larger, and the LLM read speech and text in different ways)."
+        )
     wer_rows = "\n".join(f"| {lang} | {wer:.3f} | {summary['eval_utterances'][lang]} |"
                           for lang, wer in sorted(summary["final_wer"].items()))
     card = f"""# demo-qwen2-audio
@@ -354,7 +363,7 @@ same code path as `Qwen/Qwen2-Audio-7B-Instruct` on a CPU. Load it exactly like 
   xSID English train (English), xSID de/it dev (German, Italian); {summary['train_clips']} clips,
   {summary['train_texts']} distinct transcripts.
 - Objective: answer "{TRANSCRIBE_INSTRUCTION}" with the transcript, for speech input
-  (speech → transcript) and for the written transcript (copy), {cfg['text_fraction']:.0%} of steps text.
+  (speech → transcript) and for the written transcript (copy), {cfg['text_fraction']:.0%} of steps text.{alignment}
 - {cfg['steps']} steps, batch {cfg['batch_size']}, AdamW lr {cfg['learning_rate']} (warm-up {cfg['warmup_steps']},
   cosine to {cfg['min_lr_ratio']} of peak), seed {cfg['seed']}; trained: {', '.join(cfg['trainable'])}.
 - Wall time: {summary.get('wall_time_s_total', summary['wall_time_s_this_session'])} s on 2 CPU cores.
