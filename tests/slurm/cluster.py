@@ -28,6 +28,8 @@ DEFAULT_DIR = Path("/tmp/lalm-slu-slurm")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_RUN_DIR = Path("/run/munge")
 MUNGE_PID = MUNGE_RUN_DIR / "munged.pid"
+# The executor's job step strips SLURM_CONF before its nested `srun`, which then reads the default path.
+SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 PARTITION = "debug"
 
 
@@ -153,7 +155,7 @@ class SlurmCluster:
 
     @property
     def started_file(self) -> Path:
-        # pids of the daemons this harness started, so `stop` (maybe another process) ends only those
+        # what this harness started, so that `stop` (maybe from another process) ends only that
         return self.directory / "started.json"
 
     def env(self) -> dict[str, str]:
@@ -163,12 +165,13 @@ class SlurmCluster:
         """Run a Slurm client tool against this cluster and return its stdout."""
         return _run(list(cmd), env=self.env()).stdout
 
-    def _record(self, name: str, pid: int) -> None:
+    def _record(self, name: str, value: int | str) -> None:
         started = self._started()
-        started[name] = pid
+        started[name] = value
         self.started_file.write_text(json.dumps(started))
 
-    def _started(self) -> dict[str, int]:
+    def _started(self) -> dict[str, int | str]:
+        """{"munged"|"slurmctld"|"slurmd": pid, "conf_link": path} for what this harness started or created."""
         try:
             return json.loads(self.started_file.read_text())
         except FileNotFoundError:
@@ -182,11 +185,26 @@ class SlurmCluster:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._start_munged()
         write_slurm_conf(self.directory, self.hostname)
+        self._link_system_conf()
         os.environ["SLURM_CONF"] = str(self.conf)
         self._start_daemon("slurmctld", self.directory / "run/slurmctld.pid")
         self._start_daemon("slurmd", self.directory / "run/slurmd.pid")
         self.wait_until_idle(timeout)
         return self
+
+    def _link_system_conf(self) -> None:
+        if SYSTEM_CONF.is_symlink() and not SYSTEM_CONF.exists():
+            SYSTEM_CONF.unlink()  # dangling link left by an earlier, killed test session
+        if SYSTEM_CONF.exists() or SYSTEM_CONF.is_symlink():
+            if SYSTEM_CONF.resolve() == self.conf.resolve():
+                return
+            raise SlurmSetupError(
+                f"{SYSTEM_CONF} already exists; the test cluster needs that path for the srun that runs inside "
+                "each job (the executor removes SLURM_CONF there). Move it aside to run these tests."
+            )
+        SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
+        SYSTEM_CONF.symlink_to(self.conf)
+        self._record("conf_link", str(SYSTEM_CONF))
 
     def _start_munged(self) -> None:
         pid = _read_pid(MUNGE_PID)
@@ -207,7 +225,9 @@ class SlurmCluster:
         if old and _pid_alive(old):
             raise SlurmSetupError(f"{name} already runs with this configuration (pid {old}); run `stop` first")
         pid_file.unlink(missing_ok=True)
-        _run([name, "-f", str(self.conf)], env=self.env())
+        # -c: a test cluster starts without jobs left from an earlier session
+        extra = ["-c"] if name == "slurmctld" else []
+        _run([name, "-f", str(self.conf), *extra], env=self.env())
         self._record(name, self._wait_for_pid(pid_file, name))
 
     def _wait_for_pid(self, pid_file: Path, name: str, timeout: float = 20) -> int:
@@ -258,7 +278,7 @@ class SlurmCluster:
         if started.get("slurmctld") and _pid_alive(started["slurmctld"]):
             self._cancel_all_jobs()
         for name in ("slurmd", "slurmctld", "munged"):
-            pid = started.get(name)
+            pid = started.get(name)  # only daemons this harness started are listed
             if pid is None or not _pid_alive(pid):
                 continue
             os.kill(pid, signal.SIGTERM)
@@ -267,6 +287,8 @@ class SlurmCluster:
                 time.sleep(0.2)
             if _pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        if "conf_link" in started and SYSTEM_CONF.is_symlink() and SYSTEM_CONF.resolve() == self.conf.resolve():
+            SYSTEM_CONF.unlink()
         self.started_file.unlink(missing_ok=True)
         if os.environ.get("SLURM_CONF") == str(self.conf):
             del os.environ["SLURM_CONF"]
