@@ -135,6 +135,8 @@ MinJobAge=600
 SchedulerType=sched/backfill
 SlurmctldTimeout=30
 SlurmdTimeout=30
+# Seconds between SIGTERM and SIGKILL when a job is cancelled or hits its time limit.
+KillWait=5
 {node}
 PartitionName={PARTITION} Nodes={hostname} Default=YES MaxTime=INFINITE State=UP
 """
