@@ -1,8 +1,9 @@
 """Workflows on a real Slurm: every job is a Slurm job, and a cancelled training job resumes on retry.
 
 The cluster (one node on loopback) is installed and started by tests/slurm/cluster.py; it needs root.
-Jobs are submitted with the test profile tests/slurm/profile (the user profile minus what a cluster
-without accounting database needs). Slurm's own tools (scontrol, squeue) are the witnesses.
+Jobs are submitted with the user profile workflow/profiles/slurm plus tests/slurm/profile, which only
+overrides what this small cluster without accounting database needs. Slurm's own tools (scontrol,
+squeue) are the witnesses.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from slurm.cluster import SlurmCluster, slurm_cluster  # noqa: E402,F401  (fixtu
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
+USER_PROFILE = REPO / "workflow" / "profiles" / "slurm"
 TEST_PROFILE = REPO / "tests" / "slurm" / "profile"
 TOY_WORKFLOW = REPO / "tests" / "slurm" / "toy_workflow"
 TOY_RULES = ("prepare_data", "train_model", "summarize")
@@ -41,7 +43,7 @@ def copy_toy_workflow(directory: Path) -> Path:
 
 
 def start_snakemake(cluster: SlurmCluster, workdir: Path, *config: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "snakemake", "--profile", str(TEST_PROFILE),
+    cmd = [sys.executable, "-m", "snakemake", "--profile", str(USER_PROFILE), "--profile", str(TEST_PROFILE),
            "--config", f"python={sys.executable}", *config]
     log = open(workdir / "snakemake.log", "w")
     return subprocess.Popen(cmd, cwd=workdir, env=cluster.env(), stdout=log, stderr=subprocess.STDOUT)
