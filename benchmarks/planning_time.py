@@ -1,0 +1,107 @@
+"""Time planning the paper grid: `snakemake --dry-run` with workflow/configs/paper.yaml.
+
+    python benchmarks/planning_time.py [--repeats 3] [--configfile workflow/configs/paper.yaml]
+
+Planning needs neither network nor GPU: it validates the config, expands the grid and builds the
+DAG of every job (--forceall, so existing results do not shrink it). Writes wall times and the
+number of jobs per rule to benchmarks/results/planning_time.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_CONFIG = REPO / "workflow" / "configs" / "paper.yaml"
+RESULT = REPO / "benchmarks" / "results" / "planning_time.json"
+
+
+class DryRunError(RuntimeError):
+    pass
+
+
+def parse_job_stats(output: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table ({rule: jobs}, without the total)."""
+    lines = output.splitlines()
+    try:
+        start = lines.index("Job stats:")
+    except ValueError:
+        raise DryRunError(f"no 'Job stats:' table in the dry-run output:\n{output[-3000:]}") from None
+    counts: dict[str, int] = {}
+    for line in lines[start + 3 :]:  # skip the title, the header and the dashes
+        name, _, count = line.rpartition(" ")
+        if not name.strip() or not count.isdigit():
+            break
+        if name.strip() == "total":
+            if sum(counts.values()) != int(count):
+                raise DryRunError(f"job stats do not add up to their total:\n{output[-3000:]}")
+            return counts
+        counts[name.strip()] = int(count)
+    raise DryRunError(f"job stats table without a total:\n{output[-3000:]}")
+
+
+def dry_run(configfile: Path = PAPER_CONFIG, cwd: Path = REPO) -> tuple[dict[str, int], float]:
+    """Plan every job of the grid once; return ({rule: jobs}, wall seconds)."""
+    cmd = [sys.executable, "-m", "snakemake", "--dry-run", "--forceall", "--cores", "1",
+           "--configfile", str(configfile), "--quiet", "rules", "host"]
+    # Planning must not touch the network: the hub libraries read only their cache, if at all.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
+    started = time.perf_counter()
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise DryRunError(f"{' '.join(cmd)} exited {result.returncode}:\n{(result.stdout + result.stderr)[-3000:]}")
+    return parse_job_stats(result.stdout + result.stderr), seconds
+
+
+def snakemake_version() -> str:
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--version"], capture_output=True, text=True)
+    return result.stdout.strip()
+
+
+def git_commit() -> str | None:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return result.stdout.strip() or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configfile", type=Path, default=PAPER_CONFIG)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULT)
+    args = parser.parse_args(argv)
+
+    timings, counts = [], {}
+    for _ in range(args.repeats):
+        counts, seconds = dry_run(args.configfile.resolve())
+        timings.append(round(seconds, 3))
+    result = {
+        "command": f"snakemake --dry-run --forceall --cores 1 --configfile {args.configfile}",
+        "wall_seconds": timings,
+        "median_seconds": round(statistics.median(timings), 3),
+        "jobs_total": sum(counts.values()),
+        "jobs_per_rule": dict(sorted(counts.items())),
+        "snakemake": snakemake_version(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "commit": git_commit(),
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{result['jobs_total']} jobs planned in {result['median_seconds']} s (median of {args.repeats}); "
+          f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
