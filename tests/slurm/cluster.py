@@ -37,6 +37,10 @@ class SlurmSetupError(RuntimeError):
     """The test cluster could not be installed or started; the message says which step failed."""
 
 
+class ClusterAlreadyRunning(SlurmSetupError):
+    """Daemons recorded in this scratch directory still run; `stop` them first."""
+
+
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if result.returncode != 0:
@@ -182,6 +186,9 @@ class SlurmCluster:
     def start(self, timeout: float = 60) -> "SlurmCluster":
         if os.geteuid() != 0:
             raise SlurmSetupError("the test Slurm cluster needs root (apt-get, munged, slurmd)")
+        running = {name: pid for name, pid in self._started().items() if name != "conf_link" and _pid_alive(pid)}
+        if running:
+            raise ClusterAlreadyRunning(f"a test cluster from {self.directory} still runs ({running}); stop it first")
         install_packages()
         ensure_munge_key()
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -309,7 +316,7 @@ def _pytest_fixture():
             cluster.start()
             yield cluster
         finally:
-            cluster.stop()
+            cluster.stop()  # also after a failed start or a failed test
 
     return slurm_cluster
 
@@ -329,8 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "start":
         try:
             cluster.start()
+        except ClusterAlreadyRunning as error:
+            print(error, file=sys.stderr)
+            return 1
         except BaseException:
-            cluster.stop()
+            cluster.stop()  # whatever this call had started
             raise
         print(f"Slurm is up. Use it with:  export SLURM_CONF={cluster.conf}")
     else:
