@@ -80,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args(argv)
 
+    configfile = args.configfile.resolve()
     timings, counts = [], {}
     for _ in range(args.repeats):
-        counts, seconds = dry_run(args.configfile.resolve())
+        counts, seconds = dry_run(configfile)
         timings.append(round(seconds, 3))
+    shown = configfile.relative_to(REPO) if configfile.is_relative_to(REPO) else configfile
     result = {
-        "command": f"snakemake --dry-run --forceall --cores 1 --configfile {args.configfile}",
+        "command": f"snakemake --dry-run --forceall --cores 1 --configfile {shown}",
         "wall_seconds": timings,
         "median_seconds": round(statistics.median(timings), 3),
         "jobs_total": sum(counts.values()),
