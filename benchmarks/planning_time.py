@@ -3,8 +3,10 @@
     python benchmarks/planning_time.py [--repeats 3] [--configfile workflow/configs/paper.yaml]
 
 Planning needs neither network nor GPU: it validates the config, expands the grid and builds the
-DAG of every job (--forceall, so existing results do not shrink it). Writes wall times and the
-number of jobs per rule to benchmarks/results/planning_time.json.
+DAG of every job. It runs in a scratch copy of the workflow, where an empty directory stands in for
+the downloaded model (an input of every fine-tuning job), so neither results nor downloads of this
+checkout are needed or touched. Writes wall times and the number of jobs per rule to
+benchmarks/results/planning_time.json.
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = REPO / "workflow" / "configs" / "paper.yaml"
 RESULT = REPO / "benchmarks" / "results" / "planning_time.json"
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "src")
 
 
 class DryRunError(RuntimeError):
@@ -48,13 +55,28 @@ def parse_job_stats(output: str) -> dict[str, int]:
     raise DryRunError(f"job stats table without a total:\n{output[-3000:]}")
 
 
+def scratch_workflow(directory: Path, configfile: Path = PAPER_CONFIG) -> Path:
+    """The workflow's files copied to `directory`, with an empty stand-in for the config's model."""
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, directory / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy2(source, directory / name)
+    model = yaml.safe_load(configfile.read_text()).get("model", {}).get("path")
+    if model:
+        (directory / model).mkdir(parents=True, exist_ok=True)
+    return directory
+
+
 def dry_run(configfile: Path = PAPER_CONFIG, cwd: Path = REPO) -> tuple[dict[str, int], float]:
-    """Plan every job of the grid once; return ({rule: jobs}, wall seconds)."""
+    """Plan every job of the grid once in `cwd` (forced: existing results do not shrink the plan);
+    return ({rule: jobs}, wall seconds)."""
     cmd = [sys.executable, "-m", "snakemake", "--dry-run", "--forceall", "--cores", "1",
            "--configfile", str(configfile), "--quiet", "rules", "host"]
     # Planning must not touch the network: the hub libraries read only their cache, if at all.
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(cwd / "src"), os.environ.get("PYTHONPATH")])))
     started = time.perf_counter()
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -82,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
 
     configfile = args.configfile.resolve()
     timings, counts = [], {}
-    for _ in range(args.repeats):
-        counts, seconds = dry_run(configfile)
-        timings.append(round(seconds, 3))
+    with tempfile.TemporaryDirectory(prefix="planning-") as scratch:
+        workdir = scratch_workflow(Path(scratch), configfile)
+        for _ in range(args.repeats):
+            counts, seconds = dry_run(configfile, cwd=workdir)
+            timings.append(round(seconds, 3))
     shown = configfile.relative_to(REPO) if configfile.is_relative_to(REPO) else configfile
     result = {
         "command": f"snakemake --dry-run --forceall --cores 1 --configfile {shown}",
@@ -95,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         "snakemake": snakemake_version(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        # Other work on the machine stretches wall times; this says how busy it was.
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "commit": git_commit(),
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

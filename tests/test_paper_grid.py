@@ -3,7 +3,8 @@
 `snakemake --dry-run` on workflow/configs/paper.yaml must plan, per rule, the number of jobs that
 follows from the config's grid by the paper's design, counted here without the workflow's code:
 one fine-tuning run per (seed, entry, scheme, budget) — text_only only at budget 0, oracle only
-at 100 % — each decoded and scored once per test modality on its (target) language's test split.
+at 100 %, cross-lingual runs once per target and per with/without target text — each decoded and
+scored once per test modality on its (target) language's test split.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from planning_time import PAPER_CONFIG, dry_run  # noqa: E402
+from planning_time import PAPER_CONFIG, dry_run, scratch_workflow  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +50,17 @@ def expected_jobs(config: dict) -> dict[str, int]:
     for seed in config["grid"]["seeds"]:
         for entry in config["grid"]["monolingual"]:
             corpus, lang = entry["corpus"], entry["lang"]
+            split = entry.get("train_split", "train")
             languages.add((corpus, lang))
-            speech_sets |= {(corpus, lang, "train"), (corpus, lang, "test")}
+            speech_sets |= {(corpus, lang, split), (corpus, lang, "test")}
             for scheme in entry["schemes"]:
                 for budget in budgets_of(scheme, entry.get("budgets", [])):
                     runs += 1
-                    budget_files.add((corpus, lang, "train", seed, budget))
+                    budget_files.add((corpus, lang, split, seed, budget))
         for entry in config["grid"]["crosslingual"]:
             corpus, source = entry["corpus"], entry["source"]
             split = entry.get("target_text_split", "dev")
+            with_and_without_text = len(entry.get("target_text", [True]))
             languages.add((corpus, source))
             speech_sets.add((corpus, source, "train"))
             budget_files.add((corpus, source, "train", seed, "100"))  # all source speech
@@ -66,10 +69,9 @@ def expected_jobs(config: dict) -> dict[str, int]:
                 speech_sets |= {(corpus, target, split), (corpus, target, "test")}
                 for scheme in entry["schemes"]:
                     for budget in budgets_of(scheme, entry["target_speech_budgets"]):
-                        runs += 1
+                        runs += with_and_without_text
                         budget_files.add((corpus, target, split, seed, budget))
     modalities = len(config["decode"]["modalities"])
-    speech_rule = {"tts": "synthesize_speech", "recorded": "ingest_audio"}
     expected = {
         "prepare_corpus": len(languages),
         "subsample_budget": len(budget_files),
@@ -82,6 +84,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "make_figures": 1,
         "all": 1,
     }
+    speech_rule = {"tts": "synthesize_speech", "recorded": "ingest_audio"}
     for corpus, _, _ in speech_sets:
         rule = speech_rule[config["corpora"][corpus].get("speech", "tts")]
         expected[rule] = expected.get(rule, 0) + 1
@@ -91,10 +94,10 @@ def expected_jobs(config: dict) -> dict[str, int]:
     return expected
 
 
-def test_paper_grid_plans_one_job_per_rule_and_grid_point():
-    config = paper_config()
-    planned, _seconds = dry_run(PAPER_CONFIG)
-    assert planned == expected_jobs(config)
+def test_paper_grid_plans_one_job_per_rule_and_grid_point(tmp_path):
+    workdir = scratch_workflow(tmp_path, PAPER_CONFIG)
+    planned, _seconds = dry_run(PAPER_CONFIG, cwd=workdir)
+    assert planned == expected_jobs(paper_config())
 
 
 def test_paper_grid_has_every_scheme_seed_and_corpus_of_the_paper():
