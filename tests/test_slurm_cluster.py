@@ -1,4 +1,5 @@
-"""Workflows on a real Slurm: every job is a Slurm job, and a cancelled training job resumes on retry.
+"""Workflows on a real Slurm: every job is a Slurm job, a cancelled training job resumes on retry, and
+the project's smoke run gives the same results through Slurm as locally.
 
 The cluster (one node on loopback) is installed and started by tests/slurm/cluster.py; it needs root.
 Jobs are submitted with the user profile workflow/profiles/slurm plus tests/slurm/profile, which only
@@ -9,6 +10,7 @@ squeue) are the witnesses.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from slurm.cluster import SlurmCluster, slurm_cluster  # noqa: E402,F401  (fixture)
@@ -29,6 +32,10 @@ TEST_PROFILE = REPO / "tests" / "slurm" / "profile"
 TOY_WORKFLOW = REPO / "tests" / "slurm" / "toy_workflow"
 TOY_RULES = ("prepare_data", "train_model", "summarize")
 WORKFLOW_TIMEOUT_S = 400
+SMOKE_CONFIG = "workflow/configs/smoke.yaml"
+# What a run of the project needs: the workflow, the package, the vendored data and the shipped model.
+PROJECT_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "src", "data", "models")
+SMOKE_TIMEOUT_S = 1200
 
 
 def slurm_job(cluster: SlurmCluster, job_id: str) -> dict[str, str]:
@@ -40,6 +47,47 @@ def slurm_job(cluster: SlurmCluster, job_id: str) -> dict[str, str]:
 def copy_toy_workflow(directory: Path) -> Path:
     shutil.copytree(TOY_WORKFLOW, directory, dirs_exist_ok=True)
     return directory
+
+
+def project_env(project: Path, cluster: SlurmCluster) -> dict[str, str]:
+    """Jobs run `python -m lalm_slu`: this interpreter first on PATH, the copy's package on PYTHONPATH."""
+    env = cluster.env()
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = str(project / "src")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def copy_project(directory: Path) -> Path:
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, directory / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, directory / name)
+    return directory
+
+
+def smoke_run_targets() -> list[str]:
+    """The metrics of the smoke config's first direct-mixing run: every stage, from corpus to scores."""
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    smoke = yaml.safe_load((REPO / SMOKE_CONFIG).read_text())
+    entry = smoke["grid"]["monolingual"][0]
+    seed = smoke["grid"].get("seeds", base["grid"]["seeds"])[0]
+    run = f"{entry['corpus']}-{entry['lang']}_direct_mixing_b{entry['budgets'][0]}_s{seed}"
+    modalities = smoke.get("decode", {}).get("modalities", base["decode"]["modalities"])
+    return [f"results/runs/{run}/metrics/{entry['corpus']}-{entry['lang']}.{m}.json" for m in modalities]
+
+
+def run_project(project: Path, env: dict[str, str], targets: list[str], *profiles: Path) -> None:
+    # Targets come first: --configfile takes every path that follows it.
+    cmd = [sys.executable, "-m", "snakemake", *targets, "--configfile", SMOKE_CONFIG]
+    for profile in profiles:
+        cmd += ["--profile", str(profile)]
+    with open(project / "snakemake.log", "w") as log:
+        result = subprocess.run(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                timeout=SMOKE_TIMEOUT_S)
+    assert result.returncode == 0, f"snakemake exited {result.returncode}:\n{tail(project / 'snakemake.log')}"
 
 
 def start_snakemake(cluster: SlurmCluster, workdir: Path, *config: str) -> subprocess.Popen:
@@ -127,3 +175,24 @@ def test_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint(s
     assert slurm_job(slurm_cluster, second["slurm_job_id"])["JobState"] == "COMPLETED"
     assert recorded_job_id(workdir, "train_model") == second["slurm_job_id"]
     assert json.loads((workdir / "results" / "model.json").read_text()) == uninterrupted_model(tmp_path, steps)
+
+
+def test_smoke_run_through_slurm_matches_a_local_run(slurm_cluster, tmp_path):
+    targets = smoke_run_targets()
+    local = copy_project(tmp_path / "local")
+    run_project(local, project_env(local, slurm_cluster), targets, REPO / "workflow" / "profiles" / "local")
+    on_slurm = copy_project(tmp_path / "slurm")
+
+    run_project(on_slurm, project_env(on_slurm, slurm_cluster), targets, USER_PROFILE, TEST_PROFILE)
+
+    job_logs = sorted((on_slurm / ".snakemake" / "slurm_logs").glob("rule_*/*.log"))
+    rules = {log.parent.name.removeprefix("rule_") for log in job_logs}
+    assert {"prepare_corpus", "finetune_model", "decode_test_set", "score_predictions"} <= rules
+    for log in job_logs:
+        job = slurm_job(slurm_cluster, log.stem)
+        assert job["JobState"] == "COMPLETED", job
+        assert job["Comment"].startswith(f"rule_{log.parent.name.removeprefix('rule_')}"), job
+    for target in targets:
+        predictions = target.replace("/metrics/", "/predictions/").replace(".json", ".jsonl")
+        assert (on_slurm / predictions).read_text() == (local / predictions).read_text(), predictions
+        assert json.loads((on_slurm / target).read_text()) == json.loads((local / target).read_text()), target

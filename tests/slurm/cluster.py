@@ -134,8 +134,9 @@ JobCompType=jobcomp/none
 MpiDefault=none
 SwitchType=switch/none
 ReturnToService=2
-# Finished jobs stay visible to squeue this long; the executor's squeue status check relies on it.
-MinJobAge=600
+# Finished jobs stay visible to squeue and scontrol this long: the executor's squeue status check
+# relies on it, and the tests inspect every job of a run that can take many minutes.
+MinJobAge=3600
 SchedulerType=sched/backfill
 SlurmctldTimeout=30
 SlurmdTimeout=30
