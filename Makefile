@@ -4,12 +4,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
+# The table the README shows after `make demo`.
+DEMO_TABLE ?= results/tables/slurp-en.test.speech.md
+# Workflow rules call `python -m lalm_slu`: make that the venv's python.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup demo test test-fast lint report clean-results
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, by exact pin: an unpinned resolver would fetch a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements.txt
@@ -23,6 +26,7 @@ demo: $(STAMP)
 	mkdir -p logs
 	$(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local
 	$(BIN)/snakemake --cores 1 --profile workflow/profiles/local --report results/report.html
+	$(BIN)/lalm-slu update-readme --table $(DEMO_TABLE) --figure results/figures/budget_curves.png
 
 ## Unit tests plus the slow end-to-end tests (the whole suite, as CI runs it).
 test: $(STAMP)

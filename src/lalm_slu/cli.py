@@ -26,6 +26,7 @@ COMMANDS = {
     "aggregate": ("lalm_slu.commands.aggregate", "collect run metrics into one long CSV"),
     "tables": ("lalm_slu.commands.tables", "paper tables from the metrics CSV"),
     "figures": ("lalm_slu.commands.figures", "paper figures from the metrics CSV"),
+    "update-readme": ("lalm_slu.commands.update_readme", "show a demo table and figure in the README"),
     "download": ("lalm_slu.commands.download", "fetch hub corpora into the cache (login node)"),
 }
 

@@ -1,0 +1,19 @@
+"""Decode a test manifest with a fine-tuned model (see lalm_slu/decode.py)."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, help="fine-tuned model directory (full weights or a LoRA adapter)")
+    parser.add_argument("--manifest", required=True, help="test manifest (with audio for speech input)")
+    parser.add_argument("--modality", required=True, choices=["speech", "text"])
+    parser.add_argument("--settings", required=True, help="JSON: num_beams, batch_size, max_new_tokens, instruction")
+    parser.add_argument("--out", required=True, help="predictions jsonl")
+
+
+def run(args):
+    from lalm_slu.decode import decode
+
+    print(json.dumps(decode(args.model, args.manifest, args.modality, json.loads(args.settings), args.out)))

@@ -1,0 +1,76 @@
+"""Write one run's training mixture (see lalm_slu.mixtures for the schemes).
+
+Monolingual: --text-manifest/--speech-manifest/--speech-ids describe the one (scarce) part.
+Cross-lingual: those describe the source language, whose speech ids are all its utterances,
+and --target-* describe the target language, whose speech is the budgeted resource.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from lalm_slu.budgets import read_budget_ids
+from lalm_slu.mixtures import SCHEMES, MixtureError, MixturePart, build_mixture
+from lalm_slu.records import DataError, read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser):
+    parser.add_argument("--scheme", required=True, choices=SCHEMES)
+    parser.add_argument("--text-manifest", required=True, help="training text (all utterances)")
+    parser.add_argument("--speech-manifest", required=True, help="the same utterances with audio")
+    parser.add_argument("--speech-ids", required=True, help="id list of utterances whose speech may be used")
+    parser.add_argument("--target-text-manifest")
+    parser.add_argument("--target-speech-manifest")
+    parser.add_argument("--target-speech-ids")
+    parser.add_argument("--no-target-text", action="store_true", help="leave the target-language text out")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--out", required=True, help="mixture parquet file")
+
+
+def run(args):
+    target_args = [args.target_text_manifest, args.target_speech_manifest, args.target_speech_ids]
+    if any(target_args) and not all(target_args):
+        raise SystemExit("--target-text-manifest, --target-speech-manifest and --target-speech-ids go together")
+    crosslingual = all(target_args)
+    if args.no_target_text and not crosslingual:
+        raise SystemExit("--no-target-text needs the --target-* arguments")
+    parts = [load_part(args.text_manifest, args.speech_manifest, args.speech_ids, scarce=not crosslingual)]
+    if crosslingual:
+        parts.append(load_part(*target_args, scarce=True, use_text=not args.no_target_text))
+    try:
+        mixture = build_mixture(args.scheme, parts, args.seed)
+    except MixtureError as error:
+        raise DataError(str(error), args.out) from None
+    write_manifest(mixture, args.out)  # atomic parquet, like every manifest
+    counts = mixture.groupby(["phase", "lang", "modality"]).size()
+    for (phase, lang, modality), count in counts.items():
+        log.info("phase %d: %d %s %s items", phase, count, lang, modality)
+    log.info("wrote %d items (%s) to %s", len(mixture), args.scheme, args.out)
+
+
+def load_part(
+    text_manifest: str, speech_manifest: str, speech_ids_path: str, scarce: bool, use_text: bool = True
+) -> MixturePart:
+    text = read_manifest(text_manifest)
+    speech = read_manifest(speech_manifest)
+    speech_ids = read_budget_ids(speech_ids_path)
+    langs = sorted(set(text["lang"]))
+    if len(langs) > 1:
+        raise DataError(f"a manifest part must hold one language, found {langs}", text_manifest)
+    audio_of = dict(zip(speech["id"].astype(str), speech["audio"]))
+    for uid in speech_ids:
+        if pd.isna(audio_of.get(uid)):
+            raise DataError(f"utterance {uid!r} (from {speech_ids_path}) has no audio", speech_manifest)
+    return MixturePart(
+        lang=langs[0] if langs else "",
+        text_manifest=str(text_manifest),
+        speech_manifest=str(speech_manifest),
+        ids=tuple(text["id"].astype(str)),
+        speech_ids=tuple(speech_ids),
+        scarce=scarce,
+        use_text=use_text,
+    )

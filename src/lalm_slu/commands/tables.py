@@ -1,0 +1,32 @@
+"""`lalm-slu tables`: paper tables (CSV, Markdown, LaTeX) from the aggregate metrics CSV."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lalm_slu.metrics import METRIC_NAMES
+from lalm_slu.report.aggregate import read_metrics_csv
+from lalm_slu.report.tables import DEFAULT_TABLE_METRICS, build_tables, write_tables
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--metrics", required=True, type=Path, help="aggregate CSV written by `lalm-slu aggregate`")
+    parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument(
+        "--metric",
+        dest="table_metrics",
+        nargs="+",
+        choices=METRIC_NAMES,
+        metavar="METRIC",
+        default=list(DEFAULT_TABLE_METRICS),
+        help="metrics shown (columns), in this order",
+    )
+
+
+def run(args) -> int:
+    written = write_tables(build_tables(read_metrics_csv(args.metrics), tuple(args.table_metrics)), args.out_dir)
+    log.info("wrote %d table files to %s", len(written), args.out_dir)
+    return 0

@@ -1,0 +1,72 @@
+"""What every corpus reader shares: the bad-record policy, record collection, and split helpers."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from lalm_slu.records import DataError, Utterance, validate_utterance
+
+log = logging.getLogger(__name__)
+
+BAD_RECORD_MODES = ("error", "drop")
+
+# SLURP's `all` recording mode gives one record per recording, id `<utterance id>#<k>`;
+# budgets and caps count utterances, so they group records by the part before the separator.
+RECORDING_SEPARATOR = "#"
+
+
+def utterance_key(utterance_id: str) -> str:
+    """The utterance a record belongs to (records of one utterance share it)."""
+    return utterance_id.split(RECORDING_SEPARATOR, 1)[0]
+
+
+class BadRecordPolicy:
+    """Either raise on the first bad record ("error") or drop and count every bad record ("drop")."""
+
+    _WARN_FIRST = 5
+
+    def __init__(self, mode: str = "error"):
+        if mode not in BAD_RECORD_MODES:
+            raise ValueError(f"on_bad_record must be one of {BAD_RECORD_MODES}, got {mode!r}")
+        self.mode = mode
+        self.dropped: list[str] = []
+
+    def reject(self, error: DataError) -> None:
+        if self.mode == "error":
+            raise error
+        if len(self.dropped) < self._WARN_FIRST:
+            log.warning("dropping bad record: %s", error)
+        self.dropped.append(str(error))
+
+
+class RecordCollector:
+    """Validate each record where it is read, so an error names its file and line."""
+
+    def __init__(self, policy: BadRecordPolicy):
+        self.policy = policy
+        self.utterances: list[Utterance] = []
+        self._first_seen: dict[str, str] = {}
+
+    def add(self, utt: Utterance, path: str | os.PathLike, line: int | None) -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        try:
+            validate_utterance(utt, path, line)
+            if utt.id in self._first_seen:
+                raise DataError(f"duplicate utterance id {utt.id!r} (first at {self._first_seen[utt.id]})", path, line)
+        except DataError as error:
+            self.policy.reject(error)
+            return
+        self._first_seen[utt.id] = where
+        self.utterances.append(utt)
+
+    def reject(self, error: DataError) -> None:
+        self.policy.reject(error)
+
+
+def split_scenario_action(intent: str, path=None, line=None) -> tuple[str, str]:
+    """MASSIVE-style `scenario_action` (scenario names hold no underscore) → (scenario, action)."""
+    scenario, sep, action = intent.partition("_")
+    if not sep or not scenario or not action:
+        raise DataError(f"intent {intent!r} is not of the form scenario_action", path, line)
+    return scenario, action

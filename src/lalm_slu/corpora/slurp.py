@@ -1,0 +1,105 @@
+"""SLURP release jsonl (`dataset/slurp/{train,devel,test}.jsonl` of the SLURP repository).
+
+Each line: `slurp_id`, `sentence`, `sentence_annotation` (`[type : filler]` inline; its case may differ from the lower-cased `sentence`), `scenario`,
+`action`, and `recordings` (a list of {file, wer, ent_wer, status}); one utterance was read by
+several speakers, near-field (`-headset.flac`) and far-field.
+
+Which recording becomes the utterance's `audio` is a config choice (`recording`):
+- `first`: the first listed recording;
+- `headset`: the first headset recording, else the first;
+- `all`: one record per recording, id `<slurp_id>#<k>` (k = position in the list).
+Speech budgets and subset caps count utterances, not recordings: every record of one utterance
+shares `utterance_key(id)` and is kept or dropped together.
+`audio` is the recording's file name, relative to the audio root that `ingest-audio` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from lalm_slu.corpora.common import RECORDING_SEPARATOR, BadRecordPolicy, RecordCollector
+from lalm_slu.corpora.massive import parse_bracket_spans
+from lalm_slu.records import DataError, Utterance
+
+RELEASE_FILES = {"train": "train.jsonl", "dev": "devel.jsonl", "test": "test.jsonl"}
+RECORDING_MODES = ("first", "headset", "all")
+REQUIRED_FIELDS = ("slurp_id", "sentence", "sentence_annotation", "scenario", "action", "recordings")
+
+
+def choose_recordings(files: list[str], mode: str) -> list[str]:
+    """The recording file(s) whose audio the utterance uses under `mode`."""
+    if mode not in RECORDING_MODES:
+        raise ValueError(f"recording mode must be one of {RECORDING_MODES}, got {mode!r}")
+    if not files:
+        return []
+    if mode == "all":
+        return list(files)
+    if mode == "headset":
+        headset = [name for name in files if name.endswith("-headset.flac")]
+        return headset[:1] or files[:1]
+    return files[:1]
+
+
+def utterances_from_slurp_record(
+    record: dict, corpus: str, lang: str, split: str, recording: str, path, line
+) -> list[Utterance]:
+    missing = [key for key in REQUIRED_FIELDS if key not in record]
+    if missing:
+        raise DataError(f"missing keys {missing}", path, line)
+    text = record["sentence"]
+    plain, spans = parse_bracket_spans(record["sentence_annotation"], path, line)
+    # SLURP lower-cases `sentence` but not the annotation; fillers are cut from `sentence` by offset.
+    if plain.lower() != text.lower() or len(plain) != len(text):
+        raise DataError(f"annotation without brackets {plain!r} differs from sentence {text!r}", path, line)
+    entities = [{"type": entity_type, "filler": text[start:end]} for entity_type, start, end in spans]
+    files = [item["file"] for item in record["recordings"]]
+    base = dict(
+        corpus=corpus,
+        lang=lang,
+        split=split,
+        text=text,
+        scenario=record["scenario"],
+        action=record["action"],
+        entities=entities,
+        recordings=files,
+    )
+    slurp_id = str(record["slurp_id"])
+    chosen = choose_recordings(files, recording)
+    if recording == "all":
+        return [
+            Utterance(id=f"{slurp_id}{RECORDING_SEPARATOR}{files.index(name)}", audio=name, **base) for name in chosen
+        ]
+    return [Utterance(id=slurp_id, audio=chosen[0] if chosen else None, **base)]
+
+
+def read_slurp_release(
+    source: str | os.PathLike, corpus: str, lang: str, policy: BadRecordPolicy, recording: str = "headset"
+) -> list[Utterance]:
+    """`source` is the folder holding train.jsonl / devel.jsonl / test.jsonl (a missing one is skipped)."""
+    folder = Path(source)
+    if recording not in RECORDING_MODES:
+        raise ValueError(f"recording must be one of {RECORDING_MODES}, got {recording!r}")
+    present = {split: folder / name for split, name in RELEASE_FILES.items() if (folder / name).is_file()}
+    if not present:
+        raise DataError(f"no SLURP release file ({', '.join(RELEASE_FILES.values())}) found", folder)
+    collector = RecordCollector(policy)
+    for split, path in present.items():
+        with open(path, encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    records = utterances_from_slurp_record(
+                        json.loads(line), corpus, lang, split, recording, path, line_number
+                    )
+                except json.JSONDecodeError as error:
+                    collector.reject(DataError(f"invalid JSON ({error.msg})", path, line_number))
+                    continue
+                except DataError as error:
+                    collector.reject(error)
+                    continue
+                for utt in records:
+                    collector.add(utt, path, line_number)
+    return collector.utterances

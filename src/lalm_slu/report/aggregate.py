@@ -1,0 +1,105 @@
+"""Collect `results/runs/{run}/metrics/{testset}.{modality}.json` files into one long-format CSV."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from lalm_slu.metrics import METRIC_NAMES
+from lalm_slu.records import DataError
+
+# What a run's `meta` block may carry (written by `score --meta`); other keys follow, sorted.
+META_COLUMNS = (
+    "run",
+    "corpus",
+    "lang",
+    "source",
+    "target",
+    "target_text",
+    "scheme",
+    "budget",
+    "seed",
+    "testset",
+    "modality",
+    "granularity",
+    "wall_time_s",
+)
+VALUE_COLUMNS = ("metric", "value", "ci_low", "ci_high")
+COUNT_COLUMNS = ("n_gold", "n_missing", "n_extra", "n_parse_failures", "parse_failure_rate")
+
+_METRICS_PATH = re.compile(r"(?:^|/)runs/(?P<run>[^/]+)/metrics/(?P<testset>[^/]+)\.(?P<modality>[^./]+)\.json$")
+
+
+def metric_rows(path: str | os.PathLike) -> list[dict]:
+    """One row per metric of one score JSON; run/testset/modality come from `meta`, else from the path."""
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        metrics, counts = result["metrics"], result["counts"]
+    except FileNotFoundError:
+        raise DataError("metrics file not found", path) from None
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DataError(f"not a score result ({type(error).__name__}: {error})", path) from None
+    meta = dict(result.get("meta") or {})
+    meta.setdefault("granularity", result.get("granularity"))
+    match = _METRICS_PATH.search(path.as_posix())
+    for key in ("run", "testset", "modality"):
+        from_path = match.group(key) if match else None
+        if meta.get(key) is None:
+            if from_path is None:
+                raise DataError(
+                    f"no {key!r} in meta and the path is not runs/{{run}}/metrics/{{testset}}.{{modality}}.json", path
+                )
+            meta[key] = from_path
+        elif from_path is not None and str(meta[key]) != from_path:
+            raise DataError(f"meta {key}={meta[key]!r} disagrees with the path ({from_path!r})", path)
+    shared = {**meta, **{key: counts.get(key) for key in COUNT_COLUMNS}}
+    return [
+        {**shared, "metric": name, **{field: metrics[name].get(field) for field in ("value", "ci_low", "ci_high")}}
+        for name in METRIC_NAMES
+        if name in metrics
+    ]
+
+
+def aggregate_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    rows = [row for path in paths for row in metric_rows(path)]
+    extra = sorted({key for row in rows for key in row} - set(META_COLUMNS + VALUE_COLUMNS + COUNT_COLUMNS))
+    columns = list(META_COLUMNS) + extra + list(VALUE_COLUMNS) + list(COUNT_COLUMNS)
+    frame = pd.DataFrame(rows, columns=columns)
+    duplicated = frame.duplicated(["run", "testset", "modality", "metric"])
+    if duplicated.any():
+        first = frame[duplicated].iloc[0]
+        raise DataError(f"two metric files for run {first['run']!r}, {first['testset']}.{first['modality']}")
+    # Deterministic order whatever order the files were given in.
+    metric_rank = frame["metric"].map({name: rank for rank, name in enumerate(METRIC_NAMES)})
+    order = frame.assign(_rank=metric_rank).sort_values(["run", "testset", "modality", "_rank"], kind="stable").index
+    return frame.loc[order].reset_index(drop=True)
+
+
+def write_metrics_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False, lineterminator="\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_metrics_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """The aggregate CSV with identifiers as text (budgets like "115shot" and "10" stay comparable)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("metrics CSV not found", path)
+    text_columns = {name: "string" for name in META_COLUMNS if name not in ("seed", "wall_time_s")}
+    frame = pd.read_csv(path, dtype={**text_columns, "metric": "string"}, keep_default_na=False, na_values=[""])
+    missing = [
+        c for c in ("run", "scheme", "budget", "seed", "testset", "modality", "metric", "value") if c not in frame
+    ]
+    if missing:
+        raise DataError(f"not an aggregate metrics CSV: missing columns {missing}", path)
+    return frame

@@ -1,0 +1,391 @@
+"""Fine-tuning on one mixture file: every scheme (text-only, direct mixing, curriculum, oracle, cross-lingual).
+
+One loop, top to bottom: items → length-grouped micro-batches → accumulation → AdamW + warm-up/cosine per phase
+→ checkpoint. A scheme is only config: which modules train, and the phases (each with epochs, LR, warm-up)
+whose items come from the mixture's `phase` column. Checkpoints live in a work directory that is not a
+Snakemake output, so an interrupted or killed job resumes where it stopped on re-run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile
+import torch
+from tqdm import tqdm
+
+from lalm_slu.modeling import ChatItem, Collator, count_parameters, load_model_and_processor, set_trainable
+from lalm_slu.records import DataError, read_manifest
+from lalm_slu.slu_json import format_target
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint"
+
+
+@dataclass
+class TrainItem:
+    id: str
+    modality: str
+    text: str
+    target: str
+    audio_path: str | None
+    length: float  # seconds of audio, or characters of text / 15 (a comparable scale for grouping)
+
+
+def load_items(mixture_path: str | Path, phase: int) -> list[TrainItem]:
+    """The mixture's items of one phase, joined with their manifests (the only data training reads)."""
+    mixture = pd.read_parquet(mixture_path)
+    required = {"id", "lang", "modality", "phase", "manifest"}
+    if missing := required - set(mixture.columns):
+        raise DataError(f"mixture lacks columns {sorted(missing)}", mixture_path)
+    rows = mixture[mixture["phase"] == phase]
+    manifests: dict[str, pd.DataFrame] = {}
+    items = []
+    for row in rows.itertuples(index=False):
+        if row.manifest not in manifests:
+            manifests[row.manifest] = read_manifest(row.manifest).set_index("id", drop=False)
+        frame = manifests[row.manifest]
+        if row.id not in frame.index:
+            raise DataError(f"id {row.id!r} not found in manifest {row.manifest}", mixture_path)
+        utt = frame.loc[row.id]
+        target = format_target(utt["scenario"], utt["action"], utt["entities"])
+        if row.modality == "speech":
+            if not utt["audio"]:
+                raise DataError(f"speech item {row.id!r} has no audio in {row.manifest}", mixture_path)
+            if not os.path.isfile(utt["audio"]):
+                raise DataError(f"audio file {utt['audio']} of speech item {row.id!r} not found", row.manifest)
+            items.append(TrainItem(row.id, "speech", utt["text"], target, utt["audio"], float(utt["duration_s"])))
+        elif row.modality == "text":
+            items.append(TrainItem(row.id, "text", utt["text"], target, None, len(utt["text"]) / 15.0))
+        else:
+            raise DataError(f"unknown modality {row.modality!r} for id {row.id!r}", mixture_path)
+    return items
+
+
+def micro_batches(items: list[TrainItem], batch_size: int, seed: int, phase: int, epoch: int,
+                  group_by_length: bool) -> list[list[int]]:
+    """Seeded order for one epoch; with length grouping, sort inside windows of 50 batches, then shuffle batches."""
+    rng = np.random.default_rng([seed, phase, epoch])
+    order = rng.permutation(len(items))
+    if group_by_length:
+        window = batch_size * 50
+        grouped = []
+        for start in range(0, len(order), window):
+            chunk = order[start : start + window]
+            grouped += sorted(chunk.tolist(), key=lambda i: (items[i].modality, items[i].length))
+        order = np.array(grouped, dtype=np.int64)
+    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def load_audio(path: str) -> np.ndarray:
+    try:
+        audio, rate = soundfile.read(path, dtype="float32")
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        raise DataError(f"cannot read audio: {error}", path) from error
+    if rate != 16_000 or audio.ndim != 1:
+        raise DataError(f"expected 16 kHz mono audio, got {rate} Hz with shape {audio.shape}", path)
+    return audio
+
+
+def to_chat_items(items: list[TrainItem], instruction: str) -> list[ChatItem]:
+    return [
+        ChatItem(instruction, it.target, audio=load_audio(it.audio_path))
+        if it.modality == "speech"
+        else ChatItem(instruction, it.target, text=it.text)
+        for it in items
+    ]
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup_ratio: float) -> float:
+    """Linear warm-up then cosine decay to zero (transformers' get_cosine_schedule_with_warmup)."""
+    warmup = int(math.ceil(total * warmup_ratio))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def fingerprint(mixture_path, settings: dict) -> str:
+    digest = hashlib.sha256(Path(mixture_path).read_bytes())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+class Distributed:
+    """torchrun/accelerate-launched DDP (gloo on CPU, nccl on GPU), or a single process."""
+
+    def __init__(self):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world_size > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def average_gradients(self, params) -> None:
+        if self.world_size == 1:
+            return
+        # A parameter no rank touched this step (the projector in an all-text step) keeps grad None, so AdamW
+        # skips it as a single process would; zeros would still move it through its moments.
+        touched = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+        torch.distributed.all_reduce(touched)
+        for p, ranks in zip(params, touched.tolist()):
+            if ranks == 0:
+                continue
+            if p.grad is None:  # touched on another rank only: join the reduction with zeros
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= self.world_size
+
+    def all_sum(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(tensor)
+        return float(tensor.item())
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+
+def device_and_dtype(training: dict) -> tuple[str, torch.dtype]:
+    device = "cuda" if torch.cuda.is_available() and training.get("device", "auto") != "cpu" else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        device = f"cuda:{torch.cuda.current_device()}"
+    precision = training.get("precision", "auto")
+    if precision == "auto":
+        precision = "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return device, dtype
+
+
+def apply_lora(model, lora: dict, trainable_modules: list[str]):
+    """LoRA adapters on the LLM; the audio tower and projector, if trainable, train fully beside them
+    (peft would otherwise freeze everything but the adapters)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = "|".join(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"]))
+    config = LoraConfig(
+        r=int(lora.get("rank", 8)),
+        lora_alpha=float(lora.get("alpha", 16)),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        # Only the LLM: the audio tower has q/k/v projections with the same names.
+        target_modules=rf".*language_model.*\.({targets})",
+        modules_to_save=[m for m in trainable_modules if m in ("audio_tower", "multi_modal_projector")] or None,
+    )
+    model = get_peft_model(model, config)
+    for name, param in model.named_parameters():
+        if "embed_positions" in name:  # the sinusoid table never trains
+            param.requires_grad_(False)
+    return model
+
+
+def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work_dir: str | Path) -> dict:
+    """Train per `settings` = {"model": {...}, "training": {...}, "scheme": {...}, "prompt": {...}}."""
+    started = time.time()
+    model_cfg, training, scheme = settings["model"], settings["training"], settings["scheme"]
+    instruction = settings["prompt"]["instruction"]
+    dist = Distributed()
+    seed = int(training.get("seed", 0))
+    torch.manual_seed(seed)
+    if training.get("threads"):
+        torch.set_num_threads(int(training["threads"]))
+    device, dtype = device_and_dtype(training)
+    model, processor = load_model_and_processor(model_cfg["path"], dtype=dtype, device=device)
+    counts = set_trainable(model, scheme["trainable_modules"])
+    lora = model_cfg.get("lora")
+    if lora:
+        model = apply_lora(model, lora, scheme["trainable_modules"])
+    if training.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable()
+    params = [p for p in model.parameters() if p.requires_grad]
+    parameter_counts = {"per_module": counts, **count_parameters(model)}
+    log.info("trainable parameters: %s", parameter_counts)
+    optimizer = torch.optim.AdamW(
+        params, lr=float(scheme["phases"][0]["learning_rate"]), weight_decay=float(training.get("weight_decay", 0.0)),
+        betas=(0.9, 0.999),
+    )
+    collator = Collator(processor, length_aware=bool(training.get("length_aware", True)))
+    per_device = int(training["per_device_batch_size"])
+    global_batch = int(training["global_batch_size"])
+    accumulation = global_batch // (per_device * dist.world_size)
+    if accumulation < 1 or accumulation * per_device * dist.world_size != global_batch:
+        raise ValueError(
+            f"training.global_batch_size={global_batch} must be a multiple of per_device_batch_size={per_device} "
+            f"× processes={dist.world_size}"
+        )
+
+    work_dir, out_dir = Path(work_dir), Path(out_dir)
+    checkpoint = work_dir / CHECKPOINT_NAME
+    run_fingerprint = fingerprint(mixture_path, settings)
+    position = {"phase_index": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0}
+    history: list[dict] = []
+    previous = checkpoint.parent / (checkpoint.name + ".old")
+    if not checkpoint.exists() and previous.exists():  # killed between the two renames of _save_checkpoint
+        os.replace(previous, checkpoint)
+    if checkpoint.exists():
+        position, history = _resume(checkpoint, model, optimizer, run_fingerprint)
+        log.info("resumed from %s at %s", checkpoint, position)
+
+    # Every phase's items are checked before any training, so a bad row fails at once, not after phase 1.
+    phase_items = {int(phase["phase"]): load_items(mixture_path, int(phase["phase"])) for phase in scheme["phases"]}
+    for number, items in phase_items.items():
+        if not items:
+            raise DataError(f"phase {number} of the mixture has no items", mixture_path)
+
+    for phase_index, phase in enumerate(scheme["phases"]):
+        if phase_index < position["phase_index"]:
+            continue
+        items = phase_items[int(phase["phase"])]
+        epochs = int(phase["epochs"])
+        steps_per_epoch = math.ceil(len(items) / global_batch)
+        total_steps = steps_per_epoch * epochs
+        modalities = pd.Series([it.modality for it in items]).value_counts().to_dict()
+        log.info("phase %s: %d items %s, %d epochs × %d steps, lr %s, warm-up %s", phase["phase"], len(items),
+                 modalities, epochs, steps_per_epoch, phase["learning_rate"], phase["warmup_ratio"])
+        progress = tqdm(total=total_steps, desc=f"phase {phase['phase']}", mininterval=20, disable=not dist.is_main)
+        start_epoch = position["epoch"] if phase_index == position["phase_index"] else 0
+        for epoch in range(start_epoch, epochs):
+            batches = micro_batches(items, per_device, seed, int(phase["phase"]), epoch,
+                                    bool(training.get("group_by_length", True)))
+            first = position["step_in_epoch"] if (phase_index, epoch) == (position["phase_index"], position["epoch"]) else 0
+            progress.n = epoch * steps_per_epoch + first
+            for step in range(first, steps_per_epoch):
+                group = batches[step * accumulation * dist.world_size : (step + 1) * accumulation * dist.world_size]
+                mine = group[dist.rank :: dist.world_size]
+                speech_items = sum(items[i].modality == "speech" for batch_ids in group for i in batch_ids)
+                n_items = dist.all_sum(float(sum(len(b) for b in mine)))
+                model.train()
+                if "audio_tower" not in scheme["trainable_modules"]:
+                    _inner(model).model.audio_tower.eval()
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum = 0.0
+                for batch_ids in mine:
+                    batch = collator(to_chat_items([items[i] for i in batch_ids], instruction))
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+                        loss = model(**batch).loss
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"non-finite loss at phase {phase['phase']} epoch {epoch} step {step}; "
+                            f"the last good checkpoint is kept in {checkpoint}"
+                        )
+                    # Weight each micro-batch by its share of the global batch's items.
+                    (loss * len(batch_ids) * dist.world_size / n_items).backward()
+                    loss_sum += float(loss.detach()) * len(batch_ids)
+                dist.average_gradients(params)
+                torch.nn.utils.clip_grad_norm_(params, float(training.get("max_grad_norm", 1.0)))
+                lr = cosine_lr(epoch * steps_per_epoch + step, total_steps, float(phase["learning_rate"]),
+                               float(phase["warmup_ratio"]))
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = lr
+                optimizer.step()
+                position = {"phase_index": phase_index, "epoch": epoch, "step_in_epoch": step + 1,
+                            "global_step": position["global_step"] + 1}
+                history.append({"step": position["global_step"], "phase": int(phase["phase"]), "epoch": epoch,
+                                "loss": round(dist.all_sum(loss_sum) / n_items, 6), "lr": lr,
+                                "text_items": int(n_items) - speech_items, "speech_items": speech_items})
+                progress.update(1)
+                every = int(training.get("checkpoint_every_steps", 50))
+                if position["global_step"] % every == 0:
+                    _save_checkpoint(checkpoint, model, optimizer, position, history, run_fingerprint, dist)
+            position = {**position, "epoch": epoch + 1, "step_in_epoch": 0}
+        progress.close()
+        position = {**position, "phase_index": phase_index + 1, "epoch": 0, "step_in_epoch": 0}
+        _save_checkpoint(checkpoint, model, optimizer, position, history, run_fingerprint, dist)
+
+    summary = {
+        "wall_time_s": round(time.time() - started, 2),
+        "optimizer_steps": position["global_step"],
+        "processes": dist.world_size,
+        "trainable_parameters": parameter_counts,
+        "final_loss": history[-1]["loss"] if history else None,
+    }
+    if dist.is_main:
+        _write_output(out_dir, model, processor, settings, history, summary)
+    dist.barrier()
+    return summary
+
+
+def _inner(model):
+    """The Qwen2AudioForConditionalGeneration under a peft wrapper, if any."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _trainable_state(model) -> dict:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(path: Path, model, optimizer, position, history, run_fingerprint, dist) -> None:
+    """Atomic: written to a temp dir, then swapped in, so a kill mid-write leaves the previous checkpoint."""
+    if not dist.is_main:
+        dist.barrier()
+        return
+    from safetensors.torch import save_file
+
+    tmp = path.parent / (path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    torch.save({"optimizer": optimizer.state_dict(), "position": position, "rng": rng}, tmp / "state.pt")
+    (tmp / "meta.json").write_text(json.dumps({"fingerprint": run_fingerprint, "position": position}))
+    (tmp / "history.json").write_text(json.dumps(history))
+    old = path.parent / (path.name + ".old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def _resume(path: Path, model, optimizer, run_fingerprint: str):
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / "meta.json").read_text())
+    if meta["fingerprint"] != run_fingerprint:
+        raise RuntimeError(
+            f"{path} belongs to a different mixture or settings (fingerprint {meta['fingerprint']} ≠ "
+            f"{run_fingerprint}); delete it to start over"
+        )
+    weights = load_file(str(path / "trainable.safetensors"))
+    result = model.load_state_dict(weights, strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"{path}: unexpected keys {result.unexpected_keys[:5]}")
+    state = torch.load(path / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return state["position"], json.loads((path / "history.json").read_text())
+
+
+def _write_output(out_dir: Path, model, processor, settings, history, summary) -> None:
+    """Everything goes to a temp dir first; the declared output appears only when complete."""
+    tmp = out_dir.parent / (out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)  # a peft model saves only its adapter
+    processor.save_pretrained(tmp)
+    (tmp / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+    pd.DataFrame(history).to_csv(tmp / "loss.csv", index=False)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)

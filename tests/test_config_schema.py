@@ -1,0 +1,151 @@
+import pytest
+import yaml
+from conftest import REPO
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
+
+
+def default_config():
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def validated(config):
+    validate(config, SCHEMA)
+    return config
+
+
+def test_default_config_is_valid_and_schema_fills_defaults():
+    config = default_config()
+    del config["resources"]
+    del config["corpora"]["slurp"]["subset_seed"]
+    validated(config)
+    assert config["resources"]["light"] == {"threads": 1, "mem_mb": 1000, "runtime": 30, "gpu": 0}
+    assert config["corpora"]["slurp"]["subset_seed"] == 0
+    assert config["corpora"]["slurp"]["on_bad_record"] == "error"
+    assert config["grid"]["crosslingual"][0]["target_text_split"] == "dev"
+
+
+def test_smoke_config_merged_over_the_default_is_valid():
+    from snakemake.common.configfile import load_configfile
+    from snakemake.utils import update_config
+
+    config = default_config()
+    update_config(config, load_configfile(str(REPO / "workflow/configs/smoke.yaml")))
+    validated(config)
+    assert config["corpora"]["slurp"]["max_utterances"]["train"] <= 100
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.update(colour="blue"), r"'colour' was unexpected"),
+        (lambda c: c["corpora"]["slurp"].update(readr="massive"), r"'readr' was unexpected"),
+        (lambda c: c["speech"]["tts"].update(seeds=1), r"'seeds' was unexpected"),
+        (lambda c: c["grid"].update(budgets=[1]), r"'budgets' was unexpected"),
+        (lambda c: c["resources"]["finetune"].update(gpus=1), r"'gpus' was unexpected"),
+        (lambda c: c["corpora"]["slurp"].update(languages="en"), r"'en' is not of type 'array'"),
+        (lambda c: c["speech"].update(max_duration_s="long"), r"'long' is not of type 'number'"),
+        (lambda c: c["grid"]["monolingual"][0].update(budgets=[5, 101]), r"101 is not valid"),
+        (lambda c: c["grid"]["monolingual"][0].update(budgets=["5%"]), r"'5%' is not valid"),
+        (lambda c: c["grid"]["crosslingual"][0].update(target_speech_budgets=["0shot"]), r"'0shot' is not valid"),
+        (lambda c: c["grid"]["monolingual"][0].update(schemes=["mixing"]), r"'mixing' is not one of"),
+        (lambda c: c["grid"]["crosslingual"][0].update(schemes=["text_only"]), r"'text_only' is not one of"),
+        (lambda c: c["grid"]["monolingual"][0].update(lang="English"), r"'English' does not match"),
+        (lambda c: c["corpora"].update({"my-corpus": c["corpora"]["slurp"]}), r"'my-corpus' does not match"),
+        (lambda c: c["speech"]["tts"]["voices"]["en"]["test"][0].update(pitch=120), r"120 is greater than"),
+    ],
+)
+def test_schema_rejects_bad_config_naming_the_key(edit, message):
+    config = default_config()
+    edit(config)
+    with pytest.raises(WorkflowError, match=message):
+        validated(config)
+
+
+def write_config(workflow_copy, config):
+    (workflow_copy.root / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def dry_run_error(workflow_copy, config):
+    write_config(workflow_copy, config)
+    result = workflow_copy.snakemake("--dry-run", check=False)
+    assert result.returncode != 0, "a bad config must stop the workflow"
+    assert "Building DAG of jobs" not in result.stdout + result.stderr, "failed only after planning jobs"
+    return result.stdout + result.stderr
+
+
+def test_unknown_key_stops_snakemake_before_any_job(workflow_copy):
+    config = default_config()
+    config["corpora"]["xsid"]["max_utterance"] = 10
+    output = dry_run_error(workflow_copy, config)
+    assert "'max_utterance' was unexpected" in output
+    assert "On instance['corpora']['xsid']" in output
+
+
+def test_bad_value_stops_snakemake_before_any_job(workflow_copy):
+    config = default_config()
+    config["decode"]["modalities"] = ["speech", "video"]
+    output = dry_run_error(workflow_copy, config)
+    assert "'video' is not one of ['speech', 'text']" in output
+    assert "On instance['decode']['modalities'][1]" in output
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda c: c["grid"]["monolingual"][0].update(lang="fr"),
+            "grid.monolingual[0].lang: 'fr' is not a language of corpus 'slurp'",
+        ),
+        (
+            lambda c: c["grid"]["crosslingual"][0].update(targets=["de", "nl"]),
+            "grid.crosslingual[0].targets: 'nl' is not a language of corpus 'xsid'",
+        ),
+        (
+            lambda c: c["grid"]["monolingual"][0].update(corpus="snips"),
+            "grid.monolingual[0].lang: unknown corpus 'snips'",
+        ),
+        (
+            lambda c: c["speech"]["tts"]["voices"]["de"]["test"].append({"name": "de+m1"}),
+            "speech.tts.voices.de: train and test share voices ['de+m1']",
+        ),
+        (
+            lambda c: c["speech"]["tts"]["voices"].pop("it"),
+            "speech.tts.voices: no voices for language 'it'",
+        ),
+        (
+            lambda c: c["grid"]["monolingual"][0].update(budgets=[]),
+            "grid.monolingual[0].budgets: schemes ['curriculum', 'direct_mixing'] need at least one budget",
+        ),
+        (
+            lambda c: c["corpora"]["slurp"].update(speech="recorded"),
+            "corpora.slurp.audio_root: required when speech is recorded",
+        ),
+        (
+            lambda c: c["corpora"]["slurp"].update(download={"corpus": "massive"}),
+            "corpora.slurp.options.cache_dir: required with download",
+        ),
+    ],
+)
+def test_cross_field_errors_stop_snakemake_naming_the_key(workflow_copy, edit, message):
+    config = default_config()
+    edit(config)
+    assert message in dry_run_error(workflow_copy, config)
+
+
+def test_conda_env_pins_match_requirements():
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower()] = version.strip()
+    env = yaml.safe_load((REPO / "envs/lalm-slu.yaml").read_text())
+    pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
+    assert pip, "the env lists no pip packages"
+    for requirement in pip:
+        name, version = requirement.split("==")
+        assert pins.get(name.lower()) == version, f"{name}: env has {version}, requirements.txt {pins.get(name.lower())}"
+    job_packages = set(pins) - {"snakemake", "snakemake-executor-plugin-slurm", "snakefmt", "pytest", "pytest-xdist"}
+    assert job_packages == {requirement.split("==")[0].lower() for requirement in pip}

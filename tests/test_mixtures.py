@@ -1,0 +1,152 @@
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+from conftest import make_utterances
+
+from lalm_slu.budgets import write_budget_ids
+from lalm_slu.cli import main
+from lalm_slu.mixtures import MIXTURE_COLUMNS, SCHEMES, MixtureError, MixturePart, build_mixture
+from lalm_slu.records import DataError, write_manifest
+
+
+def part(lang="en", size=20, speech=5, scarce=True):
+    ids = tuple(f"{lang}{i:03d}" for i in range(size))
+    return MixturePart(lang, f"text-{lang}.parquet", f"speech-{lang}.parquet", ids, ids[:speech], scarce)
+
+
+def items(frame, phase=None, modality=None, lang=None):
+    mask = pd.Series(True, index=frame.index)
+    for column, value in (("phase", phase), ("modality", modality), ("lang", lang)):
+        if value is not None:
+            mask &= frame[column] == value
+    return frame[mask]
+
+
+def test_text_only_is_every_utterance_as_text_in_one_phase():
+    mixture = build_mixture("text_only", [part(speech=0)], seed=0)
+    assert list(mixture.columns) == list(MIXTURE_COLUMNS)
+    assert len(mixture) == 20 and set(mixture["modality"]) == {"text"} and set(mixture["phase"]) == {1}
+    assert set(mixture["manifest"]) == {"text-en.parquet"}
+
+
+def test_text_only_refuses_speech():
+    with pytest.raises(MixtureError, match="text_only allows no speech"):
+        build_mixture("text_only", [part(speech=3)], seed=0)
+
+
+def test_direct_mixing_adds_the_budgeted_speech_to_all_text_and_shuffles_them_together():
+    mixture = build_mixture("direct_mixing", [part(size=20, speech=5)], seed=0)
+    assert set(mixture["phase"]) == {1}
+    assert len(items(mixture, modality="text")) == 20
+    speech = items(mixture, modality="speech")
+    assert sorted(speech["id"]) == [f"en{i:03d}" for i in range(5)]
+    assert set(speech["manifest"]) == {"speech-en.parquet"}
+    positions = mixture.index[mixture["modality"] == "speech"]
+    assert positions.max() - positions.min() > 5  # interleaved, not appended as a block
+
+
+def test_curriculum_trains_text_first_then_text_plus_budgeted_speech():
+    mixture = build_mixture("curriculum", [part(size=20, speech=5)], seed=0)
+    phase1, phase2 = items(mixture, phase=1), items(mixture, phase=2)
+    assert len(phase1) == 20 and set(phase1["modality"]) == {"text"}
+    assert len(phase2) == 25 and len(items(phase2, modality="speech")) == 5
+    assert mixture.index[mixture["phase"] == 1].max() < mixture.index[mixture["phase"] == 2].min()
+
+
+def test_oracle_uses_every_utterance_as_speech_only():
+    mixture = build_mixture("oracle", [part(size=12, speech=12)], seed=0)
+    assert len(mixture) == 12 and set(mixture["modality"]) == {"speech"}
+
+
+def test_oracle_refuses_a_partial_speech_budget():
+    with pytest.raises(MixtureError, match="oracle uses all speech"):
+        build_mixture("oracle", [part(size=12, speech=6)], seed=0)
+
+
+def test_crosslingual_direct_mixing_has_source_speech_and_text_target_text_and_target_budget():
+    source, target = part("en", size=20, speech=20, scarce=False), part("de", size=10, speech=2)
+    mixture = build_mixture("direct_mixing", [source, target], seed=0)
+    counts = mixture.groupby(["lang", "modality"]).size().to_dict()
+    assert counts == {("en", "text"): 20, ("en", "speech"): 20, ("de", "text"): 10, ("de", "speech"): 2}
+
+
+def test_crosslingual_curriculum_adds_only_the_scarce_target_speech_in_phase_two():
+    source, target = part("en", size=20, speech=20, scarce=False), part("de", size=10, speech=2)
+    mixture = build_mixture("curriculum", [source, target], seed=0)
+    phase1 = items(mixture, phase=1).groupby(["lang", "modality"]).size().to_dict()
+    phase2 = items(mixture, phase=2).groupby(["lang", "modality"]).size().to_dict()
+    assert phase1 == {("en", "text"): 20, ("en", "speech"): 20, ("de", "text"): 10}
+    assert phase2 == {**phase1, ("de", "speech"): 2}
+
+
+def test_crosslingual_run_without_target_text_has_only_the_target_speech_budget():
+    source, target = part("en", size=20, speech=20, scarce=False), part("de", size=10, speech=3)
+    mixture = build_mixture("direct_mixing", [source, replace(target, use_text=False)], seed=0)
+    counts = mixture.groupby(["lang", "modality"]).size().to_dict()
+    assert counts == {("en", "text"): 20, ("en", "speech"): 20, ("de", "speech"): 3}
+
+
+def test_mixture_is_deterministic_for_a_seed_and_reshuffled_by_another():
+    parts = [part(size=30, speech=10)]
+    first, again = build_mixture("direct_mixing", parts, seed=4), build_mixture("direct_mixing", parts, seed=4)
+    other = build_mixture("direct_mixing", parts, seed=5)
+    pd.testing.assert_frame_equal(first, again)
+    assert list(first["id"]) != list(other["id"])
+    assert sorted(zip(first["id"], first["modality"])) == sorted(zip(other["id"], other["modality"]))
+
+
+def test_speech_ids_outside_the_training_pool_are_rejected():
+    bad = replace(part(), speech_ids=("en000", "zz999"))
+    with pytest.raises(MixtureError, match="not training utterances.*'zz999'"):
+        build_mixture("direct_mixing", [bad], seed=0)
+
+
+def test_schemes_match_the_config_schema():
+    import yaml
+
+    from conftest import REPO
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    assert tuple(schema["$defs"]["scheme"]["enum"]) == SCHEMES
+
+
+def with_audio(utterances, audio_for):
+    return [replace(u, audio=f"audio/{u.id}.flac" if u.id in audio_for else None) for u in utterances]
+
+
+def test_mix_training_set_command_writes_a_crosslingual_mixture(tmp_path):
+    en, de = make_utterances(10, "en", prefix="en"), make_utterances(8, "de", split="dev", prefix="de")
+    paths = {}
+    for name, utterances, audio_for in (
+        ("en_text", en, set()),
+        ("en_speech", en, {u.id for u in en}),
+        ("de_text", de, set()),
+        ("de_speech", de, {u.id for u in de}),
+    ):
+        paths[name] = write_manifest(with_audio(utterances, audio_for), tmp_path / f"{name}.parquet")
+    write_budget_ids([u.id for u in en], tmp_path / "en.txt")
+    write_budget_ids(["de0001", "de0005"], tmp_path / "de.txt")
+    out = tmp_path / "mix.parquet"
+    main(
+        ["mix-training-set", "--scheme", "curriculum", "--text-manifest", str(paths["en_text"]),
+         "--speech-manifest", str(paths["en_speech"]), "--speech-ids", str(tmp_path / "en.txt"),
+         "--target-text-manifest", str(paths["de_text"]), "--target-speech-manifest", str(paths["de_speech"]),
+         "--target-speech-ids", str(tmp_path / "de.txt"), "--seed", "0", "--out", str(out)]
+    )  # fmt: skip
+    mixture = pd.read_parquet(out)
+    assert list(mixture.columns) == list(MIXTURE_COLUMNS)
+    phase2_speech = items(mixture, phase=2, modality="speech")
+    assert sorted(phase2_speech.loc[phase2_speech["lang"] == "de", "id"]) == ["de0001", "de0005"]
+    assert set(items(mixture, phase=1, modality="speech")["lang"]) == {"en"}
+
+
+def test_mix_training_set_command_names_the_speech_manifest_when_audio_is_missing(tmp_path):
+    en = make_utterances(4)
+    text = write_manifest(en, tmp_path / "text.parquet")
+    speech = write_manifest(with_audio(en, {"utt0000"}), tmp_path / "speech.parquet")
+    write_budget_ids(["utt0000", "utt0002"], tmp_path / "ids.txt")
+    with pytest.raises(DataError, match=r"speech.parquet: utterance 'utt0002' .*has no audio"):
+        main(["mix-training-set", "--scheme", "direct_mixing", "--text-manifest", str(text),
+              "--speech-manifest", str(speech), "--speech-ids", str(tmp_path / "ids.txt"),
+              "--seed", "0", "--out", str(tmp_path / "mix.parquet")])  # fmt: skip

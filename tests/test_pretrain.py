@@ -1,0 +1,87 @@
+"""Demo-model pretraining: a few steps lower the loss, and an interrupted run resumes to the same state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lalm_slu.demo_model.build import DEFAULT_ARCHITECTURE, build_demo_model
+from lalm_slu.demo_model.pretrain import PretrainConfig, batch_plan, pretrain, synthesize_clips
+from lalm_slu.speech.tts import Voice
+
+SENTENCES = [
+    "wake me up at five am",
+    "what is the weather in paris",
+    "play some jazz music",
+    "turn off the kitchen lights",
+    "set a timer for ten minutes",
+    "how tall is the eiffel tower",
+    "remind me to call mom tomorrow",
+    "order a pizza for dinner",
+]
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 512,
+    "rope_theta": 10000.0,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    architecture = dict(DEFAULT_ARCHITECTURE, text=TINY_TEXT, vocab_size=400)
+    model_dir = build_demo_model(SENTENCES, root / "built", architecture)
+    voice = Voice("en-us+m3", 180, 50)
+    clips = synthesize_clips([(s, "en", voice) for s in SENTENCES], root / "audio")
+    return model_dir, clips
+
+
+def _config(**overrides) -> PretrainConfig:
+    base = dict(steps=6, batch_size=4, learning_rate=3e-3, warmup_steps=1, checkpoint_every=2, eval_every=1000,
+                text_fraction=0.25, threads=1, seed=3)
+    return PretrainConfig(**{**base, **overrides})
+
+
+def test_batch_plan_is_a_pure_function_of_seed_and_step():
+    lengths = [float(i % 7) for i in range(100)]
+    cfg = _config(batch_size=8)
+    assert batch_plan(lengths, 50, cfg, 17) == batch_plan(lengths, 50, cfg, 17)
+    assert batch_plan(lengths, 50, cfg, 17) != batch_plan(lengths, 50, cfg, 18)
+    assert all(len(batch_plan(lengths, 50, cfg, s)) == 8 for s in range(60))
+
+
+@pytest.mark.slow
+def test_a_few_steps_lower_the_loss(tiny_setup, tmp_path):
+    model_dir, clips = tiny_setup
+    cfg = _config(steps=12)
+    summary = pretrain(model_dir, tmp_path / "out", tmp_path / "work", clips, SENTENCES, {"en": clips[:2]}, cfg)
+    losses = [float(line.split(",")[1]) for line in (tmp_path / "out" / "pretraining_loss.csv").read_text().split()[1:]]
+    assert summary["finished"] and len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert set(summary["final_wer"]) == {"en"}
+
+
+@pytest.mark.slow
+def test_interrupted_pretraining_resumes_to_the_same_state(tiny_setup, tmp_path):
+    model_dir, clips = tiny_setup
+    evaluation = {"en": clips[:1]}
+    pretrain(model_dir, tmp_path / "a_out", tmp_path / "a_work", clips, SENTENCES, evaluation, _config())
+    first = pretrain(model_dir, tmp_path / "b_out", tmp_path / "b_work", clips, SENTENCES, evaluation,
+                     _config(stop_after_steps=3))
+    assert first == {"steps_done": 3, "finished": False}
+    assert not (tmp_path / "b_out").exists()
+    pretrain(model_dir, tmp_path / "b_out", tmp_path / "b_work", clips, SENTENCES, evaluation, _config())
+    uninterrupted = load_file(str(tmp_path / "a_work" / "checkpoint" / "trainable.safetensors"))
+    resumed = load_file(str(tmp_path / "b_work" / "checkpoint" / "trainable.safetensors"))
+    assert uninterrupted.keys() == resumed.keys()
+    for name in uninterrupted:
+        assert torch.equal(uninterrupted[name], resumed[name]), name
+    history_a = json.loads((tmp_path / "a_out" / "pretraining_summary.json").read_text())
+    assert history_a["steps"] == 6

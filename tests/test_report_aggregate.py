@@ -1,0 +1,102 @@
+import json
+
+import pytest
+
+from lalm_slu.cli import main
+from lalm_slu.metrics import METRIC_NAMES
+from lalm_slu.records import DataError
+from lalm_slu.report.aggregate import aggregate_metrics, read_metrics_csv, write_metrics_csv
+from report_fakes import score_result, write_fake_results, write_result
+
+
+def test_one_row_per_run_testset_modality_and_metric(tmp_path):
+    paths = write_fake_results(tmp_path / "results", modalities=("speech", "text"))
+    frame = aggregate_metrics(paths)
+    assert len(paths) == 2 * (12 + 4 + 1)
+    assert len(frame) == len(paths) * len(METRIC_NAMES)
+    assert not frame.duplicated(["run", "testset", "modality", "metric"]).any()
+
+
+def test_rows_carry_meta_values_intervals_and_counts(tmp_path):
+    frame = aggregate_metrics(write_fake_results(tmp_path / "results"))
+    row = frame[(frame["run"] == "slurp-en_curriculum_b10_s1") & (frame["metric"] == "slu_f1")].iloc[0]
+    assert (row["corpus"], row["lang"], row["scheme"], row["budget"], row["seed"]) == (
+        "slurp",
+        "en",
+        "curriculum",
+        "10",
+        1,
+    )
+    assert (row["testset"], row["modality"], row["granularity"]) == ("test", "speech", "utterance")
+    assert (row["value"], row["ci_low"], row["ci_high"]) == pytest.approx((0.76, 0.71, 0.81))
+    assert (row["n_gold"], row["parse_failure_rate"]) == (100, 0.02)
+
+
+def test_csv_is_identical_whatever_the_order_of_input_files(tmp_path):
+    paths = write_fake_results(tmp_path / "results")
+    first = write_metrics_csv(aggregate_metrics(paths), tmp_path / "a.csv").read_bytes()
+    second = write_metrics_csv(aggregate_metrics(list(reversed(paths))), tmp_path / "b.csv").read_bytes()
+    assert first == second
+
+
+def test_rows_are_ordered_by_run_testset_modality_then_metric_order(tmp_path):
+    frame = aggregate_metrics(write_fake_results(tmp_path / "results"))
+    assert list(frame["run"]) == sorted(frame["run"])
+    first_run = frame[frame["run"] == frame["run"].iloc[0]]
+    assert list(first_run["metric"]) == list(METRIC_NAMES)
+
+
+def test_run_testset_and_modality_come_from_the_path_when_meta_lacks_them(tmp_path):
+    path = tmp_path / "results" / "runs" / "slurp-en_oracle_b100_s0" / "metrics" / "devel.text.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(score_result(0.5, {"scheme": "oracle", "budget": "100", "seed": 0})))
+    frame = aggregate_metrics([path])
+    assert set(zip(frame["run"], frame["testset"], frame["modality"])) == {("slurp-en_oracle_b100_s0", "devel", "text")}
+
+
+def test_meta_that_disagrees_with_the_path_is_an_error(tmp_path):
+    path = write_result(
+        tmp_path / "results", {"run": "r1", "modality": "speech", "scheme": "oracle", "budget": "100", "seed": 0}, 0.5
+    )
+    result = json.loads(path.read_text())
+    result["meta"]["modality"] = "text"
+    path.write_text(json.dumps(result))
+    with pytest.raises(DataError, match=r"test.speech.json: meta modality='text' disagrees with the path"):
+        aggregate_metrics([path])
+
+
+def test_file_outside_the_runs_layout_needs_meta(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(score_result(0.5, {"scheme": "oracle"})))
+    with pytest.raises(DataError, match=r"metrics.json: no 'run' in meta"):
+        aggregate_metrics([path])
+
+
+def test_a_file_that_is_not_a_score_result_is_named(tmp_path):
+    path = tmp_path / "runs" / "r" / "metrics" / "test.speech.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"metrics": {}}')
+    with pytest.raises(DataError, match=r"test.speech.json: not a score result"):
+        aggregate_metrics([path])
+
+
+def test_the_same_run_twice_is_an_error(tmp_path):
+    path = write_fake_results(tmp_path / "results")[0]
+    with pytest.raises(DataError, match="two metric files for run"):
+        aggregate_metrics([path, path])
+
+
+def test_aggregate_command_writes_a_csv_that_reads_back_with_text_budgets(tmp_path):
+    paths = write_fake_results(tmp_path / "results")
+    out = tmp_path / "results" / "metrics.csv"
+    assert main(["aggregate", "--metrics", *map(str, paths), "--out", str(out)]) == 0
+    frame = read_metrics_csv(out)
+    assert sorted(frame["budget"].unique()) == ["0", "1", "10", "100", "115shot"]
+    assert len(frame) == len(paths) * len(METRIC_NAMES)
+
+
+def test_reading_a_csv_that_is_not_an_aggregate_is_an_error(tmp_path):
+    path = tmp_path / "other.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match=r"other.csv: not an aggregate metrics CSV"):
+        read_metrics_csv(path)

@@ -1,0 +1,127 @@
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from lalm_slu.cli import main
+from lalm_slu.report.aggregate import aggregate_metrics, read_metrics_csv, write_metrics_csv
+from lalm_slu.report.figures import (
+    budget_curves_figure,
+    crosslingual_figure,
+    find_chromium,
+    write_figures,
+)
+from lalm_slu.report.summary import CROSSLINGUAL_KEYS, MONOLINGUAL_KEYS, is_crosslingual, seed_summary
+from report_fakes import write_fake_results
+
+FIGURE_FILES = ["budget_curves.pdf", "budget_curves.png", "crosslingual.pdf", "crosslingual.png", "index.html"]
+
+
+@pytest.fixture
+def metrics_csv(tmp_path):
+    paths = write_fake_results(tmp_path / "results")
+    return write_metrics_csv(aggregate_metrics(paths), tmp_path / "results" / "metrics.csv")
+
+
+@pytest.fixture
+def summaries(metrics_csv):
+    frame = read_metrics_csv(metrics_csv)
+    cross = is_crosslingual(frame)
+    return (
+        seed_summary(frame[~cross], MONOLINGUAL_KEYS),
+        seed_summary(frame[cross], (*CROSSLINGUAL_KEYS, "target_text")),
+    )
+
+
+def test_figures_command_writes_png_pdf_and_an_index(metrics_csv, tmp_path):
+    out_dir = tmp_path / "figures"
+    assert main(["figures", "--metrics", str(metrics_csv), "--out-dir", str(out_dir)]) == 0
+    assert sorted(path.name for path in out_dir.iterdir()) == FIGURE_FILES
+    assert (out_dir / "budget_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out_dir / "budget_curves.pdf").read_bytes()[:5] == b"%PDF-"
+    assert '<img src="crosslingual.png"' in (out_dir / "index.html").read_text()
+
+
+def test_figures_are_byte_identical_when_rerun(metrics_csv, tmp_path):
+    frame = read_metrics_csv(metrics_csv)
+    write_figures(frame, tmp_path / "first")
+    write_figures(frame, tmp_path / "second")
+    for name in FIGURE_FILES:
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
+
+
+def test_figure_files_carry_no_dates_or_software_versions(metrics_csv, tmp_path):
+    write_figures(read_metrics_csv(metrics_csv), tmp_path)
+    pdf = (tmp_path / "budget_curves.pdf").read_bytes()
+    png = (tmp_path / "budget_curves.png").read_bytes()
+    assert b"/CreationDate" not in pdf and b"/Producer" not in pdf and b"/Creator" not in pdf
+    assert b"Software" not in png and b"matplotlib version" not in png
+
+
+def test_budget_curves_have_a_panel_per_language_and_modality_and_a_row_per_metric(summaries):
+    mono, _ = summaries
+    figure = budget_curves_figure(mono, metrics=("slu_f1", "intent_accuracy"))
+    axes = [a for a in figure.axes if a.get_title() or a.get_ylabel() or a.get_xlabel() or a.lines]
+    assert len(axes) == 2 * 2  # slurp/en and xsid/de (its oracle line) × two metrics
+    assert figure.axes[0].get_title() == "slurp (en)\ntest set, speech input"
+    assert figure.axes[0].get_ylabel() == "SLU-F1 (%)"
+
+
+def test_budget_curves_plot_scheme_means_on_a_symlog_axis_that_shows_budget_zero(summaries):
+    mono, _ = summaries
+    axes = budget_curves_figure(mono, metrics=("slu_f1",)).axes[0]
+    assert axes.get_xscale() == "symlog"
+    assert [tick.get_text() for tick in axes.get_xticklabels()] == ["0", "1", "10", "100"]
+    assert axes.get_xlim()[0] < 0
+    curves = {line.get_label(): line for line in axes.lines if line.get_marker() == "o"}
+    assert list(curves["curriculum"].get_xdata()) == [1.0, 10.0]
+    assert list(curves["curriculum"].get_ydata()) == pytest.approx([63.0, 75.0])  # mean of seeds, in %
+
+
+def test_text_only_and_oracle_are_horizontal_reference_lines(summaries):
+    mono, _ = summaries
+    axes = budget_curves_figure(mono, metrics=("slu_f1",)).axes[0]
+    references = {line.get_label(): line for line in axes.lines if line.get_marker() != "o"}
+    assert list(references["text only"].get_ydata()) == pytest.approx([51.0, 51.0])
+    assert list(references["oracle (all speech)"].get_ydata()) == pytest.approx([81.0, 81.0])
+    assert references["text only"].get_linestyle() == "--"
+
+
+def test_curves_have_bands_from_the_mean_bootstrap_bounds(summaries):
+    mono, _ = summaries
+    axes = budget_curves_figure(mono, metrics=("slu_f1",)).axes[0]
+    bands = axes.collections
+    assert len(bands) == 2  # direct mixing, curriculum
+    y = np.concatenate([path.vertices[:, 1] for path in bands[1].get_paths()])
+    assert y.min() == pytest.approx(58.0) and y.max() == pytest.approx(80.0)  # curriculum: 63 - 5 .. 75 + 5
+
+
+def test_crosslingual_figure_puts_budgets_on_an_ordered_categorical_axis(summaries):
+    mono, cross = summaries
+    axes = crosslingual_figure(cross, mono, metrics=("slu_f1",)).axes[0]
+    assert [tick.get_text() for tick in axes.get_xticklabels()] == ["0 %", "115-shot", "10 %"]
+    assert axes.get_title() == "xsid en→de\ntest set, speech input"
+    labels = axes.get_legend_handles_labels()[1]
+    assert "curriculum, target text" in labels and "direct mixing, no target text" in labels
+    oracle = next(line for line in axes.lines if line.get_label().startswith("target oracle"))
+    assert list(oracle.get_ydata()) == pytest.approx([90.0, 90.0])
+
+
+def test_missing_cross_lingual_runs_give_a_placeholder_figure(metrics_csv, tmp_path):
+    frame = read_metrics_csv(metrics_csv)
+    write_figures(frame[~is_crosslingual(frame)], tmp_path)
+    assert (tmp_path / "crosslingual.png").exists()
+    empty = crosslingual_figure(seed_summary(frame.iloc[0:0], CROSSLINGUAL_KEYS), pd.DataFrame())
+    assert empty.axes[0].texts[0].get_text() == "no cross-lingual runs in the metrics CSV"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed")
+def test_figures_render_in_headless_chromium(metrics_csv, tmp_path):
+    out_dir = tmp_path / "figures"
+    shot = tmp_path / "screenshot.png"
+    assert main(["figures", "--metrics", str(metrics_csv), "--out-dir", str(out_dir), "--screenshot", str(shot)]) == 0
+    pixels = (matplotlib.image.imread(shot)[:, :, :3] * 255).round().astype(int)
+    # The curriculum orange (#ff7f0e) only appears if the browser actually loaded and drew the PNGs.
+    orange = np.all(np.abs(pixels - [255, 127, 14]) <= 6, axis=-1)
+    assert orange.sum() > 200

@@ -1,0 +1,34 @@
+"""The README's demo block is replaced by pipeline output, and nothing else in the README changes."""
+
+import pytest
+
+from lalm_slu.cli import main
+from lalm_slu.commands.update_readme import END, START
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{START}\nold table\n{END}\nafter\n")
+    table = tmp_path / "slurp-en.test.speech.md"
+    table.write_text("| scheme | intent |\n|---|---|\n| text_only | 0.5 |\n")
+    figure = tmp_path / "budget_curves.png"
+    figure.write_bytes(b"\x89PNG fake")
+    args = ["update-readme", "--readme", str(readme), "--table", str(table), "--figure", str(figure),
+            "--assets-dir", str(tmp_path / "assets")]
+    assert main(args) == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n") and text.endswith("after\n")
+    assert "old table" not in text and "| text_only | 0.5 |" in text
+    assert (tmp_path / "assets" / "budget_curves.png").read_bytes() == b"\x89PNG fake"
+    main(args)
+    assert readme.read_text() == text
+
+
+def test_update_readme_without_markers_fails_naming_the_file(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    (tmp_path / "t.md").write_text("x")
+    (tmp_path / "f.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="README.md"):
+        main(["update-readme", "--readme", str(readme), "--table", str(tmp_path / "t.md"),
+              "--figure", str(tmp_path / "f.png"), "--assets-dir", str(tmp_path / "a")])

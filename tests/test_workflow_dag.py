@@ -1,0 +1,171 @@
+"""The planned DAG: lint, formatting, run names, job counts and stage routing (dry runs only)."""
+
+import re
+import subprocess
+from collections import Counter
+
+import pytest
+import yaml
+from conftest import BIN, REPO, subprocess_env
+
+RULE_FILES = sorted((REPO / "workflow/rules").glob("*.smk"))
+
+
+def prepare(copy, config=None):
+    """Stand-ins for the raw data and the model so that a dry run can plan every job."""
+    for path in ("data/massive/en-US.jsonl", "data/xsid/README"):
+        (copy.root / path).parent.mkdir(parents=True, exist_ok=True)
+        (copy.root / path).touch()
+    (copy.root / "models/demo-qwen2-audio").mkdir(parents=True)
+    if config is not None:
+        (copy.root / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def planned_jobs(copy, *args):
+    """(rule, wildcards) of every job a dry run would execute."""
+    result = copy.snakemake("--dry-run", *args)
+    output = result.stdout + result.stderr
+    jobs = []
+    for line in output.splitlines():
+        rule = re.match(r"(?:local)?rule (\w+):$", line)
+        if rule:
+            jobs.append([rule.group(1), ""])
+        elif line.startswith("    wildcards: ") and jobs:
+            jobs[-1][1] = line.removeprefix("    wildcards: ")
+    return [tuple(job) for job in jobs]
+
+
+def test_snakemake_lint_reports_nothing(workflow_copy):
+    prepare(workflow_copy)
+    result = workflow_copy.snakemake("--lint")
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_snakefile_and_rules_are_snakefmt_clean():
+    result = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_files_import_nothing_heavy():
+    for path in [REPO / "Snakefile", *RULE_FILES]:
+        for line in path.read_text().splitlines():
+            assert not re.match(r"\s*(import|from)\s+(torch|transformers|pandas|numpy|lalm_slu)\b", line), (
+                f"{path.name}: {line.strip()}"
+            )
+
+
+def test_every_rule_has_a_log_and_a_verb_noun_name():
+    for path in RULE_FILES:
+        text = path.read_text()
+        for name, body in re.findall(r"^rule (\w+):\n((?:    .*\n|\n)*)", text, re.MULTILINE):
+            assert "_" in name, f"{name} is not verb_noun"
+            assert "\n    log:" in "\n" + body, f"rule {name} has no log"
+
+
+def test_default_grid_plans_every_run_once_with_its_name(workflow_copy):
+    prepare(workflow_copy)
+    jobs = planned_jobs(workflow_copy)
+    runs = {wildcards.removeprefix("run=") for rule, wildcards in jobs if rule == "finetune_model"}
+    expected = {"slurp-en_text_only_b0_s0", "slurp-en_oracle_b100_s0"}
+    expected |= {f"slurp-en_{scheme}_b{b}_s0" for scheme in ("direct_mixing", "curriculum") for b in (1, 5, 25)}
+    expected |= {f"xsid-en2{t}_direct_mixing_b{b}_s0" for t in ("de", "it") for b in ("0", "10shot", "25")}
+    expected |= {"xsid-de_oracle_b100_s0", "xsid-it_oracle_b100_s0"}
+    assert runs == expected
+    counts = Counter(rule for rule, _ in jobs)
+    assert counts["decode_test_set"] == counts["score_predictions"] == 2 * len(expected)  # speech and text
+    assert counts["aggregate_metrics"] == counts["make_tables"] == counts["make_figures"] == 1
+    assert "build_demo_model" not in counts and "pretrain_demo_model" not in counts
+
+
+def test_only_needed_speech_is_synthesized(workflow_copy):
+    prepare(workflow_copy)
+    synthesized = {w for rule, w in planned_jobs(workflow_copy) if rule == "synthesize_speech"}
+    # Source speech for training, target dev (training) and test speech; no unused splits.
+    assert synthesized == {
+        "corpus=slurp, lang=en, split=train",
+        "corpus=slurp, lang=en, split=test",
+        "corpus=xsid, lang=en, split=train",
+        "corpus=xsid, lang=de, split=dev",
+        "corpus=xsid, lang=de, split=test",
+        "corpus=xsid, lang=it, split=dev",
+        "corpus=xsid, lang=it, split=test",
+    }
+
+
+def test_recorded_corpora_are_ingested_not_synthesized(workflow_copy):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["corpora"]["slurp"].update(speech="recorded", audio_root="data/slurp/audio")
+    prepare(workflow_copy, config)
+    jobs = planned_jobs(workflow_copy)
+    assert {w for rule, w in jobs if rule == "ingest_audio"} == {
+        "corpus=slurp, lang=en, split=train",
+        "corpus=slurp, lang=en, split=test",
+    }
+    assert all("corpus=xsid" in w for rule, w in jobs if rule == "synthesize_speech")
+
+
+def test_demo_model_is_built_only_on_request(workflow_copy):
+    prepare(workflow_copy)
+    rules = Counter(rule for rule, _ in planned_jobs(workflow_copy, "pretrain_demo_model"))
+    assert rules["build_demo_model"] == rules["pretrain_demo_model"] == 1
+    assert rules["prepare_corpus"] == 4  # slurp/en, xsid/en, xsid/de, xsid/it text
+    assert "synthesize_speech" not in rules  # pretraining speaks its own sentences
+    assert "finetune_model" not in rules
+
+
+@pytest.mark.parametrize("target", ["results/mixtures/slurp-en_direct_mixing_b7_s0.parquet"])
+def test_runs_outside_the_grid_are_not_buildable(workflow_copy, target):
+    prepare(workflow_copy)
+    result = workflow_copy.snakemake("--dry-run", target, check=False)
+    assert result.returncode != 0
+    assert "MissingRuleException" in result.stdout + result.stderr
+
+
+def test_hub_corpora_are_downloaded_once_before_preparation(workflow_copy):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["corpora"]["smassive"] = {
+        "reader": "speech_massive_hub",
+        "source": "FBK-MT/Speech-MASSIVE",
+        "languages": ["fr", "de"],
+        "options": {"cache_dir": "resources/hub", "config": "fr-FR"},
+        "download": {"corpus": "speech_massive", "locales": ["fr-FR", "de-DE"]},
+        "speech": "recorded",
+        "audio_root": "resources/hub/audio",
+    }
+    config["grid"] = {"monolingual": [{"corpus": "smassive", "lang": "fr", "schemes": ["text_only"]}]}
+    prepare(workflow_copy, config)
+    result = workflow_copy.snakemake("--dry-run", "--printshellcmds")
+    output = result.stdout + result.stderr
+    jobs = Counter(rule for rule, _ in planned_jobs(workflow_copy))
+    assert jobs["download_corpus"] == 1 and jobs["prepare_corpus"] == 1 and jobs["ingest_audio"] == 2
+    assert "download --corpus speech_massive --cache-dir resources/hub --locales fr-FR de-DE" in output
+    assert "--source FBK-MT/Speech-MASSIVE" in output and "--option cache_dir=resources/hub config=fr-FR" in output
+
+
+def test_commands_receive_the_run_settings_and_score_metadata(workflow_copy):
+    import json
+    import shlex
+
+    prepare(workflow_copy)
+    result = workflow_copy.snakemake("--dry-run", "--printshellcmds", "--forceall")
+    commands = [line for line in (result.stdout + result.stderr).splitlines() if "python -m lalm_slu" in line]
+
+    def arguments(command_name, run):
+        line = next(c for c in commands if f" {command_name} " in c and run in c)
+        words = shlex.split(line.split(">")[0])
+        return {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
+
+    settings = json.loads(arguments("finetune", "xsid-en2de_direct_mixing_b10shot_s0")["--settings"])
+    assert settings["training"]["seed"] == 0 and settings["scheme"]["name"] == "direct_mixing"
+    assert set(settings) == {"model", "training", "scheme", "prompt"}
+    meta = json.loads(arguments("score", "xsid-en2de_direct_mixing_b10shot_s0")["--meta"])
+    assert meta == {"run": "xsid-en2de_direct_mixing_b10shot_s0", "corpus": "xsid", "scheme": "direct_mixing",
+                    "source": "en", "target": "de", "target_text": True, "budget": "10shot", "seed": 0}  # fmt: skip
+    decode = json.loads(arguments("decode", "slurp-en_oracle_b100_s0")["--settings"])
+    assert decode["instruction"].startswith("Identify the scenario") and "modalities" not in decode

@@ -1,0 +1,25 @@
+# One job per budget: each recomputes the pool's seeded stratified order and takes its
+# prefix, so budgets stay nested and adding a budget touches no other budget's files.
+
+
+rule subsample_budget:
+    input:
+        manifest=budget_pool,
+    output:
+        ids="results/budgets/{corpus}/{lang}/{split}/seed{seed}/{budget}.txt",
+        coverage="results/budgets/{corpus}/{lang}/{split}/seed{seed}/{budget}.json",
+    log:
+        "logs/subsample_budget/{corpus}/{lang}/{split}/seed{seed}/{budget}.log",
+    conda:
+        "../../envs/lalm-slu.yaml"
+    threads: resource("light", "threads")
+    resources:
+        mem_mb=resource("light", "mem_mb"),
+        runtime=resource("light", "runtime"),
+    params:
+        out_dir=parent_dir,
+        code=code_version("subsample_budget"),
+    shell:
+        "python -m lalm_slu subsample-budget --manifest {input.manifest}"
+        " --budgets {wildcards.budget} --seed {wildcards.seed}"
+        " --out-dir {params.out_dir} > {log} 2>&1"

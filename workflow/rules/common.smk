@@ -1,0 +1,538 @@
+# Grid expansion, run names, paths, input functions, code versions and config checks.
+# Plain Python only: nothing here imports the package or anything heavy.
+
+import ast
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+SPLITS = ("train", "dev", "test")
+PACKAGE_SRC = Path(workflow.basedir) / "src"
+
+
+# ---------------------------------------------------------------- config checks
+
+
+def check_config(config):
+    """Cross-field rules the JSON schema cannot express; each error names its key."""
+    corpora = config["corpora"]
+
+    def check_language(key, corpus, lang):
+        if corpus not in corpora:
+            raise WorkflowError(
+                f"config {key}: unknown corpus {corpus!r} (corpora: {sorted(corpora)})"
+            )
+        if lang not in corpora[corpus]["languages"]:
+            raise WorkflowError(
+                f"config {key}: {lang!r} is not a language of corpus {corpus!r} "
+                f"(corpora.{corpus}.languages: {corpora[corpus]['languages']})"
+            )
+
+    for index, entry in enumerate(config["grid"]["monolingual"]):
+        key = f"grid.monolingual[{index}]"
+        check_language(f"{key}.lang", entry["corpus"], entry["lang"])
+        mixing = {"direct_mixing", "curriculum"} & set(entry["schemes"])
+        if mixing and not entry["budgets"]:
+            raise WorkflowError(
+                f"config {key}.budgets: schemes {sorted(mixing)} need at least one budget"
+            )
+    for index, entry in enumerate(config["grid"]["crosslingual"]):
+        key = f"grid.crosslingual[{index}]"
+        check_language(f"{key}.source", entry["corpus"], entry["source"])
+        for target in entry["targets"]:
+            check_language(f"{key}.targets", entry["corpus"], target)
+            if target == entry["source"]:
+                raise WorkflowError(
+                    f"config {key}.targets: {target!r} is also the source language"
+                )
+    for key in ("train_data", "eval_data"):
+        for index, ref in enumerate(config["demo_model"][key]):
+            check_language(
+                f"demo_model.{key}[{index}].lang", ref["corpus"], ref["lang"]
+            )
+    for name, corpus in corpora.items():
+        check_corpus(config, name, corpus)
+
+
+def check_corpus(config, name, corpus):
+    key = f"corpora.{name}"
+    source = corpus["source"]
+    if isinstance(source, dict):
+        missing = [lang for lang in corpus["languages"] if lang not in source]
+        if missing:
+            raise WorkflowError(f"config {key}.source: no path for languages {missing}")
+    if corpus["download"] and "cache_dir" not in corpus["options"]:
+        raise WorkflowError(
+            f"config {key}.options.cache_dir: required with download (the hub cache)"
+        )
+    if corpus["speech"] == "recorded" and not corpus["audio_root"]:
+        raise WorkflowError(
+            f"config {key}.audio_root: required when speech is recorded"
+        )
+    if corpus["speech"] == "tts":
+        voices = config["speech"]["tts"]["voices"]
+        for lang in corpus["languages"]:
+            if lang not in voices:
+                raise WorkflowError(
+                    f"config speech.tts.voices: no voices for language {lang!r} "
+                    f"(needed by {key}, which is synthesized)"
+                )
+            shared = {v["name"] for v in voices[lang]["train"]} & {
+                v["name"] for v in voices[lang]["test"]
+            }
+            if shared:
+                raise WorkflowError(
+                    f"config speech.tts.voices.{lang}: train and test share voices "
+                    f"{sorted(shared)}; test speakers must be held out"
+                )
+
+
+check_config(config)
+
+
+# ---------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class Run:
+    """One fine-tuning run: its data, scheme, speech budget and seed."""
+
+    corpus: str
+    source: str  # training language (monolingual) or source language
+    target: str | None  # target language of a cross-lingual run
+    scheme: str
+    budget: str  # speech budget label: "25" (percent) or "10shot"
+    seed: int
+    source_split: str = "train"  # training split of the (source) language
+    target_split: str | None = None  # target-language training split (cross-lingual)
+    target_text: bool = True  # cross-lingual: whether the target-language text is used
+
+    @property
+    def name(self):
+        return run_name(
+            self.corpus,
+            self.source,
+            self.target,
+            self.scheme,
+            self.budget,
+            self.seed,
+            self.target_text,
+        )
+
+    @property
+    def test_lang(self):
+        return self.target or self.source
+
+
+def run_name(corpus, source, target, scheme, budget, seed, target_text=True):
+    """The one place run names are made: slurp-en_curriculum_b5_s0,
+    xsid-en2de_direct_mixing_b10shot_s0, xsid-en2de-notext_curriculum_b0_s0."""
+    languages = source if target is None else f"{source}2{target}"
+    if not target_text:
+        languages += "-notext"
+    return f"{corpus}-{languages}_{scheme}_b{budget}_s{seed}"
+
+
+def scheme_budgets(scheme, budgets):
+    """text_only never uses speech and oracle always uses all of it."""
+    if scheme == "text_only":
+        return ["0"]
+    if scheme == "oracle":
+        return ["100"]
+    return [str(budget) for budget in budgets]
+
+
+def grid_runs(config):
+    for seed in config["grid"]["seeds"]:
+        for entry in config["grid"]["monolingual"]:
+            for scheme in entry["schemes"]:
+                for budget in scheme_budgets(scheme, entry["budgets"]):
+                    yield Run(
+                        entry["corpus"],
+                        entry["lang"],
+                        None,
+                        scheme,
+                        budget,
+                        seed,
+                        source_split=entry["train_split"],
+                    )
+        for entry in config["grid"]["crosslingual"]:
+            for target, scheme, target_text in product(
+                entry["targets"], entry["schemes"], entry["target_text"]
+            ):
+                for budget in scheme_budgets(scheme, entry["target_speech_budgets"]):
+                    yield Run(
+                        entry["corpus"],
+                        entry["source"],
+                        target,
+                        scheme,
+                        budget,
+                        seed,
+                        target_split=entry["target_text_split"],
+                        target_text=target_text,
+                    )
+
+
+def expand_grid(config):
+    runs = {}
+    for run in grid_runs(config):
+        if runs.get(run.name, run) != run:
+            raise WorkflowError(
+                f"config grid: two different runs would both be named {run.name!r} "
+                "(the same corpus and language listed twice with different splits?)"
+            )
+        runs[run.name] = run
+    return runs
+
+
+RUNS = expand_grid(config)
+
+
+def testset_name(corpus, lang):
+    return f"{corpus}-{lang}"
+
+
+def run_testsets(run):
+    """Test sets of a run: the test split of its (target) language."""
+    return [testset_name(run.corpus, run.test_lang)]
+
+
+def parse_testset(testset):
+    corpus, lang = testset.split("-", 1)
+    return corpus, lang
+
+
+def alternatives(values):
+    """A wildcard regex matching exactly these values (and nothing when there are none)."""
+    return "|".join(re.escape(value) for value in sorted(values)) or "(?!)"
+
+
+def corpora_with_speech(kind):
+    return [name for name, c in config["corpora"].items() if c["speech"] == kind]
+
+
+wildcard_constraints:
+    corpus="[a-z][a-z0-9]*",
+    lang="[a-z]{2,3}(-[a-z]{2,3})?",
+    split="train|dev|test",
+    seed="[0-9]+",
+    budget="[0-9]+(shot)?",
+    modality="speech|text",
+    run=alternatives(RUNS),
+    testset="[a-z][a-z0-9]*-[a-z]{2,3}(-[a-z]{2,3})?",
+
+
+# ---------------------------------------------------------------- paths
+
+
+def manifest_path(corpus, lang, split):
+    return f"results/manifests/{corpus}/{lang}/{split}.parquet"
+
+
+def speech_manifest_path(corpus, lang, split):
+    return f"results/speech/{corpus}/{lang}/{split}.parquet"
+
+
+def budget_path(corpus, lang, split, seed, budget):
+    return f"results/budgets/{corpus}/{lang}/{split}/seed{seed}/{budget}.txt"
+
+
+def metrics_paths():
+    return [
+        f"results/runs/{name}/metrics/{testset}.{modality}.json"
+        for name, run in RUNS.items()
+        for testset in run_testsets(run)
+        for modality in config["decode"]["modalities"]
+    ]
+
+
+def all_targets():
+    if not RUNS:
+        return []
+    return ["results/metrics.csv", "results/tables", "results/figures"]
+
+
+def parent_dir(wildcards, output):
+    """Directory of the first output (for commands that take an output directory)."""
+    return str(Path(output[0]).parent)
+
+
+# ---------------------------------------------------------------- input functions
+
+
+def corpus_input(wildcards):
+    """The local raw data, or the stamp of the download that filled the hub cache."""
+    corpus = config["corpora"][wildcards.corpus]
+    if corpus["download"]:
+        return f"resources/downloads/{wildcards.corpus}.json"
+    return corpus_source(wildcards)
+
+
+def corpus_source(wildcards):
+    source = config["corpora"][wildcards.corpus]["source"]
+    return source[wildcards.lang] if isinstance(source, dict) else source
+
+
+def reader_option_arguments(wildcards):
+    options = config["corpora"][wildcards.corpus]["options"]
+    pairs = [f"{key}={value}" for key, value in sorted(options.items())]
+    return f"--option {' '.join(pairs)}" if pairs else ""
+
+
+def download_arguments(wildcards):
+    corpus = config["corpora"][wildcards.corpus]
+    locales = corpus["download"].get("locales", [])
+    return " ".join(
+        [
+            f"--corpus {corpus['download']['corpus']}",
+            f"--cache-dir {corpus['options']['cache_dir']}",
+            f"--locales {' '.join(locales)}" if locales else "",
+        ]
+    )
+
+
+def max_utterance_arguments(wildcards):
+    caps = config["corpora"][wildcards.corpus]["max_utterances"]
+    pairs = [f"{split}={caps[split]}" for split in SPLITS if caps.get(split)]
+    return f"--max-utterances {' '.join(pairs)}" if pairs else ""
+
+
+def corpus_setting(name):
+    """Params function returning one key of the wildcard's corpus config."""
+
+    def setting(wildcards):
+        return config["corpora"][wildcards.corpus][name]
+
+    return setting
+
+
+def tts_voices_json(wildcards):
+    """Test speech uses the held-out voices; train and dev speech the training voices."""
+    voices = config["speech"]["tts"]["voices"][wildcards.lang]
+    return json.dumps(voices["test" if wildcards.split == "test" else "train"])
+
+
+def budget_pool(wildcards):
+    return manifest_path(wildcards.corpus, wildcards.lang, wildcards.split)
+
+
+def mixture_inputs(wildcards):
+    run = RUNS[wildcards.run]
+    split = run.source_split
+    inputs = {
+        "text": manifest_path(run.corpus, run.source, split),
+        "speech": speech_manifest_path(run.corpus, run.source, split),
+    }
+    if run.target is None:
+        inputs["speech_ids"] = budget_path(
+            run.corpus, run.source, split, run.seed, run.budget
+        )
+        return inputs
+    # Cross-lingual: all source speech; the budget applies to the target language.
+    inputs["speech_ids"] = budget_path(run.corpus, run.source, split, run.seed, "100")
+    inputs["target_text"] = manifest_path(run.corpus, run.target, run.target_split)
+    inputs["target_speech"] = speech_manifest_path(
+        run.corpus, run.target, run.target_split
+    )
+    inputs["target_speech_ids"] = budget_path(
+        run.corpus, run.target, run.target_split, run.seed, run.budget
+    )
+    return inputs
+
+
+def mixture_target_arguments(wildcards, input):
+    run = RUNS[wildcards.run]
+    if run.target is None:
+        return ""
+    return " ".join(
+        [
+            f"--target-text-manifest {input.target_text}",
+            f"--target-speech-manifest {input.target_speech}",
+            f"--target-speech-ids {input.target_speech_ids}",
+            "" if run.target_text else "--no-target-text",
+        ]
+    )
+
+
+def run_scheme(wildcards):
+    return RUNS[wildcards.run].scheme
+
+
+def run_seed(wildcards):
+    return RUNS[wildcards.run].seed
+
+
+def finetune_inputs(wildcards):
+    inputs = mixture_inputs(wildcards)
+    return {
+        "mixture": f"results/mixtures/{wildcards.run}.parquet",
+        "manifests": [inputs[key] for key in inputs if not key.endswith("speech_ids")],
+        "model": config["model"]["path"],
+    }
+
+
+def finetune_settings(wildcards):
+    """Everything training needs besides the data, as one JSON string."""
+    run = RUNS[wildcards.run]
+    return json.dumps(
+        {
+            "model": config["model"],
+            "training": {**config["training"], "seed": run.seed},
+            "scheme": {"name": run.scheme, **config["schemes"][run.scheme]},
+            "prompt": config["prompt"],
+        },
+        sort_keys=True,
+    )
+
+
+def finetune_launcher(wildcards):
+    """One process per GPU (torch.distributed) when a run gets several cards."""
+    gpus = resource("finetune", "gpu")
+    if gpus > 1:
+        return f"python -m torch.distributed.run --standalone --nproc_per_node {gpus}"
+    return "python"
+
+
+def work_dir(wildcards):
+    """Checkpoints live outside results/ and are not Snakemake outputs."""
+    return f"work/{wildcards.run}"
+
+
+def decode_inputs(wildcards):
+    corpus, lang = parse_testset(wildcards.testset)
+    return {
+        "model": f"results/runs/{wildcards.run}/model",
+        "manifest": speech_manifest_path(corpus, lang, "test"),
+    }
+
+
+def decode_settings(wildcards):
+    settings = {k: v for k, v in config["decode"].items() if k != "modalities"}
+    settings["instruction"] = config["prompt"]["instruction"]
+    return json.dumps(settings, sort_keys=True)
+
+
+def gold_manifest(wildcards):
+    corpus, lang = parse_testset(wildcards.testset)
+    return manifest_path(corpus, lang, "test")
+
+
+def score_meta(wildcards):
+    """The run's grid coordinates, copied into its metric files (and so into metrics.csv)."""
+    run = RUNS[wildcards.run]
+    meta = {"run": run.name, "corpus": run.corpus, "scheme": run.scheme}
+    if run.target is None:
+        meta["lang"] = run.source
+    else:
+        meta.update(source=run.source, target=run.target, target_text=run.target_text)
+    meta.update(budget=run.budget, seed=run.seed)
+    return json.dumps(meta)
+
+
+def data_manifests(key):
+    """Text manifests named by a demo_model list of {corpus, lang, split}."""
+    return [
+        manifest_path(ref["corpus"], ref["lang"], ref["split"])
+        for ref in config["demo_model"][key]
+    ]
+
+
+def pretrain_voices_json(wildcards):
+    """Voice records per language of the pretraining data: training voices speak, test voices evaluate."""
+    languages = {ref["lang"] for ref in config["demo_model"]["train_data"]}
+    voices = config["speech"]["tts"]["voices"]
+    return json.dumps(
+        {lang: voices[lang] for lang in sorted(languages)}, sort_keys=True
+    )
+
+
+def pretrain_options(wildcards):
+    options = config["demo_model"]["pretrain_options"]
+    return " ".join(
+        f"--{key.replace('_', '-')} {value}" for key, value in sorted(options.items())
+    )
+
+
+def settings_json(*keys):
+    """A config block (by key path) as a JSON string, for a command's --settings."""
+    value = config
+    for key in keys:
+        value = value[key]
+    return json.dumps(value, sort_keys=True)
+
+
+# ---------------------------------------------------------------- resources
+
+
+def resource(rule_name, key):
+    return config["resources"][rule_name][key]
+
+
+# ---------------------------------------------------------------- code versions
+
+# A rule's params carry a hash of the package source its command runs, so editing that
+# code re-runs the rule (and, by timestamps, everything downstream) and nothing else.
+# Imports are followed statically (ast); the package is never imported here.
+
+
+def module_file(module):
+    path = PACKAGE_SRC.joinpath(*module.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    return None
+
+
+def imported_modules(module, file):
+    package = module if file.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            # `from package import module` imports the module, not just a name.
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.split(".")[0] == "lalm_slu"}
+
+
+def module_closure(module):
+    """Files of `module`, every package module it imports (transitively) and their packages."""
+    files, pending, seen = set(), [module], set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        pending.extend(".".join(parts[:depth]) for depth in range(1, len(parts)))
+        file = module_file(name)
+        if file is not None:
+            files.add(file)
+            pending.extend(imported_modules(name, file))
+    return files
+
+
+CODE_VERSIONS = {}
+
+
+def code_version(command_module):
+    """sha256 of the source files the command `lalm_slu.commands.<command_module>` runs."""
+    if command_module not in CODE_VERSIONS:
+        digest = hashlib.sha256()
+        files = module_closure(f"lalm_slu.commands.{command_module}")
+        for file in sorted(files):
+            digest.update(str(file.relative_to(PACKAGE_SRC)).encode())
+            digest.update(file.read_bytes())
+        CODE_VERSIONS[command_module] = digest.hexdigest()[:16]
+    return CODE_VERSIONS[command_module]

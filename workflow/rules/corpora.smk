@@ -1,0 +1,43 @@
+rule download_corpus:
+    output:
+        "resources/downloads/{corpus}.json",
+    log:
+        "logs/download_corpus/{corpus}.log",
+    localrule: True
+    conda:
+        "../../envs/lalm-slu.yaml"
+    params:
+        arguments=download_arguments,
+    shell:
+        "python -m lalm_slu download {params.arguments} --stamp {output} > {log} 2>&1"
+
+
+rule prepare_corpus:
+    input:
+        corpus_input,
+    output:
+        train="results/manifests/{corpus}/{lang}/train.parquet",
+        dev="results/manifests/{corpus}/{lang}/dev.parquet",
+        test="results/manifests/{corpus}/{lang}/test.parquet",
+    log:
+        "logs/prepare_corpus/{corpus}/{lang}.log",
+    conda:
+        "../../envs/lalm-slu.yaml"
+    threads: resource("prepare_corpus", "threads")
+    resources:
+        mem_mb=resource("prepare_corpus", "mem_mb"),
+        runtime=resource("prepare_corpus", "runtime"),
+    params:
+        reader=corpus_setting("reader"),
+        source=corpus_source,
+        options=reader_option_arguments,
+        max_utterances=max_utterance_arguments,
+        seed=corpus_setting("subset_seed"),
+        on_bad_record=corpus_setting("on_bad_record"),
+        out_dir=parent_dir,
+        code=code_version("prepare_corpus"),
+    shell:
+        "python -m lalm_slu prepare-corpus --reader {params.reader} --source {params.source}"
+        " --corpus {wildcards.corpus} --lang {wildcards.lang} --out-dir {params.out_dir}"
+        " {params.max_utterances} --seed {params.seed}"
+        " --on-bad-record {params.on_bad_record} {params.options} > {log} 2>&1"

@@ -1,0 +1,23 @@
+rule decode_test_set:
+    input:
+        unpack(decode_inputs),
+    output:
+        "results/runs/{run}/predictions/{testset}.{modality}.jsonl",
+    log:
+        "logs/decode_test_set/{run}/{testset}.{modality}.log",
+    benchmark:
+        "results/benchmarks/decode_test_set/{run}/{testset}.{modality}.tsv"
+    conda:
+        "../../envs/lalm-slu.yaml"
+    threads: resource("decode", "threads")
+    resources:
+        mem_mb=resource("decode", "mem_mb"),
+        runtime=resource("decode", "runtime"),
+        gpu=resource("decode", "gpu"),
+    params:
+        settings=decode_settings,
+        code=code_version("decode"),
+    shell:
+        "python -m lalm_slu decode --model {input.model} --manifest {input.manifest}"
+        " --modality {wildcards.modality} --settings {params.settings:q}"
+        " --out {output} > {log} 2>&1"

@@ -1,0 +1,59 @@
+# The demo model is built and pretrained only on request (`snakemake pretrain_demo_model`);
+# runs start from config model.path, the shipped copy, so `rule all` never rebuilds it.
+
+
+rule build_demo_model:
+    input:
+        train=data_manifests("train_data"),
+    output:
+        directory("results/demo_model/initial"),
+    log:
+        "logs/build_demo_model.log",
+    benchmark:
+        "results/benchmarks/build_demo_model.tsv"
+    conda:
+        "../../envs/lalm-slu.yaml"
+    threads: resource("build_demo_model", "threads")
+    resources:
+        mem_mb=resource("build_demo_model", "mem_mb"),
+        runtime=resource("build_demo_model", "runtime"),
+    params:
+        architecture=settings_json("demo_model", "architecture"),
+        seed=config["demo_model"]["seed"],
+        code=code_version("build_demo_model"),
+    shell:
+        "python -m lalm_slu build-demo-model --train-manifests {input.train}"
+        " --architecture-json {params.architecture:q} --seed {params.seed}"
+        " --out-dir {output} > {log} 2>&1"
+
+
+rule pretrain_demo_model:
+    input:
+        model="results/demo_model/initial",
+        train=data_manifests("train_data"),
+        eval=data_manifests("eval_data"),
+    output:
+        directory("results/demo_model/pretrained"),
+    log:
+        "logs/pretrain_demo_model.log",
+    benchmark:
+        "results/benchmarks/pretrain_demo_model.tsv"
+    conda:
+        "../../envs/lalm-slu.yaml"
+    threads: resource("pretrain_demo_model", "threads")
+    resources:
+        mem_mb=resource("pretrain_demo_model", "mem_mb"),
+        runtime=resource("pretrain_demo_model", "runtime"),
+        gpu=resource("pretrain_demo_model", "gpu"),
+    params:
+        voices=pretrain_voices_json,
+        options=pretrain_options,
+        settings=settings_json("demo_model", "pretrain"),
+        work_dir="work/demo_model_pretrain",
+        code=code_version("pretrain_demo_model"),
+    shell:
+        "python -m lalm_slu pretrain-demo-model --model-dir {input.model}"
+        " --train-manifests {input.train} --eval-manifests {input.eval}"
+        " --voices-json {params.voices:q} {params.options}"
+        " --settings {params.settings:q} --work-dir {params.work_dir}"
+        " --out-dir {output} > {log} 2>&1"

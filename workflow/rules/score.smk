@@ -1,0 +1,22 @@
+rule score_predictions:
+    input:
+        gold=gold_manifest,
+        predictions="results/runs/{run}/predictions/{testset}.{modality}.jsonl",
+    output:
+        "results/runs/{run}/metrics/{testset}.{modality}.json",
+    log:
+        "logs/score_predictions/{run}/{testset}.{modality}.log",
+    conda:
+        "../../envs/lalm-slu.yaml"
+    threads: resource("light", "threads")
+    resources:
+        mem_mb=resource("light", "mem_mb"),
+        runtime=resource("light", "runtime"),
+    params:
+        meta=score_meta,
+        bootstrap=config["scoring"]["bootstrap"],
+        code=code_version("score"),
+    shell:
+        "python -m lalm_slu score --gold {input.gold} --pred {input.predictions}"
+        " --meta {params.meta:q} --bootstrap {params.bootstrap}"
+        " --json --out {output} > {log} 2>&1"
