@@ -72,11 +72,27 @@ def scratch_workflow(directory: Path, configfile: Path = PAPER_CONFIG) -> Path:
 def dry_run(configfile: Path = PAPER_CONFIG, cwd: Path = REPO) -> tuple[dict[str, int], float]:
     """Plan every job of the grid once in `cwd` (forced: existing results do not shrink the plan);
     return ({rule: jobs}, wall seconds)."""
-    cmd = [sys.executable, "-m", "snakemake", "--dry-run", "--forceall", "--cores", "1",
-           "--configfile", str(configfile), "--quiet", "rules", "host"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--dry-run",
+        "--forceall",
+        "--cores",
+        "1",
+        "--configfile",
+        str(configfile),
+        "--quiet",
+        "rules",
+        "host",
+    ]
     # Planning must not touch the network: the hub libraries read only their cache, if at all.
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(cwd / "src"), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(cwd / "src"), os.environ.get("PYTHONPATH")])),
+    )
     started = time.perf_counter()
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -126,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{result['jobs_total']} jobs planned in {result['median_seconds']} s (median of {args.repeats}); "
-          f"wrote {args.out}")
+    print(
+        f"{result['jobs_total']} jobs planned in {result['median_seconds']} s (median of {args.repeats}); "
+        f"wrote {args.out}"
+    )
     return 0
 
 

@@ -85,14 +85,25 @@ def run_project(project: Path, env: dict[str, str], targets: list[str], *profile
     for profile in profiles:
         cmd += ["--profile", str(profile)]
     with open(project / "snakemake.log", "w") as log:
-        result = subprocess.run(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                timeout=SMOKE_TIMEOUT_S)
+        result = subprocess.run(
+            cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=SMOKE_TIMEOUT_S
+        )
     assert result.returncode == 0, f"snakemake exited {result.returncode}:\n{tail(project / 'snakemake.log')}"
 
 
 def start_snakemake(cluster: SlurmCluster, workdir: Path, *config: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "snakemake", "--profile", str(USER_PROFILE), "--profile", str(TEST_PROFILE),
-           "--config", f"python={sys.executable}", *config]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--profile",
+        str(USER_PROFILE),
+        "--profile",
+        str(TEST_PROFILE),
+        "--config",
+        f"python={sys.executable}",
+        *config,
+    ]
     log = open(workdir / "snakemake.log", "w")
     return subprocess.Popen(cmd, cwd=workdir, env=cluster.env(), stdout=log, stderr=subprocess.STDOUT)
 
@@ -116,8 +127,22 @@ def uninterrupted_model(tmp_path: Path, steps: int) -> dict:
     """The toy training run straight through, without Slurm, as the reference result."""
     reference = copy_toy_workflow(tmp_path / "reference")
     (reference / "data.txt").write_text("\n".join(str(i) for i in range(1, 101)) + "\n")
-    subprocess.run([sys.executable, "train_toy.py", "--data", "data.txt", "--work-dir", "work",
-                    "--steps", str(steps), "--out", "model.json"], cwd=reference, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "train_toy.py",
+            "--data",
+            "data.txt",
+            "--work-dir",
+            "work",
+            "--steps",
+            str(steps),
+            "--out",
+            "model.json",
+        ],
+        cwd=reference,
+        check=True,
+    )
     return json.loads((reference / "model.json").read_text())
 
 

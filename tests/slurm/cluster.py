@@ -6,7 +6,9 @@
 From pytest use the `slurm_cluster` fixture: it yields a `SlurmCluster` and stops every daemon it
 started (by pid) when the session ends, also after a failure. Needs root (apt-get, munged, slurmd).
 Slurm's client tools find this cluster through `SLURM_CONF`, which `start()` sets in `os.environ`
-(and `cluster.env()` returns for subprocesses).
+(and `cluster.env()` returns for subprocesses). While it runs, /etc/slurm/slurm.conf links to its
+configuration too, for the `srun` inside each job (the executor's job step drops SLURM_CONF); the
+link must not exist beforehand and is removed on stop.
 """
 
 from __future__ import annotations
@@ -153,8 +155,11 @@ PartitionName={PARTITION} Nodes={hostname} Default=YES MaxTime=INFINITE State=UP
 @dataclass
 class SlurmCluster:
     directory: Path = DEFAULT_DIR
-    hostname: str = field(default_factory=lambda: subprocess.run(
-        ["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip())
+    hostname: str = field(
+        default_factory=lambda: subprocess.run(
+            ["hostname", "-s"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
 
     @property
     def conf(self) -> Path:
@@ -259,14 +264,15 @@ class SlurmCluster:
         deadline = time.monotonic() + timeout
         state = ""
         while time.monotonic() < deadline:
-            result = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True,
-                                    env=self.env())
+            result = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, env=self.env())
             state = (result.stdout or result.stderr).strip()
             if result.returncode == 0 and state == "idle":
                 return
             time.sleep(0.5)
-        raise SlurmSetupError(f"node not idle after {timeout:.0f} s (sinfo: {state!r})"
-                              f"{self._log_tail('slurmctld')}{self._log_tail('slurmd')}")
+        raise SlurmSetupError(
+            f"node not idle after {timeout:.0f} s (sinfo: {state!r})"
+            f"{self._log_tail('slurmctld')}{self._log_tail('slurmd')}"
+        )
 
     def _cancel_all_jobs(self, timeout: float = 15) -> None:
         """Cancel this cluster's unfinished jobs so no job step outlives slurmd (e.g. after a failed test)."""
