@@ -31,7 +31,8 @@ USER_PROFILE = REPO / "workflow" / "profiles" / "slurm"
 TEST_PROFILE = REPO / "tests" / "slurm" / "profile"
 TOY_WORKFLOW = REPO / "tests" / "slurm" / "toy_workflow"
 TOY_RULES = ("prepare_data", "train_model", "summarize")
-WORKFLOW_TIMEOUT_S = 400
+# Upper bounds: on an idle 2-core machine the toy workflow takes under a minute, the smoke run minutes.
+WORKFLOW_TIMEOUT_S = 900
 SMOKE_CONFIG = "workflow/configs/smoke.yaml"
 # What a run of the project needs: the workflow, the package, the vendored data and the shipped model.
 PROJECT_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "src", "data", "models")
@@ -113,10 +114,19 @@ def finish(process: subprocess.Popen, workdir: Path) -> None:
     try:
         returncode = process.wait(timeout=WORKFLOW_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        process.terminate()
-        process.wait(timeout=60)
+        stop(process)
         pytest.fail(f"snakemake did not finish in {WORKFLOW_TIMEOUT_S} s:\n{tail(workdir / 'snakemake.log')}")
     assert returncode == 0, f"snakemake exited {returncode}:\n{tail(workdir / 'snakemake.log')}"
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Interrupt snakemake (it cancels its Slurm jobs first, which can take a while), then kill it."""
+    process.terminate()
+    try:
+        process.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def tail(path: Path, lines: int = 60) -> str:
@@ -177,7 +187,7 @@ def test_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint(s
     checkpoint = workdir / "work" / "toy_run" / "checkpoint.json"
     process = start_snakemake(slurm_cluster, workdir, f"train_steps={steps}", "step_seconds=0.5")
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + WORKFLOW_TIMEOUT_S
         while not (checkpoint.exists() and json.loads(checkpoint.read_text())["step"] >= cancel_after_step):
             assert process.poll() is None, f"snakemake ended early:\n{tail(workdir / 'snakemake.log')}"
             assert time.monotonic() < deadline, f"training never reached step {cancel_after_step}"
@@ -186,8 +196,7 @@ def test_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint(s
         assert slurm_job(slurm_cluster, first_job)["JobState"] == "RUNNING"
         slurm_cluster.slurm("scancel", first_job)
     except BaseException:
-        process.terminate()
-        process.wait(timeout=60)
+        stop(process)
         raise
 
     finish(process, workdir)
