@@ -60,6 +60,7 @@ def project_env(project: Path, cluster: SlurmCluster) -> dict[str, str]:
 
 
 def copy_project(directory: Path) -> Path:
+    directory.mkdir(parents=True)
     for name in PROJECT_FILES:
         source = REPO / name
         if source.is_dir():
