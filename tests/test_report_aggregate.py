@@ -100,3 +100,16 @@ def test_reading_a_csv_that_is_not_an_aggregate_is_an_error(tmp_path):
     path.write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match=r"other.csv: not an aggregate metrics CSV"):
         read_metrics_csv(path)
+
+
+def test_wall_time_comes_from_the_runs_model_summary(tmp_path):
+    import json
+
+    metrics_dir = tmp_path / "runs" / "r1" / "metrics"
+    metrics_dir.mkdir(parents=True)
+    score = {"metrics": {"intent_accuracy": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}}, "counts": {}, "meta": {}}
+    (metrics_dir / "t.speech.json").write_text(json.dumps(score))
+    (tmp_path / "runs" / "r1" / "model").mkdir()
+    (tmp_path / "runs" / "r1" / "model" / "summary.json").write_text(json.dumps({"wall_time_s": 12.5}))
+    frame = aggregate_metrics([metrics_dir / "t.speech.json"])
+    assert frame["wall_time_s"].tolist() == [12.5]

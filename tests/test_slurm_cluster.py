@@ -220,13 +220,15 @@ def test_smoke_run_through_slurm_matches_a_local_run(slurm_cluster, tmp_path):
 
     run_project(on_slurm, project_env(on_slurm, slurm_cluster), targets, USER_PROFILE, TEST_PROFILE)
 
-    job_logs = sorted((on_slurm / ".snakemake" / "slurm_logs").glob("rule_*/*.log"))
-    rules = {log.parent.name.removeprefix("rule_") for log in job_logs}
-    assert {"prepare_corpus", "finetune_model", "decode_test_set", "score_predictions"} <= rules
-    for log in job_logs:
+    # The plugin files job logs as rule_<name>/<wildcards>/<job id>.log (no wildcards directory without wildcards).
+    log_root = on_slurm / ".snakemake" / "slurm_logs"
+    job_logs = sorted(log_root.glob("rule_*/**/*.log"))
+    rule_of = {log: log.relative_to(log_root).parts[0].removeprefix("rule_") for log in job_logs}
+    assert {"prepare_corpus", "finetune_model", "decode_test_set", "score_predictions"} <= set(rule_of.values())
+    for log, rule in rule_of.items():
         job = slurm_job(slurm_cluster, log.stem)
         assert job["JobState"] == "COMPLETED", job
-        assert job["Comment"].startswith(f"rule_{log.parent.name.removeprefix('rule_')}"), job
+        assert job["Comment"].startswith(f"rule_{rule}"), job
     for target in targets:
         predictions = target.replace("/metrics/", "/predictions/").replace(".json", ".jsonl")
         assert (on_slurm / predictions).read_text() == (local / predictions).read_text(), predictions

@@ -58,6 +58,11 @@ def metric_rows(path: str | os.PathLike) -> list[dict]:
             meta[key] = from_path
         elif from_path is not None and str(meta[key]) != from_path:
             raise DataError(f"meta {key}={meta[key]!r} disagrees with the path ({from_path!r})", path)
+    if meta.get("wall_time_s") is None and match:
+        # The fine-tuning run's wall time, from the model directory beside the run's metrics.
+        summary = path.parent.parent / "model" / "summary.json"
+        if summary.exists():
+            meta["wall_time_s"] = json.loads(summary.read_text(encoding="utf-8")).get("wall_time_s")
     shared = {**meta, **{key: counts.get(key) for key in COUNT_COLUMNS}}
     return [
         {**shared, "metric": name, **{field: metrics[name].get(field) for field in ("value", "ci_low", "ci_high")}}
