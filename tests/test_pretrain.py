@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lalm_slu.demo_model.build import DEFAULT_ARCHITECTURE, build_demo_model
+from lalm_slu.demo_model.build import build_demo_model
 from lalm_slu.demo_model.pretrain import PretrainConfig, batch_plan, pretrain, synthesize_clips
 from lalm_slu.speech.tts import Voice
+from tiny_model import TINY_ARCHITECTURE
 
 SENTENCES = [
     "wake me up at five am",
@@ -22,22 +23,12 @@ SENTENCES = [
     "remind me to call mom tomorrow",
     "order a pizza for dinner",
 ]
-TINY_TEXT = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
-    "max_position_embeddings": 512,
-    "rope_theta": 10000.0,
-}
 
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
-    architecture = dict(DEFAULT_ARCHITECTURE, text=TINY_TEXT, vocab_size=400)
-    model_dir = build_demo_model(SENTENCES, root / "built", architecture)
+    model_dir = build_demo_model(SENTENCES, root / "built", TINY_ARCHITECTURE)
     voice = Voice("en-us+m3", 180, 50)
     clips = synthesize_clips([(s, "en", voice) for s in SENTENCES], root / "audio")
     return model_dir, clips

@@ -13,20 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from lalm_slu.demo_model.build import DEFAULT_ARCHITECTURE
+
 REPO = Path(__file__).resolve().parents[1]
 
 INSTRUCTION = 'Give scenario, action and entities as JSON: {"scenario": ..., "action": ..., "entities": [...]}.'
 
 # The audio side must keep Whisper tiny's shape (its weights load strictly); the text side is as small as it gets.
 TINY_ARCHITECTURE = {
-    "audio": {
-        "d_model": 384,
-        "encoder_layers": 4,
-        "encoder_attention_heads": 6,
-        "encoder_ffn_dim": 1536,
-        "num_mel_bins": 80,
-        "max_source_positions": 1500,
-    },
+    "audio": DEFAULT_ARCHITECTURE["audio"],
     "text": {
         "hidden_size": 64,
         "intermediate_size": 128,
