@@ -327,6 +327,20 @@ def test_rerun_after_sigkill_ends_with_the_uninterrupted_weights(tiny_assets, tm
     )
 
 
+def test_checkpoint_save_after_a_kill_that_left_the_previous_one_behind(tmp_path):
+    # A kill after the swap but before the clean-up leaves checkpoint.old beside a complete checkpoint.
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    single = train.Distributed()  # no WORLD_SIZE in the environment: one process
+    path = tmp_path / "checkpoint"
+    for step in (1, 2):
+        (tmp_path / "checkpoint.old").mkdir(exist_ok=True)
+        (tmp_path / "checkpoint.old" / "meta.json").write_text("{}")
+        train._save_checkpoint(path, model, optimizer, {"global_step": step}, [], "fp", single)
+        assert json.loads((path / "meta.json").read_text())["position"] == {"global_step": step}
+        assert not (tmp_path / "checkpoint.old").exists()
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_take_the_same_steps_as_one_with_the_same_global_batch(tiny_assets, tmp_path):  # noqa: F811
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())

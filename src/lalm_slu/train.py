@@ -242,6 +242,7 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
     previous = checkpoint.parent / (checkpoint.name + ".old")
     if not checkpoint.exists() and previous.exists():  # killed between the two renames of _save_checkpoint
         os.replace(previous, checkpoint)
+    shutil.rmtree(previous, ignore_errors=True)  # killed after the swap: the newer checkpoint is complete
     if checkpoint.exists() and _checkpoint_fingerprint(checkpoint) != run_fingerprint:
         # The config or the mixture changed since that checkpoint: its state belongs to another run.
         log.warning("%s was written for other settings or another mixture; starting over", checkpoint)
@@ -356,6 +357,7 @@ def _save_checkpoint(path: Path, model, optimizer, position, history, run_finger
     (tmp / "history.json").write_text(json.dumps(history))
     old = path.parent / (path.name + ".old")
     if path.exists():
+        shutil.rmtree(old, ignore_errors=True)  # left by a kill after the swap, before its clean-up
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
