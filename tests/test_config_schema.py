@@ -127,6 +127,22 @@ def test_bad_value_stops_snakemake_before_any_job(workflow_copy):
             lambda c: c["corpora"]["slurp"].update(download={"corpus": "massive"}),
             "corpora.slurp.options.cache_dir: required with download",
         ),
+        (
+            lambda c: c["corpora"]["xsid"].update(options={"audio_dir": "resources/audio/xsid"}),
+            "corpora.xsid.options.audio_dir: 'resources/audio/xsid' would be shared by languages",
+        ),
+        (
+            lambda c: c["corpora"]["xsid"].update(options={"audio_dir": "resources/audio/{language}"}),
+            "corpora.xsid.options.audio_dir: 'resources/audio/{language}' is not a valid template",
+        ),
+        (
+            lambda c: c["corpora"]["xsid"].update(reader="speech_massive_hub", locales={"en": "en-US"}),
+            "corpora.xsid.locales: no hub locale for languages ['de', 'it']",
+        ),
+        (
+            lambda c: c["corpora"]["xsid"].update(locales={"fr": "fr-FR"}),
+            "corpora.xsid.locales: ['fr'] are not in corpora.xsid.languages",
+        ),
     ],
 )
 def test_cross_field_errors_stop_snakemake_naming_the_key(workflow_copy, edit, message):

@@ -9,6 +9,8 @@ scored once per test modality on its (target) language's test split.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -109,3 +111,23 @@ def test_paper_grid_has_every_scheme_seed_and_corpus_of_the_paper():
     assert config["grid"]["seeds"] == [0, 1, 2]
     targets = {t for e in config["grid"]["crosslingual"] for t in e["targets"]}
     assert targets == {"de", "es", "vi"}
+
+
+def test_speech_massive_jobs_read_their_locale_into_their_own_audio_folder(tmp_path):
+    # Speech-MASSIVE's hub configs are locales (fr-FR), and its utterance ids repeat across locales.
+    workdir = scratch_workflow(tmp_path, PAPER_CONFIG)
+    targets = [f"results/manifests/speechmassive/{lang}/train.parquet" for lang in ("fr", "de", "vi")]
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--dry-run", "--printshellcmds", "--cores", "1", *targets,
+         "--configfile", str(PAPER_CONFIG)],
+        cwd=workdir, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert result.returncode == 0, result.stderr
+    commands = [line for line in result.stdout.splitlines() if "lalm_slu prepare-corpus" in line]
+    assert len(commands) == 3
+    for lang, locale in (("fr", "fr-FR"), ("de", "de-DE"), ("vi", "vi-VN")):
+        (command,) = [c for c in commands if f"--lang {lang} " in c]
+        assert f"config={locale}" in command
+        assert f"audio_dir=resources/audio/speechmassive/{lang} " in command + " "
+    (download,) = [line for line in result.stdout.splitlines() if "lalm_slu download" in line and "speech_massive" in line]
+    assert "--locales fr-FR de-DE es-ES vi-VN" in download

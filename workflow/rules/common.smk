@@ -13,6 +13,11 @@ from snakemake.exceptions import WorkflowError
 
 SPLITS = ("train", "dev", "test")
 PACKAGE_SRC = Path(workflow.basedir) / "src"
+# Compute jobs read only local files and the hub caches filled by the download stage (a localrule):
+# nodes without network then fail at once on a missing file instead of waiting for time-outs.
+OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1"
+# What a string in corpora.*.options may contain, filled in per language.
+OPTION_PLACEHOLDERS = ("lang", "locale")
 
 
 # ---------------------------------------------------------------- config checks
@@ -66,6 +71,35 @@ def check_corpus(config, name, corpus):
         missing = [lang for lang in corpus["languages"] if lang not in source]
         if missing:
             raise WorkflowError(f"config {key}.source: no path for languages {missing}")
+    for option, value in corpus["options"].items():
+        if not isinstance(value, str):
+            continue
+        try:
+            value.format(**{name: "" for name in OPTION_PLACEHOLDERS})
+        except (KeyError, IndexError, ValueError) as error:
+            raise WorkflowError(
+                f"config {key}.options.{option}: {value!r} is not a valid template "
+                f"(placeholders: {', '.join('{' + p + '}' for p in OPTION_PLACEHOLDERS)}): {error}"
+            )
+    unknown = sorted(set(corpus["locales"]) - set(corpus["languages"]))
+    if unknown:
+        raise WorkflowError(
+            f"config {key}.locales: {unknown} are not in {key}.languages"
+        )
+    if corpus["reader"] == "speech_massive_hub":
+        # The hub names its configs by locale (fr-FR), not by language code.
+        missing = [lang for lang in corpus["languages"] if lang not in corpus["locales"]]
+        if missing and "config" not in corpus["options"]:
+            raise WorkflowError(
+                f"config {key}.locales: no hub locale for languages {missing} (e.g. fr: fr-FR)"
+            )
+    audio_dir = corpus["options"].get("audio_dir")
+    if isinstance(audio_dir, str) and len(corpus["languages"]) > 1 and "{lang}" not in audio_dir:
+        # Corpora such as Speech-MASSIVE reuse utterance ids across languages.
+        raise WorkflowError(
+            f"config {key}.options.audio_dir: {audio_dir!r} would be shared by languages "
+            f"{corpus['languages']}; put {{lang}} in the path"
+        )
     if corpus["download"] and "cache_dir" not in corpus["options"]:
         raise WorkflowError(
             f"config {key}.options.cache_dir: required with download (the hub cache)"
@@ -278,15 +312,30 @@ def corpus_source(wildcards):
     return source[wildcards.lang] if isinstance(source, dict) else source
 
 
+def reader_options(corpus_name, lang):
+    """The reader options of one language: {lang}/{locale} filled in, the hub locale as `config`."""
+    corpus = config["corpora"][corpus_name]
+    locale = corpus["locales"].get(lang, lang)
+    options = {
+        key: value.format(lang=lang, locale=locale) if isinstance(value, str) else value
+        for key, value in corpus["options"].items()
+    }
+    if lang in corpus["locales"]:
+        options.setdefault("config", locale)
+    return options
+
+
 def reader_option_arguments(wildcards):
-    options = config["corpora"][wildcards.corpus]["options"]
+    options = reader_options(wildcards.corpus, wildcards.lang)
     pairs = [f"{key}={value}" for key, value in sorted(options.items())]
     return f"--option {' '.join(pairs)}" if pairs else ""
 
 
 def download_arguments(wildcards):
     corpus = config["corpora"][wildcards.corpus]
-    locales = corpus["download"].get("locales", [])
+    locales = corpus["download"].get("locales") or [
+        corpus["locales"][lang] for lang in corpus["languages"] if lang in corpus["locales"]
+    ]
     return " ".join(
         [
             f"--corpus {corpus['download']['corpus']}",

@@ -37,7 +37,7 @@ rule prepare_corpus:
         out_dir=parent_dir,
         code=code_version("prepare_corpus"),
     shell:
-        "python -m lalm_slu prepare-corpus --reader {params.reader} --source {params.source}"
+        OFFLINE + " python -m lalm_slu prepare-corpus --reader {params.reader} --source {params.source}"
         " --corpus {wildcards.corpus} --lang {wildcards.lang} --out-dir {params.out_dir}"
         " {params.max_utterances} --seed {params.seed}"
         " --on-bad-record {params.on_bad_record} {params.options} > {log} 2>&1"

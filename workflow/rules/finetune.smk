@@ -20,6 +20,6 @@ rule finetune_model:
         work_dir=work_dir,
         code=code_version("finetune"),
     shell:
-        "{params.launcher} -m lalm_slu finetune --mixture {input.mixture}"
+        OFFLINE + " {params.launcher} -m lalm_slu finetune --mixture {input.mixture}"
         " --settings {params.settings:q} --out-dir {output}"
         " --work-dir {params.work_dir} > {log} 2>&1"
