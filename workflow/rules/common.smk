@@ -13,9 +13,6 @@ from snakemake.exceptions import WorkflowError
 
 SPLITS = ("train", "dev", "test")
 PACKAGE_SRC = Path(workflow.basedir) / "src"
-# Compute jobs read only local files and the hub caches filled by the download stage (a localrule):
-# nodes without network then fail at once on a missing file instead of waiting for time-outs.
-OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1"
 # What a string in corpora.*.options may contain, filled in per language.
 OPTION_PLACEHOLDERS = ("lang", "locale")
 
@@ -79,7 +76,7 @@ def check_corpus(config, name, corpus):
         except (KeyError, IndexError, ValueError) as error:
             raise WorkflowError(
                 f"config {key}.options.{option}: {value!r} is not a valid template "
-                f"(placeholders: {', '.join('{' + p + '}' for p in OPTION_PLACEHOLDERS)}): {error}"
+                f"(placeholders: {', '.join(f'{{{p}}}' for p in OPTION_PLACEHOLDERS)}): {error}"
             )
     unknown = sorted(set(corpus["locales"]) - set(corpus["languages"]))
     if unknown:
@@ -88,13 +85,19 @@ def check_corpus(config, name, corpus):
         )
     if corpus["reader"] == "speech_massive_hub":
         # The hub names its configs by locale (fr-FR), not by language code.
-        missing = [lang for lang in corpus["languages"] if lang not in corpus["locales"]]
+        missing = [
+            lang for lang in corpus["languages"] if lang not in corpus["locales"]
+        ]
         if missing and "config" not in corpus["options"]:
             raise WorkflowError(
                 f"config {key}.locales: no hub locale for languages {missing} (e.g. fr: fr-FR)"
             )
     audio_dir = corpus["options"].get("audio_dir")
-    if isinstance(audio_dir, str) and len(corpus["languages"]) > 1 and "{lang}" not in audio_dir:
+    if (
+        isinstance(audio_dir, str)
+        and len(corpus["languages"]) > 1
+        and "{lang}" not in audio_dir
+    ):
         # Corpora such as Speech-MASSIVE reuse utterance ids across languages.
         raise WorkflowError(
             f"config {key}.options.audio_dir: {audio_dir!r} would be shared by languages "
@@ -334,7 +337,9 @@ def reader_option_arguments(wildcards):
 def download_arguments(wildcards):
     corpus = config["corpora"][wildcards.corpus]
     locales = corpus["download"].get("locales") or [
-        corpus["locales"][lang] for lang in corpus["languages"] if lang in corpus["locales"]
+        corpus["locales"][lang]
+        for lang in corpus["languages"]
+        if lang in corpus["locales"]
     ]
     return " ".join(
         [

@@ -37,7 +37,8 @@ rule prepare_corpus:
         out_dir=parent_dir,
         code=code_version("prepare_corpus"),
     shell:
-        OFFLINE + " python -m lalm_slu prepare-corpus --reader {params.reader} --source {params.source}"
+        # Compute jobs read only the caches the download stage (a localrule) filled.
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu prepare-corpus --reader {params.reader} --source {params.source}"
         " --corpus {wildcards.corpus} --lang {wildcards.lang} --out-dir {params.out_dir}"
         " {params.max_utterances} --seed {params.seed}"
         " --on-bad-record {params.on_bad_record} {params.options} > {log} 2>&1"

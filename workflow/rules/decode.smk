@@ -18,6 +18,6 @@ rule decode_test_set:
         settings=decode_settings,
         code=code_version("decode"),
     shell:
-        OFFLINE + " python -m lalm_slu decode --model {input.model} --manifest {input.manifest}"
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu decode --model {input.model} --manifest {input.manifest}"
         " --modality {wildcards.modality} --settings {params.settings:q}"
         " --out {output} > {log} 2>&1"

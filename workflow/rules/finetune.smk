@@ -20,6 +20,6 @@ rule finetune_model:
         work_dir=work_dir,
         code=code_version("finetune"),
     shell:
-        OFFLINE + " {params.launcher} -m lalm_slu finetune --mixture {input.mixture}"
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 {params.launcher} -m lalm_slu finetune --mixture {input.mixture}"
         " --settings {params.settings:q} --out-dir {output}"
         " --work-dir {params.work_dir} > {log} 2>&1"
