@@ -9,7 +9,15 @@ import torch
 from safetensors.torch import load_file
 
 from lalm_slu.demo_model.build import build_demo_model
-from lalm_slu.demo_model.pretrain import PretrainConfig, batch_plan, pretrain, synthesize_clips
+from lalm_slu.demo_model.pretrain import (
+    INSTRUCTION_TASKS,
+    PretrainConfig,
+    batch_plan,
+    lr_at,
+    pretrain,
+    synthesize_clips,
+    tasks_of_step,
+)
 from lalm_slu.speech.tts import Voice
 from tiny_model import TINY_ARCHITECTURE
 
@@ -76,3 +84,30 @@ def test_interrupted_pretraining_resumes_to_the_same_state(tiny_setup, tmp_path)
         assert torch.equal(uninterrupted[name], resumed[name]), name
     history_a = json.loads((tmp_path / "a_out" / "pretraining_summary.json").read_text())
     assert history_a["steps"] == 6
+
+
+def test_instruction_stage_follows_transcription_with_its_own_schedule_and_task_mix():
+    cfg = PretrainConfig(steps=10, warmup_steps=2, learning_rate=1e-3, instruction_steps=10,
+                         instruction_learning_rate=4e-4, instruction_warmup_steps=4, min_lr_ratio=0.1,
+                         instruction_tasks={"transcribe": 1.0, "count_words": 1.0})
+    assert cfg.total_steps == 20
+    assert tasks_of_step(cfg, 9, 16) == ["transcribe"] * 16
+    drawn = [task for step in range(10, 20) for task in tasks_of_step(cfg, step, 16)]
+    assert set(drawn) == {"transcribe", "count_words"}
+    assert tasks_of_step(cfg, 12, 16) == tasks_of_step(cfg, 12, 16)  # a pure function of (seed, step)
+    assert lr_at(9, cfg) < 1.5e-4  # near the end of the first cosine (floor 1e-4)
+    assert lr_at(10, cfg) == pytest.approx(1e-4)  # warm-up restarts: 1/4 of the new peak
+    assert lr_at(13, cfg) == pytest.approx(4e-4)
+    with pytest.raises(ValueError, match="unknown tasks \\['summarize'\\]"):
+        tasks_of_step(PretrainConfig(steps=0, instruction_steps=1, instruction_tasks={"summarize": 1.0}), 0, 1)
+
+
+def test_instruction_answers_come_from_the_transcript_alone():
+    answers = {name: answer("set an alarm for seven am") for name, (_, answer) in INSTRUCTION_TASKS.items()}
+    assert answers == {
+        "transcribe": "set an alarm for seven am",
+        "quote_json": '{"text": "set an alarm for seven am"}',
+        "first_words": "set an alarm",
+        "last_words": "seven am",
+        "count_words": '{"words": 6}',
+    }

@@ -4,6 +4,11 @@ Recipe: the audio tower starts from Whisper tiny.en and stays frozen; projector 
 (a) speech → transcript on synthesized training speech in every demo language, and
 (b) the same instruction on the written transcript (a copy task), so that the LLM answers an utterance
 the same way whether it arrives as audio or as text — the property text-only fine-tuning relies on.
+Then (c) instruction imitation: for `instruction_steps` more steps, speech and text items alike get one of
+several instructions whose answers follow from the transcript alone (transcribe, quote it as JSON, first or
+last words, count words). Transcription alone teaches the LLM to transcribe whatever the instruction says when
+it hears audio; answering each instruction the same way for speech and text teaches it to follow the
+instruction for both, which is what a new instruction learned on text only (SLU) needs.
 Deterministic given the seed; checkpoints everything needed to resume and resumes automatically.
 """
 
@@ -32,6 +37,26 @@ log = logging.getLogger(__name__)
 TRANSCRIBE_INSTRUCTION = "Write down what is said."
 
 
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+# Instruction → answer, computed from the transcript alone (no SLU label).
+INSTRUCTION_TASKS = {
+    "transcribe": (TRANSCRIBE_INSTRUCTION, lambda text: text),
+    "quote_json": (
+        'Answer with one line of JSON: {"text": ...}.',
+        lambda text: json.dumps({"text": text}, ensure_ascii=False),
+    ),
+    "first_words": ("Write down the first three words.", lambda text: " ".join(_words(text)[:3])),
+    "last_words": ("Write down the last two words.", lambda text: " ".join(_words(text)[-2:])),
+    "count_words": (
+        'How many words are said? Answer with one line of JSON: {"words": ...}.',
+        lambda text: json.dumps({"words": len(_words(text))}),
+    ),
+}
+
+
 @dataclass
 class PretrainConfig:
     steps: int = 4000
@@ -57,6 +82,19 @@ class PretrainConfig:
     ctc_weight: float = 0.5
     norm_weight: float = 1.0
     ctc_scale: float = 16.0
+    # Instruction imitation after the `steps` above: its own warm-up and cosine schedule, and task weights.
+    instruction_steps: int = 0
+    instruction_learning_rate: float = 5e-4
+    instruction_warmup_steps: int = 50
+    instruction_tasks: dict = field(
+        default_factory=lambda: {
+            "transcribe": 0.3, "quote_json": 0.2, "first_words": 0.2, "last_words": 0.15, "count_words": 0.15
+        }
+    )
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps + self.instruction_steps
 
 
 @dataclass
@@ -103,11 +141,31 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    """Linear warm-up then cosine to min_lr_ratio of the peak, per stage (transcription, instructions)."""
+    if step < cfg.steps:
+        peak, warmup, position, length = cfg.learning_rate, cfg.warmup_steps, step, cfg.steps
+    else:
+        peak, warmup = cfg.instruction_learning_rate, cfg.instruction_warmup_steps
+        position, length = step - cfg.steps, cfg.instruction_steps
+    if position < warmup:
+        return peak * (position + 1) / warmup
+    progress = (position - warmup) / max(1, length - warmup)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def tasks_of_step(cfg: PretrainConfig, step: int, count: int) -> list[str]:
+    """The instruction task of each item of `step`: transcription in the first stage, then drawn by weight
+    (a pure function of (seed, step), like the batch plan)."""
+    if step < cfg.steps:
+        return ["transcribe"] * count
+    unknown = set(cfg.instruction_tasks) - set(INSTRUCTION_TASKS)
+    if unknown:
+        raise ValueError(f"instruction_tasks: unknown tasks {sorted(unknown)}; choose from {sorted(INSTRUCTION_TASKS)}")
+    names = sorted(cfg.instruction_tasks)
+    weights = np.array([cfg.instruction_tasks[n] for n in names], dtype=float)
+    rng = np.random.default_rng([cfg.seed, step, 1])
+    return [names[i] for i in rng.choice(len(names), size=count, p=weights / weights.sum())]
 
 
 def batch_plan(clip_lengths: list[float], num_texts: int, cfg: PretrainConfig, step: int) -> list[tuple[str, int]]:
@@ -242,9 +300,10 @@ def pretrain(
     if checkpoint.exists():
         step, history = load_checkpoint(checkpoint, model, optimizer)
         log.info("resumed from %s at step %d", checkpoint, step)
-    started = time.time()
-    progress = tqdm(total=cfg.steps, initial=step, desc="pretrain", mininterval=30)
-    session_end = cfg.steps if cfg.stop_after_steps is None else min(cfg.steps, step + cfg.stop_after_steps)
+    started, first_step = time.time(), step
+    total = cfg.total_steps
+    progress = tqdm(total=total, initial=step, desc="pretrain", mininterval=30)
+    session_end = total if cfg.stop_after_steps is None else min(total, step + cfg.stop_after_steps)
     clip_lengths = [soundfile.info(c.audio).duration for c in train_clips]
     captured: list[torch.Tensor] = []
     alignment_log: list[tuple[float, float]] = []
@@ -256,23 +315,26 @@ def pretrain(
     while step < session_end:
         model.train()
         model.model.audio_tower.eval()
-        items = []
-        for kind, index in batch_plan(clip_lengths, len(train_texts), cfg, step):
+        items, transcripts = [], []
+        plan = batch_plan(clip_lengths, len(train_texts), cfg, step)
+        for (kind, index), task in zip(plan, tasks_of_step(cfg, step, len(plan))):
+            instruction, answer = INSTRUCTION_TASKS[task]
             if kind == "speech":
                 clip = train_clips[index]
-                items.append(ChatItem(TRANSCRIBE_INSTRUCTION, clip.text, audio=load_audio(clip.audio)))
+                items.append(ChatItem(instruction, answer(clip.text), audio=load_audio(clip.audio)))
+                transcripts.append(clip.text)
             else:
-                items.append(ChatItem(TRANSCRIBE_INSTRUCTION, train_texts[index], text=train_texts[index]))
+                text = train_texts[index]
+                items.append(ChatItem(instruction, answer(text), text=text))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         batch = collator(items)
         captured.clear()
         loss = model(**batch).loss
         if aligning(step) and captured:
-            texts = [it.answer for it in items if it.audio is not None]
-            ctc, norm = alignment_losses(model, processor, captured[0], batch["feature_attention_mask"], texts, cfg)
+            ctc, norm = alignment_losses(model, processor, captured[0], batch["feature_attention_mask"], transcripts, cfg)
             loss = loss + cfg.ctc_weight * ctc + cfg.norm_weight * norm
-            alignment_log.append((float(ctc), float(norm)))
+            alignment_log.append((ctc.item(), norm.item()))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {step}; last good checkpoint kept in {checkpoint}")
         optimizer.zero_grad(set_to_none=True)
@@ -285,11 +347,11 @@ def pretrain(
         if step % 50 == 0:
             recent = np.mean([h["loss"] for h in history[-50:]])
             log.info("step %d loss %.4f lr %.2e (%.2f s/step)", step, recent, lr_at(step - 1, cfg),
-                     (time.time() - started) / max(1, len(history)))
+                     (time.time() - started) / max(1, step - first_step))
             if alignment_log:
                 ctc_mean, norm_mean = np.mean(alignment_log[-30:], axis=0)
                 log.info("step %d alignment: ctc %.3f norm penalty %.3f", step, ctc_mean, norm_mean)
-        if step % cfg.eval_every == 0 and step < cfg.steps:
+        if step % cfg.eval_every == 0 and step < total:
             subset = {lang: clips[: cfg.eval_utterances] for lang, clips in eval_clips.items()}
             wer = evaluate_wer(model, processor, subset)
             history[-1]["wer"] = wer
@@ -297,8 +359,8 @@ def pretrain(
         if step % cfg.checkpoint_every == 0 or step == session_end:
             save_checkpoint(checkpoint, model, optimizer, step, history)
     progress.close()
-    if step < cfg.steps:
-        log.info("stopped after step %d of %d as asked; re-run to continue", step, cfg.steps)
+    if step < total:
+        log.info("stopped after step %d of %d as asked; re-run to continue", step, total)
         return {"steps_done": step, "finished": False}
     final_wer = evaluate_wer(model, processor, eval_clips)
     log.info("final held-out-voice WER %s", final_wer)
@@ -307,7 +369,7 @@ def pretrain(
     save_model(model, processor, out_dir)
     summary = {
         "finished": True,
-        "steps": cfg.steps,
+        "steps": total,
         "wall_time_s_this_session": round(time.time() - started, 1),
         "final_wer": final_wer,
         "eval_utterances": {lang: len(c) for lang, c in eval_clips.items()},
@@ -339,6 +401,15 @@ def write_model_card(out_dir: str | Path, summary: dict) -> Path:
             f" {cfg['norm_weight']}) keeping projected frames at the token embeddings' norm (before it they were"
             " ~25x larger, and the LLM read speech and text in different ways)."
         )
+    instructions = ""
+    if cfg.get("instruction_steps"):
+        weights = ", ".join(f"{name} {weight}" for name, weight in sorted(cfg["instruction_tasks"].items()))
+        instructions = (
+            f"\n- Then {cfg['instruction_steps']} steps of instruction imitation (lr {cfg['instruction_learning_rate']},"
+            f" warm-up {cfg['instruction_warmup_steps']}, cosine): speech and text items alike get one of several"
+            f" instructions answered from the transcript alone (task weights: {weights}), so that the LLM follows"
+            " an instruction the same way for audio as for text instead of transcribing every clip."
+        )
     wer_rows = "\n".join(f"| {lang} | {wer:.3f} | {summary['eval_utterances'][lang]} |"
                           for lang, wer in sorted(summary["final_wer"].items()))
     card = f"""# demo-qwen2-audio
@@ -363,7 +434,7 @@ same code path as `Qwen/Qwen2-Audio-7B-Instruct` on a CPU. Load it exactly like 
   xSID English train (English), xSID de/it dev (German, Italian); {summary['train_clips']} clips,
   {summary['train_texts']} distinct transcripts.
 - Objective: answer "{TRANSCRIBE_INSTRUCTION}" with the transcript, for speech input
-  (speech → transcript) and for the written transcript (copy), {cfg['text_fraction']:.0%} of steps text.{alignment}
+  (speech → transcript) and for the written transcript (copy), {cfg['text_fraction']:.0%} of steps text.{alignment}{instructions}
 - {cfg['steps']} steps, batch {cfg['batch_size']}, AdamW lr {cfg['learning_rate']} (warm-up {cfg['warmup_steps']},
   cosine to {cfg['min_lr_ratio']} of peak), seed {cfg['seed']}; trained: {', '.join(cfg['trainable'])}.
 - Wall time: {summary.get('wall_time_s_total', summary['wall_time_s_this_session'])} s on 2 CPU cores.
