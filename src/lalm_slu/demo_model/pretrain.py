@@ -434,9 +434,9 @@ same code path as `Qwen/Qwen2-Audio-7B-Instruct` on a CPU. Load it exactly like 
   xSID English train (English), xSID de/it dev (German, Italian); {summary['train_clips']} clips,
   {summary['train_texts']} distinct transcripts.
 - Objective: answer "{TRANSCRIBE_INSTRUCTION}" with the transcript, for speech input
-  (speech → transcript) and for the written transcript (copy), {cfg['text_fraction']:.0%} of steps text.{alignment}{instructions}
-- {cfg['steps']} steps, batch {cfg['batch_size']}, AdamW lr {cfg['learning_rate']} (warm-up {cfg['warmup_steps']},
-  cosine to {cfg['min_lr_ratio']} of peak), seed {cfg['seed']}; trained: {', '.join(cfg['trainable'])}.
+  (speech → transcript) and for the written transcript (copy), {cfg['text_fraction']:.0%} of steps text:
+  {cfg['steps']} steps, batch {cfg['batch_size']}, AdamW lr {cfg['learning_rate']} (warm-up {cfg['warmup_steps']},
+  cosine to {cfg['min_lr_ratio']} of peak), seed {cfg['seed']}; trained: {', '.join(cfg['trainable'])}.{alignment}{instructions}
 - Wall time: {summary.get('wall_time_s_total', summary['wall_time_s_this_session'])} s on 2 CPU cores.
 
 ## Held-out-voice, held-out-utterance transcription WER
