@@ -382,3 +382,23 @@ def test_a_checkpoint_of_other_settings_is_discarded_and_training_starts_over(ti
     # A resumed run would have started after the first run's last step with nothing left to do.
     assert loss["step"].tolist() == [1, 2]
     assert loss["lr"].max() == pytest.approx(5e-4)
+
+
+def test_a_checkpoint_made_on_other_base_weights_at_the_same_path_is_discarded(tiny_assets, tmp_path):  # noqa: F811
+    # E.g. the demo model re-pretrained in place: same path and settings, other weights.
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_assets.model_dir, base)
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
+    settings = make_settings(str(base), [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1)
+    finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
+    assert train.fingerprint(mixture, settings) == train.fingerprint(mixture, settings)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(base)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(0.5)
+    model.save_pretrained(base)
+    finetune(mixture, settings, tmp_path / "again", tmp_path / "work")
+    # Resumed, the run would have had nothing left to do and copied the first run's head.
+    head = "language_model.lm_head.weight"
+    assert not torch.equal(weights(tmp_path / "out")[head], weights(tmp_path / "again")[head])

@@ -119,9 +119,30 @@ def cosine_lr(step: int, total: int, peak: float, warmup_ratio: float) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def model_identity(name_or_path: str) -> str:
+    """What the base model is, cheaply: for a local directory every file's name, size and first and last MiB
+    (a 7B model's shards are not read through); for a hub id, the id (its revision lives in the settings)."""
+    root = Path(name_or_path)
+    if not root.is_dir():
+        return name_or_path
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(root)}:{size}:".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(2**20))
+            if size > 2**21:
+                handle.seek(-(2**20), os.SEEK_END)
+                digest.update(handle.read())
+    return digest.hexdigest()
+
+
 def fingerprint(mixture_path, settings: dict) -> str:
+    """Identifies a run: a checkpoint with another fingerprint (other mixture, settings or base model
+    weights, e.g. a re-pretrained demo model at the same path) is never resumed."""
     digest = hashlib.sha256(Path(mixture_path).read_bytes())
     digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(model_identity(str(settings["model"]["path"])).encode())
     return digest.hexdigest()[:16]
 
 
