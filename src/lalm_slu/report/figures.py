@@ -110,9 +110,14 @@ def _panel_title(keys: dict) -> str:
 
 def budget_curves_figure(summary: pd.DataFrame, metrics=FIGURE_METRICS) -> Figure:
     summary = summary[summary["budget"].map(budget_percent).notna()]
-    panels = list(summary.groupby(list(MONOLINGUAL_KEYS), sort=False, dropna=False))
+    # A panel needs a curve: reference-only runs (e.g. an oracle kept as a cross-lingual target) stay in the tables.
+    panels = [
+        (keys, panel)
+        for keys, panel in summary.groupby(list(MONOLINGUAL_KEYS), sort=False, dropna=False)
+        if not set(panel["scheme"]) <= set(REFERENCE_SCHEMES)
+    ]
     if not panels:
-        return _empty_figure("no monolingual runs in the metrics CSV")
+        return _empty_figure("no monolingual budget curves in the metrics CSV")
     percents = sorted({budget_percent(b) for b in summary["budget"]})
     figure = Figure(figsize=(3.4 * len(panels) + 0.4, 2.7 * len(metrics) + 0.9), layout="constrained")
     grid = figure.subplots(len(metrics), len(panels), squeeze=False, sharex=True)
