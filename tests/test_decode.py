@@ -67,15 +67,25 @@ def test_batched_decoding_equals_one_utterance_at_a_time(tiny, tiny_assets, moda
     assert len(set(single)) > 1  # outputs depend on the input, so equality is not trivial
 
 
-def test_generated_text_is_what_generate_returns_after_the_prompt(tiny, tiny_assets):  # noqa: F811
+@pytest.mark.parametrize("modality, num_beams", [("text", 1), ("speech", 1), ("speech", 3)])
+def test_generated_text_is_what_stock_generate_returns_after_the_prompt(tiny, tiny_assets, modality, num_beams):  # noqa: F811
+    # The decoder generates from merged prompt embeddings (each clip encoded once, not once per beam);
+    # the stock `generate(**batch)`, which merges audio inside the model, is the reference.
     model, processor = tiny
-    row = read_manifest(tiny_assets.speech_manifest).iloc[0]
-    item = ChatItem(INSTRUCTION, text=row["text"])
-    batch = Collator(processor, for_generation=True)([item])
+    rows = read_manifest(tiny_assets.speech_manifest).iloc[:3]
+    items = [
+        ChatItem(INSTRUCTION, audio=load_audio(row["audio"])) if modality == "speech" else ChatItem(INSTRUCTION, text=row["text"])
+        for _, row in rows.iterrows()
+    ]
+    batch = Collator(processor, for_generation=True)(items)
     with torch.no_grad():
-        generated = model.generate(**batch, max_new_tokens=12, do_sample=False)
-    expected = processor.tokenizer.decode(generated[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert one_at_a_time(model, processor, [item], settings()) == [expected.strip()]
+        generated = model.generate(
+            **batch, max_new_tokens=12, do_sample=False, num_beams=num_beams, early_stopping=num_beams > 1
+        )
+    expected = processor.tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    collator = Collator(processor, for_generation=True)
+    actual = generate_batch(model, processor, collator, items, settings(num_beams=num_beams))
+    assert actual == [text.strip() for text in expected]
 
 
 def test_speech_decoding_of_a_manifest_without_audio_fails_clearly(tiny, tiny_assets):  # noqa: F811

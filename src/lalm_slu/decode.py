@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lalm_slu.modeling import ChatItem, Collator, load_model_and_processor
+from lalm_slu.modeling import ChatItem, Collator, load_model_and_processor, prompt_embeddings
 from lalm_slu.records import read_manifest
 from lalm_slu.slu_json import parse_prediction
 from lalm_slu.train import device_and_dtype, load_audio
@@ -28,16 +28,17 @@ MODALITIES = ("speech", "text")
 def generate_batch(model, processor, collator: Collator, items: list[ChatItem], settings: dict) -> list[str]:
     batch = {k: v.to(model.device) for k, v in collator(items).items()}
     with torch.no_grad():
+        # From embeddings: each clip is encoded once, not once per beam; the output holds only new tokens.
         generated = model.generate(
-            **batch,
+            inputs_embeds=prompt_embeddings(model, batch),
+            attention_mask=batch["attention_mask"],
             max_new_tokens=int(settings.get("max_new_tokens", 96)),
             num_beams=int(settings.get("num_beams", 1)),
             do_sample=False,
             length_penalty=1.0,
             early_stopping=True if int(settings.get("num_beams", 1)) > 1 else False,
         )
-    new_tokens = generated[:, batch["input_ids"].shape[1] :]
-    return [t.strip() for t in processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return [t.strip() for t in processor.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
 
 def decode_manifest(model, processor, manifest, modality: str, settings: dict, instruction: str) -> list[dict]:

@@ -100,6 +100,31 @@ def make_encoder_length_aware(model: Qwen2AudioForConditionalGeneration) -> None
         tower.__class__ = LengthAwareQwen2AudioEncoder
 
 
+def prompt_embeddings(model: Qwen2AudioForConditionalGeneration, batch: dict) -> torch.Tensor:
+    """The LLM's input embeddings of a prompt batch with its audio features merged in, exactly as
+    Qwen2AudioModel.forward merges them. Generating from these encodes each clip once: `generate(**batch)`
+    copies the audio features to every beam and runs the encoder num_beams times per clip."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    inner = model.model
+    embeddings = inner.get_input_embeddings()(batch["input_ids"])
+    if "input_features" not in batch:
+        return embeddings
+    features, feature_mask = batch["input_features"], batch["feature_attention_mask"]
+    encoder_lengths, token_counts = inner.audio_tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
+    positions = (features.shape[-1] - 2) // 2 + 1
+    valid = torch.arange(positions, device=features.device)[None, :] < encoder_lengths[:, None]
+    encoder_mask = create_bidirectional_mask(
+        config=inner.audio_tower.config,
+        inputs_embeds=torch.zeros(features.shape[0], positions, 1, dtype=embeddings.dtype, device=features.device),
+        attention_mask=valid.long(),
+    )
+    audio = inner.multi_modal_projector(inner.audio_tower(features, attention_mask=encoder_mask).last_hidden_state)
+    audio = audio[torch.arange(audio.shape[1], device=audio.device)[None, :] < token_counts[:, None]]
+    audio_slots = (batch["input_ids"] == model.config.audio_token_id).unsqueeze(-1)
+    return embeddings.masked_scatter(audio_slots, audio.to(embeddings.dtype))
+
+
 def audio_token_count(mel_frames: int) -> int:
     """Number of `<|AUDIO|>` tokens for a clip of `mel_frames` frames (Qwen2AudioProcessor's formula)."""
     return (((mel_frames - 1) // 2 + 1) - 2) // 2 + 1
