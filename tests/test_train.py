@@ -402,3 +402,13 @@ def test_a_checkpoint_made_on_other_base_weights_at_the_same_path_is_discarded(t
     # Resumed, the run would have had nothing left to do and copied the first run's head.
     head = "language_model.lm_head.weight"
     assert not torch.equal(weights(tmp_path / "out")[head], weights(tmp_path / "again")[head])
+
+
+def test_the_fingerprint_changes_with_the_training_code(tiny_assets, tmp_path, monkeypatch):  # noqa: F811
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
+    settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)])
+    before = train.fingerprint(mixture, settings)
+    edited = tmp_path / "train.py"
+    edited.write_text(train.TRAINING_CODE[0].read_text() + "\n# an edit\n")
+    monkeypatch.setattr(train, "TRAINING_CODE", (edited, train.TRAINING_CODE[1]))
+    assert train.fingerprint(mixture, settings) != before

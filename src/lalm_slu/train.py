@@ -119,6 +119,9 @@ def cosine_lr(step: int, total: int, peak: float, warmup_ratio: float) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+TRAINING_CODE = (Path(__file__), Path(__file__).with_name("modeling.py"))
+
+
 def model_identity(name_or_path: str) -> str:
     """What the base model is, cheaply: for a local directory every file's name, size and first and last MiB
     (a 7B model's shards are not read through); for a hub id, the id (its revision lives in the settings)."""
@@ -143,6 +146,9 @@ def fingerprint(mixture_path, settings: dict) -> str:
     digest = hashlib.sha256(Path(mixture_path).read_bytes())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(model_identity(str(settings["model"]["path"])).encode())
+    # The training code itself: after an edit, Snakemake re-runs the job and it must really retrain.
+    for source in TRAINING_CODE:
+        digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 
 
