@@ -92,6 +92,14 @@ class PretrainConfig:
         }
     )
 
+    def __post_init__(self):
+        # Checked here, not at the first instruction step hours into a run.
+        unknown = set(self.instruction_tasks) - set(INSTRUCTION_TASKS)
+        if unknown:
+            raise ValueError(
+                f"instruction_tasks: unknown tasks {sorted(unknown)}; choose from {sorted(INSTRUCTION_TASKS)}"
+            )
+
     @property
     def total_steps(self) -> int:
         return self.steps + self.instruction_steps
@@ -159,9 +167,6 @@ def tasks_of_step(cfg: PretrainConfig, step: int, count: int) -> list[str]:
     (a pure function of (seed, step), like the batch plan)."""
     if step < cfg.steps:
         return ["transcribe"] * count
-    unknown = set(cfg.instruction_tasks) - set(INSTRUCTION_TASKS)
-    if unknown:
-        raise ValueError(f"instruction_tasks: unknown tasks {sorted(unknown)}; choose from {sorted(INSTRUCTION_TASKS)}")
     names = sorted(cfg.instruction_tasks)
     weights = np.array([cfg.instruction_tasks[n] for n in names], dtype=float)
     rng = np.random.default_rng([cfg.seed, step, 1])
