@@ -27,18 +27,39 @@ MODALITIES = ("speech", "text")
 
 def generate_batch(model, processor, collator: Collator, items: list[ChatItem], settings: dict) -> list[str]:
     batch = {k: v.to(model.device) for k, v in collator(items).items()}
+    beams = int(settings.get("num_beams", 1))
     with torch.no_grad():
-        # From embeddings: each clip is encoded once, not once per beam; the output holds only new tokens.
+        embeddings = prompt_embeddings(model, batch)
+        cache = prompt_cache(model, embeddings, batch["attention_mask"], beams)
+        # generate() continues from the cache: it runs only the last prompt position, then the beams. The output
+        # holds only new tokens.
         generated = model.generate(
-            inputs_embeds=prompt_embeddings(model, batch),
+            inputs_embeds=embeddings,
             attention_mask=batch["attention_mask"],
+            past_key_values=cache,
             max_new_tokens=int(settings.get("max_new_tokens", 96)),
-            num_beams=int(settings.get("num_beams", 1)),
+            num_beams=beams,
             do_sample=False,
             length_penalty=1.0,
-            early_stopping=True if int(settings.get("num_beams", 1)) > 1 else False,
+            early_stopping=beams > 1,
         )
     return [t.strip() for t in processor.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+
+
+def prompt_cache(model, embeddings: torch.Tensor, attention_mask: torch.Tensor, beams: int):
+    """The key/value cache of every prompt position but the last, computed once per utterance and copied to its
+    beams. generate() on its own copies each prompt to every beam first and computes it num_beams times."""
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    cache = model(
+        inputs_embeds=embeddings[:, :-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=positions[:, :-1],
+        use_cache=True,
+        logits_to_keep=1,
+    ).past_key_values
+    if beams > 1:
+        cache.batch_repeat_interleave(beams)
+    return cache
 
 
 def decode_manifest(model, processor, manifest, modality: str, settings: dict, instruction: str) -> list[dict]:
