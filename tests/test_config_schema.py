@@ -143,6 +143,10 @@ def test_bad_value_stops_snakemake_before_any_job(workflow_copy):
             lambda c: c["corpora"]["xsid"].update(locales={"fr": "fr-FR"}),
             "corpora.xsid.locales: ['fr'] are not in corpora.xsid.languages",
         ),
+        (
+            lambda c: c["grid"]["monolingual"][1].update(scheme_settings={"curriculum": {"phases": [{"phase": 1}]}}),
+            "grid.monolingual[1].scheme_settings: ['curriculum'] not among the entry's schemes",
+        ),
     ],
 )
 def test_cross_field_errors_stop_snakemake_naming_the_key(workflow_copy, edit, message):

@@ -146,18 +146,28 @@ def test_hub_corpora_are_downloaded_once_before_preparation(workflow_copy):
     assert "--source FBK-MT/Speech-MASSIVE" in output and "--option cache_dir=resources/hub config=fr-FR" in output
 
 
-def test_commands_receive_the_run_settings_and_score_metadata(workflow_copy):
-    import json
+def planned_commands(copy) -> list[str]:
+    result = copy.snakemake("--dry-run", "--printshellcmds", "--forceall")
+    return [line for line in (result.stdout + result.stderr).splitlines() if "python -m lalm_slu" in line]
+
+
+def command_arguments(commands, command_name, run) -> dict[str, str]:
+    """--option value pairs of the planned `lalm-slu <command_name>` job of `run`."""
     import shlex
 
+    line = next(c for c in commands if f" {command_name} " in c and run in c)
+    words = shlex.split(line.split(">")[0])
+    return {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
+
+
+def test_commands_receive_the_run_settings_and_score_metadata(workflow_copy):
+    import json
+
     prepare(workflow_copy)
-    result = workflow_copy.snakemake("--dry-run", "--printshellcmds", "--forceall")
-    commands = [line for line in (result.stdout + result.stderr).splitlines() if "python -m lalm_slu" in line]
+    commands = planned_commands(workflow_copy)
 
     def arguments(command_name, run):
-        line = next(c for c in commands if f" {command_name} " in c and run in c)
-        words = shlex.split(line.split(">")[0])
-        return {words[i]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
+        return command_arguments(commands, command_name, run)
 
     settings = json.loads(arguments("finetune", "xsid-en2de_direct_mixing_b10shot_s0")["--settings"])
     assert settings["training"]["seed"] == 0 and settings["scheme"]["name"] == "direct_mixing"
@@ -167,3 +177,22 @@ def test_commands_receive_the_run_settings_and_score_metadata(workflow_copy):
                     "source": "en", "target": "de", "target_text": True, "budget": "10shot", "seed": 0}  # fmt: skip
     decode = json.loads(arguments("decode", "slurp-en_oracle_b100_s0")["--settings"])
     assert decode["instruction"].startswith("Identify the scenario") and "modalities" not in decode
+
+
+def test_an_entry_scheme_settings_replace_the_scheme_block_for_its_runs_only(workflow_copy):
+    import json
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    phases = [{"phase": 1, "epochs": 7, "learning_rate": 5.0e-4, "warmup_ratio": 0.1}]
+    xsid_entry = next(e for e in config["grid"]["monolingual"] if e["corpus"] == "xsid")
+    xsid_entry["scheme_settings"] = {"oracle": {"phases": phases}}
+    prepare(workflow_copy, config)
+    commands = planned_commands(workflow_copy)
+
+    def scheme(run):
+        return json.loads(command_arguments(commands, "finetune", run)["--settings"])["scheme"]
+
+    assert scheme(f"xsid-{xsid_entry['lang']}_oracle_b100_s0")["phases"] == phases
+    slurp_oracle = scheme("slurp-en_oracle_b100_s0")
+    assert slurp_oracle["phases"] == config["schemes"]["oracle"]["phases"] != phases
+    assert scheme(f"xsid-{xsid_entry['lang']}_oracle_b100_s0")["trainable_modules"] == slurp_oracle["trainable_modules"]

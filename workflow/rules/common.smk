@@ -5,7 +5,7 @@ import ast
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 
@@ -18,6 +18,14 @@ OPTION_PLACEHOLDERS = ("lang", "locale")
 
 
 # ---------------------------------------------------------------- config checks
+
+
+def check_scheme_settings(key, entry):
+    unused = set(entry["scheme_settings"]) - set(entry["schemes"])
+    if unused:
+        raise WorkflowError(
+            f"config {key}.scheme_settings: {sorted(unused)} not among the entry's schemes {entry['schemes']}"
+        )
 
 
 def check_config(config):
@@ -38,6 +46,7 @@ def check_config(config):
     for index, entry in enumerate(config["grid"]["monolingual"]):
         key = f"grid.monolingual[{index}]"
         check_language(f"{key}.lang", entry["corpus"], entry["lang"])
+        check_scheme_settings(key, entry)
         mixing = {"direct_mixing", "curriculum"} & set(entry["schemes"])
         if mixing and not entry["budgets"]:
             raise WorkflowError(
@@ -46,6 +55,7 @@ def check_config(config):
     for index, entry in enumerate(config["grid"]["crosslingual"]):
         key = f"grid.crosslingual[{index}]"
         check_language(f"{key}.source", entry["corpus"], entry["source"])
+        check_scheme_settings(key, entry)
         for target in entry["targets"]:
             check_language(f"{key}.targets", entry["corpus"], target)
             if target == entry["source"]:
@@ -148,6 +158,8 @@ class Run:
     source_split: str = "train"  # training split of the (source) language
     target_split: str | None = None  # target-language training split (cross-lingual)
     target_text: bool = True  # cross-lingual: whether the target-language text is used
+    # The entry's replacements of config["schemes"][scheme] keys; not part of the run's identity.
+    scheme_settings: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def name(self):
@@ -197,6 +209,7 @@ def grid_runs(config):
                         budget,
                         seed,
                         source_split=entry["train_split"],
+                        scheme_settings=entry["scheme_settings"].get(scheme, {}),
                     )
         for entry in config["grid"]["crosslingual"]:
             for target, scheme, target_text in product(
@@ -212,6 +225,7 @@ def grid_runs(config):
                         seed,
                         target_split=entry["target_text_split"],
                         target_text=target_text,
+                        scheme_settings=entry["scheme_settings"].get(scheme, {}),
                     )
 
 
@@ -437,7 +451,11 @@ def finetune_settings(wildcards):
         {
             "model": config["model"],
             "training": {**config["training"], "seed": run.seed},
-            "scheme": {"name": run.scheme, **config["schemes"][run.scheme]},
+            "scheme": {
+                "name": run.scheme,
+                **config["schemes"][run.scheme],
+                **run.scheme_settings,
+            },
             "prompt": config["prompt"],
         },
         sort_keys=True,
