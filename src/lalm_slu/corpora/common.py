@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Callable
 
 from lalm_slu.records import DataError, Utterance, validate_utterance
 
@@ -62,6 +64,24 @@ class RecordCollector:
 
     def reject(self, error: DataError) -> None:
         self.policy.reject(error)
+
+    def read_jsonl(self, path: str | os.PathLike, to_utterances: Callable[[dict, int], list[Utterance]]) -> None:
+        """Each non-empty line of a JSON-lines file through `to_utterances(record, line_number)`; a line that is
+        not JSON or a record that raises DataError goes to the bad-record policy, naming its file and line."""
+        with open(path, encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    utterances = to_utterances(json.loads(line), line_number)
+                except json.JSONDecodeError as error:
+                    self.reject(DataError(f"invalid JSON ({error.msg})", path, line_number))
+                    continue
+                except DataError as error:
+                    self.reject(error)
+                    continue
+                for utt in utterances:
+                    self.add(utt, path, line_number)
 
 
 def split_scenario_action(intent: str, path=None, line=None) -> tuple[str, str]:

@@ -6,7 +6,6 @@ Each line has `id`, `partition` (train/dev/test), `scenario`, `intent` (= scenar
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -92,21 +91,12 @@ def read_massive(source: str | os.PathLike, corpus: str, lang: str, policy: BadR
     if not path.is_file():
         raise DataError("MASSIVE jsonl file not found", path)
     collector = RecordCollector(policy)
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                missing = [key for key in REQUIRED_FIELDS if key not in record]
-                if missing:
-                    raise DataError(f"missing keys {missing}", path, line_number)
-                utt = utterance_from_massive_fields(record, corpus, lang, record["partition"], path, line_number)
-            except json.JSONDecodeError as error:
-                collector.reject(DataError(f"invalid JSON ({error.msg})", path, line_number))
-                continue
-            except DataError as error:
-                collector.reject(error)
-                continue
-            collector.add(utt, path, line_number)
+
+    def to_utterances(record: dict, line_number: int) -> list[Utterance]:
+        missing = [key for key in REQUIRED_FIELDS if key not in record]
+        if missing:
+            raise DataError(f"missing keys {missing}", path, line_number)
+        return [utterance_from_massive_fields(record, corpus, lang, record["partition"], path, line_number)]
+
+    collector.read_jsonl(path, to_utterances)
     return collector.utterances

@@ -15,7 +15,6 @@ shares `utterance_key(id)` and is kept or dropped together.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -86,20 +85,10 @@ def read_slurp_release(
         raise DataError(f"no SLURP release file ({', '.join(RELEASE_FILES.values())}) found", folder)
     collector = RecordCollector(policy)
     for split, path in present.items():
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    records = utterances_from_slurp_record(
-                        json.loads(line), corpus, lang, split, recording, path, line_number
-                    )
-                except json.JSONDecodeError as error:
-                    collector.reject(DataError(f"invalid JSON ({error.msg})", path, line_number))
-                    continue
-                except DataError as error:
-                    collector.reject(error)
-                    continue
-                for utt in records:
-                    collector.add(utt, path, line_number)
+        collector.read_jsonl(
+            path,
+            lambda record, line_number, split=split, path=path: utterances_from_slurp_record(
+                record, corpus, lang, split, recording, path, line_number
+            ),
+        )
     return collector.utterances

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from lalm_slu.modeling import ChatItem, Collator, load_model_and_processor, set_trainable
 from lalm_slu.speech.tts import Voice
+from lalm_slu.train import load_audio
 
 log = logging.getLogger(__name__)
 
@@ -191,25 +192,18 @@ def batch_plan(clip_lengths: list[float], num_texts: int, cfg: PretrainConfig, s
     return [("speech", i) for i in batches[int((~is_text[:offset]).sum())]]
 
 
-def load_audio(path: str) -> np.ndarray:
-    audio, rate = soundfile.read(path, dtype="float32")
-    if rate != 16_000:
-        raise ValueError(f"{path}: expected 16 kHz audio, got {rate}")
-    return audio
-
-
-@torch.no_grad()
 def transcribe(model, processor, clips: list[Clip], batch_size: int = 16, max_new_tokens: int = 48) -> list[str]:
+    """Greedy transcripts through the decode stage's generation path."""
+    from lalm_slu.decode import generate_batch
+
     collator = Collator(processor, for_generation=True)
     model.eval()
+    settings = {"max_new_tokens": max_new_tokens, "num_beams": 1}
     out = []
     for start in range(0, len(clips), batch_size):
-        chunk = clips[start : start + batch_size]
-        batch = collator([ChatItem(TRANSCRIBE_INSTRUCTION, audio=load_audio(c.audio)) for c in chunk])
-        generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-        new_tokens = generated[:, batch["input_ids"].shape[1] :]
-        out += processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    return [o.strip() for o in out]
+        items = [ChatItem(TRANSCRIBE_INSTRUCTION, audio=load_audio(c.audio)) for c in clips[start : start + batch_size]]
+        out += generate_batch(model, processor, collator, items, settings)
+    return out
 
 
 def evaluate_wer(model, processor, eval_clips: dict[str, list[Clip]]) -> dict[str, float]:
