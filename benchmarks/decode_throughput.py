@@ -11,8 +11,8 @@ shipped model is pretrained, not fine-tuned, and answers the SLU instruction wit
 leave only the prompt pass to measure. So the model first takes a short text-only fine-tune
 (`--finetune-steps`, on sentences disjoint from the measured ones) and is then measured as the stage uses it.
 
-Target: batched ≥ 3× one-at-a-time stock `generate`. Writes benchmarks/results/decode_throughput.json; exits 1 if any output
-differs between the two.
+Target: batched ≥ 3× one-at-a-time stock `generate`. Writes benchmarks/results/decode_throughput.json; exits 1
+if any output differs among the three.
 """
 
 from __future__ import annotations

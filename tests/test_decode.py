@@ -67,10 +67,10 @@ def test_batched_decoding_equals_one_utterance_at_a_time(tiny, tiny_assets, moda
     assert len(set(single)) > 1  # outputs depend on the input, so equality is not trivial
 
 
-@pytest.mark.parametrize("modality, num_beams", [("text", 1), ("speech", 1), ("speech", 3)])
+@pytest.mark.parametrize("modality, num_beams", [("text", 1), ("text", 3), ("speech", 1), ("speech", 3)])
 def test_generated_text_is_what_stock_generate_returns_after_the_prompt(tiny, tiny_assets, modality, num_beams):  # noqa: F811
-    # The decoder generates from merged prompt embeddings (each clip encoded once, not once per beam);
-    # the stock `generate(**batch)`, which merges audio inside the model, is the reference.
+    # The decoder generates from merged prompt embeddings and a prompt cache (each clip encoded and each
+    # prompt computed once, not once per beam); the stock `generate(**batch)` is the reference.
     model, processor = tiny
     rows = read_manifest(tiny_assets.speech_manifest).iloc[:3]
     items = [
@@ -86,6 +86,24 @@ def test_generated_text_is_what_stock_generate_returns_after_the_prompt(tiny, ti
     collator = Collator(processor, for_generation=True)
     actual = generate_batch(model, processor, collator, items, settings(num_beams=num_beams))
     assert actual == [text.strip() for text in expected]
+
+
+def test_beam_search_computes_each_prompt_once_then_one_position_per_beam(tiny, tiny_assets):  # noqa: F811
+    model, processor = tiny
+    rows = read_manifest(tiny_assets.speech_manifest).iloc[:3]
+    items = [ChatItem(INSTRUCTION, text=text) for text in rows["text"]]
+    collator = Collator(processor, for_generation=True)
+    prompt_length = collator(items)["input_ids"].shape[1]
+    shapes = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda _module, _args, kwargs: shapes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True
+    )
+    try:
+        generate_batch(model, processor, collator, items, settings(num_beams=3))
+    finally:
+        hook.remove()
+    assert shapes[0] == (3, prompt_length - 1)
+    assert len(shapes) > 2 and all(shape == (9, 1) for shape in shapes[1:])
 
 
 def test_speech_decoding_of_a_manifest_without_audio_fails_clearly(tiny, tiny_assets):  # noqa: F811
