@@ -11,6 +11,8 @@ import pytest
 import yaml
 from conftest import REPO, WorkflowCopy
 
+from lalm_slu.report.figures import find_chromium
+
 RUN_B10 = "tiny-en_direct_mixing_b10_s0"
 RUN_B50 = "tiny-en_direct_mixing_b50_s0"
 RUN_TEXT = "tiny-en_text_only_b0_s0"
@@ -215,3 +217,50 @@ def test_report_collects_metrics_tables_and_figures_with_captions(planned):
     for name in ("metrics.csv", "intent_accuracy.csv", "intent_accuracy.png"):
         assert name in report
     assert "against the speech budget" in report  # the figures caption
+
+
+# Injected into a copy of the report: open Results > Figures, press the figure's eye icon, then list the
+# decoded images. Snakemake's report is a single-page app, so only a browser shows whether figures render.
+SHOW_FIGURE_SCRIPT = """<script>
+const leaf = (text) => [...document.querySelectorAll("*")].filter((e) => !e.children.length && e.textContent.trim() === text);
+setTimeout(() => {
+  leaf("Figures").forEach((e) => e.click());
+  setTimeout(() => {
+    leaf("results/figures/intent_accuracy.png")[0].closest("tr").querySelector("a[iconname=eye]").click();
+    setTimeout(() => {
+      const shown = [...document.querySelectorAll("img")].filter((i) => i.src.startsWith("data:image/png"));
+      const out = document.createElement("pre");
+      out.id = "shown-figures";
+      out.textContent = JSON.stringify(shown.map((i) => [i.naturalWidth, i.naturalHeight]));
+      document.body.appendChild(out);
+    }, 2000);
+  }, 2000);
+}, 2000);
+</script>"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed")
+def test_report_shows_the_figures_in_headless_chromium(planned):
+    import re
+    import subprocess
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure = pyplot.figure(figsize=(3.21, 1.23), dpi=100)
+    figure.savefig(planned.root / "results/figures/intent_accuracy.png")
+    planned.snakemake("--report", "report.html")
+    html = (planned.root / "report.html").read_text(encoding="utf-8")
+    end = html.rindex("</body>")
+    (planned.root / "clicked.html").write_text(html[:end] + SHOW_FIGURE_SCRIPT + html[end:], encoding="utf-8")
+    dom = subprocess.run(
+        [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         f"--user-data-dir={planned.root / 'chromium-profile'}", "--virtual-time-budget=20000", "--dump-dom",
+         (planned.root / "clicked.html").as_uri()],
+        capture_output=True, text=True, timeout=180,
+    ).stdout  # fmt: skip
+    shown = json.loads(re.search(r'<pre id="shown-figures">(.*?)</pre>', dom).group(1))
+    assert shown == [[321, 123]]  # the PNG decoded at its own size: the browser drew the figure
