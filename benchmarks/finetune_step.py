@@ -1,5 +1,6 @@
 """Seconds per fine-tuning optimizer step at batch 16: text items, and speech items with encoder and projector
-frozen (the language model trains), on the demo model with the trainer's length-aware step.
+frozen (the language model trains), on the demo model with the trainer's length-aware step. Batches are drawn
+as the trainer draws them (`train.micro_batches`, grouped by length), and also at random for comparison.
 
 Targets: ≤ 0.3 s (text), ≤ 0.6 s (speech). Writes benchmarks/results/finetune_step.json.
 """
@@ -25,7 +26,7 @@ TARGET_SECONDS = {"text": 0.3, "speech": 0.6}
 TRAINABLE = ["language_model", "lm_head"]
 
 
-def seconds_per_step(path: str, items, batch_size: int, steps: int, warmup: int) -> dict:
+def seconds_per_step(path: str, items, batches: list[list[int]], warmup: int) -> dict:
     import torch
 
     from lalm_slu.modeling import Collator, load_model_and_processor, set_trainable
@@ -35,17 +36,31 @@ def seconds_per_step(path: str, items, batch_size: int, steps: int, warmup: int)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     collator = Collator(processor)
-    times = []
-    for step in range(warmup + steps):
+    times, tokens = [], []
+    for step, indices in enumerate(batches):
         started = time.perf_counter()
-        optimizer_step(model, optimizer, collator(items[step * batch_size : (step + 1) * batch_size]), params, True)
+        batch = collator([items[i] for i in indices])
+        optimizer_step(model, optimizer, batch, params, True)
         if step >= warmup:
             times.append(time.perf_counter() - started)
+            tokens.append(batch["input_ids"].shape[1])
     return {
         "median_s": round(statistics.median(times), 4),
         "mean_s": round(statistics.fmean(times), 4),
         "max_s": round(max(times), 4),
+        "mean_padded_tokens_per_item": round(statistics.fmean(tokens), 1),
     }
+
+
+def trainer_batches(utterances, modality: str, batch_size: int) -> list[list[int]]:
+    """The trainer's own batching of these utterances for one epoch (seeded, grouped by length)."""
+    from lalm_slu.train import TrainItem, micro_batches
+
+    items = [
+        TrainItem(u.id, modality, u.text, "", u.audio, u.duration_s if modality == "speech" else len(u.text) / 15.0)
+        for u in utterances
+    ]
+    return micro_batches(items, batch_size, seed=0, phase=1, epoch=0, group_by_length=True)
 
 
 def main() -> None:
@@ -60,18 +75,21 @@ def main() -> None:
     path, model_kind = model_path(work)
     count = args.batch_size * (args.steps + args.warmup_steps)
     utterances = with_speech(slurp_sentences(count), work)
-    measured = {
-        modality: seconds_per_step(
-            path, chat_items(utterances, modality), args.batch_size, args.steps, args.warmup_steps
-        )
-        for modality in ("text", "speech")
-    }
+    sequential = [list(range(b * args.batch_size, (b + 1) * args.batch_size)) for b in range(args.steps + args.warmup_steps)]
+    measured = {}
+    for modality in ("text", "speech"):
+        items = chat_items(utterances, modality)
+        batches = trainer_batches(utterances, modality, args.batch_size)
+        measured[modality] = seconds_per_step(path, items, batches, args.warmup_steps)
+        measured[f"{modality}_random_batches"] = seconds_per_step(path, items, sequential, args.warmup_steps)
     write_result(
         "finetune_step",
         {
             "model": model_kind,
             "batch_size": args.batch_size,
             "steps": args.steps,
+            "batching": "text / speech: the trainer's (train.micro_batches, grouped by length); *_random_batches: "
+            "utterances in drawn order",
             "warmup_steps": args.warmup_steps,
             "trainable": TRAINABLE,
             "threads": threads,
