@@ -23,7 +23,7 @@ import yaml  # noqa: E402
 
 from lalm_slu.corpora.common import BadRecordPolicy  # noqa: E402
 from lalm_slu.corpora.slurp import read_slurp_release  # noqa: E402
-from lalm_slu.modeling import ChatItem  # noqa: E402
+from lalm_slu.modeling import ChatItem, answer_loss  # noqa: E402
 from lalm_slu.records import Utterance  # noqa: E402
 from lalm_slu.slu_json import format_target  # noqa: E402
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice  # noqa: E402
@@ -103,7 +103,7 @@ def optimizer_step(model, optimizer, batch: dict, params: list, encoder_frozen: 
     if encoder_frozen:
         model.model.audio_tower.eval()
     optimizer.zero_grad(set_to_none=True)
-    loss = model(**batch).loss
+    loss = answer_loss(model, batch)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()

@@ -19,6 +19,7 @@ from lalm_slu.modeling import (
     Collator,
     LengthAwareQwen2AudioEncoder,
     ModelNotAvailableError,
+    answer_loss,
     load_model_and_processor,
     make_encoder_length_aware,
     render_prompt,
@@ -251,3 +252,29 @@ def test_set_trainable_unfreezes_exactly_the_named_modules(tiny_assets):  # noqa
     assert model.model.audio_tower.conv1.weight.requires_grad
     with pytest.raises(ValueError, match="unknown trainable modules"):
         set_trainable(model, ["encoder"])
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_answer_loss_equals_the_stock_loss_and_its_gradients(tiny_assets, clips, lora):  # noqa: F811
+    from lalm_slu.train import apply_lora
+
+    model, processor = load_model_and_processor(str(tiny_assets.model_dir))
+    set_trainable(model, ["language_model", "lm_head"])
+    if lora:
+        model = apply_lora(model, {"rank": 4}, ["language_model", "lm_head"])
+    # Mixed modalities and lengths, so padding and prompt positions are both present.
+    batch = Collator(processor)([speech_item(clips[0]), text_item(clips[-1]), speech_item(clips[-1])])
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(compute):
+        model.zero_grad(set_to_none=True)
+        loss = compute()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    stock_loss, stock_grads = loss_and_grads(lambda: model(**batch).loss)
+    loss, grads = loss_and_grads(lambda: answer_loss(model, batch))
+    assert torch.allclose(loss, stock_loss, rtol=1e-5, atol=1e-6)
+    assert len(grads) == len(stock_grads) > 0
+    for grad, stock in zip(grads, stock_grads):
+        assert torch.allclose(grad, stock, rtol=1e-4, atol=1e-6)

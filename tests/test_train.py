@@ -230,17 +230,15 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
 ):
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
     settings = make_settings(tiny_assets.model_dir, [(1, 2, 1e-3, 0.0)], checkpoint_every_steps=1)
-    real_forward = Qwen2AudioForConditionalGeneration.forward
+    real_loss = train.answer_loss
     calls = []
 
-    def nan_on_fifth_micro_batch(self, *args, **kwargs):
-        output = real_forward(self, *args, **kwargs)
+    def nan_on_fifth_micro_batch(model, batch):
+        loss = real_loss(model, batch)
         calls.append(1)
-        if len(calls) == 5:  # 2 micro-batches per step: the first micro-batch of step 3
-            output.loss = output.loss * float("nan")
-        return output
+        return loss * float("nan") if len(calls) == 5 else loss  # 2 micro-batches per step: step 3's first
 
-    monkeypatch.setattr(Qwen2AudioForConditionalGeneration, "forward", nan_on_fifth_micro_batch)
+    monkeypatch.setattr(train, "answer_loss", nan_on_fifth_micro_batch)
     work_dir = tmp_path / "work"
     with pytest.raises(FloatingPointError, match=r"non-finite loss at phase 1 epoch 1 step 0.*last good checkpoint"):
         finetune(mixture, settings, tmp_path / "out", work_dir)

@@ -24,7 +24,15 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from lalm_slu.modeling import ChatItem, Collator, count_parameters, load_model_and_processor, set_trainable
+from lalm_slu.modeling import (
+    ChatItem,
+    Collator,
+    answer_loss,
+    base_model,
+    count_parameters,
+    load_model_and_processor,
+    set_trainable,
+)
 from lalm_slu.records import DataError, read_manifest
 from lalm_slu.slu_json import format_target
 
@@ -308,14 +316,14 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
                 n_items = dist.all_sum(float(sum(len(b) for b in mine)))
                 model.train()
                 if "audio_tower" not in scheme["trainable_modules"]:
-                    _inner(model).model.audio_tower.eval()
+                    base_model(model).model.audio_tower.eval()
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum = 0.0
                 for batch_ids in mine:
                     batch = collator(to_chat_items([items[i] for i in batch_ids], instruction))
                     batch = {k: v.to(device) for k, v in batch.items()}
                     with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
-                        loss = model(**batch).loss
+                        loss = answer_loss(model, batch)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(
                             f"non-finite loss at phase {phase['phase']} epoch {epoch} step {step}; "
@@ -356,11 +364,6 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
         _write_output(out_dir, model, processor, settings, history, summary)
     dist.barrier()
     return summary
-
-
-def _inner(model):
-    """The Qwen2AudioForConditionalGeneration under a peft wrapper, if any."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _trainable_state(model) -> dict:
