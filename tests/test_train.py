@@ -18,7 +18,7 @@ from tiny_model import INSTRUCTION, subprocess_env, tiny_assets  # noqa: F401 - 
 from transformers import Qwen2AudioForConditionalGeneration
 
 from lalm_slu import train
-from lalm_slu.modeling import ChatItem, Collator, load_model_and_processor
+from lalm_slu.modeling import ChatItem, Collator, LengthAwareQwen2AudioEncoder, load_model_and_processor
 from lalm_slu.records import DataError, read_manifest, write_manifest
 from lalm_slu.train import finetune, load_items, micro_batches, to_chat_items
 
@@ -105,6 +105,42 @@ def test_frozen_modules_stay_bitwise_unchanged_and_the_llm_trains(tiny_assets, t
     assert frozen and trained
     assert [n for n in frozen if not torch.equal(before[n], after[n])] == []
     assert [n for n in trained if torch.equal(before[n], after[n])] == []
+
+
+def test_cached_frozen_audio_trains_as_encoding_every_step_and_encodes_each_clip_once(
+    tiny_assets, tmp_path, monkeypatch  # noqa: F811
+):
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
+    encoded = []
+    real_forward = LengthAwareQwen2AudioEncoder.forward
+
+    def counting_forward(self, input_features, *args, **kwargs):
+        encoded.append(input_features.shape[0])
+        return real_forward(self, input_features, *args, **kwargs)
+
+    monkeypatch.setattr(LengthAwareQwen2AudioEncoder, "forward", counting_forward)
+    plain = make_settings(tiny_assets.model_dir, [(1, 3, 2e-3, 0.0)])
+    finetune(mixture, plain, tmp_path / "plain", tmp_path / "plain-work")
+    clip_visits = sum(encoded)
+    encoded.clear()
+    cached = make_settings(tiny_assets.model_dir, [(1, 3, 2e-3, 0.0)], cache_frozen_audio=True)
+    finetune(mixture, cached, tmp_path / "cached", tmp_path / "cached-work")
+    assert clip_visits == 4 * 3 and encoded == [1] * 4  # 4 clips × 3 epochs, against each clip once, alone
+    expected, actual = weights(tmp_path / "plain"), weights(tmp_path / "cached")
+    # A clip encoded alone equals its in-batch encoding up to float summation order.
+    assert [n for n in expected if not torch.allclose(expected[n], actual[n], rtol=1e-3, atol=1e-5)] == []
+    losses = [pd.read_csv(tmp_path / run / "loss.csv")["loss"] for run in ("plain", "cached")]
+    assert np.allclose(losses[0], losses[1], rtol=1e-4)
+
+
+def test_audio_cache_is_not_used_when_the_projector_trains(tiny_assets, tmp_path, monkeypatch):  # noqa: F811
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
+    built = []
+    monkeypatch.setattr(train, "FrozenAudioCache", lambda *args: built.append(args))
+    settings = make_settings(tiny_assets.model_dir, [(1, 1, 2e-3, 0.0)], trainable=["multi_modal_projector", *LLM_ONLY],
+                             cache_frozen_audio=True)
+    finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
+    assert built == []
 
 
 CURRICULUM = [(1, 2, 2e-3, 0.25), (2, 1, 5e-4, 0.5)]
@@ -289,16 +325,24 @@ def checkpoint_step(work_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_rerun_after_sigkill_ends_with_the_uninterrupted_weights(tiny_assets, tmp_path):  # noqa: F811
+@pytest.mark.parametrize(
+    "trainable, per_device, cache",
+    [(["multi_modal_projector", *LLM_ONLY], 1, False), (LLM_ONLY, 2, True)],
+    ids=["projector", "cached_audio"],
+)
+def test_rerun_after_sigkill_ends_with_the_uninterrupted_weights(
+    tiny_assets, tmp_path, trainable, per_device, cache  # noqa: F811
+):
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
     # 12 items, 2 per step, 2 epochs: 12 optimizer steps, a checkpoint after each.
     settings = make_settings(
         tiny_assets.model_dir,
         [(1, 2, 2e-3, 0.2)],
-        trainable=["multi_modal_projector", *LLM_ONLY],
-        per_device_batch_size=1,
+        trainable=trainable,
+        per_device_batch_size=per_device,
         global_batch_size=2,
         checkpoint_every_steps=1,
+        cache_frozen_audio=cache,
     )
     finetune(mixture, settings, tmp_path / "reference", tmp_path / "reference-work")
 

@@ -100,29 +100,69 @@ def make_encoder_length_aware(model: Qwen2AudioForConditionalGeneration) -> None
         tower.__class__ = LengthAwareQwen2AudioEncoder
 
 
-def prompt_embeddings(model: Qwen2AudioForConditionalGeneration, batch: dict) -> torch.Tensor:
-    """The LLM's input embeddings of a prompt batch with its audio features merged in, exactly as
-    Qwen2AudioModel.forward merges them. Generating from these encodes each clip once: `generate(**batch)`
-    copies the audio features to every beam and runs the encoder num_beams times per clip."""
+def projected_audio(model: Qwen2AudioForConditionalGeneration, features: torch.Tensor,
+                    feature_mask: torch.Tensor) -> torch.Tensor:
+    """Projected audio frames of every clip of a batch, each clip's own frames only, concatenated in batch
+    order: what Qwen2AudioModel.forward scatters into the `<|AUDIO|>` slots."""
     from transformers.masking_utils import create_bidirectional_mask
 
-    inner = model.model
-    embeddings = inner.get_input_embeddings()(batch["input_ids"])
-    if "input_features" not in batch:
-        return embeddings
-    features, feature_mask = batch["input_features"], batch["feature_attention_mask"]
+    inner = base_model(model).model
     encoder_lengths, token_counts = inner.audio_tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
     positions = (features.shape[-1] - 2) // 2 + 1
     valid = torch.arange(positions, device=features.device)[None, :] < encoder_lengths[:, None]
     encoder_mask = create_bidirectional_mask(
         config=inner.audio_tower.config,
-        inputs_embeds=torch.zeros(features.shape[0], positions, 1, dtype=embeddings.dtype, device=features.device),
+        inputs_embeds=torch.zeros(features.shape[0], positions, 1, dtype=inner.dtype, device=features.device),
         attention_mask=valid.long(),
     )
     audio = inner.multi_modal_projector(inner.audio_tower(features, attention_mask=encoder_mask).last_hidden_state)
-    audio = audio[torch.arange(audio.shape[1], device=audio.device)[None, :] < token_counts[:, None]]
-    audio_slots = (batch["input_ids"] == model.config.audio_token_id).unsqueeze(-1)
-    return embeddings.masked_scatter(audio_slots, audio.to(embeddings.dtype))
+    return audio[torch.arange(audio.shape[1], device=audio.device)[None, :] < token_counts[:, None]]
+
+
+def merge_audio(model, input_ids: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """Token embeddings of `input_ids` with the `<|AUDIO|>` slots filled by `audio` frames, in order."""
+    embeddings = base_model(model).model.get_input_embeddings()(input_ids)
+    audio_slots = (input_ids == base_model(model).config.audio_token_id).unsqueeze(-1)
+    return embeddings.masked_scatter(audio_slots, audio.to(embeddings.device, embeddings.dtype))
+
+
+def prompt_embeddings(model: Qwen2AudioForConditionalGeneration, batch: dict) -> torch.Tensor:
+    """The LLM's input embeddings of a prompt batch with its audio features merged in, exactly as
+    Qwen2AudioModel.forward merges them. Generating from these encodes each clip once: `generate(**batch)`
+    copies the audio features to every beam and runs the encoder num_beams times per clip."""
+    if "input_features" not in batch:
+        return base_model(model).model.get_input_embeddings()(batch["input_ids"])
+    audio = projected_audio(model, batch["input_features"], batch["feature_attention_mask"])
+    return merge_audio(model, batch["input_ids"], audio)
+
+
+class FrozenAudioCache:
+    """Projected audio frames per clip, computed once per training run. Valid only while the audio tower and
+    the projector are frozen: then a clip's frames are the same at every epoch, and later visits skip the
+    encoder (about half of a demo speech step). Each clip is encoded alone, so its frames never depend on the
+    batch it first came in, and a resumed run computes exactly what the uninterrupted one did."""
+
+    def __init__(self, processor, length_aware: bool = True):
+        self.processor = processor
+        self.length_aware = length_aware
+        self.frames: dict[str, torch.Tensor] = {}
+
+    def input_embeddings(self, model, batch: dict, clips: list[tuple[str, np.ndarray]]) -> dict:
+        """`batch` (from Collator) with its audio replaced by cached frames: inputs_embeds instead of
+        input_ids and features. `clips` are the (key, waveform) of the batch's speech items, in order."""
+        for key, waveform in clips:
+            if key not in self.frames:
+                features, mask = audio_features(self.processor, [waveform], self.length_aware)
+                device = base_model(model).device
+                with torch.no_grad():
+                    self.frames[key] = projected_audio(model, features.to(device), mask.to(device)).detach()
+        out = {k: v for k, v in batch.items() if k not in ("input_ids", "input_features", "feature_attention_mask")}
+        if clips:
+            audio = torch.cat([self.frames[key] for key, _ in clips])
+            out["inputs_embeds"] = merge_audio(model, batch["input_ids"], audio)
+        else:
+            out["inputs_embeds"] = base_model(model).model.get_input_embeddings()(batch["input_ids"])
+        return out
 
 
 def base_model(model) -> Qwen2AudioForConditionalGeneration:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from lalm_slu.modeling import (
     ChatItem,
     Collator,
+    FrozenAudioCache,
     answer_loss,
     base_model,
     count_parameters,
@@ -259,7 +260,10 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
         params, lr=float(scheme["phases"][0]["learning_rate"]), weight_decay=float(training.get("weight_decay", 0.0)),
         betas=(0.9, 0.999),
     )
-    collator = Collator(processor, length_aware=bool(training.get("length_aware", True)))
+    length_aware = bool(training.get("length_aware", True))
+    collator = Collator(processor, length_aware=length_aware)
+    audio_frozen = not {"audio_tower", "multi_modal_projector"} & set(scheme["trainable_modules"])
+    audio_cache = FrozenAudioCache(processor, length_aware) if audio_frozen and training.get("cache_frozen_audio") else None
     per_device = int(training["per_device_batch_size"])
     global_batch = int(training["global_batch_size"])
     accumulation = global_batch // (per_device * dist.world_size)
@@ -320,8 +324,12 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum = 0.0
                 for batch_ids in mine:
-                    batch = collator(to_chat_items([items[i] for i in batch_ids], instruction))
-                    batch = {k: v.to(device) for k, v in batch.items()}
+                    batch_items = [items[i] for i in batch_ids]
+                    chats = to_chat_items(batch_items, instruction)
+                    batch = {k: v.to(device) for k, v in collator(chats).items()}
+                    if audio_cache is not None:
+                        clips = [(it.audio_path, c.audio) for it, c in zip(batch_items, chats) if c.audio is not None]
+                        batch = audio_cache.input_embeddings(model, batch, clips)
                     with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
                         loss = answer_loss(model, batch)
                     if not torch.isfinite(loss):
