@@ -119,9 +119,11 @@ def projected_audio(model: Qwen2AudioForConditionalGeneration, features: torch.T
     return audio[torch.arange(audio.shape[1], device=audio.device)[None, :] < token_counts[:, None]]
 
 
-def merge_audio(model, input_ids: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+def merge_audio(model, input_ids: torch.Tensor, audio: torch.Tensor | None) -> torch.Tensor:
     """Token embeddings of `input_ids` with the `<|AUDIO|>` slots filled by `audio` frames, in order."""
     embeddings = base_model(model).model.get_input_embeddings()(input_ids)
+    if audio is None:
+        return embeddings
     audio_slots = (input_ids == base_model(model).config.audio_token_id).unsqueeze(-1)
     return embeddings.masked_scatter(audio_slots, audio.to(embeddings.device, embeddings.dtype))
 
@@ -130,16 +132,16 @@ def prompt_embeddings(model: Qwen2AudioForConditionalGeneration, batch: dict) ->
     """The LLM's input embeddings of a prompt batch with its audio features merged in, exactly as
     Qwen2AudioModel.forward merges them. Generating from these encodes each clip once: `generate(**batch)`
     copies the audio features to every beam and runs the encoder num_beams times per clip."""
-    if "input_features" not in batch:
-        return base_model(model).model.get_input_embeddings()(batch["input_ids"])
-    audio = projected_audio(model, batch["input_features"], batch["feature_attention_mask"])
+    audio = None
+    if "input_features" in batch:
+        audio = projected_audio(model, batch["input_features"], batch["feature_attention_mask"])
     return merge_audio(model, batch["input_ids"], audio)
 
 
 class FrozenAudioCache:
     """Projected audio frames per clip, computed once per training run. Valid only while the audio tower and
     the projector are frozen: then a clip's frames are the same at every epoch, and later visits skip the
-    encoder (about half of a demo speech step). Each clip is encoded alone, so its frames never depend on the
+    encoder (a demo speech step: 0.87 → 0.73 s). Each clip is encoded alone, so its frames never depend on the
     batch it first came in, and a resumed run computes exactly what the uninterrupted one did."""
 
     def __init__(self, processor, length_aware: bool = True):
@@ -157,11 +159,8 @@ class FrozenAudioCache:
                 with torch.no_grad():
                     self.frames[key] = projected_audio(model, features.to(device), mask.to(device)).detach()
         out = {k: v for k, v in batch.items() if k not in ("input_ids", "input_features", "feature_attention_mask")}
-        if clips:
-            audio = torch.cat([self.frames[key] for key, _ in clips])
-            out["inputs_embeds"] = merge_audio(model, batch["input_ids"], audio)
-        else:
-            out["inputs_embeds"] = base_model(model).model.get_input_embeddings()(batch["input_ids"])
+        frames = [self.frames[key] for key, _ in clips]
+        out["inputs_embeds"] = merge_audio(model, batch["input_ids"], torch.cat(frames) if frames else None)
         return out
 
 
@@ -173,7 +172,7 @@ def base_model(model) -> Qwen2AudioForConditionalGeneration:
 def answer_loss(model, batch: dict) -> torch.Tensor:
     """Mean cross-entropy over the labelled (answer) tokens — the value `model(**batch).loss` returns — with the
     vocabulary projection computed only at those positions. The stock forward projects every prompt position
-    too; for the demo model that is ~15 % of a training step, spent on logits the loss never reads."""
+    too, on logits the loss never reads: a quarter of a demo text step (0.66 → 0.50 s)."""
     inner = base_model(model)
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     hidden = inner.model(**inputs, use_cache=False).last_hidden_state
