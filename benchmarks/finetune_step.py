@@ -98,10 +98,8 @@ def main() -> None:
         batches = trainer_batches(utterances, modality, args.batch_size)
         measured[modality] = seconds_per_step(path, items, batches, args.warmup_steps)
         measured[f"{modality}_random_batches"] = seconds_per_step(path, items, sequential, args.warmup_steps)
-    speech = chat_items(utterances, "speech")
-    measured["speech_cached_frames"] = seconds_per_step(
-        path, speech, trainer_batches(utterances, "speech", args.batch_size), args.warmup_steps, cached_audio=True
-    )
+        if modality == "speech":
+            measured["speech_cached_frames"] = seconds_per_step(path, items, batches, args.warmup_steps, True)
     write_result(
         "finetune_step",
         {
