@@ -1,6 +1,6 @@
 """Seconds per fine-tuning optimizer step at batch 16: text items, and speech items with encoder and projector
 frozen (the language model trains), on the demo model with the trainer's length-aware step and answer-only
-loss. Batches are drawn as the trainer draws them (`train.micro_batches`, grouped by length), and also at random
+loss. Batches are drawn as the trainer draws them (`train.micro_batches`, grouped by sequence length), and also at random
 for comparison. Speech is measured with the encoder run every step (a run's first epoch) and with cached frames
 (`training.cache_frozen_audio`, later epochs).
 
@@ -14,6 +14,7 @@ import statistics
 import time
 
 from _common import (
+    INSTRUCTION,
     chat_items,
     model_path,
     optimizer_step,
@@ -68,15 +69,19 @@ def seconds_per_step(path: str, items, batches: list[list[int]], warmup: int, ca
     }
 
 
-def trainer_batches(utterances, modality: str, batch_size: int) -> list[list[int]]:
-    """The trainer's own batching of these utterances for one epoch (seeded, grouped by length)."""
-    from lalm_slu.train import TrainItem, micro_batches
+def trainer_batches(utterances, modality: str, batch_size: int, path: str) -> list[list[int]]:
+    """The trainer's own batching of these utterances for one epoch (seeded, grouped by sequence length)."""
+    from lalm_slu.modeling import load_model_and_processor
+    from lalm_slu.slu_json import format_target
+    from lalm_slu.train import TrainItem, micro_batches, sequence_lengths
 
     items = [
-        TrainItem(u.id, modality, u.text, "", u.audio, u.duration_s if modality == "speech" else len(u.text) / 15.0)
+        TrainItem(u.id, modality, u.text, format_target(u.scenario, u.action, u.entities), u.audio,
+                  u.duration_s if modality == "speech" else None)
         for u in utterances
     ]
-    return micro_batches(items, batch_size, seed=0, phase=1, epoch=0, group_by_length=True)
+    _, processor = load_model_and_processor(path)
+    return micro_batches(items, sequence_lengths(items, processor, INSTRUCTION), batch_size, seed=0, phase=1, epoch=0)
 
 
 def main() -> None:
@@ -95,7 +100,7 @@ def main() -> None:
     measured = {}
     for modality in ("text", "speech"):
         items = chat_items(utterances, modality)
-        batches = trainer_batches(utterances, modality, args.batch_size)
+        batches = trainer_batches(utterances, modality, args.batch_size, path)
         measured[modality] = seconds_per_step(path, items, batches, args.warmup_steps)
         measured[f"{modality}_random_batches"] = seconds_per_step(path, items, sequential, args.warmup_steps)
         if modality == "speech":
@@ -106,7 +111,7 @@ def main() -> None:
             "model": model_kind,
             "batch_size": args.batch_size,
             "steps": args.steps,
-            "batching": "text / speech: the trainer's (train.micro_batches, grouped by length); *_random_batches: "
+            "batching": "text / speech: the trainer's (train.micro_batches, grouped by sequence length); *_random_batches: "
             "utterances in drawn order",
             "speech_cached_frames": "the trainer's batches with every clip's projected frames already cached "
             "(training.cache_frozen_audio, a run's epochs after the first); speech: each step encodes its clips",

@@ -20,7 +20,7 @@ from transformers import Qwen2AudioForConditionalGeneration
 from lalm_slu import train
 from lalm_slu.modeling import ChatItem, Collator, LengthAwareQwen2AudioEncoder, load_model_and_processor
 from lalm_slu.records import DataError, read_manifest, write_manifest
-from lalm_slu.train import finetune, load_items, micro_batches, to_chat_items
+from lalm_slu.train import finetune, load_items, micro_batches, sequence_lengths, to_chat_items
 
 IDS = [f"u{i}" for i in range(8)]
 LLM_ONLY = ["language_model", "lm_head"]
@@ -88,6 +88,30 @@ def run_cli(mixture, settings, out_dir, work_dir) -> list[str]:
 
 def mixed_rows(phase=1) -> list[tuple[str, str, int]]:
     return [(i, "text", phase) for i in IDS] + [(i, "speech", phase) for i in IDS[:4]]
+
+
+def test_sequence_lengths_are_the_collators_unpadded_lengths(tiny_assets, tmp_path):  # noqa: F811
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
+    items = load_items(mixture, 1)
+    _, processor = load_model_and_processor(str(tiny_assets.model_dir))
+    collator = Collator(processor)
+    actual = [int(collator(to_chat_items([it], INSTRUCTION))["attention_mask"].sum()) for it in items]
+    assert sequence_lengths(items, processor, INSTRUCTION) == actual
+    assert len({n for n, it in zip(actual, items) if it.modality == "speech"}) > 1  # clips differ in length
+
+
+def test_length_grouping_batches_similar_lengths_and_keeps_every_item_once():
+    items = [train.TrainItem(f"u{i}", "text", "", "", None, None) for i in range(64)]
+    lengths = list(np.random.default_rng(0).integers(10, 200, size=64))
+    grouped = micro_batches(items, lengths, 8, seed=0, phase=1, epoch=0)
+    drawn = micro_batches(items, None, 8, seed=0, phase=1, epoch=0)
+    assert sorted(i for b in grouped for i in b) == list(range(64)) == sorted(i for b in drawn for i in b)
+
+    def padded(batches):
+        return sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+    assert padded(grouped) < 0.8 * padded(drawn)
+    assert grouped != micro_batches(items, lengths, 8, seed=0, phase=1, epoch=1)  # a new order every epoch
 
 
 @pytest.mark.parametrize("modalities", [("text",), ("text", "speech")], ids=["text_only", "with_speech"])
@@ -189,7 +213,8 @@ def test_curriculum_phase_two_starts_from_phase_one_final_weights(curriculum_run
     model.eval()
     items = load_items(mixture, 2)
     training = settings["training"]
-    steps_batches = micro_batches(items, training["per_device_batch_size"], training["seed"], 2, 0, True)
+    lengths = sequence_lengths(items, processor, INSTRUCTION)
+    steps_batches = micro_batches(items, lengths, training["per_device_batch_size"], training["seed"], 2, 0)
     first_step = steps_batches[: training["global_batch_size"] // training["per_device_batch_size"]]
     collator = Collator(processor)
 

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 SAMPLE_RATE = 16_000
+# Ends every chat turn of Qwen2-Audio's template; training answers end with it (and a newline, not learned).
+END_OF_TURN = "<|im_end|>"
 # Mel frames per encoder position pair: conv2 has stride 2, then the pooler halves again.
 MEL_FRAMES_MULTIPLE = 2
 
@@ -240,7 +242,6 @@ class Collator:
         self.for_generation = for_generation
         self.max_length = max_length
         self.audio_token = processor.audio_token
-        self.end_token = "<|im_end|>"
 
     def __call__(self, items: list[ChatItem]) -> dict:
         waveforms = [it.audio for it in items if it.audio is not None]
@@ -258,7 +259,7 @@ class Collator:
                 prompt = prompt.replace(self.audio_token, self.audio_token * counts[audio_index], 1)
                 audio_index += 1
             prompts.append(prompt)
-            answers.append(None if self.for_generation else f"{item.answer}{self.end_token}\n")
+            answers.append(None if self.for_generation else f"{item.answer}{END_OF_TURN}\n")
         batch.update(self._tokenize(prompts, answers))
         return batch
 
