@@ -117,6 +117,27 @@ def scratch_dir() -> Path:
     return path
 
 
+def _cpuinfo() -> list[str]:
+    path = Path("/proc/cpuinfo")
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def cpu_model() -> str:
+    for line in _cpuinfo():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def cpu_flags(wanted: tuple[str, ...]) -> list[str]:
+    """Which of `wanted` the CPU has: matrix kernels (and bf16 autocast) speed differ with them."""
+    for line in _cpuinfo():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in wanted if flag in present]
+    return []
+
+
 def write_result(name: str, parameters: dict, measurements: dict, targets: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {
@@ -124,7 +145,9 @@ def write_result(name: str, parameters: dict, measurements: dict, targets: dict)
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor(),
+            # Two 2-core machines measured 1.6x apart (random-batch text step 0.54 vs 0.86 s): name the CPU.
+            "processor": cpu_model(),
+            "cpu_flags": cpu_flags(("avx2", "avx512f", "avx512_bf16", "amx_bf16")),
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),

@@ -295,9 +295,11 @@ def count_parameters(model: nn.Module) -> dict:
     return {"total": total, "trainable": trainable}
 
 
-def set_trainable(model: Qwen2AudioForConditionalGeneration, modules: list[str]) -> dict:
+def set_trainable(model: Qwen2AudioForConditionalGeneration, modules: list[str],
+                  freeze_token_embeddings: bool = False) -> dict:
     """Freeze everything, then unfreeze the named sub-modules (audio_tower, multi_modal_projector,
-    language_model, lm_head). Returns trainable-parameter counts per module."""
+    language_model, lm_head), keeping the LLM's input token embeddings frozen if asked. Returns
+    trainable-parameter counts per module."""
     parts = {
         "audio_tower": model.model.audio_tower,
         "multi_modal_projector": model.model.multi_modal_projector,
@@ -312,6 +314,8 @@ def set_trainable(model: Qwen2AudioForConditionalGeneration, modules: list[str])
         parts[name].requires_grad_(True)
     # The positional table is a fixed sinusoid table, never trained.
     model.model.audio_tower.embed_positions.requires_grad_(False)
+    if freeze_token_embeddings:
+        model.model.language_model.embed_tokens.requires_grad_(False)
     counts = {name: sum(p.numel() for p in part.parameters() if p.requires_grad) for name, part in parts.items()}
     log.info("trainable parameters: %s", counts)
     return counts

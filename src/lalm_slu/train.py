@@ -272,7 +272,7 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
         torch.set_num_threads(int(training["threads"]))
     device, dtype = device_and_dtype(training)
     model, processor = load_model_and_processor(model_cfg["path"], dtype=dtype, device=device)
-    counts = set_trainable(model, scheme["trainable_modules"])
+    counts = set_trainable(model, scheme["trainable_modules"], bool(training.get("freeze_token_embeddings")))
     lora = model_cfg.get("lora")
     if lora:
         model = apply_lora(model, lora, scheme["trainable_modules"])
