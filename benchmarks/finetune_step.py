@@ -14,6 +14,7 @@ import statistics
 import time
 
 from _common import (
+    DEMO_CONFIG,
     INSTRUCTION,
     chat_items,
     model_path,
@@ -37,7 +38,7 @@ def seconds_per_step(path: str, items, batches: list[list[int]], warmup: int, ca
     from lalm_slu.modeling import Collator, FrozenAudioCache, load_model_and_processor, set_trainable
 
     model, processor = load_model_and_processor(path)
-    set_trainable(model, TRAINABLE)
+    set_trainable(model, TRAINABLE, bool(DEMO_CONFIG["training"].get("freeze_token_embeddings")))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     collator = Collator(processor)
@@ -117,6 +118,7 @@ def main() -> None:
             "(training.cache_frozen_audio, a run's epochs after the first); speech: each step encodes its clips",
             "warmup_steps": args.warmup_steps,
             "trainable": TRAINABLE,
+            "freeze_token_embeddings": bool(DEMO_CONFIG["training"].get("freeze_token_embeddings")),
             "threads": threads,
         },
         measured,

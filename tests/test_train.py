@@ -168,6 +168,16 @@ def test_cached_frozen_audio_trains_as_encoding_every_step_and_encodes_each_clip
     assert np.allclose(losses[0], losses[1], rtol=1e-4)
 
 
+def test_bf16_training_with_cached_audio_frames_runs_on_cpu(tiny_assets, tmp_path):  # noqa: F811
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
+    settings = make_settings(tiny_assets.model_dir, [(1, 2, 2e-3, 0.0)], precision="bf16", cache_frozen_audio=True)
+    summary = finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
+    losses = pd.read_csv(tmp_path / "out" / "loss.csv")["loss"]
+    assert summary["optimizer_steps"] == 6 and np.isfinite(losses).all()
+    saved = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert saved["language_model.model.embed_tokens.weight"].dtype == torch.bfloat16
+
+
 def test_audio_cache_is_not_used_when_the_projector_trains(tiny_assets, tmp_path, monkeypatch):  # noqa: F811
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
     built = []
