@@ -145,7 +145,7 @@ def write_result(name: str, parameters: dict, measurements: dict, targets: dict)
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {
             "platform": platform.platform(),
-            # Two 2-core machines measured 1.6x apart (random-batch text step 0.54 vs 0.86 s): name the CPU.
+            # Two 2-core machines measured 1.6x apart (random-batch text step 0.54 vs 0.83 s): name the CPU.
             "processor": cpu_model(),
             "cpu_flags": cpu_flags(("avx2", "avx512f", "avx512_bf16", "amx_bf16")),
             "cpus": os.cpu_count(),

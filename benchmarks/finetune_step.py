@@ -1,7 +1,7 @@
 """Seconds per fine-tuning optimizer step at batch 16: text items, and speech items with encoder and projector
 frozen (the language model trains), on the demo model with the trainer's length-aware step and answer-only
-loss. Batches are drawn as the trainer draws them (`train.micro_batches`, grouped by sequence length), and also at random
-for comparison. Speech is measured with the encoder run every step (a run's first epoch) and with cached frames
+loss. Batches are drawn as the trainer draws them (`train.micro_batches`, grouped by sequence length), and also at
+random for comparison. Speech is measured with the encoder run every step (a run's first epoch) and with cached frames
 (`training.cache_frozen_audio`, later epochs).
 
 Targets: ≤ 0.3 s (text), ≤ 0.6 s (speech). Writes benchmarks/results/finetune_step.json.
@@ -82,7 +82,8 @@ def trainer_batches(utterances, modality: str, batch_size: int, path: str) -> li
         for u in utterances
     ]
     _, processor = load_model_and_processor(path)
-    return micro_batches(items, sequence_lengths(items, processor, INSTRUCTION), batch_size, seed=0, phase=1, epoch=0)
+    lengths = sequence_lengths(items, processor, INSTRUCTION)
+    return micro_batches(items, lengths, batch_size, seed=0, phase=1, epoch=0)
 
 
 def main() -> None:
@@ -112,8 +113,8 @@ def main() -> None:
             "model": model_kind,
             "batch_size": args.batch_size,
             "steps": args.steps,
-            "batching": "text / speech: the trainer's (train.micro_batches, grouped by sequence length); *_random_batches: "
-            "utterances in drawn order",
+            "batching": "text / speech: the trainer's (train.micro_batches, grouped by sequence length); "
+            "*_random_batches: utterances in drawn order",
             "speech_cached_frames": "the trainer's batches with every clip's projected frames already cached "
             "(training.cache_frozen_audio, a run's epochs after the first); speech: each step encodes its clips",
             "warmup_steps": args.warmup_steps,

@@ -131,7 +131,9 @@ def test_frozen_modules_stay_bitwise_unchanged_and_the_llm_trains(tiny_assets, t
     assert [n for n in trained if torch.equal(before[n], after[n])] == []
 
 
-def test_frozen_token_embeddings_stay_bitwise_unchanged_while_the_rest_of_the_llm_trains(tiny_assets, tmp_path):  # noqa: F811
+def test_frozen_token_embeddings_stay_bitwise_unchanged_while_the_rest_of_the_llm_trains(
+    tiny_assets, tmp_path  # noqa: F811
+):
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
     settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], weight_decay=0.1, freeze_token_embeddings=True)
     finetune(mixture, settings, tmp_path / "out", tmp_path / "work")

@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 SAMPLE_RATE = 16_000
-# Ends every chat turn of Qwen2-Audio's template; training answers end with it (and a newline, not learned).
-END_OF_TURN = "<|im_end|>"
 # Mel frames per encoder position pair: conv2 has stride 2, then the pooler halves again.
 MEL_FRAMES_MULTIPLE = 2
 
@@ -199,6 +197,11 @@ class ChatItem:
     audio: np.ndarray | None = None
 
 
+def answer_turn(answer: str) -> str:
+    """A training answer as Qwen2-Audio's template closes the assistant's turn (the newline is not learned)."""
+    return f"{answer}<|im_end|>\n"
+
+
 def render_prompt(processor, item: ChatItem) -> str:
     """Qwen2-Audio chat template: speech → audio placeholder then instruction; text → transcript then instruction."""
     if item.audio is not None:
@@ -259,7 +262,7 @@ class Collator:
                 prompt = prompt.replace(self.audio_token, self.audio_token * counts[audio_index], 1)
                 audio_index += 1
             prompts.append(prompt)
-            answers.append(None if self.for_generation else f"{item.answer}{END_OF_TURN}\n")
+            answers.append(None if self.for_generation else answer_turn(item.answer))
         batch.update(self._tokenize(prompts, answers))
         return batch
 

@@ -25,12 +25,12 @@ import torch
 from tqdm import tqdm
 
 from lalm_slu.modeling import (
-    END_OF_TURN,
     SAMPLE_RATE,
     ChatItem,
     Collator,
     FrozenAudioCache,
     answer_loss,
+    answer_turn,
     base_model,
     count_parameters,
     audio_token_count,
@@ -94,7 +94,7 @@ def sequence_lengths(items: list[TrainItem], processor, instruction: str) -> lis
     speech_prompt = render_prompt(processor, ChatItem(instruction, audio=np.zeros(0, dtype=np.float32)))
     sequences = [
         (speech_prompt if it.modality == "speech" else render_prompt(processor, ChatItem(instruction, text=it.text)))
-        + it.target + END_OF_TURN + "\n"
+        + answer_turn(it.target)
         for it in items
     ]
     lengths = [len(ids) for ids in tokenizer(sequences, add_special_tokens=False)["input_ids"]]
