@@ -164,8 +164,9 @@ def test_cached_frozen_audio_trains_as_encoding_every_step_and_encodes_each_clip
     finetune(mixture, cached, tmp_path / "cached", tmp_path / "cached-work")
     assert clip_visits == 4 * 3 and encoded == [1] * 4  # 4 clips × 3 epochs, against each clip once, alone
     expected, actual = weights(tmp_path / "plain"), weights(tmp_path / "cached")
-    # A clip encoded alone equals its in-batch encoding up to float summation order.
-    assert [n for n in expected if not torch.allclose(expected[n], actual[n], rtol=1e-3, atol=1e-5)] == []
+    # A clip encoded alone equals its in-batch encoding up to float summation order. AdamW scales each update to
+    # about lr (2e-3) however small the gradient, so that noise reaches ~1e-5 on weights whose gradient is near 0.
+    assert [n for n in expected if not torch.allclose(expected[n], actual[n], rtol=1e-3, atol=1e-4)] == []
     losses = [pd.read_csv(tmp_path / run / "loss.csv")["loss"] for run in ("plain", "cached")]
     assert np.allclose(losses[0], losses[1], rtol=1e-4)
 
