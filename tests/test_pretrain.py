@@ -18,6 +18,7 @@ from lalm_slu.demo_model.pretrain import (
     synthesize_clips,
     tasks_of_step,
 )
+from lalm_slu.modeling import load_model_and_processor
 from lalm_slu.speech.tts import Voice
 from tiny_model import TINY_ARCHITECTURE
 
@@ -84,6 +85,29 @@ def test_interrupted_pretraining_resumes_to_the_same_state(tiny_setup, tmp_path)
         assert torch.equal(uninterrupted[name], resumed[name]), name
     history_a = json.loads((tmp_path / "a_out" / "pretraining_summary.json").read_text())
     assert history_a["steps"] == 6
+
+
+@pytest.mark.slow
+def test_cached_encoder_frames_train_like_the_encoder_run_at_every_step(tiny_setup, tmp_path):
+    model_dir, clips = tiny_setup
+    evaluation = {"en": clips[:1]}
+    weights = {}
+    for cached in (True, False):
+        cfg = _config(steps=4, alignment_start_step=0, cache_encoder_frames=cached)
+        pretrain(model_dir, tmp_path / f"{cached}_out", tmp_path / f"{cached}_work", clips, SENTENCES, evaluation, cfg)
+        weights[cached] = load_file(str(tmp_path / f"{cached}_work" / "checkpoint" / "trainable.safetensors"))
+    initial = load_model_and_processor(str(model_dir))[0].state_dict()
+    for name, value in weights[True].items():
+        # AdamW moves every weight by ~lr per step whatever its gradient's size, so float noise in a
+        # near-zero gradient can differ by up to ~lr; a wrong frame moves whole tensors further.
+        assert torch.allclose(value, weights[False][name], atol=1e-4), name
+    moved = [n for n in weights[True] if "multi_modal_projector" in n]
+    assert moved and all(not torch.allclose(weights[True][n], initial[n]) for n in moved)
+
+
+def test_cached_encoder_frames_need_a_frozen_audio_tower():
+    with pytest.raises(ValueError, match="frozen audio tower"):
+        PretrainConfig(trainable=["audio_tower", "language_model"], cache_encoder_frames=True)
 
 
 def test_instruction_stage_follows_transcription_with_its_own_schedule_and_task_mix():

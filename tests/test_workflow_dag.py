@@ -112,9 +112,23 @@ def test_demo_model_is_built_only_on_request(workflow_copy):
     prepare(workflow_copy)
     rules = Counter(rule for rule, _ in planned_jobs(workflow_copy, "pretrain_demo_model"))
     assert rules["build_demo_model"] == rules["pretrain_demo_model"] == 1
-    assert rules["prepare_corpus"] == 4  # slurp/en, xsid/en, xsid/de, xsid/it text
+    # slurp/en, xsid/en, xsid/de, xsid/it text, in the demo model's own manifests
+    assert rules["prepare_demo_model_text"] == 4 and "prepare_corpus" not in rules
     assert "synthesize_speech" not in rules  # pretraining speaks its own sentences
     assert "finetune_model" not in rules
+
+
+def test_continued_pretraining_starts_from_the_named_model_with_uncapped_text(workflow_copy):
+    prepare(workflow_copy)
+    result = workflow_copy.snakemake("--dry-run", "--printshellcmds", "continue_demo_model")
+    output = result.stdout + result.stderr
+    rules = Counter(rule for rule, _ in planned_jobs(workflow_copy, "continue_demo_model"))
+    assert rules == Counter({"prepare_demo_model_text": 4, "continue_demo_model": 1})
+    assert "--model-dir models/demo-qwen2-audio" in output
+    assert '"instruction_steps": 3500' in output
+    # The grid caps MASSIVE en-US at 1,000 train sentences; the demo model reads all of them.
+    slurp = next(line for line in output.splitlines() if "prepare-corpus" in line and "--corpus slurp" in line)
+    assert "--max-utterances" not in slurp
 
 
 @pytest.mark.parametrize("target", ["results/mixtures/slurp-en_direct_mixing_b7_s0.parquet"])

@@ -100,10 +100,10 @@ def make_encoder_length_aware(model: Qwen2AudioForConditionalGeneration) -> None
         tower.__class__ = LengthAwareQwen2AudioEncoder
 
 
-def projected_audio(model: Qwen2AudioForConditionalGeneration, features: torch.Tensor,
-                    feature_mask: torch.Tensor) -> torch.Tensor:
-    """Projected audio frames of every clip of a batch, each clip's own frames only, concatenated in batch
-    order: what Qwen2AudioModel.forward scatters into the `<|AUDIO|>` slots."""
+def encoded_audio(model: Qwen2AudioForConditionalGeneration, features: torch.Tensor,
+                  feature_mask: torch.Tensor) -> torch.Tensor:
+    """Audio-tower frames of every clip of a batch, each clip's own frames only, concatenated in batch order
+    (one frame per `<|AUDIO|>` token)."""
     from transformers.masking_utils import create_bidirectional_mask
 
     inner = base_model(model).model
@@ -115,8 +115,15 @@ def projected_audio(model: Qwen2AudioForConditionalGeneration, features: torch.T
         inputs_embeds=torch.zeros(features.shape[0], positions, 1, dtype=inner.dtype, device=features.device),
         attention_mask=valid.long(),
     )
-    audio = inner.multi_modal_projector(inner.audio_tower(features, attention_mask=encoder_mask).last_hidden_state)
+    audio = inner.audio_tower(features, attention_mask=encoder_mask).last_hidden_state
     return audio[torch.arange(audio.shape[1], device=audio.device)[None, :] < token_counts[:, None]]
+
+
+def projected_audio(model: Qwen2AudioForConditionalGeneration, features: torch.Tensor,
+                    feature_mask: torch.Tensor) -> torch.Tensor:
+    """Projected audio frames of every clip of a batch, concatenated in batch order: what
+    Qwen2AudioModel.forward scatters into the `<|AUDIO|>` slots (the projector acts frame by frame)."""
+    return base_model(model).model.multi_modal_projector(encoded_audio(model, features, feature_mask))
 
 
 def merge_audio(model, input_ids: torch.Tensor, audio: torch.Tensor | None) -> torch.Tensor:

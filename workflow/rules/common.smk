@@ -507,11 +507,17 @@ def score_meta(wildcards):
 
 
 def data_manifests(key):
-    """Text manifests named by a demo_model list of {corpus, lang, split}."""
+    """The demo model's own text manifests named by a demo_model list of {corpus, lang, split}."""
     return [
-        manifest_path(ref["corpus"], ref["lang"], ref["split"])
+        f"results/demo_model/manifests/{ref['corpus']}/{ref['lang']}/{ref['split']}.parquet"
         for ref in config["demo_model"][key]
     ]
+
+
+def demo_max_utterance_arguments(wildcards):
+    caps = config["demo_model"]["max_utterances"].get(wildcards.corpus, {})
+    pairs = [f"{split}={caps[split]}" for split in SPLITS if caps.get(split)]
+    return f"--max-utterances {' '.join(pairs)}" if pairs else ""
 
 
 def pretrain_voices_json(wildcards):

@@ -2,6 +2,17 @@
 # runs start from config model.path, the shipped copy, so `rule all` never rebuilds it.
 
 
+use rule prepare_corpus as prepare_demo_model_text with:
+    output:
+        train="results/demo_model/manifests/{corpus}/{lang}/train.parquet",
+        dev="results/demo_model/manifests/{corpus}/{lang}/dev.parquet",
+        test="results/demo_model/manifests/{corpus}/{lang}/test.parquet",
+    log:
+        "logs/prepare_demo_model_text/{corpus}/{lang}.log",
+    params:
+        max_utterances=demo_max_utterance_arguments,
+
+
 rule build_demo_model:
     input:
         train=data_manifests("train_data"),
@@ -57,3 +68,25 @@ rule pretrain_demo_model:
         " --voices-json {params.voices:q} {params.options}"
         " --settings {params.settings:q} --work-dir {params.work_dir}"
         " --out-dir {output} > {log} 2>&1"
+
+
+# The shipped model's last stage: more pretraining from `continue_from` (the recipe in continue_pretrain).
+use rule pretrain_demo_model as continue_demo_model with:
+    input:
+        model=config["demo_model"]["continue_from"],
+        train=data_manifests("train_data"),
+        eval=data_manifests("eval_data"),
+    output:
+        directory("results/demo_model/continued"),
+    log:
+        "logs/continue_demo_model.log",
+    benchmark:
+        "results/benchmarks/continue_demo_model.tsv"
+    threads: resource("continue_demo_model", "threads")
+    resources:
+        mem_mb=resource("continue_demo_model", "mem_mb"),
+        runtime=resource("continue_demo_model", "runtime"),
+        gpu=resource("continue_demo_model", "gpu"),
+    params:
+        settings=settings_json("demo_model", "continue_pretrain"),
+        work_dir="work/demo_model_continue",

@@ -29,7 +29,18 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from lalm_slu.modeling import ChatItem, Collator, load_model_and_processor, set_trainable
+from lalm_slu.modeling import (
+    ChatItem,
+    Collator,
+    answer_loss,
+    audio_features,
+    audio_token_count,
+    encoded_audio,
+    load_model_and_processor,
+    merge_audio,
+    projected_audio,
+    set_trainable,
+)
 from lalm_slu.speech.tts import Voice
 from lalm_slu.train import load_audio
 
@@ -93,7 +104,13 @@ class PretrainConfig:
         }
     )
 
+    # Encode every training clip once before the first step (the audio tower is frozen, so its frames never
+    # change) and train projector + LLM on the cached frames: the encoder is most of a speech step.
+    cache_encoder_frames: bool = True
+
     def __post_init__(self):
+        if self.cache_encoder_frames and "audio_tower" in self.trainable:
+            raise ValueError("cache_encoder_frames needs a frozen audio tower; remove audio_tower from trainable")
         # Checked here, not at the first instruction step hours into a run.
         unknown = set(self.instruction_tasks) - set(INSTRUCTION_TASKS)
         if unknown:
@@ -213,12 +230,12 @@ def evaluate_wer(model, processor, eval_clips: dict[str, list[Clip]]) -> dict[st
     }
 
 
-def alignment_losses(model, processor, projected, feature_mask, texts, cfg: PretrainConfig):
-    """CTC of projected audio frames against transcript tokens (cosine with token embeddings) + norm penalty."""
-    from lalm_slu.modeling import audio_token_count
-
+def alignment_losses(model, processor, clip_frames: list[torch.Tensor], texts, cfg: PretrainConfig):
+    """CTC of each clip's projected frames against its transcript's tokens (cosine with token embeddings) + a
+    norm penalty keeping the frames at the token embeddings' norm."""
     embeddings = model.model.language_model.embed_tokens.weight
-    lengths = torch.tensor([audio_token_count(int(n)) for n in feature_mask.sum(-1)])
+    lengths = torch.tensor([len(f) for f in clip_frames])
+    projected = torch.nn.utils.rnn.pad_sequence(clip_frames, batch_first=True)
     logits = cfg.ctc_scale * torch.nn.functional.normalize(projected, dim=-1) @ torch.nn.functional.normalize(
         embeddings, dim=-1
     ).T
@@ -233,10 +250,26 @@ def alignment_losses(model, processor, projected, feature_mask, texts, cfg: Pret
         reduction="mean",
         zero_infinity=True,
     )
-    valid = torch.arange(projected.shape[1])[None, :] < lengths[:, None]
     target_norm = embeddings.norm(dim=-1).mean().detach()
-    norm = ((projected.norm(dim=-1)[valid] / target_norm - 1.0) ** 2).mean()
+    norm = ((torch.cat(clip_frames).norm(dim=-1) / target_norm - 1.0) ** 2).mean()
     return ctc, norm
+
+
+def encode_clips(model, processor, clips: list[Clip], batch_size: int = 16) -> list[torch.Tensor]:
+    """Audio-tower frames of every clip (one per `<|AUDIO|>` token), encoded in length-sorted batches. Length-aware
+    features make a clip's frames independent of its batch-mates, so these equal the frames of any batch."""
+    order = sorted(range(len(clips)), key=lambda i: soundfile.info(clips[i].audio).frames)
+    frames: list[torch.Tensor | None] = [None] * len(clips)
+    started = time.time()
+    with torch.no_grad():
+        for start in tqdm(range(0, len(order), batch_size), desc="encoding clips", mininterval=30):
+            indices = order[start : start + batch_size]
+            features, mask = audio_features(processor, [load_audio(clips[i].audio) for i in indices])
+            counts = [audio_token_count(int(n)) for n in mask.sum(-1)]
+            for i, clip_frames in zip(indices, encoded_audio(model, features, mask).split(counts)):
+                frames[i] = clip_frames.clone()
+    log.info("encoded %d clips in %.0f s", len(clips), time.time() - started)
+    return frames
 
 
 def save_checkpoint(path: Path, model, optimizer, step: int, history: list) -> None:
@@ -304,9 +337,9 @@ def pretrain(
     progress = tqdm(total=total, initial=step, desc="pretrain", mininterval=30)
     session_end = total if cfg.stop_after_steps is None else min(total, step + cfg.stop_after_steps)
     clip_lengths = [soundfile.info(c.audio).duration for c in train_clips]
-    captured: list[torch.Tensor] = []
     alignment_log: list[tuple[float, float]] = []
-    model.model.multi_modal_projector.register_forward_hook(lambda _m, _i, output: captured.append(output))
+    projector = model.model.multi_modal_projector
+    cached_frames = encode_clips(model, processor, train_clips) if cfg.cache_encoder_frames else None
 
     def aligning(at_step: int) -> bool:
         return cfg.alignment_start_step is not None and at_step >= cfg.alignment_start_step
@@ -314,7 +347,7 @@ def pretrain(
     while step < session_end:
         model.train()
         model.model.audio_tower.eval()
-        items, transcripts = [], []
+        items, transcripts, clip_indices = [], [], []
         plan = batch_plan(clip_lengths, len(train_texts), cfg, step)
         for (kind, index), task in zip(plan, tasks_of_step(cfg, step, len(plan))):
             instruction, answer = INSTRUCTION_TASKS[task]
@@ -322,16 +355,28 @@ def pretrain(
                 clip = train_clips[index]
                 items.append(ChatItem(instruction, answer(clip.text), audio=load_audio(clip.audio)))
                 transcripts.append(clip.text)
+                clip_indices.append(index)
             else:
                 text = train_texts[index]
                 items.append(ChatItem(instruction, answer(text), text=text))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         batch = collator(items)
-        captured.clear()
-        loss = model(**batch).loss
-        if aligning(step) and captured:
-            ctc, norm = alignment_losses(model, processor, captured[0], batch["feature_attention_mask"], transcripts, cfg)
+        audio = None
+        if clip_indices:
+            if cached_frames is not None:
+                audio = projector(torch.cat([cached_frames[i] for i in clip_indices]))
+            else:
+                audio = projected_audio(model, batch["input_features"], batch["feature_attention_mask"])
+        inputs = {
+            "inputs_embeds": merge_audio(model, batch["input_ids"], audio),
+            "attention_mask": batch["attention_mask"],
+            "labels": batch["labels"],
+        }
+        loss = answer_loss(model, inputs)
+        if aligning(step) and audio is not None:
+            counts = [audio_token_count(int(n)) for n in batch["feature_attention_mask"].sum(-1)]
+            ctc, norm = alignment_losses(model, processor, list(audio.split(counts)), transcripts, cfg)
             loss = loss + cfg.ctc_weight * ctc + cfg.norm_weight * norm
             alignment_log.append((ctc.item(), norm.item()))
         if not torch.isfinite(loss):
