@@ -105,6 +105,20 @@ def test_cached_encoder_frames_train_like_the_encoder_run_at_every_step(tiny_set
     assert moved and all(not torch.allclose(weights[True][n], initial[n]) for n in moved)
 
 
+@pytest.mark.slow
+def test_continued_pretraining_keeps_the_earlier_recipe(tiny_setup, tmp_path):
+    model_dir, clips = tiny_setup
+    evaluation = {"en": clips[:1]}
+    pretrain(model_dir, tmp_path / "first", tmp_path / "first_work", clips, SENTENCES, evaluation, _config(steps=3))
+    cfg = _config(steps=0, instruction_steps=2, instruction_warmup_steps=1)
+    summary = pretrain(tmp_path / "first", tmp_path / "second", tmp_path / "second_work", clips, SENTENCES,
+                       evaluation, cfg)
+    assert summary["steps"] == 2 and summary["continued_from"]["steps"] == 3
+    card = (tmp_path / "second" / "README.md").read_text()
+    assert "Continued from a checkpoint pretrained for 3 steps" in card
+    assert "Then 2 steps of instruction imitation" in card
+
+
 def test_cached_encoder_frames_need_a_frozen_audio_tower():
     with pytest.raises(ValueError, match="frozen audio tower"):
         PretrainConfig(trainable=["audio_tower", "language_model"], cache_encoder_frames=True)

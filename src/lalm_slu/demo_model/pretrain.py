@@ -421,6 +421,10 @@ def pretrain(
         "train_texts": len(train_texts),
         "config": asdict(cfg),
     }
+    earlier = Path(model_dir) / "pretraining_summary.json"
+    if earlier.exists():
+        # A continuation: keep the lineage, since this run's config describes only its own stage.
+        summary["continued_from"] = json.loads(earlier.read_text())
     (out_dir / "pretraining_summary.json").write_text(json.dumps(summary, indent=2))
     write_model_card(out_dir, summary)
     with open(out_dir / "pretraining_loss.csv", "w") as handle:
@@ -454,6 +458,22 @@ def write_model_card(out_dir: str | Path, summary: dict) -> Path:
             f" instructions answered from the transcript alone (task weights: {weights}), so that the LLM follows"
             " an instruction the same way for audio as for text instead of transcribing every clip."
         )
+    transcription = (
+        f'\n- Objective: answer "{TRANSCRIBE_INSTRUCTION}" with the transcript, for speech input'
+        f" (speech → transcript) and for the written transcript (copy), {cfg['text_fraction']:.0%} of steps text:"
+        f" {cfg['steps']} steps, batch {cfg['batch_size']}, AdamW lr {cfg['learning_rate']} (warm-up"
+        f" {cfg['warmup_steps']}, cosine to {cfg['min_lr_ratio']} of peak), seed {cfg['seed']}; trained:"
+        f" {', '.join(cfg['trainable'])}."
+        if cfg["steps"]
+        else ""
+    )
+    if "continued_from" in summary:
+        earlier = summary["continued_from"]
+        transcription = (
+            f"\n- Continued from a checkpoint pretrained for {earlier['steps']} steps (its recipe and WER:"
+            " `continued_from` in pretraining_summary.json); this stage: batch"
+            f" {cfg['batch_size']}, seed {cfg['seed']}, {cfg['text_fraction']:.0%} of steps text."
+        )
     wer_rows = "\n".join(f"| {lang} | {wer:.3f} | {summary['eval_utterances'][lang]} |"
                           for lang, wer in sorted(summary["final_wer"].items()))
     card = f"""# demo-qwen2-audio
@@ -476,11 +496,7 @@ same code path as `Qwen/Qwen2-Audio-7B-Instruct` on a CPU. Load it exactly like 
 ## Pretraining (no SLU labels, no evaluation-split utterance)
 - Data: synthesized (eSpeak NG, training voices only) speech of training transcripts: MASSIVE en-US train and
   xSID English train (English), xSID de/it dev (German, Italian); {summary['train_clips']} clips,
-  {summary['train_texts']} distinct transcripts.
-- Objective: answer "{TRANSCRIBE_INSTRUCTION}" with the transcript, for speech input
-  (speech → transcript) and for the written transcript (copy), {cfg['text_fraction']:.0%} of steps text:
-  {cfg['steps']} steps, batch {cfg['batch_size']}, AdamW lr {cfg['learning_rate']} (warm-up {cfg['warmup_steps']},
-  cosine to {cfg['min_lr_ratio']} of peak), seed {cfg['seed']}; trained: {', '.join(cfg['trainable'])}.{alignment}{instructions}
+  {summary['train_texts']} distinct transcripts.{transcription}{alignment}{instructions}
 - Wall time: {summary.get('wall_time_s_total', summary['wall_time_s_this_session'])} s on 2 CPU cores.
 
 ## Held-out-voice, held-out-utterance transcription WER
