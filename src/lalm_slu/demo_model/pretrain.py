@@ -344,7 +344,9 @@ def pretrain(
     def aligning(at_step: int) -> bool:
         return cfg.alignment_start_step is not None and at_step >= cfg.alignment_start_step
 
+    step_seconds = 0.0  # optimizer steps only: no encoding, evaluation or checkpointing
     while step < session_end:
+        step_started = time.perf_counter()
         model.train()
         model.model.audio_tower.eval()
         items, transcripts, clip_indices = [], [], []
@@ -385,6 +387,7 @@ def pretrain(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        step_seconds += time.perf_counter() - step_started
         step += 1
         progress.update(1)
         history.append({"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step - 1, cfg)})
@@ -415,6 +418,7 @@ def pretrain(
         "finished": True,
         "steps": total,
         "wall_time_s_this_session": round(time.time() - started, 1),
+        "mean_step_s_this_session": round(step_seconds / max(1, step - first_step), 4),
         "final_wer": final_wer,
         "eval_utterances": {lang: len(c) for lang, c in eval_clips.items()},
         "train_clips": len(train_clips),
