@@ -70,7 +70,7 @@ rule pretrain_demo_model:
         " --out-dir {output} > {log} 2>&1"
 
 
-# The shipped model's last stage: more pretraining from `continue_from` (the recipe in continue_pretrain).
+# One more pretraining stage from `continue_from` (settings: demo_model.continue_pretrain).
 use rule pretrain_demo_model as continue_demo_model with:
     input:
         model=config["demo_model"]["continue_from"],
