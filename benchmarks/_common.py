@@ -97,13 +97,15 @@ def model_path(work: Path) -> tuple[str, str]:
     return str(work / "fresh-demo-model"), "freshly built demo-shaped model (random LLM, Whisper tiny.en encoder)"
 
 
-def optimizer_step(model, optimizer, batch: dict, params: list, encoder_frozen: bool) -> float:
-    """One step as the trainer takes it: forward, backward, clip, AdamW."""
+def optimizer_step(model, optimizer, batch: dict, params: list, encoder_frozen: bool,
+                   dtype: torch.dtype = torch.float32) -> float:
+    """One step as the trainer takes it: forward (under autocast unless fp32), backward, clip, AdamW."""
     model.train()
     if encoder_frozen:
         model.model.audio_tower.eval()
     optimizer.zero_grad(set_to_none=True)
-    loss = answer_loss(model, batch)
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        loss = answer_loss(model, batch)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()

@@ -190,7 +190,10 @@ def test_commands_receive_the_run_settings_and_score_metadata(workflow_copy):
     assert meta == {"run": "xsid-en2de_direct_mixing_b10shot_s0", "corpus": "xsid", "scheme": "direct_mixing",
                     "source": "en", "target": "de", "target_text": True, "budget": "10shot", "seed": 0}  # fmt: skip
     decode = json.loads(arguments("decode", "slurp-en_oracle_b100_s0")["--settings"])
-    assert decode["instruction"].startswith("Identify the scenario") and "modalities" not in decode
+    # Training and decoding read the one configured instruction.
+    instruction = yaml.safe_load((REPO / "config.yaml").read_text())["prompt"]["instruction"]
+    assert decode["instruction"] == settings["prompt"]["instruction"] == instruction
+    assert "modalities" not in decode
 
 
 def test_an_entry_scheme_settings_replace_the_scheme_block_for_its_runs_only(workflow_copy):
