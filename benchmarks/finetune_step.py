@@ -40,10 +40,9 @@ def configured_precision() -> str:
 
 
 def instruction_tokens(path: str) -> int:
-    from lalm_slu.modeling import load_model_and_processor
+    from transformers import AutoTokenizer
 
-    _, processor = load_model_and_processor(path)
-    return len(processor.tokenizer(INSTRUCTION).input_ids)
+    return len(AutoTokenizer.from_pretrained(path)(INSTRUCTION).input_ids)
 
 
 def seconds_per_step(path: str, items, batches: list[list[int]], warmup: int, precision: str,
