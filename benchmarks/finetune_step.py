@@ -34,9 +34,13 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def configured_precision() -> str:
-    """The precision the demo config trains in on a CPU ('auto' is fp32 there)."""
-    precision = DEMO_CONFIG["training"].get("precision", "auto")
-    return "fp32" if precision == "auto" else precision
+    """The precision the demo config trains in on a CPU, resolved as the trainer resolves it."""
+    import torch
+
+    from lalm_slu.train import device_and_dtype
+
+    _, dtype = device_and_dtype({"device": "cpu", "precision": DEMO_CONFIG["training"].get("precision", "auto")})
+    return {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
 
 
 def instruction_tokens(path: str) -> int:
