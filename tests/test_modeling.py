@@ -250,8 +250,15 @@ def test_set_trainable_unfreezes_exactly_the_named_modules(tiny_assets):  # noqa
     set_trainable(model, ["audio_tower"])
     assert not model.model.audio_tower.embed_positions.weight.requires_grad  # the sinusoid table never trains
     assert model.model.audio_tower.conv1.weight.requires_grad
-    with pytest.raises(ValueError, match="unknown trainable modules"):
+    with pytest.raises(ValueError, match="unknown trainable module 'encoder'"):
         set_trainable(model, ["encoder"])
+    # A dotted path unfreezes that part only: here the top encoder layer, not the convolutions below it.
+    top = len(model.model.audio_tower.layers) - 1
+    counts = set_trainable(model, [f"audio_tower.layers.{top}"])
+    assert counts["audio_tower"] == sum(p.numel() for p in model.model.audio_tower.layers[top].parameters())
+    assert not model.model.audio_tower.conv1.weight.requires_grad
+    with pytest.raises(ValueError, match="audio_tower.layers.99"):
+        set_trainable(model, ["audio_tower.layers.99"])
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])

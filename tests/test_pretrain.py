@@ -122,6 +122,8 @@ def test_continued_pretraining_keeps_the_earlier_recipe(tiny_setup, tmp_path):
 def test_cached_encoder_frames_need_a_frozen_audio_tower():
     with pytest.raises(ValueError, match="frozen audio tower"):
         PretrainConfig(trainable=["audio_tower", "language_model"], cache_encoder_frames=True)
+    with pytest.raises(ValueError, match="frozen audio tower"):
+        PretrainConfig(trainable=["audio_tower.layers.3", "language_model"], cache_encoder_frames=True)
 
 
 def test_instruction_stage_follows_transcription_with_its_own_schedule_and_task_mix():
@@ -148,4 +150,7 @@ def test_instruction_answers_come_from_the_transcript_alone():
         "first_words": "set an alarm",
         "last_words": "seven am",
         "count_words": '{"words": 6}',
+        "long_words_json": '{"first": "set", "last": "am", "long_words": []}',
     }
+    shaped = json.loads(INSTRUCTION_TASKS["long_words_json"][1]("remind me tomorrow about the meeting"))
+    assert shaped["long_words"] == [{"position": 3, "word": "tomorrow"}, {"position": 6, "word": "meeting"}]

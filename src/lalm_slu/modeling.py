@@ -308,20 +308,26 @@ def count_parameters(model: nn.Module) -> dict:
 def set_trainable(model: Qwen2AudioForConditionalGeneration, modules: list[str],
                   freeze_token_embeddings: bool = False) -> dict:
     """Freeze everything, then unfreeze the named sub-modules (audio_tower, multi_modal_projector,
-    language_model, lm_head), keeping the LLM's input token embeddings frozen if asked. Returns
-    trainable-parameter counts per module."""
+    language_model, lm_head, or a part of one by dotted path, e.g. `audio_tower.layers.3`), keeping the LLM's
+    input token embeddings frozen if asked. Returns trainable-parameter counts per top-level module."""
     parts = {
         "audio_tower": model.model.audio_tower,
         "multi_modal_projector": model.model.multi_modal_projector,
         "language_model": model.model.language_model,
         "lm_head": model.lm_head,
     }
-    unknown = set(modules) - set(parts)
-    if unknown:
-        raise ValueError(f"unknown trainable modules {sorted(unknown)}; choose from {sorted(parts)}")
-    model.requires_grad_(False)
+    chosen = []
     for name in modules:
-        parts[name].requires_grad_(True)
+        top, _, rest = name.partition(".")
+        if top not in parts:
+            raise ValueError(f"unknown trainable module {name!r}; choose from {sorted(parts)} or a dotted part of one")
+        try:
+            chosen.append(parts[top].get_submodule(rest) if rest else parts[top])
+        except AttributeError as error:
+            raise ValueError(f"unknown trainable module {name!r}: {error}") from None
+    model.requires_grad_(False)
+    for module in chosen:
+        module.requires_grad_(True)
     # The positional table is a fixed sinusoid table, never trained.
     model.model.audio_tower.embed_positions.requires_grad_(False)
     if freeze_token_embeddings:

