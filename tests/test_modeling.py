@@ -20,6 +20,9 @@ from lalm_slu.modeling import (
     LengthAwareQwen2AudioEncoder,
     ModelNotAvailableError,
     answer_loss,
+    audio_features,
+    encoded_audio,
+    encoded_audio_from_layer,
     load_model_and_processor,
     make_encoder_length_aware,
     render_prompt,
@@ -232,6 +235,24 @@ def test_clip_logits_do_not_depend_on_the_other_clips_of_the_batch(tiny, clips):
     with torch.no_grad():
         logits = model(**batched).logits[1]
     torch.testing.assert_close(logits[batched["labels"][1] != IGNORE_INDEX], alone, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("start_layer", [0, 3, 4])
+def test_upper_encoder_layers_from_cached_states_equal_the_whole_tower(tiny, clips, start_layer):
+    model, processor = tiny
+    waveforms = [clips[0][2], clips[-1][2]]
+    features, mask = audio_features(processor, waveforms)
+    with torch.no_grad():
+        whole = encoded_audio(model, features, mask)
+        lengths, _ = model.model.audio_tower._get_feat_extract_output_lengths(mask.sum(-1))
+        states = encoded_audio(model, features, mask, before_layer=start_layer).split(lengths.tolist())
+        # Each clip's states come back alone and in a different order: batch-mates must not matter.
+        upper = encoded_audio_from_layer(model, [states[1], states[0]], start_layer)
+    frames = whole.shape[0]
+    first = int(lengths[0] - 2) // 2 + 1
+    assert upper.shape == whole.shape and frames == first + int(lengths[1] - 2) // 2 + 1
+    torch.testing.assert_close(torch.cat([upper[frames - first :], upper[: frames - first]]), whole,
+                               rtol=0, atol=2e-5)
 
 
 def test_length_aware_encoder_rejects_odd_or_too_long_features(tiny):

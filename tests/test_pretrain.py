@@ -88,12 +88,14 @@ def test_interrupted_pretraining_resumes_to_the_same_state(tiny_setup, tmp_path)
 
 
 @pytest.mark.slow
-def test_cached_encoder_frames_train_like_the_encoder_run_at_every_step(tiny_setup, tmp_path):
+@pytest.mark.parametrize("tower", [[], ["audio_tower.layers.3", "audio_tower.layer_norm"]], ids=["frozen", "top"])
+def test_cached_encoder_frames_train_like_the_encoder_run_at_every_step(tiny_setup, tmp_path, tower):
     model_dir, clips = tiny_setup
     evaluation = {"en": clips[:1]}
     weights = {}
+    trainable = PretrainConfig().trainable + tower
     for cached in (True, False):
-        cfg = _config(steps=4, alignment_start_step=0, cache_encoder_frames=cached)
+        cfg = _config(steps=4, alignment_start_step=0, cache_encoder_frames=cached, trainable=trainable)
         pretrain(model_dir, tmp_path / f"{cached}_out", tmp_path / f"{cached}_work", clips, SENTENCES, evaluation, cfg)
         weights[cached] = load_file(str(tmp_path / f"{cached}_work" / "checkpoint" / "trainable.safetensors"))
     initial = load_model_and_processor(str(model_dir))[0].state_dict()
@@ -101,7 +103,8 @@ def test_cached_encoder_frames_train_like_the_encoder_run_at_every_step(tiny_set
         # AdamW moves every weight by ~lr per step whatever its gradient's size, so float noise in a
         # near-zero gradient can differ by up to ~lr; a wrong frame moves whole tensors further.
         assert torch.allclose(value, weights[False][name], atol=1e-4), name
-    moved = [n for n in weights[True] if "multi_modal_projector" in n]
+    moved = [n for n in weights[True] if "multi_modal_projector" in n or "audio_tower" in n]
+    assert any("audio_tower" in n for n in moved) == bool(tower)
     assert moved and all(not torch.allclose(weights[True][n], initial[n]) for n in moved)
 
 
@@ -122,8 +125,12 @@ def test_continued_pretraining_keeps_the_earlier_recipe(tiny_setup, tmp_path):
 def test_cached_encoder_frames_need_a_frozen_audio_tower():
     with pytest.raises(ValueError, match="frozen audio tower"):
         PretrainConfig(trainable=["audio_tower", "language_model"], cache_encoder_frames=True)
-    with pytest.raises(ValueError, match="frozen audio tower"):
-        PretrainConfig(trainable=["audio_tower.layers.3", "language_model"], cache_encoder_frames=True)
+    with pytest.raises(ValueError, match="'audio_tower.conv1'"):
+        PretrainConfig(trainable=["audio_tower.conv1", "language_model"], cache_encoder_frames=True)
+    upper = PretrainConfig(trainable=["audio_tower.layers.3", "audio_tower.layers.2", "audio_tower.layer_norm"])
+    assert upper.first_trained_encoder_layer(4) == 2
+    assert PretrainConfig(trainable=["audio_tower.layer_norm"]).first_trained_encoder_layer(4) == 4
+    assert PretrainConfig().first_trained_encoder_layer(4) is None
 
 
 def test_instruction_stage_follows_transcription_with_its_own_schedule_and_task_mix():

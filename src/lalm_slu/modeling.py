@@ -74,9 +74,15 @@ def load_model_and_processor(name_or_path: str, dtype: torch.dtype = torch.float
 
 
 class LengthAwareQwen2AudioEncoder(Qwen2AudioEncoder):
-    """Qwen2AudioEncoder that accepts any even mel length up to its window (same weights, same maths)."""
+    """Qwen2AudioEncoder that accepts any even mel length up to its window (same weights, same maths). Its
+    forward is split in three (embed, layers, pool) so that pretraining can cache the frozen lower layers."""
 
     def forward(self, input_features, attention_mask=None, **kwargs):
+        hidden = self.run_layers(self.embed_features(input_features), attention_mask)
+        return BaseModelOutput(last_hidden_state=self.pool(hidden))
+
+    def embed_features(self, input_features: torch.Tensor) -> torch.Tensor:
+        """Convolutions and positions: one hidden state per encoder position."""
         mel_length = input_features.shape[-1]
         window = self.config.max_source_positions * self.conv1.stride[0] * self.conv2.stride[0]
         if mel_length > window or mel_length % MEL_FRAMES_MULTIPLE:
@@ -85,13 +91,18 @@ class LengthAwareQwen2AudioEncoder(Qwen2AudioEncoder):
         hidden = nn.functional.gelu(self.conv1(input_features))
         hidden = nn.functional.gelu(self.conv2(hidden)).permute(0, 2, 1)
         hidden = hidden + self.embed_positions.weight[: hidden.shape[1]]
-        hidden = nn.functional.dropout(hidden, p=self.dropout, training=self.training)
-        for layer in self.layers:
+        return nn.functional.dropout(hidden, p=self.dropout, training=self.training)
+
+    def run_layers(self, hidden: torch.Tensor, attention_mask, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        for layer in self.layers[start:stop]:
             hidden = layer(hidden, attention_mask)
             if isinstance(hidden, tuple):
                 hidden = hidden[0]
-        hidden = self.avg_pooler(hidden.permute(0, 2, 1)).permute(0, 2, 1)
-        return BaseModelOutput(last_hidden_state=self.layer_norm(hidden))
+        return hidden
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Average pairs of positions (one frame per `<|AUDIO|>` token), then the final layer norm."""
+        return self.layer_norm(self.avg_pooler(hidden.permute(0, 2, 1)).permute(0, 2, 1))
 
 
 def make_encoder_length_aware(model: Qwen2AudioForConditionalGeneration) -> None:
@@ -100,23 +111,48 @@ def make_encoder_length_aware(model: Qwen2AudioForConditionalGeneration) -> None
         tower.__class__ = LengthAwareQwen2AudioEncoder
 
 
-def encoded_audio(model: Qwen2AudioForConditionalGeneration, features: torch.Tensor,
-                  feature_mask: torch.Tensor) -> torch.Tensor:
-    """Audio-tower frames of every clip of a batch, each clip's own frames only, concatenated in batch order
-    (one frame per `<|AUDIO|>` token)."""
+def _encoder_attention_mask(tower, lengths: torch.Tensor, positions: int, batch_size: int) -> torch.Tensor:
     from transformers.masking_utils import create_bidirectional_mask
 
-    inner = base_model(model).model
-    encoder_lengths, token_counts = inner.audio_tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
-    positions = (features.shape[-1] - 2) // 2 + 1
-    valid = torch.arange(positions, device=features.device)[None, :] < encoder_lengths[:, None]
-    encoder_mask = create_bidirectional_mask(
-        config=inner.audio_tower.config,
-        inputs_embeds=torch.zeros(features.shape[0], positions, 1, dtype=inner.dtype, device=features.device),
+    valid = torch.arange(positions, device=lengths.device)[None, :] < lengths[:, None]
+    return create_bidirectional_mask(
+        config=tower.config,
+        inputs_embeds=torch.zeros(batch_size, positions, 1, dtype=tower.dtype, device=lengths.device),
         attention_mask=valid.long(),
     )
-    audio = inner.audio_tower(features, attention_mask=encoder_mask).last_hidden_state
-    return audio[torch.arange(audio.shape[1], device=audio.device)[None, :] < token_counts[:, None]]
+
+
+def _clip_frames(hidden: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The first `counts[i]` frames of each batch row, concatenated in batch order."""
+    return hidden[torch.arange(hidden.shape[1], device=hidden.device)[None, :] < counts[:, None]]
+
+
+def encoded_audio(model: Qwen2AudioForConditionalGeneration, features: torch.Tensor,
+                  feature_mask: torch.Tensor, before_layer: int | None = None) -> torch.Tensor:
+    """Audio-tower frames of every clip of a batch, each clip's own frames only, concatenated in batch order
+    (one frame per `<|AUDIO|>` token). With `before_layer`: the hidden states entering that encoder layer
+    instead, one per encoder position of each clip (twice as many, before pooling)."""
+    tower = base_model(model).model.audio_tower
+    encoder_lengths, token_counts = tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
+    positions = (features.shape[-1] - 2) // 2 + 1
+    mask = _encoder_attention_mask(tower, encoder_lengths.to(features.device), positions, features.shape[0])
+    if before_layer is None:
+        return _clip_frames(tower(features, attention_mask=mask).last_hidden_state, token_counts)
+    hidden = tower.run_layers(tower.embed_features(features), mask, stop=before_layer)
+    return _clip_frames(hidden, encoder_lengths)
+
+
+def encoded_audio_from_layer(model: Qwen2AudioForConditionalGeneration, clip_states: list[torch.Tensor],
+                             start_layer: int) -> torch.Tensor:
+    """The audio tower's frames from the hidden states entering layer `start_layer` (one tensor per clip, as
+    `encoded_audio(..., before_layer=start_layer)` splits them): the upper layers, pooling and layer norm. A
+    clip's frames depend only on its own positions, so they equal the full tower's."""
+    tower = base_model(model).model.audio_tower
+    lengths = torch.tensor([len(states) for states in clip_states], device=clip_states[0].device)
+    hidden = torch.nn.utils.rnn.pad_sequence(clip_states, batch_first=True)
+    mask = _encoder_attention_mask(tower, lengths, hidden.shape[1], hidden.shape[0])
+    hidden = tower.pool(tower.run_layers(hidden, mask, start=start_layer))
+    return _clip_frames(hidden, (lengths - 2) // 2 + 1)
 
 
 def projected_audio(model: Qwen2AudioForConditionalGeneration, features: torch.Tensor,

@@ -36,6 +36,7 @@ from lalm_slu.modeling import (
     audio_features,
     audio_token_count,
     encoded_audio,
+    encoded_audio_from_layer,
     load_model_and_processor,
     merge_audio,
     projected_audio,
@@ -122,19 +123,39 @@ class PretrainConfig:
         }
     )
 
-    # Encode every training clip once before the first step (the audio tower is frozen, so its frames never
-    # change) and train projector + LLM on the cached frames: the encoder is most of a speech step.
+    # Encode every training clip once before the first step and train on the cached frames: the encoder is
+    # most of a speech step. Frozen lower layers are cached too when only upper ones train (`audio_tower.layers.N`,
+    # `audio_tower.layer_norm`): a step then runs the trained layers alone.
     cache_encoder_frames: bool = True
 
     def __post_init__(self):
-        if self.cache_encoder_frames and any(name.split(".")[0] == "audio_tower" for name in self.trainable):
-            raise ValueError("cache_encoder_frames needs a frozen audio tower; remove audio_tower from trainable")
+        if self.cache_encoder_frames:
+            self.first_trained_encoder_layer(0)  # raises if the trained tower parts cannot be cached
         # Checked here, not at the first instruction step hours into a run.
         unknown = set(self.instruction_tasks) - set(INSTRUCTION_TASKS)
         if unknown:
             raise ValueError(
                 f"instruction_tasks: unknown tasks {sorted(unknown)}; choose from {sorted(INSTRUCTION_TASKS)}"
             )
+
+    def first_trained_encoder_layer(self, num_layers: int) -> int | None:
+        """The lowest trained audio-tower layer (`num_layers` when only the final layer norm trains), or None
+        when the tower is frozen: frames are cached below it."""
+        starts = []
+        for name in self.trainable:
+            parts = name.split(".")
+            if parts[0] != "audio_tower":
+                continue
+            if parts[1:2] == ["layers"] and len(parts) >= 3 and parts[2].isdigit():
+                starts.append(int(parts[2]))
+            elif parts[1:] == ["layer_norm"]:
+                starts.append(num_layers)
+            else:
+                raise ValueError(
+                    f"cache_encoder_frames needs a frozen audio tower below the trained layers; {name!r} is not an"
+                    " `audio_tower.layers.N` or `audio_tower.layer_norm` part (or set cache_encoder_frames: false)"
+                )
+        return min(starts) if starts else None
 
     @property
     def total_steps(self) -> int:
@@ -273,18 +294,23 @@ def alignment_losses(model, processor, clip_frames: list[torch.Tensor], texts, c
     return ctc, norm
 
 
-def encode_clips(model, processor, clips: list[Clip], batch_size: int = 16) -> list[torch.Tensor]:
-    """Audio-tower frames of every clip (one per `<|AUDIO|>` token), encoded in length-sorted batches. Length-aware
-    features make a clip's frames independent of its batch-mates, so these equal the frames of any batch."""
+def encode_clips(model, processor, clips: list[Clip], before_layer: int | None = None,
+                 batch_size: int = 16) -> list[torch.Tensor]:
+    """Audio-tower frames of every clip (one per `<|AUDIO|>` token), or with `before_layer` the hidden states
+    entering that layer, encoded in length-sorted batches. Length-aware features make a clip's frames independent
+    of its batch-mates, so these equal the frames of any batch."""
     order = sorted(range(len(clips)), key=lambda i: soundfile.info(clips[i].audio).frames)
     frames: list[torch.Tensor | None] = [None] * len(clips)
+    tower = model.model.audio_tower
     started = time.time()
     with torch.no_grad():
         for start in tqdm(range(0, len(order), batch_size), desc="encoding clips", mininterval=30):
             indices = order[start : start + batch_size]
             features, mask = audio_features(processor, [load_audio(clips[i].audio) for i in indices])
-            counts = [audio_token_count(int(n)) for n in mask.sum(-1)]
-            for i, clip_frames in zip(indices, encoded_audio(model, features, mask).split(counts)):
+            encoder_lengths, token_counts = tower._get_feat_extract_output_lengths(mask.sum(-1))
+            counts = (token_counts if before_layer is None else encoder_lengths).tolist()
+            states = encoded_audio(model, features, mask, before_layer=before_layer)
+            for i, clip_frames in zip(indices, states.split(counts)):
                 frames[i] = clip_frames.clone()
     log.info("encoded %d clips in %.0f s", len(clips), time.time() - started)
     return frames
@@ -357,7 +383,10 @@ def pretrain(
     clip_lengths = [soundfile.info(c.audio).duration for c in train_clips]
     alignment_log: list[tuple[float, float]] = []
     projector = model.model.multi_modal_projector
-    cached_frames = encode_clips(model, processor, train_clips) if cfg.cache_encoder_frames else None
+    cached_frames, cache_layer = None, None
+    if cfg.cache_encoder_frames:
+        cache_layer = cfg.first_trained_encoder_layer(len(model.model.audio_tower.layers))
+        cached_frames = encode_clips(model, processor, train_clips, before_layer=cache_layer)
 
     def aligning(at_step: int) -> bool:
         return cfg.alignment_start_step is not None and at_step >= cfg.alignment_start_step
@@ -385,7 +414,11 @@ def pretrain(
         audio = None
         if clip_indices:
             if cached_frames is not None:
-                audio = projector(torch.cat([cached_frames[i] for i in clip_indices]))
+                if cache_layer is None:
+                    audio = projector(torch.cat([cached_frames[i] for i in clip_indices]))
+                else:
+                    states = [cached_frames[i] for i in clip_indices]
+                    audio = projector(encoded_audio_from_layer(model, states, cache_layer))
             else:
                 audio = projected_audio(model, batch["input_features"], batch["feature_attention_mask"])
         inputs = {
