@@ -161,3 +161,32 @@ def test_instruction_answers_come_from_the_transcript_alone():
     }
     shaped = json.loads(INSTRUCTION_TASKS["long_words_json"][1]("remind me tomorrow about the meeting"))
     assert shaped["long_words"] == [{"position": 3, "word": "tomorrow"}, {"position": 6, "word": "meeting"}]
+
+
+@pytest.mark.slow
+def test_pretraining_stages_run_in_order_and_a_rerun_skips_finished_ones(tiny_setup, tmp_path, monkeypatch):
+    from lalm_slu.commands import pretrain_demo_model as command
+
+    model_dir, clips = tiny_setup
+    stages = command.stage_configs([{"steps": 2, "batch_size": 4, "threads": 1, "eval_every": 1000},
+                                    {"steps": 0, "instruction_steps": 2, "batch_size": 4, "threads": 1,
+                                     "instruction_tasks": {"long_words_json": 1.0}}])
+    summary = command.run_stages(model_dir, tmp_path / "out", tmp_path / "work", stages, clips, SENTENCES,
+                                 {"en": clips[:1]})
+    assert summary["steps"] == 2 and summary["continued_from"]["steps"] == 2
+    assert (tmp_path / "work" / "stage1" / "model" / "config.json").exists()
+    assert json.loads((tmp_path / "out" / "pretraining_summary.json").read_text()) == summary
+    ran = []
+    monkeypatch.setattr("lalm_slu.demo_model.pretrain.pretrain", lambda model, out, *a: ran.append(model) or {})
+    command.run_stages(model_dir, tmp_path / "out2", tmp_path / "work", stages, clips, SENTENCES, {})
+    assert ran == [tmp_path / "work" / "stage1" / "model"]  # stage 1 is done: only stage 2 runs again
+
+
+def test_pretraining_stage_settings_are_all_checked_before_any_runs():
+    from lalm_slu.commands.pretrain_demo_model import stage_configs
+
+    assert len(stage_configs({"steps": 3})) == 1
+    with pytest.raises(ValueError, match="stage 2: unknown keys \\['stpes'\\]"):
+        stage_configs([{"steps": 3}, {"stpes": 3}])
+    with pytest.raises(ValueError, match="unknown tasks"):
+        stage_configs([{"steps": 3}, {"instruction_tasks": {"summarize": 1.0}}])

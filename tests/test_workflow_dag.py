@@ -118,14 +118,17 @@ def test_demo_model_is_built_only_on_request(workflow_copy):
     assert "finetune_model" not in rules
 
 
-def test_continued_pretraining_starts_from_the_named_model_with_uncapped_text(workflow_copy):
+def test_continued_pretraining_rebuilds_the_whole_recipe_with_uncapped_text(workflow_copy):
     prepare(workflow_copy)
     result = workflow_copy.snakemake("--dry-run", "--printshellcmds", "continue_demo_model")
     output = result.stdout + result.stderr
     rules = Counter(rule for rule, _ in planned_jobs(workflow_copy, "continue_demo_model"))
-    assert rules == Counter({"prepare_demo_model_text": 4, "continue_demo_model": 1})
-    assert "--model-dir models/demo-qwen2-audio" in output
-    assert '"instruction_steps": 3500' in output
+    assert rules == Counter({"prepare_demo_model_text": 4, "build_demo_model": 1, "pretrain_demo_model": 1,
+                             "continue_demo_model": 1})
+    command = next(line for line in output.splitlines() if "--out-dir results/demo_model/continued" in line)
+    assert "--model-dir results/demo_model/pretrained" in command
+    # Both continuation stages go to one job, in order.
+    assert command.index('"instruction_steps": 2500') < command.index('"instruction_steps": 1500')
     # The grid caps MASSIVE en-US at 1,000 train sentences; the demo model reads all of them.
     slurp = next(line for line in output.splitlines() if "prepare-corpus" in line and "--corpus slurp" in line)
     assert "--max-utterances" not in slurp

@@ -1,4 +1,4 @@
-"""Pretrain the demo model: speech → transcript and text copy, audio tower frozen (see demo_model/pretrain.py)."""
+"""Pretrain the demo model, in one stage or several (see demo_model/pretrain.py for the recipe)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ def add_arguments(parser):
     parser.add_argument("--min-clips-per-lang", type=int, default=1500, help="more voices for small languages")
     parser.add_argument("--max-sentences-per-lang", type=int, default=20000)
     parser.add_argument("--eval-per-lang", type=int, default=200)
-    parser.add_argument("--settings", default="{}", help="JSON overrides of PretrainConfig fields")
+    parser.add_argument(
+        "--settings", default="{}",
+        help="JSON overrides of PretrainConfig fields; a list of them runs stages in order, each from the last",
+    )
     parser.add_argument("--work-dir", required=True, help="checkpoints + synthesized audio (kept across runs)")
     parser.add_argument("--out-dir", required=True)
 
@@ -53,13 +56,10 @@ def unique_texts(manifests: list[str], allowed_splits: set[str]) -> dict[str, li
 
 
 def run(args):
-    from lalm_slu.demo_model.pretrain import PretrainConfig, pretrain, synthesize_clips
+    from lalm_slu.demo_model.pretrain import synthesize_clips
 
-    settings = json.loads(args.settings)
-    unknown = set(settings) - {f.name for f in fields(PretrainConfig)}
-    if unknown:
-        raise ValueError(f"--settings: unknown keys {sorted(unknown)}")
-    cfg = PretrainConfig(**settings)
+    stages = stage_configs(json.loads(args.settings))
+    cfg = stages[0]
     pools = voice_pools(args.voices_json)
     train = unique_texts(args.train_manifests, {"train", "dev"})
     held_out = unique_texts(args.eval_manifests, {"dev", "test"})
@@ -85,4 +85,41 @@ def run(args):
     eval_clips: dict = {}
     for clip in eval_list:
         eval_clips.setdefault(clip.lang, []).append(clip)
-    pretrain(args.model_dir, args.out_dir, work, train_clips, train_texts, eval_clips, cfg)
+    run_stages(args.model_dir, args.out_dir, work, stages, train_clips, train_texts, eval_clips)
+
+
+def stage_configs(settings: dict | list) -> list:
+    """One PretrainConfig per stage, all checked before the first one runs (hours before the last)."""
+    from lalm_slu.demo_model.pretrain import PretrainConfig
+
+    stages = settings if isinstance(settings, list) else [settings]
+    known = {f.name for f in fields(PretrainConfig)}
+    configs = []
+    for number, stage in enumerate(stages, 1):
+        unknown = set(stage) - known
+        if unknown:
+            raise ValueError(f"--settings: stage {number}: unknown keys {sorted(unknown)}")
+        configs.append(PretrainConfig(**stage))
+    if not configs:
+        raise ValueError("--settings: an empty list of stages")
+    return configs
+
+
+def run_stages(model_dir, out_dir, work: Path, stages: list, train_clips, train_texts, eval_clips) -> dict:
+    """Each stage continues from the one before; the last writes `out_dir`. A finished stage's model is kept
+    (work/stageN/model), so a re-run resumes at the first unfinished stage."""
+    from lalm_slu.demo_model.pretrain import pretrain
+
+    summary: dict = {}
+    for number, cfg in enumerate(stages, 1):
+        last = number == len(stages)
+        stage_work = work if len(stages) == 1 else work / f"stage{number}"
+        stage_out = Path(out_dir) if last else stage_work / "model"
+        if not last and (stage_out / "pretraining_summary.json").exists():
+            model_dir = stage_out
+            continue
+        summary = pretrain(model_dir, stage_out, stage_work, train_clips, train_texts, eval_clips, cfg)
+        if not summary.get("finished"):
+            break  # stop_after_steps: the job ends here and resumes this stage next time
+        model_dir = stage_out
+    return summary

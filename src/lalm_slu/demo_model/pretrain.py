@@ -564,7 +564,8 @@ same code path as `Qwen/Qwen2-Audio-7B-Instruct` on a CPU. Load it exactly like 
 English is MASSIVE en-US dev; German and Italian are xSID test sentences, spoken by test voices never used
 in pretraining. The audio encoder is English-only (Whisper tiny.en), which bounds German and Italian.
 
-Rebuild from scratch: `snakemake --cores 2 pretrain_demo_model` (see the README).
+Rebuild from scratch: `snakemake --cores 2 {"continue_demo_model" if "continued_from" in summary else "pretrain_demo_model"}`
+(see the README).
 """
     path = out_dir / "README.md"
     path.write_text(card)
