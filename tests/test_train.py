@@ -181,11 +181,12 @@ def test_bf16_training_with_cached_audio_frames_runs_on_cpu(tiny_assets, tmp_pat
     assert saved["language_model.model.embed_tokens.weight"].dtype == torch.bfloat16
 
 
-def test_audio_cache_is_not_used_when_the_projector_trains(tiny_assets, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("audio_part", ["multi_modal_projector", "audio_tower.layers.3"])
+def test_audio_cache_is_not_used_when_the_audio_path_trains(tiny_assets, tmp_path, monkeypatch, audio_part):  # noqa: F811
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
     built = []
     monkeypatch.setattr(train, "FrozenAudioCache", lambda *args: built.append(args))
-    settings = make_settings(tiny_assets.model_dir, [(1, 1, 2e-3, 0.0)], trainable=["multi_modal_projector", *LLM_ONLY],
+    settings = make_settings(tiny_assets.model_dir, [(1, 1, 2e-3, 0.0)], trainable=[audio_part, *LLM_ONLY],
                              cache_frozen_audio=True)
     finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
     assert built == []

@@ -341,6 +341,11 @@ def count_parameters(model: nn.Module) -> dict:
     return {"total": total, "trainable": trainable}
 
 
+def top_level(module_name: str) -> str:
+    """The model part (audio_tower, multi_modal_projector, language_model, lm_head) a dotted name lies in."""
+    return module_name.split(".")[0]
+
+
 def set_trainable(model: Qwen2AudioForConditionalGeneration, modules: list[str],
                   freeze_token_embeddings: bool = False) -> dict:
     """Freeze everything, then unfreeze the named sub-modules (audio_tower, multi_modal_projector,
@@ -354,7 +359,7 @@ def set_trainable(model: Qwen2AudioForConditionalGeneration, modules: list[str],
     }
     chosen = []
     for name in modules:
-        top, _, rest = name.partition(".")
+        top, rest = top_level(name), name.partition(".")[2]
         if top not in parts:
             raise ValueError(f"unknown trainable module {name!r}; choose from {sorted(parts)} or a dotted part of one")
         try:

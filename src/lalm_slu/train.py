@@ -37,6 +37,7 @@ from lalm_slu.modeling import (
     load_model_and_processor,
     render_prompt,
     set_trainable,
+    top_level,
 )
 from lalm_slu.records import DataError, read_manifest
 from lalm_slu.slu_json import format_target
@@ -44,6 +45,8 @@ from lalm_slu.slu_json import format_target
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint"
+# The parts that turn audio into LLM inputs: training either invalidates cached audio frames.
+AUDIO_PARTS = ("audio_tower", "multi_modal_projector")
 
 
 @dataclass
@@ -251,7 +254,7 @@ def apply_lora(model, lora: dict, trainable_modules: list[str]):
         lora_dropout=float(lora.get("dropout", 0.0)),
         # Only the LLM: the audio tower has q/k/v projections with the same names.
         target_modules=rf".*language_model.*\.({targets})",
-        modules_to_save=[m for m in trainable_modules if m in ("audio_tower", "multi_modal_projector")] or None,
+        modules_to_save=[m for m in trainable_modules if top_level(m) in AUDIO_PARTS] or None,
     )
     model = get_peft_model(model, config)
     for name, param in model.named_parameters():
@@ -287,7 +290,8 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
     )
     length_aware = bool(training.get("length_aware", True))
     collator = Collator(processor, length_aware=length_aware)
-    audio_frozen = not {"audio_tower", "multi_modal_projector"} & set(scheme["trainable_modules"])
+    trained_parts = {top_level(m) for m in scheme["trainable_modules"]}
+    audio_frozen = not set(AUDIO_PARTS) & trained_parts
     audio_cache = FrozenAudioCache(processor, length_aware) if audio_frozen and training.get("cache_frozen_audio") else None
     per_device = int(training["per_device_batch_size"])
     global_batch = int(training["global_batch_size"])
@@ -344,7 +348,7 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
                 speech_items = sum(items[i].modality == "speech" for batch_ids in group for i in batch_ids)
                 n_items = dist.all_sum(float(sum(len(b) for b in mine)))
                 model.train()
-                if "audio_tower" not in scheme["trainable_modules"]:
+                if "audio_tower" not in trained_parts:
                     base_model(model).model.audio_tower.eval()
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum = 0.0

@@ -41,6 +41,7 @@ from lalm_slu.modeling import (
     merge_audio,
     projected_audio,
     set_trainable,
+    top_level,
 )
 from lalm_slu.speech.tts import Voice
 from lalm_slu.train import load_audio
@@ -143,9 +144,9 @@ class PretrainConfig:
         when the tower is frozen: frames are cached below it."""
         starts = []
         for name in self.trainable:
-            parts = name.split(".")
-            if parts[0] != "audio_tower":
+            if top_level(name) != "audio_tower":
                 continue
+            parts = name.split(".")
             if parts[1:2] == ["layers"] and len(parts) >= 3 and parts[2].isdigit():
                 starts.append(int(parts[2]))
             elif parts[1:] == ["layer_norm"]:
@@ -529,7 +530,7 @@ def write_model_card(out_dir: str | Path, summary: dict) -> Path:
             " `continued_from` in pretraining_summary.json); this stage: batch"
             f" {cfg['batch_size']}, seed {cfg['seed']}, {cfg['text_fraction']:.0%} of steps text."
         )
-    tower_parts = [name for name in cfg["trainable"] if name.split(".")[0] == "audio_tower"]
+    tower_parts = [name for name in cfg["trainable"] if top_level(name) == "audio_tower"]
     tower = f"partly trained in pretraining ({', '.join(tower_parts)})" if tower_parts else "kept frozen"
     wer_rows = "\n".join(f"| {lang} | {wer:.3f} | {summary['eval_utterances'][lang]} |"
                           for lang, wer in sorted(summary["final_wer"].items()))
