@@ -54,8 +54,9 @@ def main() -> None:
     threads = set_threads(args.threads)
     clips_json = Path(args.clips_json)
     if not clips_json.exists():
-        raise SystemExit(f"{clips_json}: no held-out clips; run `snakemake --cores 2 continue_demo_model` first "
-                         "(it synthesizes them before training) or pass --clips-json")
+        raise SystemExit(f"{clips_json}: no held-out clips; start `snakemake --cores 2 continue_demo_model` (it "
+                         "synthesizes them before its first training step; they stay when it is stopped) or pass "
+                         "--clips-json")
 
     from lalm_slu.demo_model.pretrain import Clip, transcribe, word_error_rate
     from lalm_slu.modeling import load_model_and_processor
