@@ -109,17 +109,19 @@ def test_cached_encoder_frames_train_like_the_encoder_run_at_every_step(tiny_set
 
 
 @pytest.mark.slow
-def test_continued_pretraining_keeps_the_earlier_recipe(tiny_setup, tmp_path):
+def test_continued_pretraining_keeps_the_earlier_recipe_and_can_drop_llm_layers(tiny_setup, tmp_path):
     model_dir, clips = tiny_setup
     evaluation = {"en": clips[:1]}
     pretrain(model_dir, tmp_path / "first", tmp_path / "first_work", clips, SENTENCES, evaluation, _config(steps=3))
-    cfg = _config(steps=0, instruction_steps=2, instruction_warmup_steps=1)
+    cfg = _config(steps=0, instruction_steps=2, instruction_warmup_steps=1, keep_language_model_layers=[1])
     summary = pretrain(tmp_path / "first", tmp_path / "second", tmp_path / "second_work", clips, SENTENCES,
                        evaluation, cfg)
     assert summary["steps"] == 2 and summary["continued_from"]["steps"] == 3
     card = (tmp_path / "second" / "README.md").read_text()
     assert "Continued from a checkpoint pretrained for 3 steps" in card
     assert "Then 2 steps of instruction imitation" in card
+    assert "keeping LLM layers [1] of the model it started from" in card
+    assert len(load_model_and_processor(str(tmp_path / "second"))[0].model.language_model.layers) == 1
 
 
 def test_cached_encoder_frames_need_a_frozen_audio_tower():
@@ -190,3 +192,30 @@ def test_pretraining_stage_settings_are_all_checked_before_any_runs():
         stage_configs([{"steps": 3}, {"stpes": 3}])
     with pytest.raises(ValueError, match="unknown tasks"):
         stage_configs([{"steps": 3}, {"instruction_tasks": {"summarize": 1.0}}])
+
+
+def test_kept_language_model_layers_keep_their_weights_and_reload_at_the_new_depth(tmp_path):
+    from lalm_slu.demo_model.build import keep_language_model_layers, save_model
+
+    three_layers = {**TINY_ARCHITECTURE, "text": {**TINY_ARCHITECTURE["text"], "num_hidden_layers": 3}}
+    model_dir = build_demo_model(SENTENCES, tmp_path / "built", three_layers)
+    model, processor = load_model_and_processor(str(model_dir))
+    original = [layer.state_dict() for layer in model.model.language_model.layers]
+    keep_language_model_layers(model, [0, 2])
+    save_model(model, processor, tmp_path / "shallow")
+    reloaded, _ = load_model_and_processor(str(tmp_path / "shallow"))
+    layers = reloaded.model.language_model.layers
+    assert reloaded.config.text_config.num_hidden_layers == 2 and len(layers) == 2
+    for layer, source in zip(layers, [original[0], original[2]]):
+        for name, value in layer.state_dict().items():
+            assert torch.equal(value, source[name].to(torch.float16).to(value.dtype)), name
+    # Generation reads the KV cache by layer position: cached and uncached decoding must agree.
+    prompt = processor.tokenizer("wake me up at", return_tensors="pt")
+    cached = reloaded.generate(**prompt, max_new_tokens=6, do_sample=False, use_cache=True)
+    uncached = reloaded.generate(**prompt, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    for bad in ([1, 0], [0, 0], [2], []):
+        with pytest.raises(ValueError, match="keep_language_model_layers"):
+            keep_language_model_layers(reloaded, bad)
+    with pytest.raises(ValueError, match=r"keep_language_model_layers: \[2, 1\]"):
+        PretrainConfig(keep_language_model_layers=[2, 1])

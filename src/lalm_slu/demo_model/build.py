@@ -118,3 +118,28 @@ def save_model(model, processor, out_dir: str | Path) -> None:
         model.save_pretrained(out_dir, safe_serialization=True)
     finally:
         model.to(original_dtype)
+
+
+def keep_language_model_layers(model: Qwen2AudioForConditionalGeneration, keep: list[int]) -> None:
+    """Drop every LLM decoder layer not in `keep` (indices into the current layers, in order), updating the
+    config so the model saves and reloads at its new depth. Shrinks a pretrained model; a short continued
+    pretraining then lets the kept layers adjust to their new neighbours."""
+    llm = model.model.language_model
+    count = len(llm.layers)
+    check_kept_layers(keep, count)
+    llm.layers = torch.nn.ModuleList(llm.layers[i] for i in keep)
+    for position, layer in enumerate(llm.layers):
+        layer.self_attn.layer_idx = position  # as a freshly built model of this depth numbers them
+    text_config = model.config.text_config
+    text_config.layer_types = [text_config.layer_types[i] for i in keep]
+    text_config.num_hidden_layers = len(keep)
+    log.info("kept LLM layers %s of %d", list(keep), count)
+
+
+def check_kept_layers(keep, count: int | None = None) -> None:
+    """`keep` must be increasing, unique layer indices (below `count` when the model's depth is known)."""
+    valid = (isinstance(keep, list) and keep and all(isinstance(i, int) and i >= 0 for i in keep)
+             and keep == sorted(set(keep)) and (count is None or keep[-1] < count))
+    if not valid:
+        depth = f" of the model's {count} LLM layers" if count is not None else ""
+        raise ValueError(f"keep_language_model_layers: {keep!r} must be increasing, unique indices{depth}")

@@ -128,10 +128,17 @@ class PretrainConfig:
     # most of a speech step. Frozen lower layers are cached too when only upper ones train (`audio_tower.layers.N`,
     # `audio_tower.layer_norm`): a step then runs the trained layers alone.
     cache_encoder_frames: bool = True
+    # Start the stage by keeping only these LLM decoder layers (indices of the model it starts from): a
+    # shallower LLM makes every fine-tuning step cheaper; the stage's training heals the gap.
+    keep_language_model_layers: list | None = None
 
     def __post_init__(self):
         if self.cache_encoder_frames:
             self.first_trained_encoder_layer(0)  # raises if the trained tower parts cannot be cached
+        if self.keep_language_model_layers is not None:
+            from lalm_slu.demo_model.build import check_kept_layers
+
+            check_kept_layers(self.keep_language_model_layers)
         # Checked here, not at the first instruction step hours into a run.
         unknown = set(self.instruction_tasks) - set(INSTRUCTION_TASKS)
         if unknown:
@@ -368,6 +375,10 @@ def pretrain(
     random.seed(cfg.seed)
     work_dir, out_dir = Path(work_dir), Path(out_dir)
     model, processor = load_model_and_processor(str(model_dir))
+    if cfg.keep_language_model_layers is not None:
+        from lalm_slu.demo_model.build import keep_language_model_layers
+
+        keep_language_model_layers(model, cfg.keep_language_model_layers)
     set_trainable(model, cfg.trainable)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -529,6 +540,11 @@ def write_model_card(out_dir: str | Path, summary: dict) -> Path:
             f"\n- Continued from a checkpoint pretrained for {earlier['steps']} steps (its recipe and WER:"
             " `continued_from` in pretraining_summary.json); this stage: batch"
             f" {cfg['batch_size']}, seed {cfg['seed']}, {cfg['text_fraction']:.0%} of steps text."
+        )
+    if cfg.get("keep_language_model_layers") is not None:
+        transcription += (
+            f" The stage began by keeping LLM layers {cfg['keep_language_model_layers']} of the model it started from"
+            " and dropping the others; its training lets the kept layers adjust to their new neighbours."
         )
     tower_parts = [name for name in cfg["trainable"] if top_level(name) == "audio_tower"]
     tower = f"partly trained in pretraining ({', '.join(tower_parts)})" if tower_parts else "kept frozen"
