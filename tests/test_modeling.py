@@ -23,6 +23,7 @@ from lalm_slu.modeling import (
     audio_features,
     encoded_audio,
     encoded_audio_from_layer,
+    is_right_padded,
     load_model_and_processor,
     make_encoder_length_aware,
     render_prompt,
@@ -292,6 +293,8 @@ def test_answer_loss_equals_the_stock_loss_and_its_gradients(tiny_assets, clips,
         model = apply_lora(model, {"rank": 4}, ["language_model", "lm_head"])
     # Mixed modalities and lengths, so padding and prompt positions are both present.
     batch = Collator(processor)([speech_item(clips[0]), text_item(clips[-1]), speech_item(clips[-1])])
+    # Right padding present: answer_loss then attends causally without the mask, the stock loss with it.
+    assert is_right_padded(batch["attention_mask"]) and not batch["attention_mask"].all()
     params = [p for p in model.parameters() if p.requires_grad]
 
     def loss_and_grads(compute):
@@ -306,3 +309,10 @@ def test_answer_loss_equals_the_stock_loss_and_its_gradients(tiny_assets, clips,
     assert len(grads) == len(stock_grads) > 0
     for grad, stock in zip(grads, stock_grads):
         assert torch.allclose(grad, stock, rtol=1e-4, atol=1e-6)
+
+
+def test_only_trailing_padding_counts_as_right_padded():
+    assert is_right_padded(torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
+    assert not is_right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))
+    assert not is_right_padded(torch.tensor([[1, 0, 1]]))
+    assert not is_right_padded(None)
