@@ -111,7 +111,7 @@ def trainer_batches(utterances, modality: str, batch_size: int, path: str) -> li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per modality")
+    parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps per modality")
     parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
