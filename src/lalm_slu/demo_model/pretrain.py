@@ -29,6 +29,7 @@ import soundfile
 import torch
 from tqdm import tqdm
 
+from lalm_slu.demo_model.build import check_kept_layers, keep_language_model_layers, save_model
 from lalm_slu.modeling import (
     ChatItem,
     Collator,
@@ -136,8 +137,6 @@ class PretrainConfig:
         if self.cache_encoder_frames:
             self.first_trained_encoder_layer(0)  # raises if the trained tower parts cannot be cached
         if self.keep_language_model_layers is not None:
-            from lalm_slu.demo_model.build import check_kept_layers
-
             check_kept_layers(self.keep_language_model_layers)
         # Checked here, not at the first instruction step hours into a run.
         unknown = set(self.instruction_tasks) - set(INSTRUCTION_TASKS)
@@ -376,8 +375,6 @@ def pretrain(
     work_dir, out_dir = Path(work_dir), Path(out_dir)
     model, processor = load_model_and_processor(str(model_dir))
     if cfg.keep_language_model_layers is not None:
-        from lalm_slu.demo_model.build import keep_language_model_layers
-
         keep_language_model_layers(model, cfg.keep_language_model_layers)
     set_trainable(model, cfg.trainable)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -474,8 +471,6 @@ def pretrain(
         return {"steps_done": step, "finished": False}
     final_wer = evaluate_wer(model, processor, eval_clips)
     log.info("final held-out-voice WER %s", final_wer)
-    from lalm_slu.demo_model.build import save_model
-
     save_model(model, processor, out_dir)
     summary = {
         "finished": True,
