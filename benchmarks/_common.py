@@ -74,7 +74,7 @@ def with_speech(utterances: list[Utterance], work: Path) -> list[Utterance]:
 
 
 def chat_items(utterances: list[Utterance], modality: str, with_answer: bool = True) -> list[ChatItem]:
-    from lalm_slu.train import load_audio
+    from lalm_slu.modeling import load_audio
 
     items = []
     for utt in utterances:

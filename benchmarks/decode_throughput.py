@@ -50,7 +50,7 @@ def timed_stock_generate(model, processor, manifest, modality: str, settings: di
     import torch
 
     from lalm_slu.modeling import ChatItem, Collator
-    from lalm_slu.train import load_audio
+    from lalm_slu.modeling import load_audio
 
     collator = Collator(processor, for_generation=True)
     beams = settings["num_beams"]

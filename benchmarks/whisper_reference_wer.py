@@ -26,7 +26,7 @@ def whisper_transcripts(clips, threads: int, batch_size: int = 16) -> list[str]:
     from transformers import WhisperFeatureExtractor
 
     from lalm_slu.demo_model.whisper_ct2 import bundled_whisper_tiny_en
-    from lalm_slu.train import load_audio
+    from lalm_slu.modeling import load_audio
 
     model_dir = bundled_whisper_tiny_en().parent
     whisper = ctranslate2.models.Whisper(str(model_dir), device="cpu", intra_threads=threads)

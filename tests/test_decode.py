@@ -9,14 +9,13 @@ import torch
 from tiny_model import INSTRUCTION, tiny_assets  # noqa: F401 - session fixture
 
 from lalm_slu.decode import decode, decode_manifest, generate_batch
-from lalm_slu.modeling import ChatItem, Collator, load_model_and_processor
+from lalm_slu.modeling import ChatItem, Collator, load_audio, load_model_and_processor
 from lalm_slu.records import read_manifest
-from lalm_slu.train import load_audio
 
 
 def settings(**overrides) -> dict:
     base = dict(
-        num_beams=1, batch_size=3, max_new_tokens=12, instruction=INSTRUCTION, threads=1, device="cpu", precision="fp32"
+        num_beams=1, batch_size=3, max_new_tokens=12, instruction=INSTRUCTION, device="cpu", precision="fp32"
     )
     return {**base, **overrides}
 

@@ -24,13 +24,13 @@ from lalm_slu.modeling import (
     encoded_audio,
     encoded_audio_from_layer,
     is_right_padded,
+    load_audio,
     load_model_and_processor,
     make_encoder_length_aware,
     render_prompt,
     set_trainable,
 )
 from lalm_slu.records import read_manifest
-from lalm_slu.train import load_audio
 
 HUB_ID = "Qwen/Qwen2-Audio-7B-Instruct"
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from tiny_model import INSTRUCTION, subprocess_env, tiny_assets  # noqa: F401 - session fixture
 from transformers import Qwen2AudioForConditionalGeneration
 
-from lalm_slu import train
+from lalm_slu import modeling, train
 from lalm_slu.modeling import ChatItem, Collator, LengthAwareQwen2AudioEncoder, load_model_and_processor
 from lalm_slu.records import DataError, read_manifest, write_manifest
 from lalm_slu.train import finetune, load_items, micro_batches, sequence_lengths, to_chat_items
@@ -40,7 +40,6 @@ def make_settings(model_dir, phases, trainable=LLM_ONLY, lora=None, **training) 
         per_device_batch_size=2,
         global_batch_size=4,
         seed=0,
-        threads=1,
         checkpoint_every_steps=100,
         group_by_length=True,
         length_aware=True,
@@ -281,7 +280,7 @@ def test_lora_output_is_an_adapter_that_reloads_to_the_trained_logits(tiny_asset
     clip = read_manifest(tiny_assets.speech_manifest).iloc[0]
     probe = Collator(processor)(
         [
-            ChatItem(INSTRUCTION, "{}", audio=train.load_audio(clip["audio"])),
+            ChatItem(INSTRUCTION, "{}", audio=modeling.load_audio(clip["audio"])),
             ChatItem(INSTRUCTION, "{}", text=clip["text"]),
         ]
     )

@@ -197,6 +197,11 @@ def test_commands_receive_the_run_settings_and_score_metadata(workflow_copy):
     instruction = yaml.safe_load((REPO / "config.yaml").read_text())["prompt"]["instruction"]
     assert decode["instruction"] == settings["prompt"]["instruction"] == instruction
     assert "modalities" not in decode
+    # Threads are a resource: they reach the process as --threads and never identify (or re-run) a run.
+    resources = yaml.safe_load((REPO / "config.yaml").read_text())["resources"]
+    assert arguments("finetune", "slurp-en_oracle_b100_s0")["--threads"] == str(resources["finetune"]["threads"])
+    assert arguments("decode", "slurp-en_oracle_b100_s0")["--threads"] == str(resources["decode"]["threads"])
+    assert "threads" not in settings["training"] and "threads" not in decode
 
 
 def test_an_entry_scheme_settings_replace_the_scheme_block_for_its_runs_only(workflow_copy):
@@ -216,3 +221,54 @@ def test_an_entry_scheme_settings_replace_the_scheme_block_for_its_runs_only(wor
     slurp_oracle = scheme("slurp-en_oracle_b100_s0")
     assert slurp_oracle["phases"] == config["schemes"]["oracle"]["phases"] != phases
     assert scheme(f"xsid-{xsid_entry['lang']}_oracle_b100_s0")["trainable_modules"] == slurp_oracle["trainable_modules"]
+
+
+def audio_frames_arguments(commands, command_name, run, testset_modality=""):
+    """The files after --audio-frames in the planned `lalm-slu <command_name>` job of `run` (none: [])."""
+    import shlex
+
+    line = next(c for c in commands if f" {command_name} " in c and run in c and testset_modality in c)
+    words = shlex.split(line.split(">")[0])
+    if "--audio-frames" not in words:
+        return []
+    values = words[words.index("--audio-frames") + 1 :]
+    return values[: next((i for i, w in enumerate(values) if w.startswith("--")), len(values))]
+
+
+def test_frozen_audio_runs_and_speech_decodes_read_frames_encoded_once_per_split(workflow_copy):
+    prepare(workflow_copy)
+    encoded = {w for rule, w in planned_jobs(workflow_copy) if rule == "encode_audio"}
+    assert encoded == {
+        "corpus=slurp, lang=en, split=train",
+        "corpus=slurp, lang=en, split=test",
+        "corpus=xsid, lang=en, split=train",
+        "corpus=xsid, lang=de, split=dev",
+        "corpus=xsid, lang=de, split=test",
+    }
+    commands = planned_commands(workflow_copy)
+    frames = "results/audio_frames/{}.safetensors".format
+    assert audio_frames_arguments(commands, "finetune", "slurp-en_text_only_b0_s0") == []
+    assert audio_frames_arguments(commands, "finetune", "slurp-en_direct_mixing_b5_s0") == [frames("slurp/en/train")]
+    # Cross-lingual: all source speech; target speech only with a budget.
+    assert audio_frames_arguments(commands, "finetune", "xsid-en2de_direct_mixing_b0_s0") == [frames("xsid/en/train")]
+    assert audio_frames_arguments(commands, "finetune", "xsid-en2de_direct_mixing_b10shot_s0") == [
+        frames("xsid/en/train"),
+        frames("xsid/de/dev"),
+    ]
+    assert audio_frames_arguments(commands, "decode", "slurp-en_text_only_b0_s0", ".speech.") == [frames("slurp/en/test")]
+    assert audio_frames_arguments(commands, "decode", "slurp-en_text_only_b0_s0", ".text.") == []
+
+
+def test_no_frames_are_shared_when_turned_off_or_when_a_scheme_trains_the_projector(workflow_copy):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["schemes"]["direct_mixing"] = {**config["schemes"]["text_only"],
+                                          "trainable_modules": ["multi_modal_projector", "language_model"]}
+    prepare(workflow_copy, config)
+    commands = planned_commands(workflow_copy)
+    assert audio_frames_arguments(commands, "finetune", "slurp-en_direct_mixing_b5_s0") == []
+    assert audio_frames_arguments(commands, "decode", "slurp-en_direct_mixing_b5_s0", ".speech.") == []
+    assert audio_frames_arguments(commands, "finetune", "slurp-en_oracle_b100_s0") != []
+    config["audio_frames"]["precompute"] = False
+    (workflow_copy.root / "config.yaml").write_text(yaml.safe_dump(config))
+    assert "encode_audio" not in {rule for rule, _ in planned_jobs(workflow_copy)}
+    assert not any("--audio-frames results" in c for c in planned_commands(workflow_copy))

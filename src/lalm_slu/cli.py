@@ -20,6 +20,7 @@ COMMANDS = {
     "mix-training-set": ("lalm_slu.commands.mix_training_set", "write one run's training mixture"),
     "build-demo-model": ("lalm_slu.commands.build_demo_model", "build the small demo Qwen2-Audio model"),
     "pretrain-demo-model": ("lalm_slu.commands.pretrain_demo_model", "speech-text alignment pretraining"),
+    "encode-audio": ("lalm_slu.commands.encode_audio", "frames of a speech manifest's clips, once for the grid"),
     "finetune": ("lalm_slu.commands.finetune", "fine-tune on a mixture file"),
     "decode": ("lalm_slu.commands.decode", "batched decoding of a test set"),
     "score": ("lalm_slu.commands.score", "SLURP metrics for predictions against gold"),

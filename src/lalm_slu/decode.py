@@ -16,20 +16,29 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lalm_slu.modeling import ChatItem, Collator, load_model_and_processor, prompt_embeddings
+from lalm_slu.audio_frames import FrameStore, load_frames
+from lalm_slu.modeling import (
+    ChatItem,
+    Collator,
+    device_and_dtype,
+    load_audio,
+    load_model_and_processor,
+    prompt_embeddings,
+)
 from lalm_slu.records import read_manifest
 from lalm_slu.slu_json import parse_prediction
-from lalm_slu.train import device_and_dtype, load_audio
 
 log = logging.getLogger(__name__)
 MODALITIES = ("speech", "text")
 
 
-def generate_batch(model, processor, collator: Collator, items: list[ChatItem], settings: dict) -> list[str]:
+def generate_batch(model, processor, collator: Collator, items: list[ChatItem], settings: dict,
+                   audio: torch.Tensor | None = None) -> list[str]:
+    """Answers to `items`; `audio`: their clips' frames already computed (concatenated in order), if any."""
     batch = {k: v.to(model.device) for k, v in collator(items).items()}
     beams = int(settings.get("num_beams", 1))
     with torch.no_grad():
-        embeddings = prompt_embeddings(model, batch)
+        embeddings = prompt_embeddings(model, batch, audio)
         cache = prompt_cache(model, embeddings, batch["attention_mask"], beams)
         # generate() continues from the cache: it runs only the last prompt position, then the beams. The output
         # holds only new tokens.
@@ -62,10 +71,14 @@ def prompt_cache(model, embeddings: torch.Tensor, attention_mask: torch.Tensor, 
     return cache
 
 
-def decode_manifest(model, processor, manifest, modality: str, settings: dict, instruction: str) -> list[dict]:
-    """Predictions for every row of `manifest` (a DataFrame), in its order."""
+def decode_manifest(model, processor, manifest, modality: str, settings: dict, instruction: str,
+                    frames: FrameStore | None = None) -> list[dict]:
+    """Predictions for every row of `manifest` (a DataFrame), in its order. `frames`: the clips' precomputed
+    frames (speech only), valid for this model's audio tower and projector."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, not {modality!r}")
+    if frames is not None and modality != "speech":
+        raise ValueError("precomputed audio frames are for speech input only")
     rows = manifest.to_dict("records")
     if modality == "speech":
         missing = [r["id"] for r in rows if not r["audio"]]
@@ -88,7 +101,8 @@ def decode_manifest(model, processor, manifest, modality: str, settings: dict, i
             else ChatItem(instruction, text=rows[i]["text"])
             for i in indices
         ]
-        for i, text in zip(indices, generate_batch(model, processor, collator, items, settings)):
+        audio = None if frames is None else torch.cat([frames[rows[i]["audio"]] for i in indices])
+        for i, text in zip(indices, generate_batch(model, processor, collator, items, settings, audio)):
             raw[i] = text
     predictions = []
     for i, row in enumerate(rows):
@@ -97,14 +111,16 @@ def decode_manifest(model, processor, manifest, modality: str, settings: dict, i
     return predictions
 
 
-def decode(model_dir: str, manifest_path: str, modality: str, settings: dict, out_path: str) -> dict:
+def decode(model_dir: str, manifest_path: str, modality: str, settings: dict, out_path: str,
+           audio_frames: str | None = None) -> dict:
+    """`audio_frames`: a file of the manifest's precomputed frames (audio_frames.encode_manifest); it must come
+    from this model's audio tower and projector, as it does when fine-tuning froze them."""
     started = time.time()
-    if settings.get("threads"):
-        torch.set_num_threads(int(settings["threads"]))
     device, dtype = device_and_dtype(settings)
     model, processor = load_model_and_processor(model_dir, dtype=dtype, device=device)
     manifest = read_manifest(manifest_path)
-    predictions = decode_manifest(model, processor, manifest, modality, settings, settings["instruction"])
+    frames = None if audio_frames is None else load_frames(audio_frames, model)
+    predictions = decode_manifest(model, processor, manifest, modality, settings, settings["instruction"], frames)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(out_path.suffix + ".tmp")

@@ -10,17 +10,21 @@ own formula, so prompts are token-for-token what the stock processor renders.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile
 import torch
 from torch import nn
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
+
+from lalm_slu.records import DataError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,36 @@ MEL_FRAMES_MULTIPLE = 2
 
 class ModelNotAvailableError(RuntimeError):
     pass
+
+
+def device_and_dtype(settings: dict) -> tuple[str, torch.dtype]:
+    """The device and dtype that `settings` (device, precision: auto/fp32/bf16/fp16) ask for on this machine."""
+    device = "cuda" if torch.cuda.is_available() and settings.get("device", "auto") != "cpu" else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        device = f"cuda:{torch.cuda.current_device()}"
+    precision = settings.get("precision", "auto")
+    if precision == "auto":
+        precision = "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return device, dtype
+
+
+def set_threads(threads: int | None) -> None:
+    """CPU threads of this process's torch operations (None: torch's default)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def load_audio(path: str) -> np.ndarray:
+    """A 16 kHz mono clip as float32; anything else is an error naming the file."""
+    try:
+        audio, rate = soundfile.read(path, dtype="float32")
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        raise DataError(f"cannot read audio: {error}", path) from error
+    if rate != 16_000 or audio.ndim != 1:
+        raise DataError(f"expected 16 kHz mono audio, got {rate} Hz with shape {audio.shape}", path)
+    return audio
 
 
 def resolve_model_source(name_or_path: str) -> str:
@@ -162,45 +196,74 @@ def projected_audio(model: Qwen2AudioForConditionalGeneration, features: torch.T
     return base_model(model).model.multi_modal_projector(encoded_audio(model, features, feature_mask))
 
 
+def clip_frames(model: Qwen2AudioForConditionalGeneration, processor, waveforms: list[np.ndarray],
+                length_aware: bool = True) -> list[torch.Tensor]:
+    """Projected audio frames of each clip, one tensor per clip (one row per `<|AUDIO|>` token), the clips
+    encoded together as one batch."""
+    features, mask = audio_features(processor, waveforms, length_aware)
+    device = base_model(model).device
+    with torch.no_grad():
+        frames = projected_audio(model, features.to(device), mask.to(device))
+    return list(frames.detach().split([audio_token_count(int(n)) for n in mask.sum(-1)]))
+
+
+def audio_parts_fingerprint(model) -> str:
+    """sha256 of the audio tower's and the projector's weights (as float32, whatever the loading dtype): frames
+    computed by one model stand for another's only if these agree."""
+    inner = base_model(model).model
+    digest = hashlib.sha256()
+    for part in (inner.audio_tower, inner.multi_modal_projector):
+        for name, tensor in sorted(part.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def merge_audio(model, input_ids: torch.Tensor, audio: torch.Tensor | None) -> torch.Tensor:
     """Token embeddings of `input_ids` with the `<|AUDIO|>` slots filled by `audio` frames, in order."""
     embeddings = base_model(model).model.get_input_embeddings()(input_ids)
     if audio is None:
         return embeddings
     audio_slots = (input_ids == base_model(model).config.audio_token_id).unsqueeze(-1)
+    slots = int(audio_slots.sum())
+    if slots != audio.shape[0]:
+        # masked_scatter would silently fill the slots from the wrong frames.
+        raise ValueError(f"{audio.shape[0]} audio frames for {slots} <|AUDIO|> tokens in the batch")
     return embeddings.masked_scatter(audio_slots, audio.to(embeddings.device, embeddings.dtype))
 
 
-def prompt_embeddings(model: Qwen2AudioForConditionalGeneration, batch: dict) -> torch.Tensor:
+def prompt_embeddings(model: Qwen2AudioForConditionalGeneration, batch: dict,
+                      audio: torch.Tensor | None = None) -> torch.Tensor:
     """The LLM's input embeddings of a prompt batch with its audio features merged in, exactly as
-    Qwen2AudioModel.forward merges them. Generating from these encodes each clip once: `generate(**batch)`
-    copies the audio features to every beam and runs the encoder num_beams times per clip."""
-    audio = None
-    if "input_features" in batch:
+    Qwen2AudioModel.forward merges them (or with `audio`, the batch's frames already computed, in order).
+    Generating from these encodes each clip once: `generate(**batch)` copies the audio features to every beam
+    and runs the encoder num_beams times per clip."""
+    if audio is None and "input_features" in batch:
         audio = projected_audio(model, batch["input_features"], batch["feature_attention_mask"])
     return merge_audio(model, batch["input_ids"], audio)
 
 
 class FrozenAudioCache:
-    """Projected audio frames per clip, computed once per training run. Valid only while the audio tower and
-    the projector are frozen: then a clip's frames are the same at every epoch, and later visits skip the
-    encoder (a demo speech step: 0.87 → 0.73 s). Each clip is encoded alone, so its frames never depend on the
-    batch it first came in, and a resumed run computes exactly what the uninterrupted one did."""
+    """Projected audio frames per clip, kept for a training run. Valid only while the audio tower and the
+    projector are frozen: then a clip's frames are the same at every epoch. Frames come precomputed for the
+    whole grid (`add`, from `audio_frames.load_frames`) or, for a clip without them, from encoding it alone at
+    its first visit, so that its frames never depend on the batch it came in and a resumed run computes
+    exactly what the uninterrupted one did."""
 
     def __init__(self, processor, length_aware: bool = True):
         self.processor = processor
         self.length_aware = length_aware
         self.frames: dict[str, torch.Tensor] = {}
 
+    def add(self, frames: dict[str, torch.Tensor]) -> None:
+        self.frames.update(frames)
+
     def input_embeddings(self, model, batch: dict, clips: list[tuple[str, np.ndarray]]) -> dict:
         """`batch` (from Collator) with its audio replaced by cached frames: inputs_embeds instead of
         input_ids and features. `clips` are the (key, waveform) of the batch's speech items, in order."""
         for key, waveform in clips:
             if key not in self.frames:
-                features, mask = audio_features(self.processor, [waveform], self.length_aware)
-                device = base_model(model).device
-                with torch.no_grad():
-                    self.frames[key] = projected_audio(model, features.to(device), mask.to(device)).detach()
+                self.frames[key] = clip_frames(model, self.processor, [waveform], self.length_aware)[0]
         out = {k: v for k, v in batch.items() if k not in ("input_ids", "input_features", "feature_attention_mask")}
         frames = [self.frames[key] for key, _ in clips]
         out["inputs_embeds"] = merge_audio(model, batch["input_ids"], torch.cat(frames) if frames else None)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile
 import torch
 from tqdm import tqdm
 
+from lalm_slu.audio_frames import load_frames
 from lalm_slu.modeling import (
     SAMPLE_RATE,
     ChatItem,
@@ -34,6 +34,8 @@ from lalm_slu.modeling import (
     audio_token_count,
     base_model,
     count_parameters,
+    device_and_dtype,
+    load_audio,
     load_model_and_processor,
     render_prompt,
     set_trainable,
@@ -128,16 +130,6 @@ def micro_batches(items: list[TrainItem], lengths: list[int] | None, batch_size:
     return batches
 
 
-def load_audio(path: str) -> np.ndarray:
-    try:
-        audio, rate = soundfile.read(path, dtype="float32")
-    except Exception as error:  # noqa: BLE001 - re-raised with the file named
-        raise DataError(f"cannot read audio: {error}", path) from error
-    if rate != 16_000 or audio.ndim != 1:
-        raise DataError(f"expected 16 kHz mono audio, got {rate} Hz with shape {audio.shape}", path)
-    return audio
-
-
 def to_chat_items(items: list[TrainItem], instruction: str) -> list[ChatItem]:
     return [
         ChatItem(instruction, it.target, audio=load_audio(it.audio_path))
@@ -156,7 +148,7 @@ def cosine_lr(step: int, total: int, peak: float, warmup_ratio: float) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-TRAINING_CODE = (Path(__file__), Path(__file__).with_name("modeling.py"))
+TRAINING_CODE = tuple(Path(__file__).with_name(name) for name in ("train.py", "modeling.py", "audio_frames.py"))
 
 
 def model_identity(name_or_path: str) -> str:
@@ -230,18 +222,6 @@ class Distributed:
             torch.distributed.barrier()
 
 
-def device_and_dtype(training: dict) -> tuple[str, torch.dtype]:
-    device = "cuda" if torch.cuda.is_available() and training.get("device", "auto") != "cpu" else "cpu"
-    if device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        device = f"cuda:{torch.cuda.current_device()}"
-    precision = training.get("precision", "auto")
-    if precision == "auto":
-        precision = "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return device, dtype
-
-
 def apply_lora(model, lora: dict, trainable_modules: list[str]):
     """LoRA adapters on the LLM; the audio tower and projector, if trainable, train fully beside them
     (peft would otherwise freeze everything but the adapters)."""
@@ -263,16 +243,17 @@ def apply_lora(model, lora: dict, trainable_modules: list[str]):
     return model
 
 
-def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work_dir: str | Path) -> dict:
-    """Train per `settings` = {"model": {...}, "training": {...}, "scheme": {...}, "prompt": {...}}."""
+def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work_dir: str | Path,
+             audio_frames: list[str] = ()) -> dict:
+    """Train per `settings` = {"model": {...}, "training": {...}, "scheme": {...}, "prompt": {...}}.
+    `audio_frames`: files of precomputed frames (audio_frames.encode_manifest) for the mixture's clips; only
+    for a scheme that freezes the audio tower and the projector."""
     started = time.time()
     model_cfg, training, scheme = settings["model"], settings["training"], settings["scheme"]
     instruction = settings["prompt"]["instruction"]
     dist = Distributed()
     seed = int(training.get("seed", 0))
     torch.manual_seed(seed)
-    if training.get("threads"):
-        torch.set_num_threads(int(training["threads"]))
     device, dtype = device_and_dtype(training)
     model, processor = load_model_and_processor(model_cfg["path"], dtype=dtype, device=device)
     counts = set_trainable(model, scheme["trainable_modules"], bool(training.get("freeze_token_embeddings")))
@@ -292,7 +273,14 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
     collator = Collator(processor, length_aware=length_aware)
     trained_parts = {top_level(m) for m in scheme["trainable_modules"]}
     audio_frozen = not set(AUDIO_PARTS) & trained_parts
-    audio_cache = FrozenAudioCache(processor, length_aware) if audio_frozen and training.get("cache_frozen_audio") else None
+    if audio_frames and not audio_frozen:
+        raise ValueError(f"precomputed audio frames were given, but scheme {scheme.get('name')!r} trains "
+                         f"{sorted(set(AUDIO_PARTS) & trained_parts)}: its frames change as it trains")
+    audio_cache = None
+    if audio_frozen and (training.get("cache_frozen_audio") or audio_frames):
+        audio_cache = FrozenAudioCache(processor, length_aware)
+        for path in audio_frames:
+            audio_cache.add(load_frames(path, model, length_aware).frames)
     per_device = int(training["per_device_batch_size"])
     global_batch = int(training["global_batch_size"])
     accumulation = global_batch // (per_device * dist.world_size)

@@ -435,12 +435,53 @@ def run_seed(wildcards):
     return RUNS[wildcards.run].seed
 
 
+def audio_frames_path(corpus, lang, split):
+    return f"results/audio_frames/{corpus}/{lang}/{split}.safetensors"
+
+
+def shares_audio_frames(run):
+    """Precomputed frames serve the run: its scheme trains neither the audio tower nor the projector."""
+    scheme = {**config["schemes"][run.scheme], **run.scheme_settings}
+    trained = {module.split(".")[0] for module in scheme["trainable_modules"]}
+    return config["audio_frames"]["precompute"] and not trained & {
+        "audio_tower",
+        "multi_modal_projector",
+    }
+
+
+def run_audio_frames(run):
+    """Frames files of the speech the run trains on (none for text-only training)."""
+    if not shares_audio_frames(run):
+        return []
+    frames = []
+    if run.target is not None or run.budget != "0":
+        frames.append(audio_frames_path(run.corpus, run.source, run.source_split))
+    if run.target is not None and run.budget != "0":
+        frames.append(audio_frames_path(run.corpus, run.target, run.target_split))
+    return frames
+
+
+def audio_frames_settings(wildcards):
+    """Frames are computed as training computes them: same device, precision and audio length handling."""
+    training = config["training"]
+    return json.dumps(
+        {
+            "batch_size": config["audio_frames"]["batch_size"],
+            "length_aware": training.get("length_aware", True),
+            "device": training.get("device", "auto"),
+            "precision": training.get("precision", "auto"),
+        },
+        sort_keys=True,
+    )
+
+
 def finetune_inputs(wildcards):
     inputs = mixture_inputs(wildcards)
     return {
         "mixture": f"results/mixtures/{wildcards.run}.parquet",
         "manifests": [inputs[key] for key in inputs if not key.endswith("speech_ids")],
         "model": config["model"]["path"],
+        "audio_frames": run_audio_frames(RUNS[wildcards.run]),
     }
 
 
@@ -477,10 +518,19 @@ def work_dir(wildcards):
 
 def decode_inputs(wildcards):
     corpus, lang = parse_testset(wildcards.testset)
-    return {
+    inputs = {
         "model": f"results/runs/{wildcards.run}/model",
         "manifest": speech_manifest_path(corpus, lang, "test"),
     }
+    if wildcards.modality == "speech" and shares_audio_frames(RUNS[wildcards.run]):
+        inputs["audio_frames"] = audio_frames_path(corpus, lang, "test")
+    return inputs
+
+
+def audio_frames_argument(wildcards, input):
+    return (
+        f"--audio-frames {input.audio_frames}" if hasattr(input, "audio_frames") else ""
+    )
 
 
 def decode_settings(wildcards):

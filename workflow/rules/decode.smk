@@ -16,8 +16,9 @@ rule decode_test_set:
         gpu=resource("decode", "gpu"),
     params:
         settings=decode_settings,
+        audio_frames=audio_frames_argument,
         code=code_version("decode"),
     shell:
         "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu decode --model {input.model} --manifest {input.manifest}"
         " --modality {wildcards.modality} --settings {params.settings:q}"
-        " --out {output} > {log} 2>&1"
+        " --out {output} {params.audio_frames} --threads {threads} > {log} 2>&1"

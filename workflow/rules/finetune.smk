@@ -22,4 +22,5 @@ rule finetune_model:
     shell:
         "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 {params.launcher} -m lalm_slu finetune --mixture {input.mixture}"
         " --settings {params.settings:q} --out-dir {output}"
-        " --work-dir {params.work_dir} > {log} 2>&1"
+        " --work-dir {params.work_dir} --audio-frames {input.audio_frames} --threads {threads}"
+        " > {log} 2>&1"

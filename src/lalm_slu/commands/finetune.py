@@ -10,10 +10,16 @@ def add_arguments(parser):
     parser.add_argument("--settings", required=True, help="JSON: {model, training, scheme, prompt}")
     parser.add_argument("--out-dir", required=True, help="final model directory (a Snakemake output)")
     parser.add_argument("--work-dir", required=True, help="checkpoints; kept across failures for resuming")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (a resource: it does not identify the run)")
+    parser.add_argument("--audio-frames", nargs="*", default=[],
+                        help="precomputed frames of the mixture's clips (encode-audio); frozen-audio schemes only")
 
 
 def run(args):
+    from lalm_slu.modeling import set_threads
     from lalm_slu.train import finetune
 
-    summary = finetune(args.mixture, json.loads(args.settings), args.out_dir, args.work_dir)
+    set_threads(args.threads)
+    summary = finetune(args.mixture, json.loads(args.settings), args.out_dir, args.work_dir, args.audio_frames)
     print(json.dumps(summary))

@@ -45,7 +45,7 @@ from lalm_slu.modeling import (
     top_level,
 )
 from lalm_slu.speech.tts import Voice
-from lalm_slu.train import load_audio
+from lalm_slu.modeling import load_audio
 
 log = logging.getLogger(__name__)
 
