@@ -441,12 +441,16 @@ def audio_frames_path(corpus, lang, split):
 
 def shares_audio_frames(run):
     """Precomputed frames serve the run: its scheme trains neither the audio tower nor the projector."""
-    scheme = {**config["schemes"][run.scheme], **run.scheme_settings}
-    trained = {module.split(".")[0] for module in scheme["trainable_modules"]}
-    return config["audio_frames"]["precompute"] and not trained & {
-        "audio_tower",
-        "multi_modal_projector",
-    }
+    if not config["audio_frames"]["precompute"]:
+        return False
+    # A scheme without trainable_modules fails in the trainer (KeyError naming it); planning must not.
+    modules = {**config["schemes"][run.scheme], **run.scheme_settings}.get(
+        "trainable_modules"
+    )
+    if modules is None:
+        return False
+    trained = {module.split(".")[0] for module in modules}
+    return not trained & {"audio_tower", "multi_modal_projector"}
 
 
 def run_audio_frames(run):
