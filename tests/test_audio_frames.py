@@ -16,7 +16,6 @@ from lalm_slu import modeling
 from lalm_slu.audio_frames import encode_manifest, load_frames
 from lalm_slu.decode import decode
 from lalm_slu.modeling import (
-    LengthAwareQwen2AudioEncoder,
     audio_token_count,
     clip_frames,
     load_audio,
@@ -25,7 +24,7 @@ from lalm_slu.modeling import (
 )
 from lalm_slu.records import DataError, read_manifest
 from lalm_slu.train import finetune
-from test_train import LLM_ONLY, make_settings, mixed_rows, weights, write_mixture
+from test_train import LLM_ONLY, count_encoder_batches, make_settings, mixed_rows, weights, write_mixture
 
 SETTINGS = {"batch_size": 3, "length_aware": True, "device": "cpu", "precision": "fp32"}
 
@@ -105,18 +104,6 @@ def test_frames_that_do_not_fill_the_audio_tokens_are_an_error(tiny):
     ids = torch.tensor([[1, model.config.audio_token_id, model.config.audio_token_id, 2]])
     with pytest.raises(ValueError, match="3 audio frames for 2 <|AUDIO|> tokens"):
         merge_audio(model, ids, torch.zeros(3, model.config.text_config.hidden_size))
-
-
-def count_encoder_batches(monkeypatch) -> list[int]:
-    encoded = []
-    real_forward = LengthAwareQwen2AudioEncoder.forward
-
-    def counting_forward(self, input_features, *args, **kwargs):
-        encoded.append(input_features.shape[0])
-        return real_forward(self, input_features, *args, **kwargs)
-
-    monkeypatch.setattr(LengthAwareQwen2AudioEncoder, "forward", counting_forward)
-    return encoded
 
 
 def test_fine_tuning_on_precomputed_frames_never_runs_the_encoder(tiny_assets, frames_file, tmp_path, monkeypatch):  # noqa: F811

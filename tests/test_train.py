@@ -143,10 +143,8 @@ def test_frozen_token_embeddings_stay_bitwise_unchanged_while_the_rest_of_the_ll
     assert trained and [n for n in trained if torch.equal(before[n], after[n])] == []
 
 
-def test_cached_frozen_audio_trains_as_encoding_every_step_and_encodes_each_clip_once(
-    tiny_assets, tmp_path, monkeypatch  # noqa: F811
-):
-    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
+def count_encoder_batches(monkeypatch) -> list[int]:
+    """From now on, the clips in each batch the audio tower encodes, one entry per batch."""
     encoded = []
     real_forward = LengthAwareQwen2AudioEncoder.forward
 
@@ -155,6 +153,14 @@ def test_cached_frozen_audio_trains_as_encoding_every_step_and_encodes_each_clip
         return real_forward(self, input_features, *args, **kwargs)
 
     monkeypatch.setattr(LengthAwareQwen2AudioEncoder, "forward", counting_forward)
+    return encoded
+
+
+def test_cached_frozen_audio_trains_as_encoding_every_step_and_encodes_each_clip_once(
+    tiny_assets, tmp_path, monkeypatch  # noqa: F811
+):
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
+    encoded = count_encoder_batches(monkeypatch)
     plain = make_settings(tiny_assets.model_dir, [(1, 3, 2e-3, 0.0)])
     finetune(mixture, plain, tmp_path / "plain", tmp_path / "plain-work")
     clip_visits = sum(encoded)
