@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 from tqdm import tqdm
 
 from lalm_slu.modeling import (
@@ -57,8 +59,6 @@ def encode_manifest(model_path: str, manifest_path: str, out_path: str, settings
         "model": str(model_path),
         "manifest": str(manifest_path),
     }
-    from safetensors.torch import save_file
-
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
@@ -92,9 +92,6 @@ class FrameStore:
 def load_frames(path: str | os.PathLike, model, length_aware: bool = True) -> FrameStore:
     """Frames of a file written by `encode_manifest`, checked against `model`'s audio tower and projector
     and moved to its device and dtype."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
