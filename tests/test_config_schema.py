@@ -128,11 +128,11 @@ def test_bad_value_stops_snakemake_before_any_job(workflow_copy):
             "corpora.slurp.options.cache_dir: required with download",
         ),
         (
-            lambda c: c["corpora"]["xsid"].update(options={"audio_dir": "resources/audio/xsid"}),
+            lambda c: c["corpora"]["xsid"].update(reader="italic_hub", options={"audio_dir": "resources/audio/xsid"}),
             "corpora.xsid.options.audio_dir: 'resources/audio/xsid' would be shared by languages",
         ),
         (
-            lambda c: c["corpora"]["xsid"].update(options={"audio_dir": "resources/audio/{language}"}),
+            lambda c: c["corpora"]["xsid"].update(reader="italic_hub", options={"audio_dir": "resources/audio/{language}"}),
             "corpora.xsid.options.audio_dir: 'resources/audio/{language}' is not a valid template",
         ),
         (

@@ -23,6 +23,6 @@ rule encode_audio:
         settings=audio_frames_settings,
         code=code_version("encode_audio"),
     shell:
-        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu encode-audio --model {input.model}"
-        " --manifest {input.manifest} --settings {params.settings:q} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu encode-audio --model {input.model:q}"
+        " --manifest {input.manifest:q} --settings {params.settings:q} --threads {threads}"
+        " --out {output:q} > {log:q} 2>&1"

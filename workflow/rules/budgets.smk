@@ -20,6 +20,6 @@ rule subsample_budget:
         out_dir=parent_dir,
         code=code_version("subsample_budget"),
     shell:
-        "python -m lalm_slu subsample-budget --manifest {input.manifest}"
-        " --budgets {wildcards.budget} --seed {wildcards.seed}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m lalm_slu subsample-budget --manifest {input.manifest:q}"
+        " --budgets {wildcards.budget:q} --seed {wildcards.seed:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"

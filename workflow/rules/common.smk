@@ -140,6 +140,10 @@ def check_corpus(config, name, corpus):
 
 
 check_config(config)
+# Plain Python: a fine-tuning job too big for its GPUs is refused here, before any job runs.
+from lalm_slu.memory_plan import check_memory_plan
+
+check_memory_plan(config)
 
 
 # ---------------------------------------------------------------- runs
@@ -342,10 +346,14 @@ def reader_options(corpus_name, lang):
     return options
 
 
+# Params that stand for several arguments are lists: the rule's `:q` quotes each element, so no
+# config value or file name is ever split or read by the shell.
+
+
 def reader_option_arguments(wildcards):
     options = reader_options(wildcards.corpus, wildcards.lang)
     pairs = [f"{key}={value}" for key, value in sorted(options.items())]
-    return f"--option {' '.join(pairs)}" if pairs else ""
+    return ["--option", *pairs] if pairs else []
 
 
 def download_arguments(wildcards):
@@ -355,19 +363,19 @@ def download_arguments(wildcards):
         for lang in corpus["languages"]
         if lang in corpus["locales"]
     ]
-    return " ".join(
-        [
-            f"--corpus {corpus['download']['corpus']}",
-            f"--cache-dir {corpus['options']['cache_dir']}",
-            f"--locales {' '.join(locales)}" if locales else "",
-        ]
-    )
+    arguments = [
+        "--corpus",
+        corpus["download"]["corpus"],
+        "--cache-dir",
+        corpus["options"]["cache_dir"],
+    ]
+    return arguments + (["--locales", *locales] if locales else [])
 
 
 def max_utterance_arguments(wildcards):
     caps = config["corpora"][wildcards.corpus]["max_utterances"]
     pairs = [f"{split}={caps[split]}" for split in SPLITS if caps.get(split)]
-    return f"--max-utterances {' '.join(pairs)}" if pairs else ""
+    return ["--max-utterances", *pairs] if pairs else []
 
 
 def corpus_setting(name):
@@ -416,15 +424,16 @@ def mixture_inputs(wildcards):
 def mixture_target_arguments(wildcards, input):
     run = RUNS[wildcards.run]
     if run.target is None:
-        return ""
-    return " ".join(
-        [
-            f"--target-text-manifest {input.target_text}",
-            f"--target-speech-manifest {input.target_speech}",
-            f"--target-speech-ids {input.target_speech_ids}",
-            "" if run.target_text else "--no-target-text",
-        ]
-    )
+        return []
+    arguments = [
+        "--target-text-manifest",
+        input.target_text,
+        "--target-speech-manifest",
+        input.target_speech,
+        "--target-speech-ids",
+        input.target_speech_ids,
+    ]
+    return arguments + ([] if run.target_text else ["--no-target-text"])
 
 
 def run_scheme(wildcards):
@@ -532,9 +541,9 @@ def decode_inputs(wildcards):
 
 
 def audio_frames_argument(wildcards, input):
-    return (
-        f"--audio-frames {input.audio_frames}" if hasattr(input, "audio_frames") else ""
-    )
+    if not hasattr(input, "audio_frames"):
+        return []
+    return ["--audio-frames", input.audio_frames]
 
 
 def decode_settings(wildcards):
@@ -571,7 +580,7 @@ def data_manifests(key):
 def demo_max_utterance_arguments(wildcards):
     caps = config["demo_model"]["max_utterances"].get(wildcards.corpus, {})
     pairs = [f"{split}={caps[split]}" for split in SPLITS if caps.get(split)]
-    return f"--max-utterances {' '.join(pairs)}" if pairs else ""
+    return ["--max-utterances", *pairs] if pairs else []
 
 
 def pretrain_voices_json(wildcards):
@@ -585,9 +594,11 @@ def pretrain_voices_json(wildcards):
 
 def pretrain_options(wildcards):
     options = config["demo_model"]["pretrain_options"]
-    return " ".join(
-        f"--{key.replace('_', '-')} {value}" for key, value in sorted(options.items())
-    )
+    return [
+        argument
+        for key, value in sorted(options.items())
+        for argument in (f"--{key.replace('_', '-')}", str(value))
+    ]
 
 
 def settings_json(*keys):

@@ -9,7 +9,7 @@ rule download_corpus:
     params:
         arguments=download_arguments,
     shell:
-        "python -m lalm_slu download {params.arguments} --stamp {output} > {log} 2>&1"
+        "python -m lalm_slu download {params.arguments:q} --stamp {output:q} > {log:q} 2>&1"
 
 
 rule prepare_corpus:
@@ -38,7 +38,7 @@ rule prepare_corpus:
         code=code_version("prepare_corpus"),
     shell:
         # Compute jobs read only the caches the download stage (a localrule) filled.
-        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu prepare-corpus --reader {params.reader} --source {params.source}"
-        " --corpus {wildcards.corpus} --lang {wildcards.lang} --out-dir {params.out_dir}"
-        " {params.max_utterances} --seed {params.seed}"
-        " --on-bad-record {params.on_bad_record} {params.options} > {log} 2>&1"
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu prepare-corpus --reader {params.reader:q} --source {params.source:q}"
+        " --corpus {wildcards.corpus:q} --lang {wildcards.lang:q} --out-dir {params.out_dir:q}"
+        " {params.max_utterances:q} --seed {params.seed:q}"
+        " --on-bad-record {params.on_bad_record:q} {params.options:q} > {log:q} 2>&1"

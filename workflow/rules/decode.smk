@@ -19,6 +19,6 @@ rule decode_test_set:
         audio_frames=audio_frames_argument,
         code=code_version("decode"),
     shell:
-        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu decode --model {input.model} --manifest {input.manifest}"
-        " --modality {wildcards.modality} --settings {params.settings:q}"
-        " --out {output} {params.audio_frames} --threads {threads} > {log} 2>&1"
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu decode --model {input.model:q} --manifest {input.manifest:q}"
+        " --modality {wildcards.modality:q} --settings {params.settings:q}"
+        " --out {output:q} {params.audio_frames:q} --threads {threads} > {log:q} 2>&1"

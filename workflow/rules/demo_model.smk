@@ -33,9 +33,9 @@ rule build_demo_model:
         seed=config["demo_model"]["seed"],
         code=code_version("build_demo_model"),
     shell:
-        "python -m lalm_slu build-demo-model --train-manifests {input.train}"
-        " --architecture-json {params.architecture:q} --seed {params.seed}"
-        " --out-dir {output} > {log} 2>&1"
+        "python -m lalm_slu build-demo-model --train-manifests {input.train:q}"
+        " --architecture-json {params.architecture:q} --seed {params.seed:q}"
+        " --out-dir {output:q} > {log:q} 2>&1"
 
 
 rule pretrain_demo_model:
@@ -63,11 +63,11 @@ rule pretrain_demo_model:
         work_dir="work/demo_model_pretrain",
         code=code_version("pretrain_demo_model"),
     shell:
-        "python -m lalm_slu pretrain-demo-model --model-dir {input.model}"
-        " --train-manifests {input.train} --eval-manifests {input.eval}"
-        " --voices-json {params.voices:q} {params.options}"
-        " --settings {params.settings:q} --work-dir {params.work_dir}"
-        " --out-dir {output} > {log} 2>&1"
+        "python -m lalm_slu pretrain-demo-model --model-dir {input.model:q}"
+        " --train-manifests {input.train:q} --eval-manifests {input.eval:q}"
+        " --voices-json {params.voices:q} {params.options:q}"
+        " --settings {params.settings:q} --work-dir {params.work_dir:q}"
+        " --out-dir {output:q} > {log:q} 2>&1"
 
 
 # One more pretraining stage from `continue_from` (settings: demo_model.continue_pretrain).

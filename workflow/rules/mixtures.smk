@@ -17,7 +17,7 @@ rule mix_training_set:
         target=mixture_target_arguments,
         code=code_version("mix_training_set"),
     shell:
-        "python -m lalm_slu mix-training-set --scheme {params.scheme}"
-        " --text-manifest {input.text} --speech-manifest {input.speech}"
-        " --speech-ids {input.speech_ids} {params.target} --seed {params.seed}"
-        " --out {output} > {log} 2>&1"
+        "python -m lalm_slu mix-training-set --scheme {params.scheme:q}"
+        " --text-manifest {input.text:q} --speech-manifest {input.speech:q}"
+        " --speech-ids {input.speech_ids:q} {params.target:q} --seed {params.seed:q}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -17,6 +17,6 @@ rule score_predictions:
         bootstrap=config["scoring"]["bootstrap"],
         code=code_version("score"),
     shell:
-        "python -m lalm_slu score --gold {input.gold} --pred {input.predictions}"
-        " --meta {params.meta:q} --bootstrap {params.bootstrap}"
-        " --json --out {output} > {log} 2>&1"
+        "python -m lalm_slu score --gold {input.gold:q} --pred {input.predictions:q}"
+        " --meta {params.meta:q} --bootstrap {params.bootstrap:q}"
+        " --json --out {output:q} > {log:q} 2>&1"

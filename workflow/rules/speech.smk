@@ -27,11 +27,11 @@ rule synthesize_speech:
         max_duration_s=config["speech"]["max_duration_s"],
         code=code_version("synthesize_speech"),
     shell:
-        "python -m lalm_slu synthesize-speech --manifest {input.manifest}"
-        " --out-manifest {output.manifest} --audio-dir {output.audio}"
-        " --voices-json {params.voices:q} --seed {params.seed} --threads {threads}"
-        " --chunk-size {params.chunk_size} --max-duration-s {params.max_duration_s}"
-        " > {log} 2>&1"
+        "python -m lalm_slu synthesize-speech --manifest {input.manifest:q}"
+        " --out-manifest {output.manifest:q} --audio-dir {output.audio:q}"
+        " --voices-json {params.voices:q} --seed {params.seed:q} --threads {threads}"
+        " --chunk-size {params.chunk_size:q} --max-duration-s {params.max_duration_s:q}"
+        " > {log:q} 2>&1"
 
 
 rule ingest_audio:
@@ -57,7 +57,7 @@ rule ingest_audio:
         max_duration_s=config["speech"]["max_duration_s"],
         code=code_version("ingest_audio"),
     shell:
-        "python -m lalm_slu ingest-audio --manifest {input.manifest}"
-        " --audio-root {params.audio_root} --out-manifest {output.manifest}"
-        " --audio-dir {output.audio} --max-duration-s {params.max_duration_s}"
-        " --threads {threads} > {log} 2>&1"
+        "python -m lalm_slu ingest-audio --manifest {input.manifest:q}"
+        " --audio-root {params.audio_root:q} --out-manifest {output.manifest:q}"
+        " --audio-dir {output.audio:q} --max-duration-s {params.max_duration_s:q}"
+        " --threads {threads} > {log:q} 2>&1"
