@@ -221,6 +221,10 @@ def score_examples(
     confidence: float = 0.95,
 ) -> Scores:
     """Score (gold, prediction-or-None) pairs."""
+    return score_counts(count_matrix(pairs), bootstrap_resamples, seed, confidence)
+
+
+def count_matrix(pairs: Iterable[tuple[LabelledExample, LabelledExample | None]]) -> np.ndarray:
+    """(examples × COUNT_FIELDS) counts of (gold, prediction-or-None) pairs, one row per pair in order."""
     rows = [example_counts(gold, predicted) for gold, predicted in pairs]
-    counts = np.array(rows) if rows else np.zeros((0, len(COUNT_FIELDS)))
-    return score_counts(counts, bootstrap_resamples, seed, confidence)
+    return np.array(rows) if rows else np.zeros((0, len(COUNT_FIELDS)))

@@ -210,20 +210,7 @@ def score_files(
 ) -> dict:
     """Match predictions to gold examples, score them, and count what did not match."""
     granularity = granularity or ("recording" if predictions.key_kind == "recording" else "utterance")
-    if granularity == "utterance" and predictions.key_kind == "recording":
-        raise DataError("predictions keyed by recording file need --granularity recording", predictions.path)
-    pairs, gold_keys = [], set()
-    for utterance in gold:
-        if granularity == "utterance":
-            examples = [utterance.key]
-        elif not utterance.recordings:
-            raise DataError(f"utterance {utterance.key!r} has no recordings to score per recording")
-        else:
-            examples = list(utterance.recordings)
-        for example_key in examples:
-            lookup = example_key if predictions.key_kind == "recording" else utterance.key
-            gold_keys.add(lookup)
-            pairs.append((utterance.labels, predictions.by_key.get(lookup)))
+    pairs, gold_keys = matched_examples(gold, predictions, granularity)
     n_missing = sum(predicted is None for _, predicted in pairs)
     scores = score_examples(pairs, bootstrap_resamples, seed)
     n_pred = len(predictions.by_key)
@@ -243,6 +230,27 @@ def score_files(
         "confusion": _confusion(scores),
         "bootstrap": {"resamples": bootstrap_resamples, "seed": seed, "confidence": 0.95},
     }
+
+
+def matched_examples(
+    gold: list[GoldUtterance], predictions: PredictionFile, granularity: str = "utterance"
+) -> tuple[list[tuple[LabelledExample, LabelledExample | None]], set[str]]:
+    """(gold, prediction-or-None) pairs in gold order, one per example, and the prediction keys gold asks for."""
+    if granularity == "utterance" and predictions.key_kind == "recording":
+        raise DataError("predictions keyed by recording file need --granularity recording", predictions.path)
+    pairs, gold_keys = [], set()
+    for utterance in gold:
+        if granularity == "utterance":
+            examples = [utterance.key]
+        elif not utterance.recordings:
+            raise DataError(f"utterance {utterance.key!r} has no recordings to score per recording")
+        else:
+            examples = list(utterance.recordings)
+        for example_key in examples:
+            lookup = example_key if predictions.key_kind == "recording" else utterance.key
+            gold_keys.add(lookup)
+            pairs.append((utterance.labels, predictions.by_key.get(lookup)))
+    return pairs, gold_keys
 
 
 def _confusion(scores: Scores) -> dict:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from lalm_slu.metrics import METRIC_NAMES
 from lalm_slu.report.aggregate import read_metrics_csv
+from lalm_slu.report.comparisons import comparisons_table, read_comparisons_csv
+from lalm_slu.report.findings import findings_table
 from lalm_slu.report.tables import DEFAULT_TABLE_METRICS, build_tables, write_tables
 
 log = logging.getLogger(__name__)
@@ -15,6 +17,9 @@ log = logging.getLogger(__name__)
 def add_arguments(parser) -> None:
     parser.add_argument("--metrics", required=True, type=Path, help="aggregate CSV written by `lalm-slu aggregate`")
     parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument(
+        "--comparisons", type=Path, help="CSV written by `lalm-slu compare-schemes`: adds the comparisons and findings"
+    )
     parser.add_argument(
         "--metric",
         dest="table_metrics",
@@ -27,6 +32,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    written = write_tables(build_tables(read_metrics_csv(args.metrics), tuple(args.table_metrics)), args.out_dir)
+    metrics = tuple(args.table_metrics)
+    tables = build_tables(read_metrics_csv(args.metrics), metrics)
+    if args.comparisons is not None:
+        comparisons = read_comparisons_csv(args.comparisons)
+        tables += [comparisons_table(comparisons, metrics), findings_table(comparisons, metrics)]
+    written = write_tables(tables, args.out_dir)
     log.info("wrote %d table files to %s", len(written), args.out_dir)
     return 0

@@ -41,6 +41,7 @@ class Table:
     numbers: pd.DataFrame
     cells: pd.DataFrame
     rules_before: tuple[int, ...] = ()  # row positions that start a new block (a rule in LaTeX)
+    note: str = "metrics in %, mean ± sd over seeds"  # after the title
 
 
 def build_tables(frame: pd.DataFrame, metrics=DEFAULT_TABLE_METRICS) -> list[Table]:
@@ -185,7 +186,7 @@ def _format_mean_sd(mean: float | None, sd: float | None, n_seeds: int) -> str:
 def to_markdown(table: Table) -> str:
     header = list(table.cells.columns)
     numeric = [_is_numeric_column(table.cells[c]) for c in header]
-    lines = [f"**{table.title}** (metrics in %, mean ± sd over seeds)", ""]
+    lines = [f"**{table.title}** ({table.note})", ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---:" if right else ":---" for right in numeric) + "|")
     for row in table.cells.itertuples(index=False):
@@ -197,7 +198,7 @@ def to_latex(table: Table) -> str:
     header = list(table.cells.columns)
     align = "".join("r" if _is_numeric_column(table.cells[c]) else "l" for c in header)
     lines = [
-        f"% {table.title} (metrics in %, mean ± sd over seeds); needs \\usepackage{{booktabs}}",
+        f"% {table.title} ({table.note}); needs \\usepackage{{booktabs}}",
         f"\\begin{{tabular}}{{{align}}}",
         "\\toprule",
         " & ".join(_latex_escape(h) for h in header) + " \\\\",
@@ -213,7 +214,7 @@ def to_latex(table: Table) -> str:
 
 def _is_numeric_column(column: pd.Series) -> bool:
     values = [v for v in column.astype(str) if v and v != "–"]
-    return bool(values) and all(v.split(" ± ")[0].replace(".", "", 1).lstrip("-").isdigit() for v in values)
+    return bool(values) and all(v.split(" ± ")[0].replace(".", "", 1).lstrip("+-").isdigit() for v in values)
 
 
 _LATEX_SPECIALS = {

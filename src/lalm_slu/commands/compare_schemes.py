@@ -1,0 +1,100 @@
+"""`lalm-slu compare-schemes`: paired-bootstrap comparisons of the grid's settings from their predictions.
+
+Reads each run's predictions (`runs/{run}/predictions/{testset}.{modality}.jsonl`), scores every test utterance
+with the one scorer, and writes one CSV row per comparison × metric (see lalm_slu.report.comparisons).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from pathlib import Path
+
+from lalm_slu.commands.score import matched_examples, read_gold, read_predictions
+from lalm_slu.metrics import METRIC_NAMES, count_matrix
+from lalm_slu.records import DataError
+from lalm_slu.report.aggregate import read_metrics_csv
+from lalm_slu.report.comparisons import ArmScores, arms_from_metrics, compare_all, plan_comparisons
+from lalm_slu.report.tables import DEFAULT_TABLE_METRICS
+
+log = logging.getLogger(__name__)
+_PREDICTIONS_PATH = re.compile(r"(?:^|/)runs/(?P<run>[^/]+)/predictions/(?P<testset>[^/]+)\.(?P<modality>[^./]+)\.jsonl$")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--metrics", required=True, type=Path, help="aggregate CSV: each run's settings")
+    parser.add_argument(
+        "--predictions", required=True, nargs="+", type=Path, help="runs/{run}/predictions/{testset}.{modality}.jsonl"
+    )
+    parser.add_argument("--gold", required=True, nargs="+", type=_testset_path, metavar="TESTSET=MANIFEST")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of the test utterances")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    parser.add_argument(
+        "--scheme-pair",
+        dest="scheme_pairs",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("REFERENCE", "COMPARED"),
+        help="also compare these two schemes at every budget both ran (repeatable)",
+    )
+    parser.add_argument(
+        "--modality-pair",
+        dest="modality_pairs",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("REFERENCE", "COMPARED"),
+        help="also compare these two decode inputs on every run that has both (repeatable)",
+    )
+    parser.add_argument(
+        "--metric", dest="metrics_compared", nargs="+", choices=METRIC_NAMES, default=list(DEFAULT_TABLE_METRICS)
+    )
+    parser.add_argument("--out", required=True, type=Path, help="CSV, one row per comparison × metric")
+
+
+def _testset_path(text: str) -> tuple[str, Path]:
+    testset, separator, path = text.partition("=")
+    if not separator or not testset or not path:
+        raise argparse.ArgumentTypeError(f"expected TESTSET=MANIFEST, got {text!r}")
+    return testset, Path(path)
+
+
+def run(args) -> int:
+    arms = arms_from_metrics(read_metrics_csv(args.metrics))
+    comparisons = plan_comparisons(arms, args.scheme_pairs, args.modality_pairs)
+    needed = {arm for comparison in comparisons for arm in (comparison.compared, comparison.reference)}
+    predictions = predictions_by_run(args.predictions)
+    gold = {testset: read_gold(path) for testset, path in args.gold}
+    scores = {}
+    for arm in needed:
+        if arm.testset not in gold:
+            raise DataError(f"no --gold manifest for test set {arm.testset!r}")
+        counts = {}
+        for seed, run_name in arms[arm].items():
+            path = predictions.get((run_name, arm.testset, arm.modality))
+            if path is None:
+                raise DataError(f"no predictions of run {run_name!r} on {arm.testset}.{arm.modality}")
+            pairs, _ = matched_examples(gold[arm.testset], read_predictions(path))
+            counts[seed] = count_matrix(pairs)
+        scores[arm] = ArmScores(arm, counts)
+    frame = compare_all(comparisons, scores, args.metrics_compared, args.bootstrap, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    frame.to_csv(tmp, index=False, lineterminator="\n", float_format="%.6f")
+    os.replace(tmp, args.out)
+    log.info("wrote %d comparisons to %s", len(comparisons), args.out)
+    return 0
+
+
+def predictions_by_run(paths) -> dict[tuple[str, str, str], Path]:
+    """(run, testset, modality) → prediction file, read off the workflow's path layout."""
+    found = {}
+    for path in paths:
+        match = _PREDICTIONS_PATH.search(Path(path).as_posix())
+        if match is None:
+            raise DataError("not a runs/{run}/predictions/{testset}.{modality}.jsonl path", path)
+        found[(match["run"], match["testset"], match["modality"])] = Path(path)
+    return found
