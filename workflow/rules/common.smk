@@ -679,3 +679,16 @@ def code_version(command_module):
             digest.update(file.read_bytes())
         CODE_VERSIONS[command_module] = digest.hexdigest()[:16]
     return CODE_VERSIONS[command_module]
+
+
+# ---------------------------------------------------------------- model download
+
+
+def model_download_stamp():
+    """The download's record (hub commit, files), named after model.path's folder."""
+    return f"resources/downloads/models/{Path(config['model']['path']).name}.json"
+
+
+def model_revision():
+    # No revision means the main branch to huggingface_hub too.
+    return config["model"]["revision"] or "main"

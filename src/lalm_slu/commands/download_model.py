@@ -1,0 +1,55 @@
+"""`lalm-slu download-model`: fetch a model repository from the hub into a local folder, once, on a
+node with network (rule download_model, a localrule).
+
+The files land in OUT_DIR.partial first and the folder is renamed to OUT_DIR only when every file is
+there, so a killed download never looks like a model; run again, it resumes in OUT_DIR.partial. The
+revision is resolved to a commit first, so the stamp names exactly what was fetched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import huggingface_hub
+from huggingface_hub.errors import HfHubHTTPError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hub-id", required=True, help="repository, e.g. Qwen/Qwen2-Audio-7B-Instruct")
+    parser.add_argument("--revision", default="main", help="branch, tag or commit")
+    parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--stamp", required=True, type=Path, help="JSON record of what was fetched")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out_dir.exists() and any(args.out_dir.iterdir()):
+        raise SystemExit(f"download-model: {args.out_dir} exists; remove it to download again")
+    if args.out_dir.exists():
+        args.out_dir.rmdir()  # an empty folder left for the output is not a model
+    partial = args.out_dir.with_name(args.out_dir.name + ".partial")
+    try:
+        commit = huggingface_hub.model_info(args.hub_id, revision=args.revision).sha
+        log.info("fetching %s at %s (commit %s) into %s", args.hub_id, args.revision, commit, partial)
+        huggingface_hub.snapshot_download(args.hub_id, revision=commit, local_dir=partial)
+    except HfHubHTTPError as error:
+        raise SystemExit(f"download-model: {args.hub_id} at {args.revision}: {error}") from None
+    if not (partial / "config.json").is_file():
+        raise SystemExit(f"download-model: {args.hub_id} has no config.json: not a transformers model")
+    files = sorted(
+        str(path.relative_to(partial)) for path in partial.rglob("*")
+        if path.is_file() and ".cache" not in path.relative_to(partial).parts
+    )
+    partial.rename(args.out_dir)
+    args.stamp.parent.mkdir(parents=True, exist_ok=True)
+    args.stamp.write_text(json.dumps({
+        "hub_id": args.hub_id, "revision": args.revision, "commit": commit, "path": str(args.out_dir),
+        "files": files, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }, indent=2) + "\n", encoding="utf-8")
+    log.info("wrote %s (%d files) and %s", args.out_dir, len(files), args.stamp)
+    return 0
