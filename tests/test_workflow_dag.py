@@ -275,3 +275,31 @@ def test_no_frames_are_shared_when_turned_off_or_when_a_scheme_trains_the_projec
     (workflow_copy.root / "config.yaml").write_text(yaml.safe_dump(config))
     assert "encode_audio" not in {rule for rule, _ in planned_jobs(workflow_copy)}
     assert not any("--audio-frames results" in c for c in planned_commands(workflow_copy))
+
+
+def test_compare_schemes_runs_once_on_every_prediction_and_feeds_the_tables(workflow_copy):
+    import shlex
+
+    prepare(workflow_copy)
+    assert Counter(rule for rule, _ in planned_jobs(workflow_copy))["compare_schemes"] == 1
+    commands = planned_commands(workflow_copy)
+    words = shlex.split(next(c for c in commands if " compare-schemes " in c).split(">")[0])
+    predictions = words[words.index("--predictions") + 1 : words.index("--gold")]
+    scores = [w for w in shlex.split(next(c for c in commands if " aggregate " in c).split(">")[0]) if w.endswith(".json")]
+    assert sorted(predictions) == sorted(p.replace("/metrics/", "/predictions/") + "l" for p in scores)
+    assert words[words.index("--gold") + 1 : words.index("--gold") + 3] == [
+        "slurp-en=results/manifests/slurp/en/test.parquet",
+        "xsid-de=results/manifests/xsid/de/test.parquet",
+    ]
+    assert command_arguments(commands, "compare-schemes", "")["--scheme-pair"] == "direct_mixing"
+    assert "--scheme-pair direct_mixing curriculum" in " ".join(words)
+    assert command_arguments(commands, "tables", "")["--comparisons"] == "results/comparisons.csv"
+
+
+def test_configured_scheme_and_input_pairs_reach_the_comparisons(workflow_copy):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["comparisons"].update(scheme_pairs=[], modality_pairs=[["text", "speech"]], bootstrap=50, seed=3)
+    prepare(workflow_copy, config)
+    command = next(c for c in planned_commands(workflow_copy) if " compare-schemes " in c)
+    assert "--scheme-pair" not in command and "--modality-pair text speech" in command
+    assert "--bootstrap 50 --seed 3" in command

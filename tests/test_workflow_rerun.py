@@ -18,7 +18,7 @@ RUN_B50 = "tiny-en_direct_mixing_b50_s0"
 RUN_TEXT = "tiny-en_text_only_b0_s0"
 RUN_DE = "tiny-en2de_curriculum_b5shot_s0"
 RUN_FR = "tiny-en2fr_curriculum_b5shot_s0"
-REPORT = {"results/metrics.csv", "results/tables", "results/figures"}
+REPORT = {"results/metrics.csv", "results/comparisons.csv", "results/tables", "results/figures"}
 
 
 def micro_config(source_dir="data/tiny"):
@@ -264,3 +264,8 @@ def test_report_shows_the_figures_in_headless_chromium(planned):
     ).stdout  # fmt: skip
     shown = json.loads(re.search(r'<pre id="shown-figures">(.*?)</pre>', dom).group(1))
     assert shown == [[321, 123]]  # the PNG decoded at its own size: the browser drew the figure
+
+
+def test_editing_comparison_code_reruns_the_comparisons_and_tables_only(planned):
+    edit_source(planned, "report/comparisons.py")
+    assert planned.pending() == {"results/comparisons.csv", "results/tables"}

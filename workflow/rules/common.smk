@@ -681,6 +681,49 @@ def code_version(command_module):
     return CODE_VERSIONS[command_module]
 
 
+# ---------------------------------------------------------------- comparisons
+
+
+def comparison_inputs(wildcards):
+    """Every run's predictions, with the settings (metrics.csv) and the gold labels they are scored on."""
+    return {
+        "metrics": "results/metrics.csv",
+        "predictions": [
+            f"results/runs/{name}/predictions/{testset}.{modality}.jsonl"
+            for name, run in RUNS.items()
+            for testset in run_testsets(run)
+            for modality in config["decode"]["modalities"]
+        ],
+        "gold": sorted(set(test_manifests().values())),
+    }
+
+
+def test_manifests():
+    """Test set name -> its gold manifest, for every test set of the grid."""
+    return {
+        testset: manifest_path(*parse_testset(testset), "test")
+        for run in RUNS.values()
+        for testset in run_testsets(run)
+    }
+
+
+def gold_arguments(wildcards):
+    return [f"{testset}={path}" for testset, path in sorted(test_manifests().items())]
+
+
+def comparison_pair_arguments(wildcards):
+    """The configured pairs of schemes and of decode inputs, as --scheme-pair/--modality-pair arguments."""
+    comparisons = config["comparisons"]
+    arguments = []
+    for flag, pairs in (
+        ("--scheme-pair", comparisons["scheme_pairs"]),
+        ("--modality-pair", comparisons["modality_pairs"]),
+    ):
+        for reference, compared in pairs:
+            arguments += [flag, reference, compared]
+    return arguments
+
+
 # ---------------------------------------------------------------- model download
 
 

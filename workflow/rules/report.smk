@@ -21,9 +21,39 @@ rule aggregate_metrics:
         "python -m lalm_slu aggregate --metrics {input} --out {output} > {log} 2>&1"
 
 
+rule compare_schemes:
+    input:
+        unpack(comparison_inputs),
+    output:
+        report(
+            "results/comparisons.csv",
+            caption="../report/comparisons.rst",
+            category="Comparisons",
+        ),
+    log:
+        "logs/compare_schemes.log",
+    conda:
+        "../../envs/lalm-slu.yaml"
+    threads: resource("light", "threads")
+    resources:
+        mem_mb=resource("light", "mem_mb"),
+        runtime=resource("light", "runtime"),
+    params:
+        gold=gold_arguments,
+        pairs=comparison_pair_arguments,
+        bootstrap=config["comparisons"]["bootstrap"],
+        seed=config["comparisons"]["seed"],
+        code=code_version("compare_schemes"),
+    shell:
+        "python -m lalm_slu compare-schemes --metrics {input.metrics:q} --predictions {input.predictions:q}"
+        " --gold {params.gold:q} {params.pairs:q} --bootstrap {params.bootstrap:q} --seed {params.seed:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
 rule make_tables:
     input:
-        "results/metrics.csv",
+        metrics="results/metrics.csv",
+        comparisons="results/comparisons.csv",
     output:
         report(
             directory("results/tables"),
@@ -42,7 +72,8 @@ rule make_tables:
     params:
         code=code_version("tables"),
     shell:
-        "python -m lalm_slu tables --metrics {input} --out-dir {output} > {log} 2>&1"
+        "python -m lalm_slu tables --metrics {input.metrics:q} --comparisons {input.comparisons:q}"
+        " --out-dir {output:q} > {log:q} 2>&1"
 
 
 rule make_figures:
