@@ -26,6 +26,7 @@ from lalm_slu.modeling import (
     load_audio,
     load_model_and_processor,
 )
+from lalm_slu.outputs import atomic_output
 from lalm_slu.records import DataError, read_manifest
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,9 @@ def encode_manifest(model_path: str, manifest_path: str, out_path: str, settings
         "model": str(model_path),
         "manifest": str(manifest_path),
     }
+    with atomic_output(out_path) as tmp:
+        save_file(frames, str(tmp), metadata=metadata)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    save_file(frames, str(tmp), metadata=metadata)
-    os.replace(tmp, out_path)
     summary = {
         "clips": len(frames),
         "frames": sum(len(clip) for clip in frames.values()),

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from lalm_slu.outputs import write_text_atomic
 from lalm_slu.records import DataError
 
 _BUDGET_PATTERN = re.compile(r"^(?:(?P<percent>\d+)|(?P<shots>[1-9]\d*)shot)$")
@@ -116,7 +117,7 @@ def label_coverage(selected: Sequence[str], intent_of: dict[str, str]) -> dict:
 
 
 def write_budget_ids(ids: Sequence[str], path) -> None:
-    Path(path).write_text("".join(f"{uid}\n" for uid in ids))
+    write_text_atomic(path, "".join(f"{uid}\n" for uid in ids))
 
 
 def read_budget_ids(path) -> list[str]:

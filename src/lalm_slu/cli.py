@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from lalm_slu.records import DataError
+
 COMMANDS = {
     # name: (module, one-line help)
     "prepare-corpus": ("lalm_slu.commands.prepare_corpus", "read a raw corpus into manifests"),
@@ -56,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=top.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    result = module.run(args)
+    try:
+        result = module.run(args)
+    except (DataError, OSError) as error:
+        # Bad input or an unwritable output is the user's to fix: the message names the file and line (or
+        # key); a traceback would bury it. Exit status 1, as for any failed command.
+        print(f"lalm-slu {top.command}: error: {error}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

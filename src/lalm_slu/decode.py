@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -25,6 +23,7 @@ from lalm_slu.modeling import (
     load_model_and_processor,
     prompt_embeddings,
 )
+from lalm_slu.outputs import atomic_output
 from lalm_slu.records import read_manifest
 from lalm_slu.slu_json import parse_prediction
 
@@ -121,13 +120,9 @@ def decode(model_dir: str, manifest_path: str, modality: str, settings: dict, ou
     manifest = read_manifest(manifest_path)
     frames = None if audio_frames is None else load_frames(audio_frames, model)
     predictions = decode_manifest(model, processor, manifest, modality, settings, settings["instruction"], frames)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for prediction in predictions:
             handle.write(json.dumps(prediction, ensure_ascii=False) + "\n")
-    os.replace(tmp, out_path)
     failures = sum(not p["parsed"] for p in predictions)
     summary = {
         "utterances": len(predictions),

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
+
+from lalm_slu.outputs import atomic_output
 
 SPLITS = ("train", "dev", "test")
 
@@ -112,17 +113,9 @@ def check_unique_ids(utterances: Iterable[Utterance], path=None) -> None:
 def write_manifest(utterances: Iterable[Utterance] | pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename) so a crash never leaves a half-written manifest."""
     frame = utterances if isinstance(utterances, pd.DataFrame) else manifest_frame(utterances)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_output(path) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def manifest_frame(utterances: Iterable[Utterance]) -> pd.DataFrame:
@@ -136,7 +129,10 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise DataError("manifest not found", path)
-    frame = pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"not a readable parquet manifest ({error})", path) from None
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"not a manifest: missing columns {missing}", path)
@@ -151,7 +147,9 @@ def utterances_from_frame(frame: pd.DataFrame) -> list[Utterance]:
     rows = frame[keep].to_dict("records")
     out = []
     for row in rows:
-        if row["duration_s"] is not None and pd.isna(row["duration_s"]):
-            row["duration_s"] = None
+        # Parquet gives NaN for a missing value in some columns; downstream code tests for None.
+        for column in ("duration_s", "audio", "voice"):
+            if row[column] is not None and not isinstance(row[column], str) and pd.isna(row[column]):
+                row[column] = None
         out.append(Utterance(**row))
     return out

@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from lalm_slu.records import read_manifest, utterances_from_frame, write_manifest
+from lalm_slu.records import DataError, read_manifest, utterances_from_frame, write_manifest
 from lalm_slu.speech.audio import BAD_AUDIO_MODES, ingest_utterances
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     )
     for reason, errors in sorted(report.rejected.items()):
         log.warning("dropped %d utterance(s) with %s audio", len(errors), reason)
+    if utterances and not kept:
+        raise DataError(f"all {len(utterances)} utterances were rejected; nothing to write", args.manifest)
     write_manifest(kept, args.out_manifest)
     total = sum(u.duration_s for u in kept)
     log.info("wrote %s: %d utterances, %.1f h of audio", args.out_manifest, len(kept), total / 3600)

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from lalm_slu.corpora import BAD_RECORD_MODES, READERS, read_corpus, read_subsets, reader_options
+from lalm_slu.outputs import write_text_atomic
 from lalm_slu.records import SPLITS, write_manifest
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
     train_ids = {utt.id for utt in splits["train"]}
     for name, ids in read_subsets(args.reader, args.source, args.lang, train_ids, **options).items():
         path = args.out_dir / "subsets" / f"{name}.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+        write_text_atomic(path, "".join(f"{i}\n" for i in ids))
         log.info("wrote subset %s (%d ids) to %s", name, len(ids), path)
     return 0
 

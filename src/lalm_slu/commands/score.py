@@ -16,7 +16,9 @@ from pathlib import Path
 
 from lalm_slu.metrics import METRIC_NAMES, LabelledExample, Scores, score_examples
 from lalm_slu.records import DataError, read_manifest
+from lalm_slu.outputs import write_text_atomic
 from lalm_slu.slu_json import parse_prediction
+from lalm_slu.text_lines import read_lines
 
 GRANULARITIES = ("utterance", "recording")
 _ANNOTATED_ENTITY = re.compile(r"\[\s*([^\[\]:]+?)\s*:\s*([^\[\]]*?)\s*\]")
@@ -81,10 +83,7 @@ def run(args) -> int:
     if args.out is None:
         print(text, end="")
     else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, args.out)
+        write_text_atomic(args.out, text)
     return 0
 
 
@@ -92,12 +91,23 @@ def run(args) -> int:
 
 
 def read_gold(path: Path) -> list[GoldUtterance]:
+    """Gold utterances; a gold file with no utterances, or one that repeats an id, is an error."""
     path = Path(path)
-    if path.suffix == ".parquet":
-        return _gold_from_manifest(path)
-    if path.suffix == ".jsonl":
-        return [_gold_from_slurp_line(obj, path, line) for line, obj in _json_lines(path)]
-    raise DataError("gold must be a manifest (.parquet) or a SLURP release file (.jsonl)", path)
+    if path.suffix == ".parquet":  # numbered by row
+        numbered = list(enumerate(_gold_from_manifest(path), start=1))
+    elif path.suffix == ".jsonl":  # numbered by line
+        numbered = [(line, _gold_from_slurp_line(obj, path, line)) for line, obj in _json_lines(path)]
+    else:
+        raise DataError("gold must be a manifest (.parquet) or a SLURP release file (.jsonl)", path)
+    if not numbered:
+        raise DataError("gold holds no utterances: every score would be 0", path)
+    unit = "row" if path.suffix == ".parquet" else "line"
+    first_seen: dict[str, int] = {}
+    for number, gold in numbered:
+        if gold.key in first_seen:
+            raise DataError(f"gold repeats utterance {gold.key!r} (first at {unit} {first_seen[gold.key]})", path, number)
+        first_seen[gold.key] = number
+    return [gold for _, gold in numbered]
 
 
 def _gold_from_manifest(path: Path) -> list[GoldUtterance]:
@@ -184,18 +194,20 @@ def _prediction_from_line(obj) -> tuple[str, str, LabelledExample, bool]:
 
 def _json_lines(path: Path, on_bad_line: str = "error", tally: PredictionFile | None = None):
     """(line number, object) for every non-blank line; bad JSON is an error or (with "count") tallied."""
-    if not path.exists():
-        raise DataError("file not found", path)
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as error:
-                if on_bad_line == "error" or tally is None:
-                    raise DataError(f"malformed JSON ({error.msg} at column {error.colno})", path, number) from None
-                tally.n_bad_lines += 1
+    counting = on_bad_line == "count" and tally is not None
+
+    def count_bad_line(error: DataError) -> None:
+        tally.n_bad_lines += 1
+
+    for number, text in read_lines(path, reject=count_bad_line if counting else None):
+        if not text.strip():
+            continue
+        try:
+            yield number, json.loads(text)
+        except json.JSONDecodeError as error:
+            if not counting:
+                raise DataError(f"malformed JSON ({error.msg} at column {error.colno})", path, number) from None
+            tally.n_bad_lines += 1
 
 
 # --- scoring --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from lalm_slu.budgets import SpeechBudget, label_coverage, select_budget, stratified_order, write_budget_ids
+from lalm_slu.outputs import write_text_atomic
 from lalm_slu.records import DataError, read_manifest
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def run(args):
             summary["capped_from"] = budget.amount
             log.warning("budget %s exceeds the pool of %d utterances: using all", budget.label, len(order))
         write_budget_ids(selected, out_dir / f"{budget.label}.txt")
-        (out_dir / f"{budget.label}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(out_dir / f"{budget.label}.json", json.dumps(summary, indent=2) + "\n")
         log.info(
             "budget %s: %d/%d utterances, intents covered %d/%d",
             budget.label,

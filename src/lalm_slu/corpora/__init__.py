@@ -20,7 +20,7 @@ from lalm_slu.corpora.common import BAD_RECORD_MODES, BadRecordPolicy, utterance
 from lalm_slu.corpora.massive import read_massive
 from lalm_slu.corpora.slurp import read_slurp_release
 from lalm_slu.corpora.xsid import read_xsid
-from lalm_slu.records import SPLITS, Utterance
+from lalm_slu.records import SPLITS, DataError, Utterance
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,10 @@ def read_corpus(
     utterances = READERS[reader](source, corpus, lang, policy, **options)
     if policy.dropped:
         log.warning("%s/%s: dropped %d bad record(s) from %s", corpus, lang, len(policy.dropped), source)
+    if not utterances:
+        # Three empty manifests would pass every later stage and train on nothing.
+        reason = f"all {len(policy.dropped)} records were bad" if policy.dropped else "the source holds no records"
+        raise DataError(f"no utterances for {corpus}/{lang}: {reason}", source)
     splits = {split: [u for u in utterances if u.split == split] for split in SPLITS}
     log.info("%s/%s read: %s", corpus, lang, counts_text(splits))
     evaluation = [u for split in EVAL_SPLITS for u in splits[split]]

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 
 from lalm_slu.records import DataError, Utterance, validate_utterance
+from lalm_slu.text_lines import read_lines
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +68,35 @@ class RecordCollector:
 
     def read_jsonl(self, path: str | os.PathLike, to_utterances: Callable[[dict, int], list[Utterance]]) -> None:
         """Each non-empty line of a JSON-lines file through `to_utterances(record, line_number)`; a line that is
-        not JSON or a record that raises DataError goes to the bad-record policy, naming its file and line."""
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    utterances = to_utterances(json.loads(line), line_number)
-                except json.JSONDecodeError as error:
-                    self.reject(DataError(f"invalid JSON ({error.msg})", path, line_number))
-                    continue
-                except DataError as error:
-                    self.reject(error)
-                    continue
-                for utt in utterances:
-                    self.add(utt, path, line_number)
+        not UTF-8, not JSON or not an object, or a record that raises DataError, goes to the bad-record policy,
+        naming its file and line."""
+        for line_number, line in read_lines(path, reject=self.reject):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise DataError(f"a record must be a JSON object, not {json.dumps(record)[:40]}", path, line_number)
+                utterances = to_utterances(record, line_number)
+            except json.JSONDecodeError as error:
+                self.reject(DataError(f"invalid JSON ({error.msg})", path, line_number))
+                continue
+            except DataError as error:
+                self.reject(error)
+                continue
+            for utt in utterances:
+                self.add(utt, path, line_number)
+
+
+def check_fields(record: dict, types: dict[str, type | tuple[type, ...]], path, line) -> None:
+    """Every field present and of its type (a null annotation is as bad as a missing one)."""
+    missing = [key for key in types if key not in record]
+    if missing:
+        raise DataError(f"missing keys {missing}", path, line)
+    for key, expected in types.items():
+        if not isinstance(record[key], expected) or isinstance(record[key], bool):
+            names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+            raise DataError(f"field {key!r} is {json.dumps(record[key])[:40]}, expected {names}", path, line)
 
 
 def split_scenario_action(intent: str, path=None, line=None) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lalm_slu.corpora.common import BadRecordPolicy, RecordCollector
+from lalm_slu.corpora.common import BadRecordPolicy, RecordCollector, check_fields
 from lalm_slu.records import DataError, Utterance
 
 ANNOTATION_SEPARATOR = " : "
@@ -82,7 +82,7 @@ def utterance_from_massive_fields(
     )
 
 
-REQUIRED_FIELDS = ("id", "partition", "scenario", "intent", "utt", "annot_utt")
+FIELD_TYPES = {"id": (str, int), "partition": str, "scenario": str, "intent": str, "utt": str, "annot_utt": str}
 
 
 def read_massive(source: str | os.PathLike, corpus: str, lang: str, policy: BadRecordPolicy) -> list[Utterance]:
@@ -93,9 +93,7 @@ def read_massive(source: str | os.PathLike, corpus: str, lang: str, policy: BadR
     collector = RecordCollector(policy)
 
     def to_utterances(record: dict, line_number: int) -> list[Utterance]:
-        missing = [key for key in REQUIRED_FIELDS if key not in record]
-        if missing:
-            raise DataError(f"missing keys {missing}", path, line_number)
+        check_fields(record, FIELD_TYPES, path, line_number)
         return [utterance_from_massive_fields(record, corpus, lang, record["partition"], path, line_number)]
 
     collector.read_jsonl(path, to_utterances)

@@ -15,16 +15,20 @@ shares `utterance_key(id)` and is kept or dropped together.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from lalm_slu.corpora.common import RECORDING_SEPARATOR, BadRecordPolicy, RecordCollector
+from lalm_slu.corpora.common import RECORDING_SEPARATOR, BadRecordPolicy, RecordCollector, check_fields
 from lalm_slu.corpora.massive import parse_bracket_spans
 from lalm_slu.records import DataError, Utterance
 
 RELEASE_FILES = {"train": "train.jsonl", "dev": "devel.jsonl", "test": "test.jsonl"}
 RECORDING_MODES = ("first", "headset", "all")
-REQUIRED_FIELDS = ("slurp_id", "sentence", "sentence_annotation", "scenario", "action", "recordings")
+FIELD_TYPES = {
+    "slurp_id": (str, int), "sentence": str, "sentence_annotation": str, "scenario": str, "action": str,
+    "recordings": list,
+}  # fmt: skip
 
 
 def choose_recordings(files: list[str], mode: str) -> list[str]:
@@ -44,16 +48,14 @@ def choose_recordings(files: list[str], mode: str) -> list[str]:
 def utterances_from_slurp_record(
     record: dict, corpus: str, lang: str, split: str, recording: str, path, line
 ) -> list[Utterance]:
-    missing = [key for key in REQUIRED_FIELDS if key not in record]
-    if missing:
-        raise DataError(f"missing keys {missing}", path, line)
+    check_fields(record, FIELD_TYPES, path, line)
     text = record["sentence"]
     plain, spans = parse_bracket_spans(record["sentence_annotation"], path, line)
     # SLURP lower-cases `sentence` but not the annotation; fillers are cut from `sentence` by offset.
     if plain.lower() != text.lower() or len(plain) != len(text):
         raise DataError(f"annotation without brackets {plain!r} differs from sentence {text!r}", path, line)
     entities = [{"type": entity_type, "filler": text[start:end]} for entity_type, start, end in spans]
-    files = [item["file"] for item in record["recordings"]]
+    files = recording_files(record["recordings"], path, line)
     base = dict(
         corpus=corpus,
         lang=lang,
@@ -71,6 +73,16 @@ def utterances_from_slurp_record(
             Utterance(id=f"{slurp_id}{RECORDING_SEPARATOR}{files.index(name)}", audio=name, **base) for name in chosen
         ]
     return [Utterance(id=slurp_id, audio=chosen[0] if chosen else None, **base)]
+
+
+def recording_files(recordings: list, path, line) -> list[str]:
+    """The file names of a record's recordings; a record without any has no speech to give (an error)."""
+    if not recordings:
+        raise DataError("record has no recordings (speech is what this corpus is read for)", path, line)
+    for item in recordings:
+        if not isinstance(item, dict) or not isinstance(item.get("file"), str) or not item["file"]:
+            raise DataError(f"recording {json.dumps(item)[:60]} has no file name", path, line)
+    return [item["file"] for item in recordings]
 
 
 def read_slurp_release(

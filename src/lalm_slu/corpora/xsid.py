@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lalm_slu.corpora.common import BadRecordPolicy, RecordCollector
 from lalm_slu.records import DataError, Utterance
+from lalm_slu.text_lines import read_lines
 
 # Snips intents (train only) → (scenario, action); scenario names hold no underscore.
 SNIPS_INTENTS = {
@@ -105,10 +106,17 @@ def read_xsid(source: str | os.PathLike, corpus: str, lang: str, policy: BadReco
 
 def read_train(folder: Path, corpus: str, lang: str, collector: RecordCollector) -> None:
     text_path, label_path = folder / f"text.{lang}", folder / f"label.{lang}"
-    with open(text_path, encoding="utf-8") as texts, open(label_path, encoding="utf-8") as labels:
-        text_lines, label_lines = texts.read().splitlines(), labels.read().splitlines()
+    # Line-aligned files: a line that is not UTF-8 would shift every later pair, so it is always an error.
+    text_lines = [text for _, text in read_lines(text_path)]
+    label_lines = [label for _, label in read_lines(label_path)]
     if len(text_lines) != len(label_lines):
-        raise DataError(f"{len(text_lines)} lines but {label_path.name} has {len(label_lines)}", text_path)
+        shorter, longer = sorted([(len(text_lines), text_path), (len(label_lines), label_path)], key=lambda p: p[0])
+        raise DataError(
+            f"line-aligned files differ in length: {longer[1].name} has {longer[0]} lines, "
+            f"{shorter[1].name} ends after {shorter[0]}; this line has no partner",
+            longer[1],
+            shorter[0] + 1,
+        )
     for line_number, (text, label) in enumerate(zip(text_lines, label_lines), start=1):
         try:
             tags_field, tab, intent = label.partition("\t")
@@ -141,17 +149,15 @@ def conll_blocks(path: Path):
     """Yield (lines of one sentence, line number of its first line)."""
     block: list[str] = []
     first_line = 0
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                if block:
-                    yield block, first_line
-                block = []
-                continue
-            if not block:
-                first_line = line_number
-            block.append(line)
+    for line_number, line in read_lines(path):
+        if not line.strip():
+            if block:
+                yield block, first_line
+            block = []
+            continue
+        if not block:
+            first_line = line_number
+        block.append(line)
     if block:
         yield block, first_line
 

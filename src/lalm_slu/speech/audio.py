@@ -1,7 +1,8 @@
 """Recorded audio → checked 16 kHz mono FLAC, written once into a cache folder.
 
 Every file is read with soundfile, downmixed to mono, resampled with soxr, and rejected (with the
-file named) when it cannot be read, holds no samples, is silent, or is longer than allowed.
+file named) when it cannot be read, holds no samples, holds samples that are not finite numbers or lie
+outside [-1, 1] (float files only: no repair would be faithful), is silent, or is longer than allowed.
 Whether a rejected file stops the run or is dropped and counted is the caller's choice.
 """
 
@@ -12,7 +13,6 @@ import io
 import logging
 import os
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +21,7 @@ import numpy as np
 import soundfile
 import soxr
 
+from lalm_slu.outputs import atomic_output
 from lalm_slu.records import DataError, Utterance
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 TARGET_RATE = 16_000
 # Peak amplitude below this (about -80 dBFS) counts as digital silence: nothing a model could hear.
 SILENCE_PEAK = 1e-4
-REJECTION_REASONS = ("unreadable", "empty", "silent", "too_long", "missing")
+REJECTION_REASONS = ("unreadable", "empty", "non_finite", "out_of_range", "silent", "too_long", "missing")
 BAD_AUDIO_MODES = ("error", "drop")
 
 
@@ -49,10 +50,22 @@ def read_mono_16k(source: str | os.PathLike | bytes, name: str | os.PathLike) ->
         samples, rate = soundfile.read(io.BytesIO(source) if is_encoded else source, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError) as error:
         raise AudioRejected("unreadable", f"cannot decode audio ({error})", name) from None
+    check_sample_values(samples, name)
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     if rate != TARGET_RATE and len(mono):
         mono = soxr.resample(mono, rate, TARGET_RATE, quality="HQ").astype(np.float32)
     return mono
+
+
+def check_sample_values(samples: np.ndarray, name) -> None:
+    """Decoded samples are finite and within full scale; only float files can break either rule."""
+    finite = np.isfinite(samples)
+    if not finite.all():
+        bad = int(np.size(finite) - np.count_nonzero(finite))
+        raise AudioRejected("non_finite", f"{bad} sample value(s) are NaN or infinite", name)
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    if peak > 1.0:
+        raise AudioRejected("out_of_range", f"peak {peak:.3g} exceeds full scale 1.0 (the file is clipped or mis-scaled)", name)
 
 
 def check_samples(samples: np.ndarray, name, max_duration_s: float | None) -> float:
@@ -69,17 +82,10 @@ def check_samples(samples: np.ndarray, name, max_duration_s: float | None) -> fl
 
 def write_flac(samples: np.ndarray, path: str | os.PathLike) -> Path:
     """Atomic write (temp file + rename): an interrupted run never leaves a half-written FLAC."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".flac.tmp")
-    os.close(handle)
-    try:
+    # Inputs are within full scale (check_sample_values); resampling can overshoot it by a little.
+    with atomic_output(path, suffix=".flac.tmp") as tmp:
         soundfile.write(tmp, np.clip(samples, -1.0, 1.0), TARGET_RATE, format="FLAC", subtype="PCM_16")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def cached_duration(path: Path) -> float | None:

@@ -1,0 +1,52 @@
+"""How every reader takes a text file line by line.
+
+Lines end at "\\n" only: an unusual Unicode line break inside a line stays in it, so line numbers
+match `wc -l` and every editor. A line that is not UTF-8, or a file that cannot be read, is a
+DataError naming the file and line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from lalm_slu.records import DataError
+
+
+def open_binary(path: str | os.PathLike):
+    """The file for reading, or a DataError naming it (missing, a folder, unreadable)."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise DataError("file not found", path) from None
+    except IsADirectoryError:
+        raise DataError("is a folder, not a file", path) from None
+    except OSError as error:
+        raise DataError(f"cannot read ({error.strerror})", path) from None
+
+
+def read_lines(
+    path: str | os.PathLike, reject: Callable[[DataError], None] | None = None
+) -> Iterator[tuple[int, str]]:
+    """(line number, text without its line ending) for every line of a UTF-8 file.
+
+    A line that is not UTF-8 raises a DataError naming file, line and byte, or, when `reject` is
+    given, goes to `reject` and is skipped (a bad-record policy decides).
+    """
+    with open_binary(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                problem = DataError(
+                    f"not UTF-8 text: byte 0x{raw[error.start]:02x} at column {error.start + 1}"
+                    " (convert the file to UTF-8, e.g. with iconv)",
+                    path,
+                    number,
+                )
+                if reject is None:
+                    raise problem from None
+                reject(problem)
+                continue
+            yield number, text
