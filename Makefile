@@ -9,7 +9,7 @@ DEMO_TABLE ?= results/tables/slurp-en.slurp-en.speech.md
 # Workflow rules call `python -m lalm_slu`: make that the venv's python.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-fast lint report clean-results
+.PHONY: setup demo test test-fast browser lint report clean-results
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,11 +26,17 @@ demo: $(STAMP)
 	mkdir -p logs
 	$(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local
 	$(BIN)/snakemake --cores 1 --profile workflow/profiles/local --report results/report.html
-	$(BIN)/lalm-slu update-readme --table $(DEMO_TABLE) --figure results/figures/budget_curves.png
+	$(BIN)/lalm-slu update-readme --table $(DEMO_TABLE) --figure results/figures/budget_curves.png --findings results/tables/findings.md
 
 ## Unit tests plus the slow end-to-end tests (the whole suite, as CI runs it).
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+## Headless chromium for the report's browser tests: installed (Debian) when missing and when root.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	else echo "chromium is missing and we are not root: the browser tests will be skipped (apt-get install -y chromium)"; fi
 
 ## Only the fast unit tests.
 test-fast: $(STAMP)

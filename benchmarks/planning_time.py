@@ -2,10 +2,10 @@
 
     python benchmarks/planning_time.py [--repeats 3] [--configfile workflow/configs/paper.yaml]
 
-Planning needs neither network nor GPU: it validates the config, expands the grid and builds the
-DAG of every job. It runs in a scratch copy of the workflow, where an empty directory stands in for
-the downloaded model (an input of every fine-tuning job), so neither results nor downloads of this
-checkout are needed or touched. Writes wall times and the number of jobs per rule to
+Planning needs neither network nor GPU: it validates the config, checks that fine-tuning fits the
+configured GPUs, expands the grid and builds the DAG of every job, downloads included. It runs in a
+scratch copy of the workflow, as a fresh checkout, so neither results nor downloads of this checkout
+are needed or touched. Writes wall times and the number of jobs per rule to
 benchmarks/results/planning_time.json.
 """
 
@@ -22,8 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = REPO / "workflow" / "configs" / "paper.yaml"
@@ -56,16 +54,13 @@ def parse_job_stats(output: str) -> dict[str, int]:
 
 
 def scratch_workflow(directory: Path, configfile: Path = PAPER_CONFIG) -> Path:
-    """The workflow's files copied to `directory`, with an empty stand-in for the config's model."""
+    """The workflow's files copied to `directory`: a fresh checkout, without data or model."""
     for name in WORKFLOW_FILES:
         source = REPO / name
         if source.is_dir():
             shutil.copytree(source, directory / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif source.exists():
             shutil.copy2(source, directory / name)
-    model = yaml.safe_load(configfile.read_text()).get("model", {}).get("path")
-    if model:
-        (directory / model).mkdir(parents=True, exist_ok=True)
     return directory
 
 

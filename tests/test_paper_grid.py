@@ -10,6 +10,7 @@ scored once per test modality on its (target) language's test split.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "decode_test_set": runs * modalities,
         "score_predictions": runs * modalities,
         "aggregate_metrics": 1,
+        "compare_schemes": 1,
         "make_tables": 1,
         "make_figures": 1,
         "all": 1,
@@ -93,6 +95,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
     downloads = {corpus for corpus, _ in languages if config["corpora"][corpus].get("download")}
     if downloads:
         expected["download_corpus"] = len(downloads)
+    if config["model"].get("hub_id"):
+        expected["download_model"] = 1
     return expected
 
 
@@ -100,6 +104,37 @@ def test_paper_grid_plans_one_job_per_rule_and_grid_point(tmp_path):
     workdir = scratch_workflow(tmp_path, PAPER_CONFIG)
     planned, _seconds = dry_run(PAPER_CONFIG, cwd=workdir)
     assert planned == expected_jobs(paper_config())
+
+
+def planned_jobs(workdir: Path) -> list[tuple[str, dict[str, str]]]:
+    """(rule, {input, output, ..., shell}) of every job a plain dry run of the paper config plans."""
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--dry-run", "--printshellcmds", "--cores", "1", "--configfile", str(PAPER_CONFIG)],
+        cwd=workdir, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert result.returncode == 0, result.stderr
+    jobs = []
+    for line in result.stdout.splitlines():
+        if rule := re.match(r"(?:local)?rule (\w+):$", line):
+            jobs.append((rule.group(1), {}))
+        elif jobs and (field := re.match(r"    (\w+): (.*)$", line)):
+            jobs[-1][1][field.group(1)] = field.group(2)
+        elif jobs and line.startswith("Shell command: "):
+            jobs[-1][1]["shell"] = line.removeprefix("Shell command: ")
+    return jobs
+
+
+def test_a_fresh_checkout_plans_the_model_download_and_every_fine_tuning_job_waits_for_it(tmp_path):
+    workdir = scratch_workflow(tmp_path, PAPER_CONFIG)
+    model = paper_config()["model"]["path"]
+    assert not (workdir / model).exists()
+    jobs = planned_jobs(workdir)
+    (download,) = [fields for rule, fields in jobs if rule == "download_model"]
+    assert download["output"].split(", ")[0] == model
+    assert "download-model --hub-id Qwen/Qwen2-Audio-7B-Instruct --revision main" in download["shell"]
+    finetunes = [fields for rule, fields in jobs if rule == "finetune_model"]
+    assert len(finetunes) == expected_jobs(paper_config())["finetune_model"]
+    assert all(model in fields["input"].split(", ") for fields in finetunes)
 
 
 def test_paper_grid_has_every_scheme_seed_and_corpus_of_the_paper():

@@ -32,3 +32,15 @@ def test_update_readme_without_markers_fails_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match="README.md"):
         main(["update-readme", "--readme", str(readme), "--table", str(tmp_path / "t.md"),
               "--figure", str(tmp_path / "f.png"), "--assets-dir", str(tmp_path / "a")])
+
+
+def test_update_readme_adds_the_findings_table_after_the_demo_table(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\nold\n{END}\n")
+    (tmp_path / "t.md").write_text("| scheme |\n|---|\n| text_only |\n")
+    (tmp_path / "findings.md").write_text("| Paper's claim | SLU-F1: finding |\n|---|---|\n| claim | reversed |\n")
+    (tmp_path / "f.png").write_bytes(b"x")
+    main(["update-readme", "--readme", str(readme), "--table", str(tmp_path / "t.md"), "--figure", str(tmp_path / "f.png"),
+          "--findings", str(tmp_path / "findings.md"), "--assets-dir", str(tmp_path / "a")])  # fmt: skip
+    text = readme.read_text()
+    assert text.index("| text_only |") < text.index("| claim | reversed |") < text.index(END)

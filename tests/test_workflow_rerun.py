@@ -214,9 +214,10 @@ def test_report_collects_metrics_tables_and_figures_with_captions(planned):
     (planned.root / "results/figures/intent_accuracy.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     planned.snakemake("--report", "report.html")
     report = (planned.root / "report.html").read_text(errors="replace")
-    for name in ("metrics.csv", "intent_accuracy.csv", "intent_accuracy.png"):
+    for name in ("metrics.csv", "comparisons.csv", "intent_accuracy.csv", "intent_accuracy.png"):
         assert name in report
     assert "against the speech budget" in report  # the figures caption
+    assert "a comparison is paired" in report  # the comparisons caption
 
 
 # Injected into a copy of the report: open Results > Figures, press the figure's eye icon, then list the
