@@ -8,6 +8,8 @@ before is lost. docs/RELIABILITY.md lists the classes and points here.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
 
 import numpy as np
@@ -15,6 +17,9 @@ import pytest
 import soundfile
 import yaml
 from conftest import REPO, WorkflowCopy
+
+from lalm_slu.cli import main
+from lalm_slu.records import read_manifest
 
 # A file or folder name a shell would split, expand or run, and its parts.
 NASTY = "it's \"a\" $(rm -f canary) `rm -f canary`; rm -f canary &"
@@ -109,3 +114,279 @@ def test_schema_refuses_a_path_no_command_line_can_carry(path):
     config["corpora"]["slurp"]["source"] = {"en": path}
     with pytest.raises(WorkflowError, match="source"):
         validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+
+
+# ================================================================ readers: prepare-corpus
+
+
+def massive_record(id="1", partition="train", utt="wake me at five am", annot="wake me at [time : five am]",
+                   scenario="alarm", intent="alarm_set") -> dict:
+    return {"id": id, "locale": "en-US", "partition": partition, "scenario": scenario, "intent": intent,
+            "utt": utt, "annot_utt": annot}  # fmt: skip
+
+
+def massive_lines(count=3) -> list[bytes]:
+    """`count` good MASSIVE lines, one per split in turn, with distinct texts."""
+    splits = ("train", "dev", "test")
+    return [
+        json.dumps(massive_record(id=str(i), partition=splits[i % 3], utt=f"wake me at {i} am",
+                                  annot=f"wake me at [time : {i} am]")).encode()  # fmt: skip
+        for i in range(count)
+    ]
+
+
+def write_lines(path, lines: list[bytes], ending=b"\n"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(line + ending for line in lines))
+    return path
+
+
+def prepare_corpus(source, out_dir, *options, reader="massive", on_bad_record="error") -> int:
+    return main(["prepare-corpus", "--reader", reader, "--source", str(source), "--corpus", "tiny", "--lang", "en",
+                 "--out-dir", str(out_dir), "--on-bad-record", on_bad_record, *options])  # fmt: skip
+
+
+def manifests_in(folder) -> list[str]:
+    return sorted(path.name for path in folder.glob("*.parquet")) if folder.exists() else []
+
+
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ("wake me at cinq \xe9t\xe9".encode("latin-1"), r"not UTF-8 text: byte 0xe9"),
+        (b"null", r"a record must be a JSON object, not null"),
+        (b"[]", r"a record must be a JSON object, not \[\]"),
+        (b"42", r"a record must be a JSON object, not 42"),
+        (b'"wake me"', r"a record must be a JSON object"),
+        (json.dumps(massive_record(id="9", annot=None)).encode(), r"field 'annot_utt' is null, expected str"),
+        (json.dumps(massive_record(id="9", utt=None)).encode(), r"field 'utt' is null"),
+        (json.dumps(massive_record(id="9", scenario=None)).encode(), r"field 'scenario' is null"),
+        (json.dumps(massive_record(id="9", intent=7)).encode(), r"field 'intent' is 7, expected str"),
+        (json.dumps(massive_record(id=None)).encode(), r"field 'id' is null, expected str or int"),
+        (json.dumps(massive_record(id=True)).encode(), r"field 'id' is true"),
+        (json.dumps(massive_record(id="9", partition=["train"])).encode(), r"field 'partition' is \[\"train\"\]"),
+        (b'{"id": "9", "partition": "train", "utt": "wake', r"invalid JSON"),  # truncated by a full disk
+        (b"\xef\xbb\xbf" + json.dumps(massive_record(id="9")).encode(), r"invalid JSON \(Unexpected UTF-8 BOM"),
+    ],
+    ids=["latin-1-byte", "null-line", "array-line", "number-line", "string-line", "null-annotation", "null-utt",
+         "null-scenario", "number-intent", "null-id", "boolean-id", "list-partition", "truncated-line", "bom-line"],
+)  # fmt: skip
+def test_bad_jsonl_line_stops_prepare_corpus_naming_file_and_line(tmp_path, capsys, bad_line, message):
+    source = write_lines(tmp_path / "en.jsonl", massive_lines(2) + [bad_line])
+    assert prepare_corpus(source, tmp_path / "out") == 1
+    assert re.search(rf"{re.escape(str(source))}:3: .*{message}", capsys.readouterr().err)
+    assert manifests_in(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize(
+    "bad_line",
+    [b"null", "caf\xe9".encode("latin-1"), json.dumps(massive_record(id="9", annot=None)).encode()],
+    ids=["null-line", "latin-1-byte", "null-annotation"],
+)
+def test_drop_mode_drops_and_counts_a_bad_line_and_keeps_the_good_ones(tmp_path, caplog, bad_line):
+    source = write_lines(tmp_path / "en.jsonl", massive_lines(3) + [bad_line])
+    assert prepare_corpus(source, tmp_path / "out", on_bad_record="drop") == 0
+    assert sum(len(read_manifest(tmp_path / "out" / name)) for name in manifests_in(tmp_path / "out")) == 3
+    assert "dropped 1 bad record(s)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [(b"", "the source holds no records"), (b"\n \n\n", "the source holds no records")],
+    ids=["empty-file", "blank-lines-only"],
+)
+def test_source_without_records_is_an_error_not_three_empty_manifests(tmp_path, capsys, content, reason):
+    source = tmp_path / "en.jsonl"
+    source.write_bytes(content)
+    assert prepare_corpus(source, tmp_path / "out") == 1
+    assert f"{source}: no utterances for tiny/en: {reason}" in capsys.readouterr().err
+    assert manifests_in(tmp_path / "out") == []
+
+
+def test_source_whose_every_record_is_bad_is_an_error_even_when_dropping(tmp_path, capsys):
+    source = write_lines(tmp_path / "en.jsonl", [b"null", b"[]"])
+    assert prepare_corpus(source, tmp_path / "out", on_bad_record="drop") == 1
+    assert "no utterances for tiny/en: all 2 records were bad" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "encoding", ["utf-16", "utf-32", "cp1252"], ids=["utf-16", "utf-32", "windows-1252"]
+)
+def test_file_in_another_encoding_is_named_at_its_first_line(tmp_path, capsys, encoding):
+    source = tmp_path / "en.jsonl"
+    source.write_bytes(json.dumps(massive_record(utt="caf\xe9 at five", annot="caf\xe9 at [time : five]"),
+                                  ensure_ascii=False).encode(encoding))  # fmt: skip
+    assert prepare_corpus(source, tmp_path / "out") == 1
+    assert re.search(rf"{re.escape(str(source))}:1: not UTF-8 text", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "separator", ["\u2028", "\u2029", "\x85", "\x0c", "\x1e", "\r"],
+    ids=["line-separator", "paragraph-separator", "next-line", "form-feed", "record-separator", "lone-cr"],
+)
+def test_unusual_line_break_inside_a_jsonl_line_keeps_line_numbers(tmp_path, capsys, separator):
+    tricky = massive_record(id="7", utt=f"wake{separator}me", annot=f"wake{separator}me")
+    lines = massive_lines(2) + [json.dumps(tricky, ensure_ascii=False).encode(), b"null"]
+    source = write_lines(tmp_path / "en.jsonl", lines)
+    assert prepare_corpus(source, tmp_path / "out") == 1
+    assert f"{source}:4: a record must be a JSON object" in capsys.readouterr().err
+
+
+def test_windows_line_endings_read_like_unix_ones(tmp_path):
+    source = write_lines(tmp_path / "en.jsonl", massive_lines(3), ending=b"\r\n")
+    assert prepare_corpus(source, tmp_path / "out") == 0
+    assert read_manifest(tmp_path / "out" / "train.parquet")["text"].tolist() == ["wake me at 0 am"]
+
+
+@pytest.mark.parametrize(
+    "make_source, message",
+    [
+        (lambda tmp: tmp / "absent.jsonl", "MASSIVE jsonl file not found"),
+        (lambda tmp: (tmp / "folder.jsonl").mkdir() or tmp / "folder.jsonl", "MASSIVE jsonl file not found"),
+        (lambda tmp: (tmp / "loop.jsonl").symlink_to(tmp / "loop.jsonl") or tmp / "loop.jsonl",
+         "MASSIVE jsonl file not found"),
+    ],
+    ids=["missing", "a-folder", "symlink-loop"],
+)  # fmt: skip
+def test_source_that_is_no_readable_file_is_named(tmp_path, capsys, make_source, message):
+    source = make_source(tmp_path)
+    assert prepare_corpus(source, tmp_path / "out") == 1
+    assert f"{source}: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_source_is_named(tmp_path, capsys):
+    source = write_lines(tmp_path / "en.jsonl", massive_lines(3))
+    source.chmod(0)
+    assert prepare_corpus(source, tmp_path / "out") == 1
+    assert f"{source}: cannot read (Permission denied)" in capsys.readouterr().err
+
+
+def test_manifest_folder_that_is_a_file_fails_naming_it_and_keeps_the_file(tmp_path, capsys):
+    source = write_lines(tmp_path / "en.jsonl", massive_lines(3))
+    (tmp_path / "out").write_text("someone's notes\n")
+    assert prepare_corpus(source, tmp_path / "out") == 1
+    assert str(tmp_path / "out") in capsys.readouterr().err
+    assert (tmp_path / "out").read_text() == "someone's notes\n"
+
+
+# ---------------------------------------------------------------- SLURP release text
+
+
+def write_release(folder, records_by_split: dict[str, list]) -> None:
+    for split, records in records_by_split.items():
+        name = {"train": "train", "dev": "devel", "test": "test"}[split]
+        lines = [r if isinstance(r, bytes) else json.dumps(r).encode() for r in records]
+        write_lines(folder / f"{name}.jsonl", lines)
+
+
+def good_release_records() -> dict[str, list]:
+    return {
+        split: [slurp_release_record(f"{split}{i}", [f"{split}{i}-headset.flac"], sentence=f"wake me at {split} {i}",
+                                     annotation=f"wake me at [time : {split} {i}]") for i in range(2)]
+        for split in ("train", "dev", "test")
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("recording", ["first", "headset", "all"])
+def test_slurp_record_without_recordings_is_an_error_in_every_recording_mode(tmp_path, capsys, recording):
+    records = good_release_records()
+    records["test"].append(slurp_release_record("lonely", []))
+    write_release(tmp_path / "slurp", records)
+    status = prepare_corpus(tmp_path / "slurp", tmp_path / "out", "--option", f"recording={recording}",
+                            reader="slurp_release")  # fmt: skip
+    assert status == 1
+    assert f"{tmp_path / 'slurp' / 'test.jsonl'}:3: record has no recordings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "recordings, message",
+    [([{"wer": 0.1}], "has no file name"), ([{"file": ""}], "has no file name"), (["a.flac"], "has no file name"),
+     (None, "field 'recordings' is null")],
+    ids=["no-file-key", "empty-file-name", "bare-string", "null-recordings"],
+)  # fmt: skip
+def test_slurp_recording_without_a_file_name_is_named(tmp_path, capsys, recordings, message):
+    records = good_release_records()
+    records["dev"].append({**slurp_release_record("odd", ["x.flac"]), "recordings": recordings})
+    write_release(tmp_path / "slurp", records)
+    assert prepare_corpus(tmp_path / "slurp", tmp_path / "out", reader="slurp_release") == 1
+    assert re.search(rf"devel.jsonl:3: .*{message}", capsys.readouterr().err)
+
+
+def test_slurp_drop_mode_counts_a_record_without_recordings_and_ingests_the_rest(tmp_path, caplog):
+    records = good_release_records()
+    records["test"].append(slurp_release_record("lonely", [], sentence="play jazz", annotation="play jazz"))
+    write_release(tmp_path / "slurp", records)
+    for name in ("test0-headset.flac", "test1-headset.flac"):
+        write_tone(tmp_path / "audio" / name)
+    assert prepare_corpus(tmp_path / "slurp", tmp_path / "out", reader="slurp_release", on_bad_record="drop") == 0
+    assert "dropped 1 bad record(s)" in caplog.text
+    status = main(["ingest-audio", "--manifest", str(tmp_path / "out/test.parquet"), "--audio-root",
+                   str(tmp_path / "audio"), "--out-manifest", str(tmp_path / "speech.parquet"),
+                   "--audio-dir", str(tmp_path / "flac")])  # fmt: skip
+    assert status == 0
+    assert sorted(read_manifest(tmp_path / "speech.parquet")["id"]) == ["test0", "test1"]
+
+
+def test_slurp_non_utf8_line_names_the_release_file(tmp_path, capsys):
+    records = good_release_records()
+    records["dev"].append(b'{"slurp_id": 5, "sentence": "caf\xe9"}')
+    write_release(tmp_path / "slurp", records)
+    assert prepare_corpus(tmp_path / "slurp", tmp_path / "out", reader="slurp_release") == 1
+    assert f"{tmp_path / 'slurp' / 'devel.jsonl'}:3: not UTF-8 text" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- xSID line-aligned train files
+
+
+def write_xsid_train(folder, texts: list[str], labels: list[str], ending="\n") -> None:
+    train = folder / "train-en"
+    train.mkdir(parents=True, exist_ok=True)
+    (train / "text.en").write_bytes("".join(t + ending for t in texts).encode())
+    (train / "label.en").write_bytes("".join(label + ending for label in labels).encode())
+
+
+XSID_TEXTS = ["wake me up", "play some jazz", "will it rain"]
+XSID_LABELS = ["O O O\talarm/set_alarm", "O O B-genre\tPlayMusic", "O O O\tGetWeather"]
+
+
+@pytest.mark.parametrize(
+    "separator", ["\u2028", "\x85", "\x0b", "\x1c"],
+    ids=["line-separator", "next-line", "vertical-tab", "file-separator"],
+)
+def test_xsid_unusual_line_break_inside_a_text_line_keeps_the_files_aligned(tmp_path, separator):
+    texts = [XSID_TEXTS[0], f"play some{separator}jazz", XSID_TEXTS[2]]
+    write_xsid_train(tmp_path / "xsid", texts, XSID_LABELS)
+    assert prepare_corpus(tmp_path / "xsid", tmp_path / "out", reader="xsid") == 0
+    assert len(read_manifest(tmp_path / "out" / "train.parquet")) == 3
+
+
+@pytest.mark.parametrize(
+    "texts, labels, longer, line",
+    [(XSID_TEXTS, XSID_LABELS[:2], "text.en", 3), (XSID_TEXTS[:1], XSID_LABELS, "label.en", 2)],
+    ids=["labels-short", "texts-short"],
+)
+def test_xsid_files_of_different_length_name_the_first_line_without_partner(
+    tmp_path, capsys, texts, labels, longer, line
+):
+    write_xsid_train(tmp_path / "xsid", texts, labels)
+    assert prepare_corpus(tmp_path / "xsid", tmp_path / "out", reader="xsid") == 1
+    assert f"train-en/{longer}:{line}: line-aligned files differ in length" in capsys.readouterr().err
+
+
+def test_xsid_crlf_files_read_like_unix_ones(tmp_path):
+    write_xsid_train(tmp_path / "xsid", XSID_TEXTS, XSID_LABELS, ending="\r\n")
+    assert prepare_corpus(tmp_path / "xsid", tmp_path / "out", reader="xsid") == 0
+    assert read_manifest(tmp_path / "out" / "train.parquet")["action"].tolist()[1] == "play"
+
+
+def test_xsid_conll_non_utf8_line_is_named(tmp_path, capsys):
+    folder = tmp_path / "xsid" / "xSID-0.7"
+    folder.mkdir(parents=True)
+    (folder / "de.valid.conll").write_bytes(
+        b"# text = weck mich\n# intent = alarm/set_alarm\n1\tweck\talarm/set_alarm\tO\n2\tm\xfcch\talarm/set_alarm\tO\n"
+    )
+    status = main(["prepare-corpus", "--reader", "xsid", "--source", str(tmp_path / "xsid"), "--corpus", "tiny",
+                   "--lang", "de", "--out-dir", str(tmp_path / "out")])  # fmt: skip
+    assert status == 1
+    assert "de.valid.conll:4: not UTF-8 text: byte 0xfc" in capsys.readouterr().err
