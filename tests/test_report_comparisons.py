@@ -28,7 +28,9 @@ from lalm_slu.report.findings import NOT_SHOWN, REVERSED, SHOWN, build_findings
 
 METRICS = ("intent_accuracy", "slu_f1")
 N_UTTERANCES = 200
-GOLD = [LabelledExample.from_entities("alarm", "set", [{"type": "time", "filler": f"{i} am"}]) for i in range(N_UTTERANCES)]
+GOLD = [
+    LabelledExample.from_entities("alarm", "set", [{"type": "time", "filler": f"{i} am"}]) for i in range(N_UTTERANCES)
+]
 WRONG = LabelledExample("weather", "query", ())
 
 
@@ -158,7 +160,9 @@ def comparison_row(question, compared, reference, difference, ci, ratio=np.nan, 
 
 def findings_of(*rows):
     frame = pd.DataFrame([row for group in rows for row in group])
-    return {(f["compared"], f["reference"]): f["slu_f1_finding"] for f in build_findings(frame, METRICS).to_dict("records")}
+    return {
+        (f["compared"], f["reference"]): f["slu_f1_finding"] for f in build_findings(frame, METRICS).to_dict("records")
+    }
 
 
 def test_a_claim_is_shown_when_its_interval_lies_on_the_papers_side():
@@ -167,7 +171,9 @@ def test_a_claim_is_shown_when_its_interval_lies_on_the_papers_side():
         comparison_row(VS_ORACLE, text_only, oracle, -0.02, (-0.05, 0.0), ratio=0.9, ratio_ci=(0.86, 0.97)),
         comparison_row(VS_TEXT_ONLY, mono("direct_mixing", "5"), text_only, 0.05, (0.01, 0.09)),
         comparison_row(SCHEME_PAIR, mono("curriculum", "5"), mono("direct_mixing", "5"), 0.04, (0.02, 0.06)),
-        comparison_row(VS_NO_TARGET_SPEECH, cross("direct_mixing", "10shot"), cross("direct_mixing", "0"), 0.1, (0.05, 0.2)),
+        comparison_row(
+            VS_NO_TARGET_SPEECH, cross("direct_mixing", "10shot"), cross("direct_mixing", "0"), 0.1, (0.05, 0.2)
+        ),
     )
     assert list(found.values()) == [SHOWN] * 4
 
@@ -194,7 +200,9 @@ def test_findings_leave_out_large_budgets_and_text_input():
     text_only = mono("text_only", "0")
     found = findings_of(
         comparison_row(VS_TEXT_ONLY, mono("direct_mixing", "25"), text_only, 0.1, (0.05, 0.15)),
-        comparison_row(VS_TEXT_ONLY, mono("direct_mixing", "5", "text"), mono("text_only", "0", "text"), 0.1, (0.05, 0.15)),
+        comparison_row(
+            VS_TEXT_ONLY, mono("direct_mixing", "5", "text"), mono("text_only", "0", "text"), 0.1, (0.05, 0.15)
+        ),
     )
     assert found == {}
 

@@ -117,6 +117,21 @@ def test_recorded_corpora_are_ingested_not_synthesized(workflow_copy):
     assert all("corpus=xsid" in w for rule, w in jobs if rule == "synthesize_speech")
 
 
+def test_the_shipped_model_needs_no_download(workflow_copy):
+    prepare(workflow_copy)
+    assert "download_model" not in Counter(rule for rule, _ in planned_jobs(workflow_copy))
+
+
+def test_a_hub_model_is_downloaded_once_with_its_settings_quoted(workflow_copy):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["model"].update(path="resources/models/Qwen2 Audio", hub_id="Qwen/Qwen2-Audio-7B-Instruct", revision="refs/pr/1")
+    prepare(workflow_copy, config)
+    output = workflow_copy.snakemake("--dry-run", "--printshellcmds").stdout
+    assert Counter(rule for rule, _ in planned_jobs(workflow_copy))["download_model"] == 1
+    (command,) = [line for line in output.splitlines() if "lalm_slu download-model" in line]
+    assert "--hub-id Qwen/Qwen2-Audio-7B-Instruct --revision refs/pr/1 --out-dir 'resources/models/Qwen2 Audio'" in command
+
+
 def test_demo_model_is_built_only_on_request(workflow_copy):
     prepare(workflow_copy)
     rules = Counter(rule for rule, _ in planned_jobs(workflow_copy, "pretrain_demo_model"))

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 from pathlib import Path
 
 from lalm_slu.commands.score import matched_examples, read_gold, read_predictions
 from lalm_slu.metrics import METRIC_NAMES, count_matrix
+from lalm_slu.outputs import write_text_atomic
 from lalm_slu.records import DataError
 from lalm_slu.report.aggregate import read_metrics_csv
 from lalm_slu.report.comparisons import ArmScores, arms_from_metrics, compare_all, plan_comparisons
 from lalm_slu.report.tables import DEFAULT_TABLE_METRICS
 
 log = logging.getLogger(__name__)
-_PREDICTIONS_PATH = re.compile(r"(?:^|/)runs/(?P<run>[^/]+)/predictions/(?P<testset>[^/]+)\.(?P<modality>[^./]+)\.jsonl$")
+_PREDICTIONS_PATH = re.compile(
+    r"(?:^|/)runs/(?P<run>[^/]+)/predictions/(?P<testset>[^/]+)\.(?P<modality>[^./]+)\.jsonl$"
+)
 
 
 def add_arguments(parser) -> None:
@@ -81,10 +83,7 @@ def run(args) -> int:
             counts[seed] = count_matrix(pairs)
         scores[arm] = ArmScores(arm, counts)
     frame = compare_all(comparisons, scores, args.metrics_compared, args.bootstrap, args.seed)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    frame.to_csv(tmp, index=False, lineterminator="\n", float_format="%.6f")
-    os.replace(tmp, args.out)
+    write_text_atomic(args.out, frame.to_csv(index=False, lineterminator="\n", float_format="%.6f"))
     log.info("wrote %d comparisons to %s", len(comparisons), args.out)
     return 0
 

@@ -61,7 +61,9 @@ class Arm:
         scheme = SCHEME_LABELS.get(self.scheme, self.scheme)
         if self.crosslingual:
             text = "with" if self.target_text else "without"
-            return f"{self.source}→{self.target} {scheme}, {text} target text, {budget_label(self.budget)} target speech"
+            return (
+                f"{self.source}→{self.target} {scheme}, {text} target text, {budget_label(self.budget)} target speech"
+            )
         if self.scheme in REFERENCE_SCHEMES:
             return f"{self.lang} {scheme}"
         return f"{self.lang} {scheme} {budget_label(self.budget)}"
@@ -210,9 +212,13 @@ def compare_arms(
     seed: int = 0,
 ) -> dict[str, dict[str, float | str]]:
     """Per metric: both arms' values, the difference (compared − reference) and ratio with 95 % intervals, verdict."""
+    _check_paired(compared, reference)
+    return _compare(arm_values(compared, metrics, resamples, seed), arm_values(reference, metrics, resamples, seed))
+
+
+def _check_paired(compared: dict[int, np.ndarray], reference: dict[int, np.ndarray]) -> None:
     if len(next(iter(compared.values()))) != len(next(iter(reference.values()))):
         raise ValueError("paired arms must be scored on the same test utterances")
-    return _compare(arm_values(compared, metrics, resamples, seed), arm_values(reference, metrics, resamples, seed))
 
 
 def _compare(compared_values, reference_values) -> dict[str, dict[str, float | str]]:
@@ -274,8 +280,7 @@ def compare_all(
 
     for comparison in comparisons:
         compared, reference = scores[comparison.compared], scores[comparison.reference]
-        if len(next(iter(compared.counts_by_seed.values()))) != len(next(iter(reference.counts_by_seed.values()))):
-            raise ValueError(f"{comparison}: the arms are not scored on the same test utterances")
+        _check_paired(compared.counts_by_seed, reference.counts_by_seed)
         results = _compare(arm_values_once(comparison.compared), arm_values_once(comparison.reference))
         shared = {
             "question": comparison.question,
@@ -362,10 +367,21 @@ def _text_or_none(value) -> str | None:
 def comparisons_table(frame: pd.DataFrame, metrics: Sequence[str]) -> Table:
     numbers, cells, rules = [], [], []
     previous_question = None
-    keys = ["question", "compared_testset", "compared_modality", "reference_modality", "compared_label", "reference_label"]
+    keys = [
+        "question",
+        "compared_testset",
+        "compared_modality",
+        "reference_modality",
+        "compared_label",
+        "reference_label",
+    ]
     for position, (key, group) in enumerate(frame.groupby(keys, sort=False)):
         question, testset, compared_modality, reference_modality, compared, reference = key
-        modality = compared_modality if compared_modality == reference_modality else f"{compared_modality} vs {reference_modality}"
+        modality = (
+            compared_modality
+            if compared_modality == reference_modality
+            else f"{compared_modality} vs {reference_modality}"
+        )
         if previous_question is not None and question != previous_question:
             rules.append(position)
         previous_question = question
@@ -380,7 +396,13 @@ def comparisons_table(frame: pd.DataFrame, metrics: Sequence[str]) -> Table:
             "reference_seeds": int(first["reference_seeds"]),
             "n_utterances": int(first["n_utterances"]),
         }
-        cell = {"Question": question, "Test set": testset, "Input": modality, "Compared": compared, "Reference": reference}
+        cell = {
+            "Question": question,
+            "Test set": testset,
+            "Input": modality,
+            "Compared": compared,
+            "Reference": reference,
+        }
         for metric in metrics:
             values = group[group["metric"] == metric]
             label = metric_label(metric)
