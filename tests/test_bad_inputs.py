@@ -7,19 +7,25 @@ before is lost. docs/RELIABILITY.md lists the classes and points here.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shlex
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile
 import yaml
-from conftest import REPO, WorkflowCopy
+from conftest import REPO, WorkflowCopy, make_utterances
 
+from lalm_slu.budgets import write_budget_ids
 from lalm_slu.cli import main
-from lalm_slu.records import read_manifest
+from lalm_slu.records import Utterance, read_manifest, write_manifest
+from lalm_slu.speech.audio import write_flac
 
 # A file or folder name a shell would split, expand or run, and its parts.
 NASTY = "it's \"a\" $(rm -f canary) `rm -f canary`; rm -f canary &"
@@ -390,3 +396,258 @@ def test_xsid_conll_non_utf8_line_is_named(tmp_path, capsys):
                    "--lang", "de", "--out-dir", str(tmp_path / "out")])  # fmt: skip
     assert status == 1
     assert "de.valid.conll:4: not UTF-8 text: byte 0xfc" in capsys.readouterr().err
+
+
+# ================================================================ audio: ingest-audio
+
+
+def ingest(manifest, audio_root, out_dir, on_bad_audio="error") -> int:
+    return main(["ingest-audio", "--manifest", str(manifest), "--audio-root", str(audio_root), "--out-manifest",
+                 str(out_dir / "speech.parquet"), "--audio-dir", str(out_dir / "flac"),
+                 "--on-bad-audio", on_bad_audio])  # fmt: skip
+
+
+def recorded_manifest(tmp_path, audio_names) -> object:
+    utterances = [Utterance(id=f"u{i}", corpus="tiny", lang="en", split="test", text="wake me", scenario="alarm",
+                            action="set", audio=name) for i, name in enumerate(audio_names)]  # fmt: skip
+    return write_manifest(utterances, tmp_path / "text.parquet")
+
+
+def write_float_wav(path, samples) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, np.asarray(samples, dtype=np.float32), 16_000, subtype="FLOAT")
+
+
+def tone_with(value, position=100):
+    samples = 0.2 * np.sin(np.arange(4000) / 5)
+    samples[position] = value
+    return samples
+
+
+@pytest.mark.parametrize(
+    "samples, message",
+    [
+        (tone_with(np.nan), "non_finite: 1 sample value"),
+        (tone_with(np.inf), "non_finite: 1 sample value"),
+        (tone_with(-np.inf, position=0), "non_finite: 1 sample value"),
+        (tone_with(1.5), "out_of_range: peak 1.5 exceeds full scale"),
+        (tone_with(-3.0), "out_of_range: peak 3 exceeds full scale"),
+        (np.full(4000, 40.0), "out_of_range: peak 40 exceeds full scale"),
+    ],
+    ids=["nan", "plus-infinity", "minus-infinity-first", "peak-1.5", "trough-minus-3", "integer-scaled-floats"],
+)
+def test_float_audio_with_impossible_values_is_rejected_naming_the_file(tmp_path, capsys, samples, message):
+    write_float_wav(tmp_path / "raw" / "bad.wav", samples)
+    manifest = recorded_manifest(tmp_path, ["bad.wav"])
+    assert ingest(manifest, tmp_path / "raw", tmp_path / "out") == 1
+    assert f"{tmp_path / 'raw' / 'bad.wav'}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "speech.parquet").exists()
+
+
+def test_full_scale_float_audio_is_kept(tmp_path):
+    write_float_wav(tmp_path / "raw" / "loud.wav", np.sign(np.sin(np.arange(4000) / 5)))
+    assert ingest(recorded_manifest(tmp_path, ["loud.wav"]), tmp_path / "raw", tmp_path / "out") == 0
+
+
+def test_drop_mode_counts_impossible_audio_and_keeps_the_good_clips(tmp_path, caplog):
+    write_float_wav(tmp_path / "raw" / "nan.wav", tone_with(np.nan))
+    write_float_wav(tmp_path / "raw" / "loud.wav", tone_with(2.0))
+    write_tone(tmp_path / "raw" / "good.flac")
+    manifest = recorded_manifest(tmp_path, ["nan.wav", "good.flac", "loud.wav"])
+    assert ingest(manifest, tmp_path / "raw", tmp_path / "out", on_bad_audio="drop") == 0
+    assert read_manifest(tmp_path / "out" / "speech.parquet")["id"].tolist() == ["u1"]
+    assert "dropped 1 utterance(s) with non_finite audio" in caplog.text
+    assert "dropped 1 utterance(s) with out_of_range audio" in caplog.text
+
+
+@pytest.mark.parametrize("on_bad_audio", ["error", "drop"])
+def test_utterance_without_audio_is_named_not_a_type_error(tmp_path, capsys, on_bad_audio):
+    write_tone(tmp_path / "raw" / "good.flac")
+    manifest = recorded_manifest(tmp_path, ["good.flac", None])
+    status = ingest(manifest, tmp_path / "raw", tmp_path / "out", on_bad_audio=on_bad_audio)
+    if on_bad_audio == "error":
+        assert status == 1
+        assert "missing: utterance 'u1' names no audio file" in capsys.readouterr().err
+    else:
+        assert status == 0
+        assert read_manifest(tmp_path / "out" / "speech.parquet")["id"].tolist() == ["u0"]
+
+
+def test_every_clip_rejected_is_an_error_not_an_empty_manifest(tmp_path, capsys):
+    write_float_wav(tmp_path / "raw" / "nan.wav", tone_with(np.nan))
+    manifest = recorded_manifest(tmp_path, ["nan.wav", "absent.wav"])
+    assert ingest(manifest, tmp_path / "raw", tmp_path / "out", on_bad_audio="drop") == 1
+    assert "all 2 utterances were rejected" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "speech.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    "make_file, reason",
+    [
+        (lambda path: path.write_bytes(b"fLaC\x00\x00\x00\x22" + bytes(20)), "unreadable"),
+        (lambda path: path.write_bytes(path.with_name("good.flac").read_bytes()[:60]), "unreadable"),
+        (lambda path: path.mkdir(), "missing"),
+        (lambda path: path.symlink_to(path.with_name("nowhere.flac")), "missing"),
+    ],
+    ids=["corrupt-header", "truncated-flac", "a-folder", "dangling-symlink"],
+)
+def test_audio_file_that_cannot_be_decoded_is_named_with_its_reason(tmp_path, capsys, make_file, reason):
+    write_tone(tmp_path / "raw" / "good.flac")
+    make_file(tmp_path / "raw" / "bad.flac")
+    manifest = recorded_manifest(tmp_path, ["good.flac", "bad.flac"])
+    assert ingest(manifest, tmp_path / "raw", tmp_path / "out") == 1
+    assert f"{tmp_path / 'raw' / 'bad.flac'}: {reason}" in capsys.readouterr().err
+
+
+def test_corrupt_manifest_is_named(tmp_path, capsys):
+    (tmp_path / "text.parquet").write_bytes(b"PAR1 this is not parquet")
+    assert ingest(tmp_path / "text.parquet", tmp_path, tmp_path / "out") == 1
+    assert f"{tmp_path / 'text.parquet'}: not a readable parquet manifest" in capsys.readouterr().err
+
+
+def test_audio_cache_folder_that_is_a_file_fails_naming_it(tmp_path, capsys):
+    write_tone(tmp_path / "raw" / "good.flac")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "flac").write_text("not a folder")
+    assert ingest(recorded_manifest(tmp_path, ["good.flac"]), tmp_path / "raw", tmp_path / "out") == 1
+    assert str(tmp_path / "out" / "flac") in capsys.readouterr().err
+
+
+# ================================================================ predictions and gold: score
+
+
+def score(gold, pred, *options) -> int:
+    return main(["score", "--gold", str(gold), "--pred", str(pred), "--bootstrap", "0", *options])
+
+
+def gold_line(slurp_id, scenario="alarm", action="set") -> bytes:
+    record = slurp_release_record(slurp_id, [f"{slurp_id}.flac"], scenario=scenario, action=action)
+    return json.dumps(record).encode()
+
+
+def prediction_line(utterance_id, scenario="alarm", action="set") -> bytes:
+    return json.dumps({"id": utterance_id, "scenario": scenario, "action": action, "entities": []}).encode()
+
+
+def test_gold_that_repeats_an_id_is_an_error_naming_both_lines(tmp_path, capsys):
+    gold = write_lines(tmp_path / "gold.jsonl", [gold_line(1), gold_line(2), gold_line(1, action="query")])
+    pred = write_lines(tmp_path / "pred.jsonl", [prediction_line("1"), prediction_line("2")])
+    assert score(gold, pred) == 1
+    assert f"{gold}:3: gold repeats utterance '1' (first at line 1)" in capsys.readouterr().err
+
+
+def test_gold_manifest_that_repeats_an_id_is_an_error_naming_the_row(tmp_path, capsys):
+    gold = recorded_manifest(tmp_path, ["a.flac", "b.flac"])
+    frame = read_manifest(gold)
+    frame.loc[1, "id"] = "u0"
+    frame["entities"] = frame["entities"].map(json.dumps)
+    frame["recordings"] = frame["recordings"].map(json.dumps)
+    frame.to_parquet(gold, index=False)
+    pred = write_lines(tmp_path / "pred.jsonl", [prediction_line("u0")])
+    assert score(gold, pred) == 1
+    assert f"{gold}:2: gold repeats utterance 'u0' (first at row 1)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_empty_gold_is_an_error_not_a_zero_score(tmp_path, capsys, suffix):
+    gold = tmp_path / f"gold{suffix}"
+    if suffix == ".jsonl":
+        gold.write_bytes(b"")
+    else:
+        write_manifest([], gold)
+    pred = write_lines(tmp_path / "pred.jsonl", [prediction_line("1")])
+    assert score(gold, pred, "--out", str(tmp_path / "m.json")) == 1
+    assert f"{gold}: gold holds no utterances" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_gold_with_a_non_utf8_byte_is_named(tmp_path, capsys):
+    gold = write_lines(tmp_path / "gold.jsonl", [gold_line(1), b'{"slurp_id": 2, "sentence": "caf\xe9"}'])
+    pred = write_lines(tmp_path / "pred.jsonl", [prediction_line("1")])
+    assert score(gold, pred) == 1
+    assert f"{gold}:2: not UTF-8 text: byte 0xe9" in capsys.readouterr().err
+
+
+def test_gold_line_that_is_null_is_named(tmp_path, capsys):
+    gold = write_lines(tmp_path / "gold.jsonl", [gold_line(1), b"null"])
+    pred = write_lines(tmp_path / "pred.jsonl", [prediction_line("1")])
+    assert score(gold, pred) == 1
+    assert f"{gold}:2: not a SLURP release record" in capsys.readouterr().err
+
+
+def test_prediction_with_a_non_utf8_byte_is_named(tmp_path, capsys):
+    gold = write_lines(tmp_path / "gold.jsonl", [gold_line(1), gold_line(2)])
+    pred = write_lines(tmp_path / "pred.jsonl", [prediction_line("1"), b'{"id": "2", "raw": "caf\xe9"}'])
+    assert score(gold, pred) == 1
+    assert f"{pred}:2: not UTF-8 text" in capsys.readouterr().err
+
+
+def test_prediction_with_a_non_utf8_byte_is_counted_as_a_bad_line_when_counting(tmp_path, capsys):
+    gold = write_lines(tmp_path / "gold.jsonl", [gold_line(1), gold_line(2)])
+    pred = write_lines(tmp_path / "pred.jsonl", [prediction_line("1"), b'{"id": "2", "raw": "caf\xe9"}'])
+    assert score(gold, pred, "--on-bad-line", "count", "--json") == 0
+    counts = json.loads(capsys.readouterr().out)["counts"]
+    assert (counts["n_bad_lines"], counts["n_missing"]) == (1, 1)
+
+
+@pytest.mark.parametrize("which", ["gold", "pred"])
+def test_missing_gold_or_prediction_file_is_named(tmp_path, capsys, which):
+    files = {"gold": tmp_path / "gold.jsonl", "pred": tmp_path / "pred.jsonl"}
+    write_lines(files["gold"], [gold_line(1)])
+    write_lines(files["pred"], [prediction_line("1")])
+    files[which].unlink()
+    assert score(files["gold"], files["pred"]) == 1
+    assert f"{files[which]}: file not found" in capsys.readouterr().err
+
+
+# ================================================================ outputs: nothing half-written
+
+
+def test_full_disk_while_scoring_keeps_the_old_metrics_and_leaves_no_tmp(tmp_path, capsys, monkeypatch):
+    gold = write_lines(tmp_path / "gold.jsonl", [gold_line(1)])
+    pred = write_lines(tmp_path / "pred.jsonl", [prediction_line("1")])
+    out = tmp_path / "metrics" / "m.json"
+    out.parent.mkdir()
+    out.write_text('{"earlier": "result"}\n')
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    assert score(gold, pred, "--json", "--out", str(out)) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.json"]
+    assert out.read_text() == '{"earlier": "result"}\n'
+
+
+def test_failing_manifest_write_keeps_the_old_manifest_and_leaves_no_tmp(tmp_path, monkeypatch):
+    path = write_manifest(make_utterances(3), tmp_path / "train.parquet")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_manifest(make_utterances(5), path)
+    assert [p.name for p in tmp_path.iterdir()] == ["train.parquet"]
+    assert len(read_manifest(path)) == 3
+
+
+def test_failing_audio_write_leaves_no_partial_flac(tmp_path, monkeypatch):
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(soundfile, "write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_flac(np.zeros(1600, dtype=np.float32), tmp_path / "cache" / "a.flac")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_failing_budget_write_leaves_no_partial_id_list(tmp_path, monkeypatch):
+    def disk_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError):
+        write_budget_ids(["a", "b"], tmp_path / "5.txt")
+    assert list(tmp_path.iterdir()) == []
