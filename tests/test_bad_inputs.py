@@ -651,3 +651,117 @@ def test_failing_budget_write_leaves_no_partial_id_list(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_budget_ids(["a", "b"], tmp_path / "5.txt")
     assert list(tmp_path.iterdir()) == []
+
+
+# ================================================================ config: refused before any job, naming the key
+
+
+def validate_config(config) -> None:
+    from snakemake.utils import validate
+
+    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+
+
+def set_key(path: str, value):
+    """An edit of the default config: set the dotted `path` (list items by index) to `value`."""
+
+    def edit(config):
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        node[int(last) if isinstance(node, list) else last] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (set_key("corpora.slurp.options", {"recording": "first"}), r"'recording' was unexpected"),
+        (set_key("corpora.xsid.options", {"cache_dir": "x"}), r"'cache_dir' was unexpected"),
+        (set_key("corpora.slurp.reader", "slurp_release"), None),  # valid: its one option may be left out
+        (set_key("corpora.slurp", {"reader": "slurp_release", "source": "x", "languages": ["en"],
+                                   "options": {"recording": "best"}}), r"'best' is not one of \['first', 'headset'"),
+        (set_key("corpora.slurp", {"reader": "slurp_hub", "source": "x", "languages": ["en"],
+                                   "options": {"audio_dir": "a"}}), r"'annotations' is a required property"),
+        (set_key("corpora.slurp.options", {"max_duration_s": 30}), r"'max_duration_s' was unexpected"),
+        (set_key("corpora.slurp.max_utterances.train", 0), r"0 is less than the minimum of 1"),
+        (set_key("corpora.slurp.max_utterances.validation", 5), r"'validation' was unexpected"),
+        (set_key("corpora.slurp.subset_seed", -1), r"-1 is less than the minimum of 0"),
+        (set_key("corpora.slurp.on_bad_record", "skip"), r"'skip' is not one of \['error', 'drop'\]"),
+        (set_key("corpora.slurp.audio_root", "audio\nroot"), r"audio_root"),
+        (set_key("corpora.slurp.download", {"corpus": "massive", "locales": ["en US"]}), r"'en US' does not match"),
+        (set_key("prompt.instructions", "Answer in JSON."), r"'instructions' was unexpected"),
+        (set_key("prompt.instruction", ""), r"should be non-empty|is too short"),
+        (set_key("grid.monolingual.0.budget", [5]), r"'budget' was unexpected"),
+        (set_key("grid.crosslingual.0.target", "de"), r"'target' was unexpected"),
+        (set_key("grid.seeds", [-1]), r"-1 is less than the minimum of 0"),
+        (set_key("speech.tts.voices.en.train.0.rate", 150), r"'rate' was unexpected"),
+        (set_key("speech.tts.chunk_size", 0), r"0 is less than the minimum of 1"),
+        (set_key("scoring.bootstrap", -5), r"-5 is less than the minimum of 0"),
+        (set_key("scoring.boostrap", 100), r"'boostrap' was unexpected"),
+        (set_key("audio_frames.batch_size", 0), r"0 is less than the minimum of 1"),
+        (set_key("audio_frames.precompte", True), r"'precompte' was unexpected"),
+        (set_key("demo_model.pretrain.stepz", 10), r"'stepz' was unexpected"),
+        (set_key("demo_model.pretrain.batch_size", 0), r"0 is less than the minimum of 1"),
+        (set_key("demo_model.continue_pretrain.0.instruction_step", 10), r"'instruction_step' was unexpected"),
+        (set_key("demo_model.continue_pretrain.0.instruction_tasks", {"transcribe": -1}), r"-1 is less than"),
+        (set_key("demo_model.architecture", {"audio": {}, "text": {}}), r"'vocab_size' is a required property"),
+        (set_key("demo_model.max_utterances.xsid.tran", 10), r"'tran' was unexpected"),
+        (set_key("demo_model.pretrain_options.voices_per_sentence", 0), r"0 is less than the minimum of 1"),
+        (set_key("demo_model.train_data.0.split", "test"), r"'test' is not one of \['train', 'dev'\]"),
+    ],
+)  # fmt: skip
+def test_config_error_is_refused_by_the_schema_naming_the_key(edit, message):
+    from snakemake.exceptions import WorkflowError
+
+    config = default_config()
+    edit(config)
+    if message is None:
+        validate_config(config)
+        return
+    with pytest.raises(WorkflowError, match=message):
+        validate_config(config)
+
+
+def test_reader_options_in_the_schema_are_the_readers_keyword_arguments():
+    from lalm_slu.corpora import READERS, reader_options
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    corpus = schema["properties"]["corpora"]["additionalProperties"]
+    listed = {}
+    for rule in corpus["allOf"]:
+        readers = rule["if"]["properties"]["reader"]
+        options = set(rule["then"]["properties"]["options"].get("properties", {}))
+        for reader in readers.get("enum", [readers.get("const")]):
+            listed[reader] = options
+    assert listed == {reader: set(reader_options(reader)) for reader in READERS}
+
+
+def test_pretraining_keys_in_the_schema_are_the_pretrain_config_fields():
+    from dataclasses import fields
+
+    from lalm_slu.demo_model.pretrain import PretrainConfig
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    assert set(schema["$defs"]["pretrain_stage"]["properties"]) == {f.name for f in fields(PretrainConfig)}
+
+
+def test_demo_architecture_keys_in_the_schema_are_the_default_architecture():
+    from lalm_slu.demo_model.build import DEFAULT_ARCHITECTURE
+
+    architecture = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())["$defs"]["demo_architecture"]
+    assert set(architecture["properties"]) == set(DEFAULT_ARCHITECTURE)
+    for part in ("audio", "text"):
+        assert set(architecture["properties"][part]["properties"]) == set(DEFAULT_ARCHITECTURE[part])
+
+
+def test_misspelt_prompt_key_stops_snakemake_before_planning_any_job(workflow_copy):
+    config = default_config()
+    config["prompt"]["instructon"] = "Answer in JSON."
+    (workflow_copy.root / "config.yaml").write_text(yaml.safe_dump(config))
+    result = workflow_copy.snakemake("--dry-run", check=False)
+    assert result.returncode != 0
+    assert "'instructon' was unexpected" in result.stderr + result.stdout
+    assert "Building DAG of jobs" not in result.stderr + result.stdout
