@@ -21,6 +21,7 @@ from lalm_slu.report.summary import (
     budget_label,
     budget_sort_key,
     metric_label,
+    scheme_sort_key,
     yes_no,
 )
 from lalm_slu.report.tables import Table
@@ -61,9 +62,8 @@ class Arm:
         scheme = SCHEME_LABELS.get(self.scheme, self.scheme)
         if self.crosslingual:
             text = "with" if self.target_text else "without"
-            return (
-                f"{self.source}→{self.target} {scheme}, {text} target text, {budget_label(self.budget)} target speech"
-            )
+            speech = "no" if self.budget == "0" else budget_label(self.budget)
+            return f"{self.source}→{self.target} {scheme}, {text} target text, {speech} target speech"
         if self.scheme in REFERENCE_SCHEMES:
             return f"{self.lang} {scheme}"
         return f"{self.lang} {scheme} {budget_label(self.budget)}"
@@ -169,7 +169,7 @@ def _arm_sort_key(arm: Arm) -> tuple:
         str(arm.target_text),
         block,
         budget_sort_key(arm.budget),
-        arm.scheme,
+        scheme_sort_key(arm.scheme),
     )
 
 
