@@ -8,10 +8,12 @@ before is lost. docs/RELIABILITY.md lists the classes and points here.
 from __future__ import annotations
 
 import errno
+import http.client
 import json
 import os
 import re
 import shlex
+import urllib.error
 
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from conftest import REPO, WorkflowCopy, make_utterances
 
 from lalm_slu.budgets import write_budget_ids
 from lalm_slu.cli import main
+from lalm_slu.commands import download_slurp_release
 from lalm_slu.records import Utterance, read_manifest, write_manifest
 from lalm_slu.speech.audio import write_flac
 
@@ -765,3 +768,123 @@ def test_misspelt_prompt_key_stops_snakemake_before_planning_any_job(workflow_co
     assert result.returncode != 0
     assert "'instructon' was unexpected" in result.stderr + result.stdout
     assert "Building DAG of jobs" not in result.stderr + result.stdout
+
+
+# ================================================================ downloads: SLURP release text
+
+
+@pytest.fixture
+def release_mirror(tmp_path, monkeypatch):
+    """A file:// copy of the three release files, and their blob ids pinned in place of the real ones."""
+    mirror = tmp_path / "mirror"
+    write_release(mirror, good_release_records())
+    blobs = {name: download_slurp_release.git_blob_id((mirror / name).read_bytes()) for name in RELEASE_NAMES}
+    monkeypatch.setattr(download_slurp_release, "RELEASE_BLOBS", blobs)
+    monkeypatch.setattr(download_slurp_release.time, "sleep", lambda seconds: None)
+    return mirror
+
+
+RELEASE_NAMES = ("train.jsonl", "devel.jsonl", "test.jsonl")
+
+
+def download_release_command(mirror, out_dir, stamp) -> int:
+    return main(["download-slurp-release", "--url-base", mirror.as_uri(), "--out-dir", str(out_dir),
+                 "--stamp", str(stamp), "--attempts", "3"])  # fmt: skip
+
+
+def test_release_download_writes_the_three_checked_files_then_the_stamp(tmp_path, release_mirror):
+    assert download_release_command(release_mirror, tmp_path / "slurp", tmp_path / "stamp.json") == 0
+    for name in RELEASE_NAMES:
+        assert (tmp_path / "slurp" / name).read_bytes() == (release_mirror / name).read_bytes()
+    stamp = json.loads((tmp_path / "stamp.json").read_text())
+    assert stamp["commit"] == download_slurp_release.SLURP_COMMIT
+    assert stamp["files"]["test.jsonl"]["git_blob"] == download_slurp_release.RELEASE_BLOBS["test.jsonl"]
+
+
+def test_pinned_blob_id_is_gits_checksum_of_the_content():
+    assert download_slurp_release.git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+def flaky_fetch(failures: list, real_fetch):
+    """A fetch that raises or returns the given failures first, then fetches for real."""
+
+    def fetch(url):
+        if failures:
+            failure = failures.pop(0)
+            if isinstance(failure, BaseException):
+                raise failure
+            return failure
+        return real_fetch(url)
+
+    return fetch
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        http.client.IncompleteRead(b'{"slurp_id": 1', 500),
+        urllib.error.URLError("Connection reset by peer"),
+        TimeoutError("timed out"),
+        b'{"slurp_id": "train0", "sentence": "wake',
+    ],
+    ids=["connection-dropped-mid-file", "connection-reset", "timeout", "short-body-wrong-checksum"],
+)
+def test_interrupted_release_download_is_retried_and_completes(tmp_path, release_mirror, monkeypatch, caplog, failure):
+    real_fetch = download_slurp_release.fetch
+    monkeypatch.setattr(download_slurp_release, "fetch", flaky_fetch([failure], real_fetch))
+    assert download_release_command(release_mirror, tmp_path / "slurp", tmp_path / "stamp.json") == 0
+    assert "attempt 1/3 failed" in caplog.text
+    assert (tmp_path / "slurp" / "train.jsonl").read_bytes() == (release_mirror / "train.jsonl").read_bytes()
+
+
+def test_release_download_that_keeps_failing_leaves_no_file_and_no_stamp(tmp_path, release_mirror, monkeypatch, capsys):
+    monkeypatch.setattr(download_slurp_release, "fetch", lambda url: b"<html>rate limited</html>")
+    assert download_release_command(release_mirror, tmp_path / "slurp", tmp_path / "stamp.json") == 1
+    assert "download failed after 3 attempts; last: checksum mismatch" in capsys.readouterr().err
+    assert not (tmp_path / "stamp.json").exists()
+    assert not (tmp_path / "slurp").exists() or list((tmp_path / "slurp").iterdir()) == []
+
+
+def test_release_file_missing_from_the_mirror_is_named(tmp_path, release_mirror, capsys):
+    (release_mirror / "devel.jsonl").unlink()
+    assert download_release_command(release_mirror, tmp_path / "slurp", tmp_path / "stamp.json") == 1
+    assert f"{release_mirror.as_uri()}/devel.jsonl: download failed after 3 attempts" in capsys.readouterr().err
+    assert not (tmp_path / "slurp" / "devel.jsonl").exists() and not (tmp_path / "stamp.json").exists()
+
+
+def test_half_written_release_file_from_a_crash_is_replaced_not_trusted(tmp_path, release_mirror):
+    (tmp_path / "slurp").mkdir()
+    (tmp_path / "slurp" / "test.jsonl").write_bytes((release_mirror / "test.jsonl").read_bytes()[:50])
+    assert download_release_command(release_mirror, tmp_path / "slurp", tmp_path / "stamp.json") == 0
+    assert (tmp_path / "slurp" / "test.jsonl").read_bytes() == (release_mirror / "test.jsonl").read_bytes()
+
+
+def test_complete_release_files_are_kept_not_fetched_again(tmp_path, release_mirror, monkeypatch):
+    assert download_release_command(release_mirror, tmp_path / "slurp", tmp_path / "stamp.json") == 0
+    monkeypatch.setattr(download_slurp_release, "fetch", lambda url: pytest.fail(f"fetched {url} again"))
+    assert download_release_command(release_mirror, tmp_path / "slurp", tmp_path / "stamp2.json") == 0
+
+
+def release_text_config(reader="slurp_release") -> dict:
+    config = recorded_corpus_config("resources/slurp", "audio")
+    config["corpora"]["tiny"].update(reader=reader, download_release_text=True)
+    return config
+
+
+def test_release_text_download_is_a_job_before_prepare_corpus(workflow_copy):
+    (workflow_copy.root / "config.yaml").write_text(yaml.safe_dump(release_text_config()))
+    commands = [command[command.index("lalm_slu") + 1 :] for command in
+                planned_commands(workflow_copy, "results/manifests/tiny/en/test.parquet")]  # fmt: skip
+    assert commands[0] == ["download-slurp-release", "--out-dir", "resources/slurp", "--stamp",
+                           "resources/downloads/tiny-release.json", ">", "logs/download_slurp_release/tiny.log",
+                           "2>&1"]  # fmt: skip
+    assert commands[1][0] == "prepare-corpus"
+
+
+def test_release_text_download_for_a_reader_without_release_text_is_refused(workflow_copy):
+    config = release_text_config()
+    config["corpora"]["tiny"].update(reader="massive", options={})
+    (workflow_copy.root / "config.yaml").write_text(yaml.safe_dump(config))
+    result = workflow_copy.snakemake("--dry-run", check=False)
+    assert result.returncode != 0
+    assert "config corpora.tiny.download_release_text: only the SLURP readers" in result.stdout + result.stderr

@@ -95,6 +95,9 @@ def expected_jobs(config: dict) -> dict[str, int]:
     downloads = {corpus for corpus, _ in languages if config["corpora"][corpus].get("download")}
     if downloads:
         expected["download_corpus"] = len(downloads)
+    release_texts = {corpus for corpus, _ in languages if config["corpora"][corpus].get("download_release_text")}
+    if release_texts:
+        expected["download_slurp_release"] = len(release_texts)
     if config["model"].get("hub_id"):
         expected["download_model"] = 1
     return expected

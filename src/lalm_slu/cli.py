@@ -32,6 +32,7 @@ COMMANDS = {
     "compare-schemes": ("lalm_slu.commands.compare_schemes", "paired-bootstrap comparisons from the predictions"),
     "update-readme": ("lalm_slu.commands.update_readme", "show a demo table and figure in the README"),
     "download": ("lalm_slu.commands.download", "fetch hub corpora into the cache (login node)"),
+    "download-slurp-release": ("lalm_slu.commands.download_slurp_release", "fetch SLURP's release text (login node)"),
     "download-model": ("lalm_slu.commands.download_model", "fetch the model from the hub into model.path (login node)"),
     "plan-memory": ("lalm_slu.commands.plan_memory", "per-GPU memory of a fine-tuning job, before it runs"),
 }

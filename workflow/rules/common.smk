@@ -15,6 +15,8 @@ SPLITS = ("train", "dev", "test")
 PACKAGE_SRC = Path(workflow.basedir) / "src"
 # What a string in corpora.*.options may contain, filled in per language.
 OPTION_PLACEHOLDERS = ("lang", "locale")
+# The readers of SLURP's release text, and where each is told its folder.
+RELEASE_TEXT_FOLDER = {"slurp_release": "source", "slurp_hub": "options.annotations"}
 
 
 # ---------------------------------------------------------------- config checks
@@ -71,6 +73,18 @@ def check_config(config):
         check_corpus(config, name, corpus)
 
 
+def check_release_text_folder(key, corpus):
+    if corpus["reader"] not in RELEASE_TEXT_FOLDER:
+        raise WorkflowError(
+            f"config {key}.download_release_text: only the SLURP readers "
+            f"{sorted(RELEASE_TEXT_FOLDER)} read release text (reader {corpus['reader']!r})"
+        )
+    if not isinstance(corpus["source"], str) and corpus["reader"] == "slurp_release":
+        raise WorkflowError(
+            f"config {key}.source: one folder (not one per language) to download the release text into"
+        )
+
+
 def check_corpus(config, name, corpus):
     key = f"corpora.{name}"
     source = corpus["source"]
@@ -113,6 +127,8 @@ def check_corpus(config, name, corpus):
             f"config {key}.options.audio_dir: {audio_dir!r} would be shared by languages "
             f"{corpus['languages']}; put {{lang}} in the path"
         )
+    if corpus["download_release_text"]:
+        check_release_text_folder(key, corpus)
     if corpus["download"] and "cache_dir" not in corpus["options"]:
         raise WorkflowError(
             f"config {key}.options.cache_dir: required with download (the hub cache)"
@@ -321,11 +337,21 @@ def parent_dir(wildcards, output):
 
 
 def corpus_input(wildcards):
-    """The local raw data, or the stamp of the download that filled the hub cache."""
+    """The local raw data, or the stamps of the downloads that filled the hub cache and the release text."""
     corpus = config["corpora"][wildcards.corpus]
+    stamps = []
     if corpus["download"]:
-        return f"resources/downloads/{wildcards.corpus}.json"
-    return corpus_source(wildcards)
+        stamps.append(f"resources/downloads/{wildcards.corpus}.json")
+    if corpus["download_release_text"]:
+        stamps.append(f"resources/downloads/{wildcards.corpus}-release.json")
+    return stamps or corpus_source(wildcards)
+
+
+def release_text_dir(wildcards):
+    corpus = config["corpora"][wildcards.corpus]
+    if corpus["reader"] == "slurp_release":
+        return corpus["source"]
+    return corpus["options"]["annotations"]
 
 
 def corpus_source(wildcards):

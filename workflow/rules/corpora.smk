@@ -12,6 +12,21 @@ rule download_corpus:
         "python -m lalm_slu download {params.arguments:q} --stamp {output:q} > {log:q} 2>&1"
 
 
+rule download_slurp_release:
+    output:
+        "resources/downloads/{corpus}-release.json",
+    log:
+        "logs/download_slurp_release/{corpus}.log",
+    localrule: True
+    conda:
+        "../../envs/lalm-slu.yaml"
+    params:
+        out_dir=release_text_dir,
+    shell:
+        "python -m lalm_slu download-slurp-release --out-dir {params.out_dir:q}"
+        " --stamp {output:q} > {log:q} 2>&1"
+
+
 rule prepare_corpus:
     input:
         corpus_input,
