@@ -255,3 +255,14 @@ def test_compare_schemes_scores_the_predictions_and_tables_write_comparisons_and
     findings = (tmp_path / "tables/findings.md").read_text()
     assert "Adding 2–5 % speech improves on text-only" in findings and "| shown |" in findings
     assert "56.8 % of oracle" in findings  # 21 / 37
+
+
+def test_a_grid_without_comparable_settings_writes_empty_tables_with_headers(tmp_path):
+    from lalm_slu.report.comparisons import COMPARISON_COLUMNS, comparisons_table
+    from lalm_slu.report.findings import findings_table
+    from lalm_slu.report.tables import to_markdown
+
+    assert plan_comparisons([mono("direct_mixing", "5")]) == []
+    empty = pd.DataFrame(columns=COMPARISON_COLUMNS)
+    assert "| Question | Test set |" in to_markdown(comparisons_table(empty, METRICS))
+    assert "| Paper's claim | Test set |" in to_markdown(findings_table(empty, METRICS))

@@ -420,4 +420,9 @@ def comparisons_table(frame: pd.DataFrame, metrics: Sequence[str]) -> Table:
         cells.append(cell)
     note = "Δ = compared − reference in points, 95 % paired-bootstrap interval over test utterances, seeds averaged"
     title = "Paired comparisons"
-    return Table("comparisons", title, pd.DataFrame(numbers), pd.DataFrame(cells), tuple(rules), note)
+    columns = ["Question", "Test set", "Input", "Compared", "Reference"]
+    for label in map(metric_label, metrics):
+        columns += [f"{label} Δ", f"{label} 95 % CI", f"{label} verdict"]
+    # Named columns keep an empty table's header (a grid without comparable settings).
+    cells = pd.DataFrame(cells, columns=[*columns, "Seeds"])
+    return Table("comparisons", title, pd.DataFrame(numbers), cells, tuple(rules), note)

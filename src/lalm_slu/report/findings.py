@@ -135,7 +135,10 @@ def findings_table(comparisons: pd.DataFrame, metrics) -> Table:
         cells.append(cell)
     title = "The paper's claims, tested on this grid's speech input"
     note = "95 % paired-bootstrap intervals over test utterances, seeds averaged; from results/comparisons.csv"
-    return Table("findings", title, numbers, pd.DataFrame(cells), note=note)
+    columns = ["Paper's claim", "Test set", "Demo comparison"]
+    for label in map(metric_label, metrics):
+        columns += [label, f"{label}: finding"]
+    return Table("findings", title, numbers, pd.DataFrame(cells, columns=columns), note=note)
 
 
 def format_measure(row: dict, metric: str) -> str:
