@@ -12,7 +12,7 @@ from typing import Callable
 import pandas as pd
 
 from lalm_slu.report.comparisons import SCHEME_PAIR, VS_NO_TARGET_SPEECH, VS_ORACLE, VS_TEXT_ONLY
-from lalm_slu.report.summary import budget_percent, metric_label
+from lalm_slu.report.summary import budget_percent, metric_label, yes_no
 from lalm_slu.report.tables import Table
 
 SHOWN, NOT_SHOWN, REVERSED = "shown", "not shown", "reversed"
@@ -64,7 +64,7 @@ CLAIMS = (
     Claim(
         "Cross-lingual: target-language text plus a few target clips improve on target text alone",
         lambda row: row["question"] == VS_NO_TARGET_SPEECH
-        and row["compared_target_text"] is True
+        and yes_no(row["compared_target_text"]) == "yes"
         and is_scarce(row["compared_budget"]),
         "difference",
     ),
