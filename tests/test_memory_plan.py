@@ -47,8 +47,10 @@ def real_sizes(model):
 
 def paper_config():
     """config.yaml with workflow/configs/paper.yaml on top, as Snakemake reads them; paths absolute."""
-    config = merged(yaml.safe_load((REPO / "config.yaml").read_text()),
-                    yaml.safe_load((REPO / "workflow/configs/paper.yaml").read_text()))
+    config = merged(
+        yaml.safe_load((REPO / "config.yaml").read_text()),
+        yaml.safe_load((REPO / "workflow/configs/paper.yaml").read_text()),
+    )
     config["model"]["path"] = str(REPO / config["model"]["path"])
     config["model"]["architecture"] = str(REPO / config["model"]["architecture"])
     return config
@@ -91,12 +93,15 @@ def test_lm_head_is_its_own_matrix_even_when_the_config_says_tie():
     assert "lm_head.weight" in names and "language_model.embed_tokens.weight" in names
 
 
-@pytest.mark.parametrize("modules, freeze_token_embeddings", [
-    (["language_model", "lm_head"], False),
-    (["language_model", "lm_head"], True),
-    (["audio_tower", "multi_modal_projector"], False),
-    (["audio_tower.layers.3", "language_model.layers.1.mlp"], False),
-])
+@pytest.mark.parametrize(
+    "modules, freeze_token_embeddings",
+    [
+        (["language_model", "lm_head"], False),
+        (["language_model", "lm_head"], True),
+        (["audio_tower", "multi_modal_projector"], False),
+        (["audio_tower.layers.3", "language_model.layers.1.mlp"], False),
+    ],
+)
 def test_trainable_parameters_are_the_ones_set_trainable_unfreezes(modules, freeze_token_embeddings):
     model = meta_model(DEMO_CONFIG)
     set_trainable(model, modules, freeze_token_embeddings)
@@ -169,9 +174,10 @@ def test_the_downloaded_config_json_replaces_the_architecture_copy(tmp_path):
 
 def test_plan_memory_prints_one_column_per_gpu_count(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    main(["plan-memory", "--configfile", "workflow/configs/paper.yaml", "--gpus", "1", "4", "8", "--gpu-memory-gb", "80"])
+    main(
+        ["plan-memory", "--configfile", "workflow/configs/paper.yaml", "--gpus", "1", "4", "8", "--gpu-memory-gb", "80"]
+    )
     table = capsys.readouterr().out
     assert "| per GPU (GB) | 1 GPU | 4 GPUs | 8 GPUs |" in table
     assert "| total | 128.4 | 41.7 | 27.3 |" in table
     assert "| fits 80 GB | no | yes | yes |" in table
-

@@ -26,8 +26,10 @@ def not_found(repo_id):
     """What huggingface_hub raises for a repository that does not exist."""
     http = importlib.import_module(errors.Response.__module__.split(".")[0])  # the HTTP client huggingface_hub uses
     url = f"https://huggingface.co/api/models/{repo_id}"
-    return errors.RepositoryNotFoundError(f"404 Client Error: Repository Not Found for url: {url}",
-                                          response=http.Response(404, request=http.Request("GET", url)))
+    return errors.RepositoryNotFoundError(
+        f"404 Client Error: Repository Not Found for url: {url}",
+        response=http.Response(404, request=http.Request("GET", url)),
+    )
 
 
 class FakeHub:
@@ -60,8 +62,19 @@ def hub(monkeypatch, tmp_path):
 
 
 def download(tmp_path, hub_id="Qwen/Qwen2-Audio-7B-Instruct"):
-    return main(["download-model", "--hub-id", hub_id, "--revision", "main",
-                 "--out-dir", str(tmp_path / "models/Qwen2-Audio-7B-Instruct"), "--stamp", str(tmp_path / "stamp.json")])
+    return main(
+        [
+            "download-model",
+            "--hub-id",
+            hub_id,
+            "--revision",
+            "main",
+            "--out-dir",
+            str(tmp_path / "models/Qwen2-Audio-7B-Instruct"),
+            "--stamp",
+            str(tmp_path / "stamp.json"),
+        ]
+    )
 
 
 def test_download_fetches_the_resolved_commit_into_the_model_folder_and_writes_a_stamp(hub, tmp_path):

@@ -142,7 +142,8 @@ def audio_layer(prefix: str, width: int, ffn: int) -> dict[str, int]:
 
 
 def text_layer(prefix: str, arch: Architecture) -> dict[str, int]:
-    hidden, query, key_value = arch.hidden_size, arch.num_attention_heads * arch.head_dim, arch.num_key_value_heads * arch.head_dim
+    hidden = arch.hidden_size
+    query, key_value = arch.num_attention_heads * arch.head_dim, arch.num_key_value_heads * arch.head_dim
     return {
         **linear(f"{prefix}.self_attn.q_proj", hidden, query),
         **linear(f"{prefix}.self_attn.k_proj", hidden, key_value),
@@ -193,7 +194,9 @@ def trainable_parameters(sizes: dict[str, int], modules: list[str], freeze_token
     chosen = set()
     for module in modules:
         if module.split(".")[0] not in MODEL_PARTS:
-            raise ValueError(f"unknown trainable module {module!r}; choose from {sorted(MODEL_PARTS)} or a dotted part of one")
+            raise ValueError(
+                f"unknown trainable module {module!r}; choose from {sorted(MODEL_PARTS)} or a dotted part of one"
+            )
         matched = {name for name in sizes if in_module(name, module)}
         if not matched:
             raise ValueError(f"unknown trainable module {module!r}: the model has no such part")
@@ -384,7 +387,9 @@ def check_memory_plan(config: dict) -> None:
             raise MemoryPlanError(refusal(arch, shape, plan, card, schemes, config_json))
 
 
-def refusal(arch: Architecture, shape: TrainingShape, plan: MemoryPlan, card: float, schemes: list[str], config_json: Path) -> str:
+def refusal(
+    arch: Architecture, shape: TrainingShape, plan: MemoryPlan, card: float, schemes: list[str], config_json: Path
+) -> str:
     enough = smallest_gpu_count(arch, shape, card)
     remedies = [
         f"set resources.finetune.gpu: {enough} (the fewest GPUs that fit)" if enough else "no GPU count up to 64 fits",

@@ -42,14 +42,26 @@ def run(args: argparse.Namespace) -> int:
     if not (partial / "config.json").is_file():
         raise SystemExit(f"download-model: {args.hub_id} has no config.json: not a transformers model")
     files = sorted(
-        str(path.relative_to(partial)) for path in partial.rglob("*")
+        str(path.relative_to(partial))
+        for path in partial.rglob("*")
         if path.is_file() and ".cache" not in path.relative_to(partial).parts
     )
     partial.rename(args.out_dir)
     args.stamp.parent.mkdir(parents=True, exist_ok=True)
-    args.stamp.write_text(json.dumps({
-        "hub_id": args.hub_id, "revision": args.revision, "commit": commit, "path": str(args.out_dir),
-        "files": files, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }, indent=2) + "\n", encoding="utf-8")
+    args.stamp.write_text(
+        json.dumps(
+            {
+                "hub_id": args.hub_id,
+                "revision": args.revision,
+                "commit": commit,
+                "path": str(args.out_dir),
+                "files": files,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     log.info("wrote %s (%d files) and %s", args.out_dir, len(files), args.stamp)
     return 0

@@ -23,10 +23,14 @@ BASE_CONFIG = Path("config.yaml")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configfile", nargs="+", type=Path, default=[], help="config files laid over ./config.yaml")
-    parser.add_argument("--config-json", type=Path, help="the model's config.json (default: from the config's model block)")
+    parser.add_argument(
+        "--config-json", type=Path, help="the model's config.json (default: from the config's model block)"
+    )
     parser.add_argument("--trainable-modules", nargs="+", help="default: every set the config's grid trains")
     parser.add_argument("--precision", choices=["fp32", "bf16", "auto"])
-    parser.add_argument("--gpus", nargs="+", type=int, help="one column per GPU count (default: resources.finetune.gpu)")
+    parser.add_argument(
+        "--gpus", nargs="+", type=int, help="one column per GPU count (default: resources.finetune.gpu)"
+    )
     parser.add_argument("--gpu-memory-gb", type=float, help="default: resources.finetune.gpu_memory_gb")
     parser.add_argument("--per-device-batch-size", type=int)
     parser.add_argument("--sequence-tokens", type=int)
@@ -64,8 +68,12 @@ def run(args: argparse.Namespace) -> int:
     config.setdefault("training", {}).setdefault("per_device_batch_size", 1)
     for modules, schemes in module_sets.items():
         shape = training_shape(
-            config, modules, precision=args.precision, per_device_batch_size=args.per_device_batch_size,
-            sequence_tokens=args.sequence_tokens, gradient_checkpointing=args.gradient_checkpointing,
+            config,
+            modules,
+            precision=args.precision,
+            per_device_batch_size=args.per_device_batch_size,
+            sequence_tokens=args.sequence_tokens,
+            gradient_checkpointing=args.gradient_checkpointing,
             freeze_token_embeddings=args.freeze_token_embeddings,
         )
         shapes = [replace(shape, gpus=gpus) for gpus in args.gpus or [shape.gpus]]
