@@ -133,6 +133,13 @@ def test_gradient_checkpointing_cuts_activations_and_fp32_doubles_them():
     assert plan_memory(arch, replace(shape, precision="fp32")).activations == pytest.approx(2 * full, rel=0.1)
 
 
+def test_lora_keeps_the_language_model_frozen_and_unsharded():
+    arch = read_architecture(ARCHITECTURE_7B)
+    lora = plan_memory(arch, TrainingShape(PAPER_MODULES, lora=True))
+    assert lora.optimizer == lora.gradients == lora.gathered_units == 0
+    assert lora.weights == 2 * sum(parameter_sizes(arch).values())  # everything in bf16, on every GPU
+
+
 def test_paper_config_fits_eight_80_gb_cards():
     config = paper_config()
     config["resources"]["finetune"].update(gpu=8, gpu_memory_gb=80)

@@ -29,6 +29,9 @@ The job is the trainer's FSDP2 set-up, one process per GPU, N GPUs (all sizes pe
                  working set at a time, c·B·P·(8·d + 2·f)
     overhead     a fixed 4 GiB: CUDA context, NCCL buffers, cuBLAS workspaces, allocator fragmentation
 
+With LoRA (model.lora) the language model and head stay frozen (the adapters, a few MB, are left out);
+audio parts a scheme names still train fully.
+
 FSDP units are those torchtitan wraps: each transformer block (LLM and audio encoder), the token
 embeddings, the final norm with the output head, and the rest at the root. Frozen parameters are
 not sharded and so never gathered.
@@ -48,6 +51,7 @@ ANSWER_TOKENS_PER_ITEM = 64
 # Prompt, audio tokens of a few-second clip (25 per second) and the answer.
 DEFAULT_SEQUENCE_TOKENS = 512
 MODEL_PARTS = ("audio_tower", "multi_modal_projector", "language_model", "lm_head")
+AUDIO_PARTS = ("audio_tower", "multi_modal_projector")
 # The encoder's positional table is a fixed sinusoid table, never trained (modeling.set_trainable).
 NEVER_TRAINED = ("audio_tower.embed_positions.weight",)
 TOKEN_EMBEDDINGS = "language_model.embed_tokens.weight"
@@ -231,6 +235,8 @@ class TrainingShape:
     sequence_tokens: int = DEFAULT_SEQUENCE_TOKENS
     gradient_checkpointing: bool = False
     freeze_token_embeddings: bool = False
+    # LoRA: the language model stays frozen (its adapters, a few MB, are left out); audio parts train fully.
+    lora: bool = False
 
 
 @dataclass(frozen=True)
@@ -294,7 +300,8 @@ def activation_bytes(arch: Architecture, shape: TrainingShape, audio_trained: bo
 
 def plan_memory(arch: Architecture, shape: TrainingShape) -> MemoryPlan:
     sizes = parameter_sizes(arch)
-    trained = trainable_parameters(sizes, list(shape.trainable_modules), shape.freeze_token_embeddings)
+    modules = [m for m in shape.trainable_modules if not shape.lora or m.split(".")[0] in AUDIO_PARTS]
+    trained = trainable_parameters(sizes, modules, shape.freeze_token_embeddings)
     trainable = sum(sizes[name] for name in trained)
     frozen = sum(sizes.values()) - trainable
     units: dict[str, int] = {}
@@ -367,6 +374,7 @@ def training_shape(config: dict, modules: tuple[str, ...], **overrides) -> Train
         per_device_batch_size=training["per_device_batch_size"],
         gradient_checkpointing=bool(training.get("gradient_checkpointing", False)),
         freeze_token_embeddings=bool(training.get("freeze_token_embeddings", False)),
+        lora=bool(config.get("model", {}).get("lora")),
     )
     return replace(shape, **{key: value for key, value in overrides.items() if value is not None})
 
