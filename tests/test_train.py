@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -183,7 +184,10 @@ def test_bf16_training_with_cached_audio_frames_runs_on_cpu(tiny_assets, tmp_pat
     losses = pd.read_csv(tmp_path / "out" / "loss.csv")["loss"]
     assert summary["optimizer_steps"] == 6 and np.isfinite(losses).all()
     saved = load_file(str(tmp_path / "out" / "model.safetensors"))
-    assert saved["language_model.model.embed_tokens.weight"].dtype == torch.bfloat16
+    stored = load_file(str(tiny_assets.model_dir / "model.safetensors"))
+    # Computed in bf16, kept in fp32, written in the base model's own dtype.
+    assert summary["precision"] == {"compute": "bfloat16", "master_weights": "float32"}
+    assert {t.dtype for t in saved.values()} == {t.dtype for t in stored.values()}
 
 
 @pytest.mark.parametrize("audio_part", ["multi_modal_projector", "audio_tower.layers.3"])
@@ -209,14 +213,14 @@ def curriculum_run(tiny_assets, tmp_path_factory):  # noqa: F811
     mixture = write_mixture(root / "mixture.parquet", tiny_assets.speech_manifest, rows)
     settings = make_settings(tiny_assets.model_dir, CURRICULUM, trainable=["multi_modal_projector", *LLM_ONLY])
     saves = []
-    real_save = train._save_checkpoint
+    real_save = train.save_checkpoint
 
-    def recording_save(path, model, optimizer, position, history, *args):
-        saves.append((dict(position), {k: v.clone() for k, v in train._trainable_state(model).items()}))
-        real_save(path, model, optimizer, position, history, *args)
+    def recording_save(root_dir, step, root, optimizer, state, group):
+        saves.append((dict(state["position"]), trainable_weights(root)))
+        return real_save(root_dir, step, root, optimizer, state, group)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "_save_checkpoint", recording_save)
+        patch.setattr(train, "save_checkpoint", recording_save)
         finetune(mixture, settings, root / "out", root / "work")
     return mixture, settings, root / "out", saves
 
@@ -281,6 +285,7 @@ def test_lora_output_is_an_adapter_that_reloads_to_the_trained_logits(tiny_asset
         [(1, 1, 5e-3, 0.0)],
         lora={"rank": 4, "alpha": 8},
         trainable=["multi_modal_projector", "language_model"],
+        output_dtype="fp32",  # the tiny model is stored in fp16, which would round the adapter
     )
     base, processor = load_model_and_processor(str(tiny_assets.model_dir))
     clip = read_manifest(tiny_assets.speech_manifest).iloc[0]
@@ -293,10 +298,14 @@ def test_lora_output_is_an_adapter_that_reloads_to_the_trained_logits(tiny_asset
     in_memory = {}
     real_write = train._write_output
 
-    def capture_then_write(out_dir, model, *args):
+    def capture_then_write(out_dir, model, processor, weights, *args):
+        # The trained weights, whole, in an unsharded copy of the model with the same adapters.
+        trained, _ = load_model_and_processor(str(tiny_assets.model_dir))
+        trained = train.apply_lora(trained, settings["model"]["lora"], settings["scheme"]["trainable_modules"])
+        trained.load_state_dict(weights)
         with torch.no_grad():
-            in_memory["logits"] = model.eval()(**probe).logits
-        real_write(out_dir, model, *args)
+            in_memory["logits"] = trained.eval()(**probe).logits
+        real_write(out_dir, model, processor, weights, *args)
 
     monkeypatch.setattr(train, "_write_output", capture_then_write)
     finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
@@ -333,8 +342,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     work_dir = tmp_path / "work"
     with pytest.raises(FloatingPointError, match=r"non-finite loss at phase 1 epoch 1 step 0.*last good checkpoint"):
         finetune(mixture, settings, tmp_path / "out", work_dir)
-    meta = json.loads((work_dir / "checkpoint" / "meta.json").read_text())
-    assert meta["position"]["global_step"] == 2
+    assert checkpoint_step(work_dir) == 2
     assert not (tmp_path / "out").exists()
 
 
@@ -369,24 +377,62 @@ def test_bad_row_in_a_later_phase_fails_before_any_training(tiny_assets, tmp_pat
     settings = make_settings(tiny_assets.model_dir, CURRICULUM, checkpoint_every_steps=1)
     with pytest.raises(DataError, match=rf"{mixture}: id 'nope'"):
         finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
-    assert not (tmp_path / "work" / "checkpoint").exists()
+    assert not (tmp_path / "work" / "checkpoints").exists()
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, as Slurm ends a job (torchrun's workers run in
+    sessions of their own, so killing torchrun's process group would leave them training)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, pending = [], [pid]
+    while pending:
+        tree.append(pending.pop())
+        pending.extend(children.get(tree[-1], []))
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def checkpoint_step(work_dir: Path) -> int:
-    try:
-        return json.loads((work_dir / "checkpoint" / "meta.json").read_text())["position"]["global_step"]
-    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being swapped in
-        return 0
+    """The step of the newest complete checkpoint (0: none yet)."""
+    steps = [int(p.name.removeprefix("step-")) for p in (work_dir / "checkpoints").glob("step-*")
+             if p.name.removeprefix("step-").isdigit()]
+    return max(steps, default=0)
+
+
+def trainable_weights(root) -> dict[str, torch.Tensor]:
+    """The trainable weights of a sharded training module, whole, under the model's own names."""
+    return {
+        name.removeprefix("model."): (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+        for name, p in root.named_parameters()
+        if p.requires_grad
+    }
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "trainable, per_device, cache",
-    [(["multi_modal_projector", *LLM_ONLY], 1, False), (LLM_ONLY, 2, True)],
-    ids=["projector", "cached_audio"],
+    "trainable, per_device, processes, training",
+    [
+        (["multi_modal_projector", *LLM_ONLY], 1, 1, {}),
+        (LLM_ONLY, 2, 1, {"cache_frozen_audio": True}),
+        # The paper's path: 2 processes, bf16 compute on fp32 master weights, gradient checkpointing.
+        (["multi_modal_projector", *LLM_ONLY], 1, 2, {"precision": "bf16", "gradient_checkpointing": True}),
+    ],
+    ids=["projector", "cached_audio", "two_processes_bf16"],
 )
 def test_rerun_after_sigkill_ends_with_the_uninterrupted_weights(
-    tiny_assets, tmp_path, trainable, per_device, cache  # noqa: F811
+    tiny_assets, tmp_path, trainable, per_device, processes, training  # noqa: F811
 ):
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
     # 12 items, 2 per step, 2 epochs: 12 optimizer steps, a checkpoint after each.
@@ -397,66 +443,61 @@ def test_rerun_after_sigkill_ends_with_the_uninterrupted_weights(
         per_device_batch_size=per_device,
         global_batch_size=2,
         checkpoint_every_steps=1,
-        cache_frozen_audio=cache,
+        **training,
     )
-    finetune(mixture, settings, tmp_path / "reference", tmp_path / "reference-work")
+    launcher = TORCHRUN + ["-m", "lalm_slu"] if processes > 1 else [sys.executable, "-m", "lalm_slu"]
 
-    command = run_cli(mixture, settings, tmp_path / "out", tmp_path / "work")
+    def command(out_dir, work_dir):
+        return launcher + run_cli(mixture, settings, out_dir, work_dir)[3:]
+
+    reference = subprocess.run(command(tmp_path / "reference", tmp_path / "reference-work"), env=subprocess_env(),
+                               capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-5000:]
+
     kill_at = int(np.random.default_rng(2509_15389).integers(2, 9))
     with open(tmp_path / "killed.log", "w") as log:
-        process = subprocess.Popen(command, env=subprocess_env(), stdout=log, stderr=log)
+        process = subprocess.Popen(command(tmp_path / "out", tmp_path / "work"), env=subprocess_env(), stdout=log,
+                                   stderr=log)
         while process.poll() is None and checkpoint_step(tmp_path / "work") < kill_at:
             time.sleep(0.005)
-        process.send_signal(signal.SIGKILL)
+        kill_process_tree(process.pid)
         process.wait()
     assert process.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()
     assert not (tmp_path / "out").exists()
 
-    rerun = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr
+    rerun = subprocess.run(command(tmp_path / "out", tmp_path / "work"), env=subprocess_env(), capture_output=True,
+                           text=True)
+    assert rerun.returncode == 0, rerun.stderr[-5000:]
     assert "resumed from" in rerun.stderr
     expected, actual = weights(tmp_path / "reference"), weights(tmp_path / "out")
     assert expected.keys() == actual.keys()
-    # One thread, same data order, optimizer state and weights restored exactly: bitwise equal.
+    # One thread per process, same data order, optimizer state and weights restored exactly: bitwise equal.
     assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "reference" / "loss.csv"), pd.read_csv(tmp_path / "out" / "loss.csv")
     )
 
 
-def test_checkpoint_save_after_a_kill_that_left_the_previous_one_behind(tmp_path):
-    # A kill after the swap but before the clean-up leaves checkpoint.old beside a complete checkpoint.
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.AdamW(model.parameters())
-    single = train.Distributed()  # no WORLD_SIZE in the environment: one process
-    path = tmp_path / "checkpoint"
-    for step in (1, 2):
-        (tmp_path / "checkpoint.old").mkdir(exist_ok=True)
-        (tmp_path / "checkpoint.old" / "meta.json").write_text("{}")
-        train._save_checkpoint(path, model, optimizer, {"global_step": step}, [], "fp", single)
-        assert json.loads((path / "meta.json").read_text())["position"] == {"global_step": step}
-        assert not (tmp_path / "checkpoint.old").exists()
-
-
 @pytest.mark.slow
 def test_two_gloo_processes_take_the_same_steps_as_one_with_the_same_global_batch(tiny_assets, tmp_path):  # noqa: F811
-    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
+    # 11 items, 4 per step: each epoch's last step has 3 micro-batches for 2 processes, so one runs a padding one.
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows()[1:])
     settings = make_settings(
         tiny_assets.model_dir,
         [(1, 2, 2e-3, 0.2)],
         trainable=["multi_modal_projector", *LLM_ONLY],
         per_device_batch_size=1,
         global_batch_size=4,
+        output_dtype="fp32",  # compared to 1e-5: the tiny model's own fp16 would round at that level
     )
     single = finetune(mixture, settings, tmp_path / "single", tmp_path / "single-work")
 
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command = launcher + ["-m", "lalm_slu"] + run_cli(mixture, settings, tmp_path / "ddp", tmp_path / "ddp-work")[3:]
+    command = TORCHRUN + ["-m", "lalm_slu"] + run_cli(mixture, settings, tmp_path / "ddp", tmp_path / "ddp-work")[3:]
     result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-5000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["processes"] == 2 and single["processes"] == 1
-    assert summary["optimizer_steps"] == single["optimizer_steps"] == 6  # 12 items / 4 per step × 2 epochs
+    assert summary["optimizer_steps"] == single["optimizer_steps"] == 6  # ceil(11 items / 4 per step) × 2 epochs
     one, two = (pd.read_csv(tmp_path / name / "loss.csv") for name in ("single", "ddp"))
     pd.testing.assert_frame_equal(
         one[["step", "text_items", "speech_items", "lr"]], two[["step", "text_items", "speech_items", "lr"]]
@@ -501,11 +542,28 @@ def test_a_checkpoint_made_on_other_base_weights_at_the_same_path_is_discarded(t
     assert not torch.equal(weights(tmp_path / "out")[head], weights(tmp_path / "again")[head])
 
 
-def test_the_fingerprint_changes_with_the_training_code(tiny_assets, tmp_path, monkeypatch):  # noqa: F811
+def test_an_edit_to_any_code_the_job_runs_changes_the_fingerprint_as_the_workflow_sees_it(tmp_path):
+    import shutil
+
+    from lalm_slu.code_version import PACKAGE_SRC, code_version
+
+    copy = tmp_path / "src"
+    shutil.copytree(PACKAGE_SRC / "lalm_slu", copy / "lalm_slu")
+    code_version.cache_clear()
+    assert code_version("finetune", copy) == code_version("finetune")
+    target_format = copy / "lalm_slu" / "slu_json.py"  # not the trainer's own file: the target's JSON layout
+    target_format.write_text(target_format.read_text() + "\n# an edit\n")
+    code_version.cache_clear()  # a process hashes each tree once: this one edited its copy since
+    assert code_version("finetune", copy) != code_version("finetune")
+
+
+def test_a_checkpoint_of_other_code_is_discarded_and_training_starts_over(tiny_assets, tmp_path, monkeypatch):  # noqa: F811
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
-    settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)])
+    settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1, keep_checkpoint=True)
+    finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
     before = train.fingerprint(mixture, settings)
-    edited = tmp_path / "train.py"
-    edited.write_text(train.TRAINING_CODE[0].read_text() + "\n# an edit\n")
-    monkeypatch.setattr(train, "TRAINING_CODE", (edited, train.TRAINING_CODE[1]))
+    monkeypatch.setattr(train, "code_version", lambda command: "edited")
     assert train.fingerprint(mixture, settings) != before
+    finetune(mixture, settings, tmp_path / "again", tmp_path / "work")
+    # Resumed, the run would have had no step left and logged none.
+    assert pd.read_csv(tmp_path / "again" / "loss.csv")["step"].tolist() == [1, 2]

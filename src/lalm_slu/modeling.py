@@ -258,16 +258,26 @@ class FrozenAudioCache:
     def add(self, frames: dict[str, torch.Tensor]) -> None:
         self.frames.update(frames)
 
-    def input_embeddings(self, model, batch: dict, clips: list[tuple[str, np.ndarray]]) -> dict:
-        """`batch` (from Collator) with its audio replaced by cached frames: inputs_embeds instead of
-        input_ids and features. `clips` are the (key, waveform) of the batch's speech items, in order."""
+    def batch_frames(self, model, clips: list[tuple[str, np.ndarray]]) -> torch.Tensor | None:
+        """The frames of a batch's clips, in order (None for a batch without speech). `clips` are the (key,
+        waveform) of the batch's speech items. The audio parts must be plain (unsharded) modules: a clip seen
+        for the first time is encoded outside the training forward, by this process alone."""
         for key, waveform in clips:
             if key not in self.frames:
                 self.frames[key] = clip_frames(model, self.processor, [waveform], self.length_aware)[0]
-        out = {k: v for k, v in batch.items() if k not in ("input_ids", "input_features", "feature_attention_mask")}
-        frames = [self.frames[key] for key, _ in clips]
-        out["inputs_embeds"] = merge_audio(model, batch["input_ids"], torch.cat(frames) if frames else None)
-        return out
+        return torch.cat([self.frames[key] for key, _ in clips]) if clips else None
+
+    def input_embeddings(self, model, batch: dict, clips: list[tuple[str, np.ndarray]]) -> dict:
+        """`batch` (from Collator) with its audio replaced by cached frames: inputs_embeds instead of
+        input_ids and features."""
+        return with_audio_frames(model, batch, self.batch_frames(model, clips))
+
+
+def with_audio_frames(model, batch: dict, frames: torch.Tensor | None) -> dict:
+    """`batch` with its audio given as frames already computed: inputs_embeds instead of input_ids and features."""
+    out = {k: v for k, v in batch.items() if k not in ("input_ids", "input_features", "feature_attention_mask")}
+    out["inputs_embeds"] = merge_audio(model, batch["input_ids"], frames)
+    return out
 
 
 def base_model(model) -> Qwen2AudioForConditionalGeneration:

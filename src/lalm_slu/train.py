@@ -2,8 +2,10 @@
 
 One loop, top to bottom: items → length-grouped micro-batches → accumulation → AdamW + warm-up/cosine per phase
 → checkpoint. A scheme is only config: which modules train, and the phases (each with epochs, LR, warm-up)
-whose items come from the mixture's `phase` column. Checkpoints live in a work directory that is not a
-Snakemake output, so an interrupted or killed job resumes where it stopped on re-run.
+whose items come from the mixture's `phase` column. The same loop runs in 1 or N processes (lalm_slu.distributed:
+FSDP2 with fp32 master weights, sharded checkpoints). Checkpoints live in a work directory that is not a
+Snakemake output, so an interrupted or killed job resumes where it stopped on re-run; it is deleted once the
+final model is written.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from lalm_slu.audio_frames import load_frames
+from lalm_slu.code_version import code_version
+from lalm_slu.distributed import ProcessGroup, full_state_dict, parallelize, resume_checkpoint, save_checkpoint
 from lalm_slu.modeling import (
     SAMPLE_RATE,
     ChatItem,
@@ -31,14 +37,17 @@ from lalm_slu.modeling import (
     FrozenAudioCache,
     answer_loss,
     answer_turn,
+    audio_features,
     audio_token_count,
     base_model,
     count_parameters,
     device_and_dtype,
     load_audio,
     load_model_and_processor,
+    projected_audio,
     render_prompt,
     set_trainable,
+    merge_audio,
     top_level,
 )
 from lalm_slu.records import DataError, read_manifest
@@ -46,7 +55,7 @@ from lalm_slu.slu_json import format_target
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint"
+CHECKPOINTS = "checkpoints"
 # The parts that turn audio into LLM inputs: training either invalidates cached audio frames.
 AUDIO_PARTS = ("audio_tower", "multi_modal_projector")
 
@@ -148,9 +157,6 @@ def cosine_lr(step: int, total: int, peak: float, warmup_ratio: float) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-TRAINING_CODE = tuple(Path(__file__).with_name(name) for name in ("train.py", "modeling.py", "audio_frames.py"))
-
-
 def model_identity(name_or_path: str) -> str:
     """What the base model is, cheaply: for a local directory every file's name, size and first and last MiB
     (a 7B model's shards are not read through); for a hub id, the id (its revision lives in the settings)."""
@@ -169,57 +175,66 @@ def model_identity(name_or_path: str) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(mixture_path, settings: dict) -> str:
-    """Identifies a run: a checkpoint with another fingerprint (other mixture, settings or base model
-    weights, e.g. a re-pretrained demo model at the same path) is never resumed."""
+def fingerprint(mixture_path, settings: dict, code: str | None = None) -> str:
+    """Identifies a run: a checkpoint of another mixture, settings, base model weights (e.g. a re-pretrained demo
+    model at the same path) or code is never resumed. `code`: the hash the workflow gives the fine-tuning job
+    (code_version), so any edit that re-runs the job also retrains it."""
     digest = hashlib.sha256(Path(mixture_path).read_bytes())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(model_identity(str(settings["model"]["path"])).encode())
-    # The training code itself: after an edit, Snakemake re-runs the job and it must really retrain.
-    for source in TRAINING_CODE:
-        digest.update(source.read_bytes())
+    digest.update((code or code_version("finetune")).encode())
     return digest.hexdigest()[:16]
 
 
-class Distributed:
-    """torchrun/accelerate-launched DDP (gloo on CPU, nccl on GPU), or a single process."""
+class AnswerLoss(nn.Module):
+    """The training forward as one module call, so that FSDP2 gathers every unit inside it (the root first).
+    Audio frames are computed before the token embeddings, as Qwen2AudioModel.forward does."""
 
-    def __init__(self):
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        if self.world_size > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            torch.distributed.init_process_group(backend)
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+    def forward(self, batch: dict, audio_frames: torch.Tensor | None = None, touch_audio: bool = False) -> torch.Tensor:
+        """`audio_frames`: the batch's frames, precomputed (else from its features, if it has speech).
+        `touch_audio`: run the audio path even without speech (see `silent_audio_frames`)."""
+        frames = audio_frames
+        if frames is None and "input_features" in batch:
+            frames = projected_audio(self.model, batch["input_features"], batch["feature_attention_mask"])
+        silent = silent_audio_frames(self.model) if frames is None and touch_audio else None
+        embeddings = merge_audio(self.model, batch["input_ids"], frames)
+        if silent is not None:
+            embeddings = embeddings + 0.0 * silent.sum()
+        return answer_loss(self.model, {"inputs_embeds": embeddings, "attention_mask": batch["attention_mask"],
+                                        "labels": batch["labels"]})
 
-    def average_gradients(self, params) -> None:
-        if self.world_size == 1:
-            return
-        # A parameter no rank touched this step (the projector in an all-text step) keeps grad None, so AdamW
-        # skips it as a single process would; zeros would still move it through its moments.
-        touched = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
-        torch.distributed.all_reduce(touched)
-        for p, ranks in zip(params, touched.tolist()):
-            if ranks == 0:
-                continue
-            if p.grad is None:  # touched on another rank only: join the reduction with zeros
-                p.grad = torch.zeros_like(p)
-            torch.distributed.all_reduce(p.grad)
-            p.grad /= self.world_size
 
-    def all_sum(self, value: float) -> float:
-        if self.world_size == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64)
-        torch.distributed.all_reduce(tensor)
-        return float(tensor.item())
+def silent_audio_frames(model) -> torch.Tensor:
+    """Projected frames of the shortest input the audio tower takes (4 mel frames of zeros: one frame). A
+    trainable audio path is sharded, so every process must run it, at the same point of the forward, in every
+    micro-batch of a step that has speech on any process, or their gathers and reductions no longer pair up.
+    Added with zero weight: no gradient."""
+    mel_bins = base_model(model).config.audio_config.num_mel_bins
+    device = next(base_model(model).model.multi_modal_projector.parameters()).device
+    return projected_audio(model, torch.zeros(1, mel_bins, 4, device=device), torch.ones(1, 4, dtype=torch.long,
+                                                                                        device=device))
 
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            torch.distributed.barrier()
+
+def training_precision(training: dict) -> tuple[str, torch.dtype]:
+    """Device and compute dtype. Weights that train are always kept and updated in fp32: in bf16 AdamW loses
+    most updates at the paper's learning rates (a weight moves only if |w| < ~512 × lr)."""
+    if training.get("precision", "auto") == "fp16":
+        raise ValueError("training.precision: fp16 is not supported for training (no loss scaling); use bf16")
+    return device_and_dtype(training)
+
+
+def output_dtype(training: dict, model_path: str) -> torch.dtype:
+    """The dtype of the written weights: the base model's own (`original`) or fp32."""
+    if training.get("output_dtype", "original") == "fp32":
+        return torch.float32
+    config_file = Path(model_path) / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    stored = config.get("dtype") or config.get("torch_dtype")
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(stored, torch.float32)
 
 
 def apply_lora(model, lora: dict, trainable_modules: list[str]):
@@ -249,33 +264,45 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
     `audio_frames`: files of precomputed frames (audio_frames.encode_manifest) for the mixture's clips; only
     for a scheme that freezes the audio tower and the projector."""
     started = time.time()
+    device, dtype = training_precision(settings["training"])
+    group = ProcessGroup(device)
+    try:
+        return _finetune(mixture_path, settings, Path(out_dir), Path(work_dir), audio_frames, group, dtype, started)
+    finally:
+        group.close()
+
+
+def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frames, group: ProcessGroup,
+              dtype: torch.dtype, started: float) -> dict:
     model_cfg, training, scheme = settings["model"], settings["training"], settings["scheme"]
     instruction = settings["prompt"]["instruction"]
-    dist = Distributed()
     seed = int(training.get("seed", 0))
     torch.manual_seed(seed)
-    device, dtype = device_and_dtype(training)
-    model, processor = load_model_and_processor(model_cfg["path"], dtype=dtype, device=device)
+    # Loaded as stored (bf16 for the 7B model); `parallelize` upcasts what trains to fp32 one unit at a time.
+    model, processor = load_model_and_processor(model_cfg["path"], dtype=output_dtype({}, model_cfg["path"]))
     counts = set_trainable(model, scheme["trainable_modules"], bool(training.get("freeze_token_embeddings")))
     lora = model_cfg.get("lora")
     if lora:
         model = apply_lora(model, lora, scheme["trainable_modules"])
     if training.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable()
-    params = [p for p in model.parameters() if p.requires_grad]
+        # Non-reentrant: the form that composes with FSDP2's hooks.
+        base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     parameter_counts = {"per_module": counts, **count_parameters(model)}
     log.info("trainable parameters: %s", parameter_counts)
+    trained_parts = {top_level(m) for m in scheme["trainable_modules"]}
+    audio_frozen = not set(AUDIO_PARTS) & trained_parts
+    if audio_frames and not audio_frozen:
+        raise ValueError(f"precomputed audio frames were given, but scheme {scheme.get('name')!r} trains "
+                         f"{sorted(set(AUDIO_PARTS) & trained_parts)}: its frames change as it trains")
+    root = AnswerLoss(model)
+    parallelize(root, model, dtype, group)
+    params = [p for p in root.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=float(scheme["phases"][0]["learning_rate"]), weight_decay=float(training.get("weight_decay", 0.0)),
         betas=(0.9, 0.999),
     )
     length_aware = bool(training.get("length_aware", True))
     collator = Collator(processor, length_aware=length_aware)
-    trained_parts = {top_level(m) for m in scheme["trainable_modules"]}
-    audio_frozen = not set(AUDIO_PARTS) & trained_parts
-    if audio_frames and not audio_frozen:
-        raise ValueError(f"precomputed audio frames were given, but scheme {scheme.get('name')!r} trains "
-                         f"{sorted(set(AUDIO_PARTS) & trained_parts)}: its frames change as it trains")
     audio_cache = None
     if audio_frozen and (training.get("cache_frozen_audio") or audio_frames):
         audio_cache = FrozenAudioCache(processor, length_aware)
@@ -283,29 +310,25 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
             audio_cache.add(load_frames(path, model, length_aware).frames)
     per_device = int(training["per_device_batch_size"])
     global_batch = int(training["global_batch_size"])
-    accumulation = global_batch // (per_device * dist.world_size)
-    if accumulation < 1 or accumulation * per_device * dist.world_size != global_batch:
+    accumulation = global_batch // (per_device * group.world_size)
+    if accumulation < 1 or accumulation * per_device * group.world_size != global_batch:
         raise ValueError(
             f"training.global_batch_size={global_batch} must be a multiple of per_device_batch_size={per_device} "
-            f"× processes={dist.world_size}"
+            f"× processes={group.world_size}"
         )
 
-    work_dir, out_dir = Path(work_dir), Path(out_dir)
-    checkpoint = work_dir / CHECKPOINT_NAME
+    checkpoints = work_dir / CHECKPOINTS
     run_fingerprint = fingerprint(mixture_path, settings)
     position = {"phase_index": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0}
     history: list[dict] = []
-    previous = checkpoint.parent / (checkpoint.name + ".old")
-    if not checkpoint.exists() and previous.exists():  # killed between the two renames of _save_checkpoint
-        os.replace(previous, checkpoint)
-    shutil.rmtree(previous, ignore_errors=True)  # killed after the swap: the newer checkpoint is complete
-    if checkpoint.exists() and _checkpoint_fingerprint(checkpoint) != run_fingerprint:
-        # The config or the mixture changed since that checkpoint: its state belongs to another run.
-        log.warning("%s was written for other settings or another mixture; starting over", checkpoint)
-        shutil.rmtree(checkpoint)
-    if checkpoint.exists():
-        position, history = _resume(checkpoint, model, optimizer, run_fingerprint)
-        log.info("resumed from %s at %s", checkpoint, position)
+    resumed = resume_checkpoint(checkpoints, root, optimizer, run_fingerprint, group)
+    if resumed is not None:
+        position, history = resumed["position"], resumed["history"]
+        log.info("resumed at %s", position)
+
+    def checkpoint() -> None:
+        state = {"fingerprint": run_fingerprint, "position": position, "history": history}
+        save_checkpoint(checkpoints, position["global_step"], root, optimizer, state, group)
 
     # Every phase's items are checked before any training, so a bad row fails at once, not after phase 1.
     phase_items = {int(phase["phase"]): load_items(mixture_path, int(phase["phase"])) for phase in scheme["phases"]}
@@ -322,42 +345,22 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
         steps_per_epoch = math.ceil(len(items) / global_batch)
         total_steps = steps_per_epoch * epochs
         modalities = pd.Series([it.modality for it in items]).value_counts().to_dict()
-        log.info("phase %s: %d items %s, %d epochs × %d steps, lr %s, warm-up %s", phase["phase"], len(items),
-                 modalities, epochs, steps_per_epoch, phase["learning_rate"], phase["warmup_ratio"])
-        progress = tqdm(total=total_steps, desc=f"phase {phase['phase']}", mininterval=20, disable=not dist.is_main)
+        log.info("phase %s: %d items %s, %d epochs × %d steps, lr %s, warm-up %s, %d process(es)", phase["phase"],
+                 len(items), modalities, epochs, steps_per_epoch, phase["learning_rate"], phase["warmup_ratio"],
+                 group.world_size)
+        progress = tqdm(total=total_steps, desc=f"phase {phase['phase']}", mininterval=20, disable=not group.is_main)
         start_epoch = position["epoch"] if phase_index == position["phase_index"] else 0
         for epoch in range(start_epoch, epochs):
             batches = micro_batches(items, lengths, per_device, seed, int(phase["phase"]), epoch)
             first = position["step_in_epoch"] if (phase_index, epoch) == (position["phase_index"], position["epoch"]) else 0
             progress.n = epoch * steps_per_epoch + first
             for step in range(first, steps_per_epoch):
-                group = batches[step * accumulation * dist.world_size : (step + 1) * accumulation * dist.world_size]
-                mine = group[dist.rank :: dist.world_size]
-                speech_items = sum(items[i].modality == "speech" for batch_ids in group for i in batch_ids)
-                n_items = dist.all_sum(float(sum(len(b) for b in mine)))
-                model.train()
-                if "audio_tower" not in trained_parts:
-                    base_model(model).model.audio_tower.eval()
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum = 0.0
-                for batch_ids in mine:
-                    batch_items = [items[i] for i in batch_ids]
-                    chats = to_chat_items(batch_items, instruction)
-                    batch = {k: v.to(device) for k, v in collator(chats).items()}
-                    if audio_cache is not None:
-                        clips = [(it.audio_path, c.audio) for it, c in zip(batch_items, chats) if c.audio is not None]
-                        batch = audio_cache.input_embeddings(model, batch, clips)
-                    with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
-                        loss = answer_loss(model, batch)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"non-finite loss at phase {phase['phase']} epoch {epoch} step {step}; "
-                            f"the last good checkpoint is kept in {checkpoint}"
-                        )
-                    # Weight each micro-batch by its share of the global batch's items.
-                    (loss * len(batch_ids) * dist.world_size / n_items).backward()
-                    loss_sum += float(loss.detach()) * len(batch_ids)
-                dist.average_gradients(params)
+                group_batches = batches[step * accumulation * group.world_size : (step + 1) * accumulation * group.world_size]
+                loss_sum, n_items, speech_items = _optimizer_step_gradients(
+                    root, group_batches, items, instruction, collator, audio_cache, group,
+                    touch_audio=not audio_frozen, trains_audio_tower="audio_tower" in trained_parts,
+                    where=f"phase {phase['phase']} epoch {epoch} step {step}",
+                )
                 torch.nn.utils.clip_grad_norm_(params, float(training.get("max_grad_norm", 1.0)))
                 lr = cosine_lr(epoch * steps_per_epoch + step, total_steps, float(phase["learning_rate"]),
                                float(phase["warmup_ratio"]))
@@ -367,90 +370,80 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
                 position = {"phase_index": phase_index, "epoch": epoch, "step_in_epoch": step + 1,
                             "global_step": position["global_step"] + 1}
                 history.append({"step": position["global_step"], "phase": int(phase["phase"]), "epoch": epoch,
-                                "loss": round(dist.all_sum(loss_sum) / n_items, 6), "lr": lr,
+                                "loss": round(loss_sum / n_items, 6), "lr": lr,
                                 "text_items": int(n_items) - speech_items, "speech_items": speech_items})
                 progress.update(1)
-                every = int(training.get("checkpoint_every_steps", 50))
-                if position["global_step"] % every == 0:
-                    _save_checkpoint(checkpoint, model, optimizer, position, history, run_fingerprint, dist)
+                if position["global_step"] % int(training.get("checkpoint_every_steps", 50)) == 0:
+                    checkpoint()
             position = {**position, "epoch": epoch + 1, "step_in_epoch": 0}
         progress.close()
         position = {**position, "phase_index": phase_index + 1, "epoch": 0, "step_in_epoch": 0}
-        _save_checkpoint(checkpoint, model, optimizer, position, history, run_fingerprint, dist)
+        checkpoint()
 
     summary = {
         "wall_time_s": round(time.time() - started, 2),
         "optimizer_steps": position["global_step"],
-        "processes": dist.world_size,
+        "processes": group.world_size,
+        "precision": {"compute": str(dtype).removeprefix("torch."), "master_weights": "float32"},
         "trainable_parameters": parameter_counts,
         "final_loss": history[-1]["loss"] if history else None,
     }
-    if dist.is_main:
-        _write_output(out_dir, model, processor, settings, history, summary)
-    dist.barrier()
+    if torch.cuda.is_available() and group.device.type == "cuda":
+        summary["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(group.device) / 2**30, 2)
+    weights = full_state_dict(root, prefix="model.")
+    if group.is_main:
+        _write_output(out_dir, model, processor, weights, output_dtype(training, model_cfg["path"]), settings,
+                      history, summary)
+        if not training.get("keep_checkpoint", False):
+            shutil.rmtree(checkpoints, ignore_errors=True)  # ~43 GB per 7B run; the final model is written
+    group.barrier()
     return summary
 
 
-def _trainable_state(model) -> dict:
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+def _optimizer_step_gradients(root, group_batches, items, instruction, collator, audio_cache, group,
+                              touch_audio: bool, trains_audio_tower: bool, where: str):
+    """Accumulate one optimizer step's gradients over this process's micro-batches. Every process runs the same
+    number of forward/backward passes (FSDP2 gathers and reduces in each): one short of a batch repeats its first
+    with zero weight. Returns the step's summed loss, item count and speech items (over all processes)."""
+    mine = group_batches[group.rank :: group.world_size]
+    rounds = math.ceil(len(group_batches) / group.world_size)
+    step_items = sum(len(b) for b in group_batches)
+    speech_items = sum(items[i].modality == "speech" for batch_ids in group_batches for i in batch_ids)
+    root.train()
+    if not trains_audio_tower:
+        base_model(root.model).model.audio_tower.eval()
+    for param in root.parameters():
+        param.grad = None
+    loss_sum = 0.0
+    for round_index in range(rounds):
+        padding = round_index >= len(mine)
+        batch_ids = group_batches[0] if padding else mine[round_index]
+        batch_items = [items[i] for i in batch_ids]
+        chats = to_chat_items(batch_items, instruction)
+        batch = {k: v.to(group.device) for k, v in collator(chats).items()}
+        frames = None
+        if audio_cache is not None:
+            clips = [(it.audio_path, c.audio) for it, c in zip(batch_items, chats) if c.audio is not None]
+            frames = audio_cache.batch_frames(root.model, clips)
+        loss = root(batch, frames, touch_audio=touch_audio and speech_items > 0)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at {where}; the last good checkpoint is kept")
+        # Each micro-batch weighs its share of the step's items; FSDP2 averages over processes.
+        weight = 0.0 if padding else len(batch_ids) * group.world_size / step_items
+        (loss * weight).backward()
+        if not padding:
+            loss_sum += float(loss.detach()) * len(batch_ids)
+    return group.all_sum(loss_sum), step_items, speech_items
 
 
-def _save_checkpoint(path: Path, model, optimizer, position, history, run_fingerprint, dist) -> None:
-    """Atomic: written to a temp dir, then swapped in, so a kill mid-write leaves the previous checkpoint."""
-    if not dist.is_main:
-        dist.barrier()
-        return
-    from safetensors.torch import save_file
-
-    tmp = path.parent / (path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
-    rng = {"torch": torch.get_rng_state()}
-    torch.save({"optimizer": optimizer.state_dict(), "position": position, "rng": rng}, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps({"fingerprint": run_fingerprint, "position": position}))
-    (tmp / "history.json").write_text(json.dumps(history))
-    old = path.parent / (path.name + ".old")
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)  # left by a kill after the swap, before its clean-up
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
-
-
-def _checkpoint_fingerprint(path: Path) -> str | None:
-    try:
-        return json.loads((path / "meta.json").read_text())["fingerprint"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _resume(path: Path, model, optimizer, run_fingerprint: str):
-    from safetensors.torch import load_file
-
-    meta = json.loads((path / "meta.json").read_text())
-    if meta["fingerprint"] != run_fingerprint:
-        raise RuntimeError(
-            f"{path} belongs to a different mixture or settings (fingerprint {meta['fingerprint']} ≠ "
-            f"{run_fingerprint}); delete it to start over"
-        )
-    weights = load_file(str(path / "trainable.safetensors"))
-    result = model.load_state_dict(weights, strict=False)
-    if result.unexpected_keys:
-        raise RuntimeError(f"{path}: unexpected keys {result.unexpected_keys[:5]}")
-    state = torch.load(path / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    return state["position"], json.loads((path / "history.json").read_text())
-
-
-def _write_output(out_dir: Path, model, processor, settings, history, summary) -> None:
+def _write_output(out_dir: Path, model, processor, weights: dict, dtype: torch.dtype, settings, history,
+                  summary) -> None:
     """Everything goes to a temp dir first; the declared output appears only when complete."""
     tmp = out_dir.parent / (out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)  # a peft model saves only its adapter
+    weights = {name: t.to(dtype) if t.is_floating_point() else t for name, t in weights.items()}
+    model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)  # a peft model saves only its adapter
     processor.save_pretrained(tmp)
     (tmp / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2))

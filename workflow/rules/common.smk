@@ -1,10 +1,9 @@
 # Grid expansion, run names, paths, input functions, code versions and config checks.
 # Plain Python only: nothing here imports the package or anything heavy.
 
-import ast
-import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -13,6 +12,9 @@ from snakemake.exceptions import WorkflowError
 
 SPLITS = ("train", "dev", "test")
 PACKAGE_SRC = Path(workflow.basedir) / "src"
+# Planning uses this checkout's package (plain-Python modules only), whatever is installed.
+sys.path.insert(0, str(PACKAGE_SRC))
+from lalm_slu.code_version import code_version as package_code_version
 # What a string in corpora.*.options may contain, filled in per language.
 OPTION_PLACEHOLDERS = ("lang", "locale")
 # The readers of SLURP's release text, and where each is told its folder.
@@ -644,67 +646,13 @@ def resource(rule_name, key):
 
 # ---------------------------------------------------------------- code versions
 
-# A rule's params carry a hash of the package source its command runs, so editing that
-# code re-runs the rule (and, by timestamps, everything downstream) and nothing else.
-# Imports are followed statically (ast); the package is never imported here.
-
-
-def module_file(module):
-    path = PACKAGE_SRC.joinpath(*module.split("."))
-    if (path / "__init__.py").is_file():
-        return path / "__init__.py"
-    if path.with_suffix(".py").is_file():
-        return path.with_suffix(".py")
-    return None
-
-
-def imported_modules(module, file):
-    package = module if file.name == "__init__.py" else module.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
-            found.add(base)
-            # `from package import module` imports the module, not just a name.
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in found if name.split(".")[0] == "lalm_slu"}
-
-
-def module_closure(module):
-    """Files of `module`, every package module it imports (transitively) and their packages."""
-    files, pending, seen = set(), [module], set()
-    while pending:
-        name = pending.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        pending.extend(".".join(parts[:depth]) for depth in range(1, len(parts)))
-        file = module_file(name)
-        if file is not None:
-            files.add(file)
-            pending.extend(imported_modules(name, file))
-    return files
-
-
-CODE_VERSIONS = {}
+# A rule's params carry a hash of the package source its command runs, so editing that code
+# re-runs the rule (and, by timestamps, everything downstream) and nothing else. The trainer's
+# checkpoint fingerprint uses the same function.
 
 
 def code_version(command_module):
-    """sha256 of the source files the command `lalm_slu.commands.<command_module>` runs."""
-    if command_module not in CODE_VERSIONS:
-        digest = hashlib.sha256()
-        files = module_closure(f"lalm_slu.commands.{command_module}")
-        for file in sorted(files):
-            digest.update(str(file.relative_to(PACKAGE_SRC)).encode())
-            digest.update(file.read_bytes())
-        CODE_VERSIONS[command_module] = digest.hexdigest()[:16]
-    return CODE_VERSIONS[command_module]
+    return package_code_version(command_module, PACKAGE_SRC)
 
 
 # ---------------------------------------------------------------- comparisons
