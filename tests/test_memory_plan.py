@@ -133,11 +133,19 @@ def test_gradient_checkpointing_cuts_activations_and_fp32_doubles_them():
     assert plan_memory(arch, replace(shape, precision="fp32")).activations == pytest.approx(2 * full, rel=0.1)
 
 
-def test_lora_keeps_the_language_model_frozen_and_unsharded():
+def test_lora_trains_no_language_model_weight():
+    lora = plan_memory(read_architecture(ARCHITECTURE_7B), TrainingShape(PAPER_MODULES, gpus=4, lora=True))
+    assert lora.optimizer == lora.gradients == 0
+
+
+def test_frozen_audio_parts_are_replicated_and_a_frozen_llm_is_sharded_without_optimizer_state():
     arch = read_architecture(ARCHITECTURE_7B)
-    lora = plan_memory(arch, TrainingShape(PAPER_MODULES, lora=True))
-    assert lora.optimizer == lora.gradients == lora.gathered_units == 0
-    assert lora.weights == 2 * sum(parameter_sizes(arch).values())  # everything in bf16, on every GPU
+    parts = part_sizes(parameter_sizes(arch))
+    audio_only = plan_memory(arch, TrainingShape(("audio_tower",), gpus=4))
+    audio = parts["audio_tower"] - 1500 * 1280  # the positional table never trains
+    llm = parts["language_model"] + parts["lm_head"]
+    assert audio_only.optimizer == 8 * audio / 4
+    assert audio_only.weights == 4 * (audio + llm) / 4 + 2 * (parts["multi_modal_projector"] + 1500 * 1280)
 
 
 def test_paper_config_fits_eight_80_gb_cards():

@@ -10,13 +10,13 @@ width). A field missing from config.json takes transformers' default, as loading
 The job is the trainer's FSDP2 set-up, one process per GPU, N GPUs (all sizes per GPU, in GiB =
 2^30 bytes; an "80 GB" card holds 80 GiB):
 
-    weights      trainable params as fp32 master weights sharded over N: 4·T/N
-                 + frozen params replicated in the compute dtype (c = 2 bytes bf16, 4 fp32): c·F
-    gradients    fp32, sharded: 4·T/N
+    weights      frozen audio-tower and projector params R, replicated in the compute dtype (c = 2 bytes
+                 bf16, 4 fp32): c·R; every other param S (trained or not) as fp32 master weights sharded
+                 over N: 4·S/N
+    gradients    of the T trained params, fp32, sharded: 4·T/N
     optimizer    AdamW's two fp32 moments, sharded: 8·T/N
-    gathered     the largest all-gathered unit U (trainable params of one FSDP unit), twice for
-                 prefetch, in the compute dtype, plus its unsharded gradient in the fp32 reduce dtype:
-                 2·c·U + 4·U
+    gathered     the largest all-gathered FSDP unit U (its sharded params), twice for prefetch, in the
+                 compute dtype, plus the unsharded fp32 gradient of the largest trained unit G: 2·c·U + 4·G
     activations  B items × S sequence tokens, L LLM layers of width h and MLP width i:
                  without checkpointing c·B·S·L·(10·h + 4·i)  (what one layer saves for backward:
                  norms, q/k/v, attention output, residuals (~10·h), gate, up, activation, product (4·i));
@@ -32,9 +32,9 @@ The job is the trainer's FSDP2 set-up, one process per GPU, N GPUs (all sizes pe
 With LoRA (model.lora) the language model and head stay frozen (the adapters, a few MB, are left out);
 audio parts a scheme names still train fully.
 
-FSDP units are those torchtitan wraps: each transformer block (LLM and audio encoder), the token
-embeddings, the final norm with the output head, and the rest at the root. Frozen parameters are
-not sharded and so never gathered.
+FSDP units are lalm_slu.distributed.parallelize's: each LLM decoder layer, the token embeddings, the
+output head, each trained audio layer, the rest of a trained audio tower, a trained projector, and
+the root (the final norm).
 """
 
 from __future__ import annotations
@@ -212,15 +212,15 @@ def trainable_parameters(sizes: dict[str, int], modules: list[str], freeze_token
 
 
 def fsdp_unit(name: str) -> str:
-    """The FSDP unit a parameter is sharded in: its transformer block, the token embeddings, the output
-    head with the final norm, or the root."""
+    """The FSDP unit a sharded parameter lies in: its layer, the token embeddings, the output head, the
+    audio tower or the projector, else the root."""
     parts = name.split(".")
     if parts[1:2] == ["layers"]:
         return ".".join(parts[:3])
     if name == TOKEN_EMBEDDINGS:
         return "language_model.embed_tokens"
-    if name.startswith(("lm_head.", "language_model.norm.")):
-        return "lm_head"
+    if parts[0] in ("lm_head", *AUDIO_PARTS):
+        return parts[0]
     return "root"
 
 
@@ -302,19 +302,23 @@ def plan_memory(arch: Architecture, shape: TrainingShape) -> MemoryPlan:
     sizes = parameter_sizes(arch)
     modules = [m for m in shape.trainable_modules if not shape.lora or m.split(".")[0] in AUDIO_PARTS]
     trained = trainable_parameters(sizes, modules, shape.freeze_token_embeddings)
-    trainable = sum(sizes[name] for name in trained)
-    frozen = sum(sizes.values()) - trainable
+    # Frozen audio parts stay whole on every process; everything else is sharded.
+    replicated = {name for name in sizes if name.split(".")[0] in AUDIO_PARTS and name not in trained}
     units: dict[str, int] = {}
-    for name in trained:
+    trained_units: dict[str, int] = {}
+    for name in sizes.keys() - replicated:
         units[fsdp_unit(name)] = units.get(fsdp_unit(name), 0) + sizes[name]
-    largest_unit = max(units.values(), default=0)
+        if name in trained:
+            trained_units[fsdp_unit(name)] = trained_units.get(fsdp_unit(name), 0) + sizes[name]
+    trainable = sum(sizes[name] for name in trained)
+    sharded = sum(sizes.values()) - sum(sizes[name] for name in replicated)
     c, shards = compute_bytes(shape.precision), shape.gpus
     audio_trained = any(name.startswith("audio_tower.") for name in trained)
     return MemoryPlan(
-        weights=4 * trainable / shards + c * frozen,
+        weights=4 * sharded / shards + c * sum(sizes[name] for name in replicated),
         gradients=4 * trainable / shards,
         optimizer=8 * trainable / shards,
-        gathered_units=2 * c * largest_unit + 4 * largest_unit,
+        gathered_units=2 * c * max(units.values(), default=0) + 4 * max(trained_units.values(), default=0),
         activations=activation_bytes(arch, shape, audio_trained),
         overhead=OVERHEAD_GIB * GIB,
     )
