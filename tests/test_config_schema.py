@@ -21,7 +21,7 @@ def test_default_config_is_valid_and_schema_fills_defaults():
     del config["resources"]
     del config["corpora"]["slurp"]["subset_seed"]
     validated(config)
-    assert config["resources"]["light"] == {"threads": 1, "mem_mb": 1000, "runtime": 30, "gpu": 0}
+    assert config["resources"]["light"] == {"threads": 1, "mem_mb": 1000, "runtime": 30, "gpu": 0, "nodes": 1}
     assert config["corpora"]["slurp"]["subset_seed"] == 0
     assert config["corpora"]["slurp"]["on_bad_record"] == "error"
     assert config["grid"]["crosslingual"][0]["target_text_split"] == "dev"
@@ -84,6 +84,26 @@ def test_unknown_key_stops_snakemake_before_any_job(workflow_copy):
     assert "On instance['corpora']['xsid']" in output
 
 
+@pytest.mark.parametrize(
+    "block, edit, message",
+    [
+        ("training", lambda c: c["training"].update(per_device_batch_sise=8), "'per_device_batch_sise' was unexpected"),
+        ("training", lambda c: c["training"].update(per_device_batch_size=0), "0 is less than the minimum of 1"),
+        ("training", lambda c: c["training"].update(precision="fp16"), "'fp16' is not one of"),
+        ("decode", lambda c: c["decode"].update(num_beam=3), "'num_beam' was unexpected"),
+        ("model", lambda c: c["model"].update(lora={"rank": 8, "alpa": 16}), "is not valid under any of the given"),
+        ("schemes", lambda c: c["schemes"]["oracle"]["phases"][0].update(epoch=3), "'epoch' was unexpected"),
+        ("schemes", lambda c: c["schemes"]["oracle"]["phases"][0].pop("epochs"), "'epochs' is a required property"),
+        ("schemes", lambda c: c["schemes"]["oracle"].update(trainable_modules=["llm"]), "does not match"),
+    ],
+)
+def test_training_decoding_and_scheme_keys_are_checked_before_any_job(workflow_copy, block, edit, message):
+    config = default_config()
+    edit(config)
+    output = dry_run_error(workflow_copy, config)
+    assert message in output and f"On instance['{block}']" in output
+
+
 def test_bad_value_stops_snakemake_before_any_job(workflow_copy):
     config = default_config()
     config["decode"]["modalities"] = ["speech", "video"]
@@ -144,8 +164,18 @@ def test_bad_value_stops_snakemake_before_any_job(workflow_copy):
             "corpora.xsid.locales: ['fr'] are not in corpora.xsid.languages",
         ),
         (
-            lambda c: c["grid"]["monolingual"][1].update(scheme_settings={"curriculum": {"phases": [{"phase": 1}]}}),
+            lambda c: c["grid"]["monolingual"][1].update(scheme_settings={"curriculum": {"trainable_modules": ["lm_head"]}}),
             "grid.monolingual[1].scheme_settings: ['curriculum'] not among the entry's schemes",
+        ),
+        (
+            lambda c: c["schemes"]["curriculum"].update(phases=[c["schemes"]["curriculum"]["phases"][0]]),
+            "schemes.curriculum.phases: phases [1], but a curriculum mixture has phases [1, 2]",
+        ),
+        (
+            lambda c: c["grid"]["monolingual"][0].setdefault("scheme_settings", {}).update(
+                direct_mixing={"phases": [{"phase": 2, "epochs": 1, "learning_rate": 1e-4, "warmup_ratio": 0.0}]}
+            ),
+            "grid.monolingual[0].scheme_settings.direct_mixing.phases: phases [2], but a direct_mixing mixture has",
         ),
     ],
 )

@@ -170,3 +170,31 @@ def test_speech_massive_jobs_read_their_locale_into_their_own_audio_folder(tmp_p
         assert f"audio_dir=resources/audio/speechmassive/{lang} " in command + " "
     (download,) = [line for line in result.stdout.splitlines() if "lalm_slu download" in line and "speech_massive" in line]
     assert "--locales fr-FR de-DE es-ES vi-VN" in download
+
+
+def test_each_fine_tuning_job_launches_one_process_per_gpu_of_its_node(tmp_path):
+    workdir = scratch_workflow(tmp_path, PAPER_CONFIG)
+    gpus = paper_config()["resources"]["finetune"]["gpu"]
+    assert gpus > 1
+    finetunes = [fields for rule, fields in planned_jobs(workdir) if rule == "finetune_model"]
+    assert finetunes
+    for fields in finetunes:
+        assert f"python -m torch.distributed.run --standalone --nproc-per-node {gpus} -m lalm_slu finetune" in fields["shell"]
+        assert f"gpu={gpus}" in fields["resources"]
+
+
+def test_a_multi_node_fine_tuning_job_runs_one_torchrun_per_node_meeting_at_the_first(tmp_path):
+    workdir = scratch_workflow(tmp_path, PAPER_CONFIG)
+    (workdir / "two_nodes.yaml").write_text(yaml.safe_dump({"resources": {"finetune": {"nodes": 2}}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--dry-run", "--printshellcmds", "--cores", "1", "--configfile",
+         str(PAPER_CONFIG), "two_nodes.yaml"],
+        cwd=workdir, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert result.returncode == 0, result.stderr
+    gpus = paper_config()["resources"]["finetune"]["gpu"]
+    launch = (
+        f"srun --nodes 2 --ntasks-per-node 1 python -m torch.distributed.run --nnodes 2 --nproc-per-node {gpus}"
+        ' --rdzv-backend c10d --rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):29500"'
+    )
+    assert launch in result.stdout

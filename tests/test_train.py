@@ -380,6 +380,15 @@ def test_bad_row_in_a_later_phase_fails_before_any_training(tiny_assets, tmp_pat
     assert not (tmp_path / "work" / "checkpoints").exists()
 
 
+def test_a_mixture_whose_phases_are_not_the_schemes_is_refused_before_training(tiny_assets, tmp_path):  # noqa: F811
+    rows = [(i, "text", 1) for i in IDS] + [(i, "speech", 2) for i in IDS[:4]]  # a curriculum mixture
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, rows)
+    settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)])  # one phase, as direct mixing
+    with pytest.raises(DataError, match=rf"{mixture}: the mixture has phases \[1, 2\], scheme 'test' trains "
+                                        r"phases \[1\]"):
+        finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
+
+
 def kill_process_tree(pid: int) -> None:
     """SIGKILL a process and all its descendants at once, as Slurm ends a job (torchrun's workers run in
     sessions of their own, so killing torchrun's process group would leave them training)."""

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from lalm_slu.schemes import MIXTURE_PHASES
 
-SCHEMES = ("text_only", "direct_mixing", "curriculum", "oracle")
+SCHEMES = tuple(MIXTURE_PHASES)
 MIXTURE_COLUMNS = ("id", "lang", "modality", "phase", "manifest")
 
 
@@ -80,6 +81,7 @@ def build_mixture(scheme: str, parts: list[MixturePart], seed: int) -> pd.DataFr
         if partial:
             raise MixtureError(f"oracle uses all speech, but only part of it is allowed for {partial}")
         phases = [[item for part in parts for item in part.speech_items()]]
+    assert len(phases) == len(MIXTURE_PHASES[scheme])
     rng = np.random.default_rng(seed)
     frames = []
     for phase, items in enumerate(phases, start=1):

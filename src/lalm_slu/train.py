@@ -332,9 +332,10 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
 
     # Every phase's items are checked before any training, so a bad row fails at once, not after phase 1.
     phase_items = {int(phase["phase"]): load_items(mixture_path, int(phase["phase"])) for phase in scheme["phases"]}
-    for number, items in phase_items.items():
-        if not items:
-            raise DataError(f"phase {number} of the mixture has no items", mixture_path)
+    mixture_phases = sorted(int(p) for p in pd.read_parquet(mixture_path, columns=["phase"])["phase"].unique())
+    if mixture_phases != sorted(phase_items):
+        raise DataError(f"the mixture has phases {mixture_phases}, scheme {scheme.get('name')!r} trains phases "
+                        f"{sorted(phase_items)}", mixture_path)
 
     for phase_index, phase in enumerate(scheme["phases"]):
         if phase_index < position["phase_index"]:

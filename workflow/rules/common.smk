@@ -1,5 +1,5 @@
 # Grid expansion, run names, paths, input functions, code versions and config checks.
-# Plain Python only: nothing here imports the package or anything heavy.
+# Plain Python only: nothing heavy is imported, only the package's plain-Python modules.
 
 import json
 import re
@@ -15,6 +15,8 @@ PACKAGE_SRC = Path(workflow.basedir) / "src"
 # Planning uses this checkout's package (plain-Python modules only), whatever is installed.
 sys.path.insert(0, str(PACKAGE_SRC))
 from lalm_slu.code_version import code_version as package_code_version
+from lalm_slu.schemes import phase_mismatch
+
 # What a string in corpora.*.options may contain, filled in per language.
 OPTION_PLACEHOLDERS = ("lang", "locale")
 # The readers of SLURP's release text, and where each is told its folder.
@@ -158,6 +160,27 @@ def check_corpus(config, name, corpus):
 
 
 check_config(config)
+
+
+def check_scheme_phases(config):
+    """A scheme's phases must be its mixture's, in every place a scheme block is given."""
+    blocks = [
+        (f"schemes.{name}", name, block) for name, block in config["schemes"].items()
+    ]
+    for kind in ("monolingual", "crosslingual"):
+        for index, entry in enumerate(config["grid"][kind]):
+            for name, override in entry.get("scheme_settings", {}).items():
+                if "phases" in override:
+                    blocks.append(
+                        (f"grid.{kind}[{index}].scheme_settings.{name}", name, override)
+                    )
+    for key, name, block in blocks:
+        problem = phase_mismatch(name, block["phases"])
+        if problem:
+            raise WorkflowError(f"config {key}.phases: {problem}")
+
+
+check_scheme_phases(config)
 # Plain Python: a fine-tuning job too big for its GPUs is refused here, before any job runs.
 from lalm_slu.memory_plan import check_memory_plan
 
@@ -531,7 +554,9 @@ def finetune_settings(wildcards):
     run = RUNS[wildcards.run]
     return json.dumps(
         {
-            "model": config["model"],
+            # What the weights are; where they came from (hub_id, revision) or how planning sized them does not
+            # identify the run.
+            "model": {key: config["model"][key] for key in ("path", "lora")},
             "training": {**config["training"], "seed": run.seed},
             "scheme": {
                 "name": run.scheme,
@@ -544,12 +569,33 @@ def finetune_settings(wildcards):
     )
 
 
+def finetune_processes():
+    """Training processes per node: one per GPU, or as many as set (CPU runs)."""
+    block = config["resources"]["finetune"]
+    return block.get("processes") or max(1, block["gpu"])
+
+
 def finetune_launcher(wildcards):
-    """One process per GPU (torch.distributed) when a run gets several cards."""
-    gpus = resource("finetune", "gpu")
-    if gpus > 1:
-        return f"python -m torch.distributed.run --standalone --nproc_per_node {gpus}"
+    """The same trainer for 1 and N processes: plain python for one, torchrun for one node's GPUs, and on several
+    nodes one torchrun per node (srun) meeting at the job's first node. Built from integers only.
+    """
+    processes, nodes = finetune_processes(), resource("finetune", "nodes")
+    if nodes > 1:
+        return (
+            f"srun --nodes {nodes} --ntasks-per-node 1 python -m torch.distributed.run"
+            f" --nnodes {nodes} --nproc-per-node {processes} --rdzv-backend c10d"
+            ' --rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):29500"'
+            ' --rdzv-id "$SLURM_JOB_ID"'
+        )
+    if processes > 1:
+        return (
+            f"python -m torch.distributed.run --standalone --nproc-per-node {processes}"
+        )
     return "python"
+
+
+def threads_per_process(wildcards, threads):
+    return max(1, threads // finetune_processes())
 
 
 def work_dir(wildcards):
