@@ -2,6 +2,7 @@
 published size, and planning refuses a fine-tuning job that cannot fit its card, naming the numbers."""
 
 import json
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -196,3 +197,24 @@ def test_plan_memory_prints_one_column_per_gpu_count(capsys, monkeypatch):
     assert "| per GPU (GB) | 1 GPU | 4 GPUs | 8 GPUs |" in table
     assert "| total | 128.4 | 41.7 | 27.3 |" in table
     assert "| fits 80 GB | no | yes | yes |" in table
+
+
+def paper_job_settings(model_dir: Path) -> dict:
+    """A paper-config fine-tuning job's settings, as the trainer receives them."""
+    return {
+        "model": {"path": str(model_dir), "lora": None},
+        "training": {"precision": "bf16", "per_device_batch_size": 8, "gradient_checkpointing": True,
+                     "freeze_token_embeddings": False},
+        "scheme": {"name": "direct_mixing", "trainable_modules": ["language_model", "lm_head"]},
+    }
+
+
+def test_a_job_landing_on_too_few_gpus_stops_before_loading_naming_the_numbers(tmp_path):
+    import shutil
+
+    from lalm_slu.memory_plan import MemoryPlanError, check_job_fits
+
+    shutil.copy(REPO / "workflow" / "architectures" / "Qwen2-Audio-7B-Instruct.json", tmp_path / "config.json")
+    assert check_job_fits(paper_job_settings(tmp_path), processes=8, card_gb=80).total < 80 * 2**30
+    with pytest.raises(MemoryPlanError, match=r"needs 128\.\d GB per GPU; the card has 80 GB.*resources\.finetune\.gpu"):
+        check_job_fits(paper_job_settings(tmp_path), processes=1, card_gb=80)

@@ -419,3 +419,24 @@ def refusal(
         f"To fit: {', or '.join(remedies)}. Model shape from {config_json}; "
         "`lalm-slu plan-memory --configfile <config>` prints the table."
     )
+
+
+def check_job_fits(settings: dict, processes: int, card_gb: float) -> MemoryPlan:
+    """The fine-tuning job's own check, before it loads anything: its settings (as the trainer gets them) on
+    `processes` GPUs of `card_gb` each. The planning-time check cannot see the cards a job lands on."""
+    training, scheme = settings["training"], settings["scheme"]
+    config_json = Path(settings["model"]["path"]) / "config.json"
+    arch = read_architecture(config_json)
+    shape = TrainingShape(
+        trainable_modules=tuple(scheme["trainable_modules"]),
+        precision=training.get("precision", "auto"),
+        gpus=processes,
+        per_device_batch_size=int(training["per_device_batch_size"]),
+        gradient_checkpointing=bool(training.get("gradient_checkpointing", False)),
+        freeze_token_embeddings=bool(training.get("freeze_token_embeddings", False)),
+        lora=bool(settings["model"].get("lora")),
+    )
+    plan = plan_memory(arch, shape)
+    if not plan.fits(card_gb):
+        raise MemoryPlanError(refusal(arch, shape, plan, card_gb, [scheme.get("name", "?")], config_json))
+    return plan

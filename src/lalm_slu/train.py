@@ -30,6 +30,7 @@ from tqdm import tqdm
 from lalm_slu.audio_frames import load_frames
 from lalm_slu.code_version import code_version
 from lalm_slu.distributed import ProcessGroup, full_state_dict, parallelize, resume_checkpoint, save_checkpoint
+from lalm_slu.memory_plan import check_job_fits
 from lalm_slu.modeling import (
     SAMPLE_RATE,
     ChatItem,
@@ -276,6 +277,9 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
               dtype: torch.dtype, started: float) -> dict:
     model_cfg, training, scheme = settings["model"], settings["training"], settings["scheme"]
     instruction = settings["prompt"]["instruction"]
+    if group.device.type == "cuda":
+        card = torch.cuda.get_device_properties(group.device).total_memory / 2**30
+        check_job_fits(settings, group.world_size, card)  # before minutes of loading, not at the first OOM
     seed = int(training.get("seed", 0))
     torch.manual_seed(seed)
     # Loaded as stored (bf16 for the 7B model); `parallelize` upcasts what trains to fp32 one unit at a time.
