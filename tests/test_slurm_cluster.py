@@ -233,3 +233,80 @@ def test_smoke_run_through_slurm_matches_a_local_run(slurm_cluster, tmp_path):
         predictions = target.replace("/metrics/", "/predictions/").replace(".json", ".jsonl")
         assert (on_slurm / predictions).read_text() == (local / predictions).read_text(), predictions
         assert json.loads((on_slurm / target).read_text()) == json.loads((local / target).read_text()), target
+
+
+# Two gloo processes per fine-tuning job (torchrun inside the job, as on a GPU node), a checkpoint every step.
+TWO_PROCESSES = {
+    "resources": {"finetune": {"threads": 2, "processes": 2}},
+    "training": {"per_device_batch_size": 4, "global_batch_size": 8, "checkpoint_every_steps": 1},
+}
+TWO_PROCESS_RUN = "slurp-en_direct_mixing_b50_s0"
+
+
+def run_snakemake(project: Path, env: dict[str, str], targets: list[str], configs: list[str], *profiles: Path):
+    cmd = [sys.executable, "-m", "snakemake", *targets, "--configfile", *configs]
+    for profile in profiles:
+        cmd += ["--profile", str(profile)]
+    log = open(project / "snakemake.log", "w")
+    return subprocess.Popen(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def newest_checkpoint_step(work_dir: Path) -> int:
+    steps = [int(p.name.removeprefix("step-")) for p in (work_dir / "checkpoints").glob("step-*")
+             if p.name.removeprefix("step-").isdigit()]
+    return max(steps, default=0)
+
+
+def running_job(cluster: SlurmCluster, rule: str) -> str | None:
+    for line in cluster.slurm("squeue", "--noheader", "--states=RUNNING", "--format=%i %k").splitlines():
+        job_id, _, comment = line.strip().partition(" ")
+        if comment.startswith(f"rule_{rule}"):
+            return job_id
+    return None
+
+
+def test_cancelled_two_process_fine_tuning_resumes_from_its_sharded_checkpoint_to_the_uninterrupted_result(
+    slurm_cluster, tmp_path
+):
+    from safetensors.torch import load_file
+
+    target = [f"results/runs/{TWO_PROCESS_RUN}/model"]
+    projects = {}
+    for name in ("local", "slurm"):
+        projects[name] = copy_project(tmp_path / name)
+        (projects[name] / "two_processes.yaml").write_text(yaml.safe_dump(TWO_PROCESSES))
+    configs = [SMOKE_CONFIG, "two_processes.yaml"]
+    local = projects["local"]
+    process = run_snakemake(local, project_env(local, slurm_cluster), target, configs,
+                            REPO / "workflow" / "profiles" / "local")
+    assert process.wait(timeout=SMOKE_TIMEOUT_S) == 0, tail(local / "snakemake.log")
+
+    on_slurm = projects["slurm"]
+    work_dir = on_slurm / "work" / TWO_PROCESS_RUN
+    process = run_snakemake(on_slurm, project_env(on_slurm, slurm_cluster), target, configs, USER_PROFILE,
+                            TEST_PROFILE)
+    try:
+        deadline = time.monotonic() + SMOKE_TIMEOUT_S
+        while newest_checkpoint_step(work_dir) < 3:
+            assert process.poll() is None, f"snakemake ended early:\n{tail(on_slurm / 'snakemake.log')}"
+            assert time.monotonic() < deadline, "fine-tuning never reached step 3"
+            time.sleep(0.1)
+        first_job = running_job(slurm_cluster, "finetune_model")
+        assert first_job is not None
+        slurm_cluster.slurm("scancel", first_job)
+    except BaseException:
+        stop(process)
+        raise
+    assert process.wait(timeout=SMOKE_TIMEOUT_S) == 0, tail(on_slurm / "snakemake.log")
+
+    assert slurm_job(slurm_cluster, first_job)["JobState"] == "CANCELLED"
+    job_log = (on_slurm / "logs" / "finetune_model" / f"{TWO_PROCESS_RUN}.log").read_text()
+    assert "resumed from" in job_log and "2 process(es)" in job_log
+    summary = json.loads((on_slurm / target[0] / "summary.json").read_text())
+    assert summary["processes"] == 2
+    expected = load_file(str(local / target[0] / "model.safetensors"))
+    actual = load_file(str(on_slurm / target[0] / "model.safetensors"))
+    assert expected.keys() == actual.keys()
+    # The same two processes, threads and data order; weights and AdamW state restored exactly.
+    assert [name for name in expected if not (expected[name] == actual[name]).all()] == []
+    assert not work_dir.joinpath("checkpoints").exists()  # deleted once the final model was written
