@@ -93,7 +93,7 @@ def test_default_grid_plans_every_run_once_with_its_name(workflow_copy):
     expected |= {"xsid-de_oracle_b100_s0"}
     assert runs == expected
     counts = Counter(rule for rule, _ in jobs)
-    assert counts["decode_test_set"] == counts["score_predictions"] == 2 * len(expected)  # speech and text
+    assert counts["decode_test_set"] == counts["score_predictions"] == 3 * len(expected)  # speech, text, cascade
     assert counts["aggregate_metrics"] == counts["make_tables"] == counts["make_figures"] == 1
     assert "build_demo_model" not in counts and "pretrain_demo_model" not in counts
 

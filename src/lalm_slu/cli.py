@@ -25,6 +25,7 @@ COMMANDS = {
     "encode-audio": ("lalm_slu.commands.encode_audio", "frames of a speech manifest's clips, once for the grid"),
     "finetune": ("lalm_slu.commands.finetune", "fine-tune on a mixture file"),
     "decode": ("lalm_slu.commands.decode", "batched decoding of a test set"),
+    "transcribe-test-set": ("lalm_slu.commands.transcribe_test_set", "base-model transcripts for the cascade"),
     "score": ("lalm_slu.commands.score", "SLURP metrics for predictions against gold"),
     "aggregate": ("lalm_slu.commands.aggregate", "collect run metrics into one long CSV"),
     "tables": ("lalm_slu.commands.tables", "paper tables from the metrics CSV"),

@@ -28,7 +28,8 @@ from lalm_slu.records import read_manifest
 from lalm_slu.slu_json import parse_prediction
 
 log = logging.getLogger(__name__)
-MODALITIES = ("speech", "text")
+# cascade: text input from a manifest whose `text` is the base model's transcript (lalm_slu.cascade).
+MODALITIES = ("speech", "text", "cascade")
 
 
 def generate_batch(model, processor, collator: Collator, items: list[ChatItem], settings: dict,
@@ -84,7 +85,7 @@ def decode_manifest(model, processor, manifest, modality: str, settings: dict, i
         if missing:
             raise ValueError(f"{len(missing)} utterances have no audio (e.g. {missing[:3]}); synthesize or ingest first")
         lengths = [float(r["duration_s"] or 0.0) for r in rows]
-    else:
+    else:  # text, or the cascade's transcripts
         lengths = [len(r["text"]) for r in rows]
     # Longest first: the first batch shows at once whether memory suffices.
     order = sorted(range(len(rows)), key=lambda i: -lengths[i])

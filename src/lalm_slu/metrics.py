@@ -7,6 +7,7 @@ resample only has to re-sum those counts.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Iterable, Sequence
@@ -47,6 +48,18 @@ METRIC_NAMES = (
     "slu_recall",
     "slu_f1",
 )
+
+
+def normalize_for_wer(text: str) -> str:
+    """Lower case, punctuation (but apostrophes) to spaces, single spaces."""
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s']", " ", text.lower())).strip()
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus WER after normalize_for_wer (an empty reference counts as one word, so it is never skipped)."""
+    refs = [normalize_for_wer(r) or "<empty>" for r in references]
+    hyps = [normalize_for_wer(h) for h in hypotheses]
+    return float(jiwer.wer(refs, hyps))
 
 
 @dataclass(frozen=True)

@@ -318,7 +318,7 @@ wildcard_constraints:
     split="train|dev|test",
     seed="[0-9]+",
     budget="[0-9]+(shot)?",
-    modality="speech|text",
+    modality="speech|text|cascade",
     run=alternatives(RUNS),
     testset="[a-z][a-z0-9]*-[a-z]{2,3}(-[a-z]{2,3})?",
 
@@ -611,7 +611,25 @@ def decode_inputs(wildcards):
     }
     if wildcards.modality == "speech" and shares_audio_frames(RUNS[wildcards.run]):
         inputs["audio_frames"] = audio_frames_path(corpus, lang, "test")
+    if wildcards.modality == "cascade":
+        # The base model's transcripts of the test speech, made once for every run.
+        inputs["manifest"] = cascade_manifest_path(wildcards.testset)
     return inputs
+
+
+def cascade_manifest_path(testset):
+    return f"results/cascade/{testset}.parquet"
+
+
+def cascade_speech_manifest(wildcards):
+    corpus, lang = parse_testset(wildcards.testset)
+    return speech_manifest_path(corpus, lang, "test")
+
+
+def cascade_settings(wildcards):
+    """Transcription settings: the cascade block over decode's (beams, batch size, device, precision)."""
+    decode = {k: v for k, v in config["decode"].items() if k != "modalities"}
+    return json.dumps({**decode, **config["cascade"]}, sort_keys=True)
 
 
 def audio_frames_argument(wildcards, input):

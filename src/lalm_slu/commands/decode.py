@@ -8,7 +8,8 @@ import json
 def add_arguments(parser):
     parser.add_argument("--model", required=True, help="fine-tuned model directory (full weights or a LoRA adapter)")
     parser.add_argument("--manifest", required=True, help="test manifest (with audio for speech input)")
-    parser.add_argument("--modality", required=True, choices=["speech", "text"])
+    parser.add_argument("--modality", required=True, choices=["speech", "text", "cascade"],
+                        help="cascade: text input from a cascade manifest (transcribe-test-set)")
     parser.add_argument("--settings", required=True, help="JSON: num_beams, batch_size, max_new_tokens, instruction")
     parser.add_argument("--out", required=True, help="predictions jsonl")
     parser.add_argument("--threads", type=int, default=None,

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import random
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from lalm_slu.modeling import (
     set_trainable,
     top_level,
 )
+from lalm_slu.metrics import word_error_rate
 from lalm_slu.speech.tts import Voice
 from lalm_slu.modeling import load_audio
 
@@ -198,18 +198,6 @@ def _synthesize_worker(jobs):
     synthesizer = ESpeakSynthesizer()
     for text, _lang, voice_key, path in tqdm(jobs, desc="synthesizing", mininterval=10):
         soundfile.write(path, synthesizer.synthesize(text, Voice.from_key(voice_key)), TARGET_RATE)
-
-
-def normalize_for_wer(text: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"[^\w\s']", " ", text.lower())).strip()
-
-
-def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    import jiwer
-
-    refs = [normalize_for_wer(r) or "<empty>" for r in references]
-    hyps = [normalize_for_wer(h) for h in hypotheses]
-    return float(jiwer.wer(refs, hyps))
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:

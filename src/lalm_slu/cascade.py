@@ -1,0 +1,78 @@
+"""The cascade baseline: the base model (before any SLU fine-tuning) transcribes the test speech once, and every
+fine-tuned run reads that transcript as text input (decode modality `cascade`).
+
+The transcripts are a manifest: the test manifest's rows with `text` replaced by the base model's transcript
+(the gold transcript moves to `reference_text`), so decoding a cascade is decoding text from another manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+
+from lalm_slu.decode import generate_batch
+from lalm_slu.metrics import word_error_rate
+from lalm_slu.modeling import ChatItem, Collator, device_and_dtype, load_audio, load_model_and_processor
+from lalm_slu.outputs import atomic_output, write_text_atomic
+from lalm_slu.records import read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def extract_transcript(answer: str, pattern: str | None) -> str:
+    """The transcript in a model's answer: group 1 of `pattern` (searched), else the whole answer; an answer the
+    pattern does not match is kept whole (a transcript of what the model said is still the cascade's input)."""
+    if pattern:
+        match = re.search(pattern, answer)
+        if match:
+            return match.group(1).strip()
+    return answer.strip()
+
+
+def transcribe_manifest(model, processor, manifest, settings: dict) -> list[str]:
+    """The base model's raw answers to `settings["instruction"]` for every clip of `manifest`, in its order."""
+    rows = manifest.to_dict("records")
+    missing = [row["id"] for row in rows if not row["audio"]]
+    if missing:
+        raise ValueError(f"{len(missing)} utterances have no audio (e.g. {missing[:3]})")
+    order = sorted(range(len(rows)), key=lambda i: -float(rows[i]["duration_s"] or 0.0))
+    batch_size = int(settings.get("batch_size", 16))
+    collator = Collator(processor, for_generation=True)
+    model.eval()
+    answers: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        items = [ChatItem(settings["instruction"], audio=load_audio(rows[i]["audio"])) for i in indices]
+        answers.update(zip(indices, generate_batch(model, processor, collator, items, settings)))
+    return [answers[i] for i in range(len(rows))]
+
+
+def transcribe_test_set(model_dir: str, manifest_path: str, settings: dict, out_manifest: str, out_wer: str) -> dict:
+    """Write the cascade manifest (transcripts as `text`) and the transcripts' WER against the gold text."""
+    started = time.time()
+    device, dtype = device_and_dtype(settings)
+    model, processor = load_model_and_processor(model_dir, dtype=dtype, device=device)
+    manifest = read_manifest(manifest_path)
+    answers = transcribe_manifest(model, processor, manifest, settings)
+    transcripts = [extract_transcript(answer, settings.get("answer_pattern")) for answer in answers]
+    cascade = manifest.copy()
+    cascade["reference_text"] = cascade["text"]
+    cascade["asr_answer"] = answers
+    cascade["text"] = transcripts
+    for column in ("entities", "recordings"):  # stored as JSON strings, as write_manifest expects
+        cascade[column] = cascade[column].map(lambda value: json.dumps(list(value), ensure_ascii=False))
+    with atomic_output(out_manifest) as tmp:
+        cascade.to_parquet(tmp, index=False)
+    summary = {
+        "utterances": len(cascade),
+        "wer": round(word_error_rate(list(manifest["text"]), transcripts), 4),
+        "empty_transcripts": int(sum(not t for t in transcripts)),
+        "instruction": settings["instruction"],
+        "answer_pattern": settings.get("answer_pattern"),
+        "wall_time_s": round(time.time() - started, 2),
+    }
+    write_text_atomic(out_wer, json.dumps(summary, indent=2) + "\n")
+    log.info("transcribed %s: %s", manifest_path, summary)
+    return summary
