@@ -93,3 +93,42 @@ def test_synthesize_speech_command_rejects_malformed_voices(tmp_path, manifest_f
     with pytest.raises(SystemExit, match="--voices-json"):
         main(["synthesize-speech", "--manifest", str(manifest), "--out-manifest", str(tmp_path / "o.parquet"),
               "--audio-dir", str(tmp_path), "--voices-json", '[{"rate_wpm": 100}]', "--seed", "0"])  # fmt: skip
+
+
+# eSpeak NG reports word positions to the sample; its waveform generator advances 64 native samples (22,050 Hz) a step.
+ESPEAK_FRAME_S = 64 / 22_050
+
+
+@pytest.mark.parametrize("voice", [Voice("en-us+m3", 135, 50), Voice("en-us+f2", 195, 60), Voice("en+m1", 165, 35)])
+def test_word_times_start_where_the_words_audio_starts(voice):
+    import numpy as np
+
+    from lalm_slu.speech.tts import ESpeakSynthesizer
+
+    # Words that start with a voiced sound, after a pause: each word's audio begins where it is heard.
+    audio, times = ESpeakSynthesizer().synthesize_timed("seven, eight, nine, eleven", voice)
+    assert [word for word, _, _ in times] == ["seven,", "eight,", "nine,", "eleven"]
+    assert times[-1][2] == pytest.approx(len(audio) / 16_000, abs=1e-3)
+    loud = np.abs(audio) > 0.01
+    for (_, start, end), (_, next_start, _) in zip(times, times[1:]):
+        assert end == next_start
+        first_sound = np.flatnonzero(loud[int((next_start - 0.03) * 16_000) :])[0] / 16_000 + next_start - 0.03
+        assert first_sound == pytest.approx(next_start, abs=ESPEAK_FRAME_S)
+
+
+def test_the_speech_manifest_holds_each_words_times(tmp_path):
+    utterances = make_utterances(3)
+    main(["synthesize-speech", "--manifest", str(write_manifest_for(utterances, tmp_path)), "--out-manifest",
+          str(tmp_path / "speech.parquet"), "--audio-dir", str(tmp_path / "audio2"), "--voices-json",
+          json.dumps([{"name": "en-us+m3"}]), "--seed", "0"])
+    manifest = read_manifest(tmp_path / "speech.parquet")
+    for text, times, duration in zip(manifest["text"], manifest["word_times"], manifest["duration_s"]):
+        assert [word for word, _, _ in times] == text.split()
+        starts = [start for _, start, _ in times]
+        assert starts == sorted(starts) and times[-1][2] == pytest.approx(duration, abs=1e-3)
+
+
+def write_manifest_for(utterances, tmp_path):
+    from lalm_slu.records import write_manifest
+
+    return write_manifest(utterances, tmp_path / "text.parquet")

@@ -16,7 +16,7 @@ from lalm_slu.decode import generate_batch
 from lalm_slu.metrics import word_error_rate
 from lalm_slu.modeling import ChatItem, Collator, device_and_dtype, load_audio, load_model_and_processor
 from lalm_slu.outputs import atomic_output, write_text_atomic
-from lalm_slu.records import read_manifest
+from lalm_slu.records import json_columns, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,8 @@ def transcribe_test_set(model_dir: str, manifest_path: str, settings: dict, out_
     cascade["reference_text"] = cascade["text"]
     cascade["asr_answer"] = answers
     cascade["text"] = transcripts
-    for column in ("entities", "recordings"):  # stored as JSON strings, as write_manifest expects
-        cascade[column] = cascade[column].map(lambda value: json.dumps(list(value), ensure_ascii=False))
     with atomic_output(out_manifest) as tmp:
-        cascade.to_parquet(tmp, index=False)
+        json_columns(cascade).to_parquet(tmp, index=False)
     summary = {
         "utterances": len(cascade),
         "wer": round(word_error_rate(list(manifest["text"]), transcripts), 4),

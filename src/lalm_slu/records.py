@@ -33,7 +33,10 @@ MANIFEST_COLUMNS = (
     "duration_s",
     "voice",
     "recordings",
+    "word_times",
 )
+# Columns a manifest written before they existed may lack; read_manifest fills them with nulls.
+OPTIONAL_COLUMNS = ("word_times",)
 
 
 class DataError(ValueError):
@@ -68,6 +71,9 @@ class Utterance:
     voice: str | None = None
     # SLURP keeps several recordings per utterance; `audio` is the one chosen by config.
     recordings: list[str] = field(default_factory=list)
+    # [[word, start_s, end_s], ...] per whitespace word of `text`, where known: eSpeak NG's word events (demo) or a
+    # forced alignment (recorded speech); interleaved training cuts a span of words' audio with them.
+    word_times: list | None = None
 
     @property
     def intent(self) -> str:
@@ -78,6 +84,7 @@ class Utterance:
         row["intent"] = self.intent
         row["entities"] = json.dumps(self.entities, ensure_ascii=False)
         row["recordings"] = json.dumps(self.recordings, ensure_ascii=False)
+        row["word_times"] = None if self.word_times is None else json.dumps(self.word_times, ensure_ascii=False)
         return {key: row[key] for key in MANIFEST_COLUMNS}
 
 
@@ -133,11 +140,25 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
         frame = pd.read_parquet(path)
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         raise DataError(f"not a readable parquet manifest ({error})", path) from None
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns and c not in OPTIONAL_COLUMNS]
     if missing:
         raise DataError(f"not a manifest: missing columns {missing}", path)
     frame["entities"] = frame["entities"].map(json.loads)
     frame["recordings"] = frame["recordings"].map(json.loads)
+    frame["word_times"] = frame["word_times"].map(_json_or_none) if "word_times" in frame else None
+    return frame
+
+
+def _json_or_none(value):
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else json.loads(value)
+
+
+def json_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """A manifest frame as read_manifest returns it, with its list columns back as JSON strings (for writing)."""
+    frame = frame.copy()
+    for column in ("entities", "recordings"):
+        frame[column] = frame[column].map(lambda value: json.dumps(list(value), ensure_ascii=False))
+    frame["word_times"] = frame["word_times"].map(lambda v: None if v is None else json.dumps(v, ensure_ascii=False))
     return frame
 
 

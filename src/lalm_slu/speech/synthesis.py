@@ -46,6 +46,7 @@ class Synthesized:
     utterance_id: str
     path: str
     duration_s: float
+    word_times: list  # [[word, start_s, end_s], ...] from eSpeak NG's word events
 
 
 def audio_file_name(utterance_id: str) -> str:
@@ -85,7 +86,7 @@ def synthesize_chunk(jobs: Sequence[SynthesisJob], seed: int, max_duration_s: fl
     synthesizer = ESpeakSynthesizer()
     done = []
     for job in jobs:
-        audio = synthesizer.synthesize(job.text, job.voice, seed=utterance_seed(seed, job.utterance_id))
+        audio, word_times = synthesizer.synthesize_timed(job.text, job.voice, seed=utterance_seed(seed, job.utterance_id))
         duration = len(audio) / TARGET_RATE
         if duration == 0:
             _fail(f"eSpeak NG produced no audio for utterance {job.utterance_id!r}: {job.text!r}")
@@ -95,7 +96,7 @@ def synthesize_chunk(jobs: Sequence[SynthesisJob], seed: int, max_duration_s: fl
                 f"above speech.max_duration_s={max_duration_s}"
             )
         soundfile.write(job.path, audio, TARGET_RATE, format="FLAC", subtype="PCM_16")
-        done.append(Synthesized(job.utterance_id, job.path, round(duration, 6)))
+        done.append(Synthesized(job.utterance_id, job.path, round(duration, 6), word_times))
     return done
 
 
@@ -161,7 +162,8 @@ def synthesize_utterances(
     for utt, job in zip(utterances, jobs):
         done = results[job.utterance_id]
         synthesized.append(
-            replace(utt, audio=done.path, duration_s=done.duration_s, voice=job.voice.key, recordings=[done.path])
+            replace(utt, audio=done.path, duration_s=done.duration_s, voice=job.voice.key, recordings=[done.path],
+                    word_times=done.word_times)
         )
     return synthesized
 

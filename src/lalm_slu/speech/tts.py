@@ -8,6 +8,7 @@ float32 (eSpeak speaks at 22.05 kHz; resampled with soxr).
 from __future__ import annotations
 
 import ctypes
+import re
 import threading
 from dataclasses import dataclass
 
@@ -20,7 +21,26 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE = 1, 2, 3, 4
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+# espeak_EVENT types: the list's terminator, the start of a word.
+_EVENT_END_OF_LIST, _EVENT_WORD = 0, 1
+
+
+class _Event(ctypes.Structure):
+    """espeak_EVENT (speak_lib.h). `sample`: the event's position in the utterance's audio, in native samples."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),  # 1-based character position in the text
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),  # ms
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", ctypes.c_char * 8),
+    ]
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 
 
 @dataclass(frozen=True)
@@ -53,18 +73,30 @@ class ESpeakSynthesizer:
             if ESpeakSynthesizer._library is None:
                 ESpeakSynthesizer._library, ESpeakSynthesizer._native_rate = _load_espeak()
         self._chunks: list[np.ndarray] = []
+        self._events: list[tuple[int, int]] = []  # word events: (text_position, sample)
         self._callback = _CALLBACK(self._collect)
 
     def _collect(self, samples, count, events):
+        index = 0
+        while events and events[index].type != _EVENT_END_OF_LIST:
+            event = events[index]
+            if event.type == _EVENT_WORD:
+                self._events.append((event.text_position, event.sample))
+            index += 1
         if count > 0:
             self._chunks.append(np.ctypeslib.as_array(samples, shape=(count,)).copy())
         return 0
 
     def synthesize(self, text: str, voice: Voice, seed: int = 0) -> np.ndarray:
         """Return 16 kHz mono float32 audio in [-1, 1] for `text` spoken by `voice`."""
+        return self.synthesize_timed(text, voice, seed)[0]
+
+    def synthesize_timed(self, text: str, voice: Voice, seed: int = 0) -> tuple[np.ndarray, list]:
+        """The audio of `synthesize` and, per whitespace word of `text`, [word, start_s, end_s] from eSpeak NG's
+        own word events (see word_times)."""
         lib = self._library
         with self._lock:
-            self._chunks = []
+            self._chunks, self._events = [], []
             lib.espeak_SetSynthCallback(self._callback)
             if lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
                 raise ValueError(f"eSpeak NG has no voice {voice.name!r}")
@@ -79,9 +111,28 @@ class ESpeakSynthesizer:
                 raise RuntimeError(f"eSpeak NG failed ({status}) on {text!r}")
             lib.espeak_Synchronize()
             chunks, self._chunks = self._chunks, []
+            events, self._events = self._events, []
         native = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
         audio = native.astype(np.float32) / 32768.0
-        return soxr.resample(audio, self._native_rate, TARGET_RATE).astype(np.float32)
+        audio = soxr.resample(audio, self._native_rate, TARGET_RATE).astype(np.float32)
+        return audio, word_times(text, events, self._native_rate, len(audio) / TARGET_RATE)
+
+
+def word_times(text: str, events: list[tuple[int, int]], native_rate: int, duration_s: float) -> list:
+    """[word, start_s, end_s] per whitespace word of `text`, from eSpeak NG's word events (text position, sample).
+    A word starts at the first event inside it (eSpeak may split a written word, e.g. "twenty-three", into
+    several) and ends where the next word starts (a pause after it is its own), the last at the end of the audio.
+    A word without an event (nothing eSpeak speaks) gets the start of the next one, and no duration."""
+    spans = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", text)]
+    starts: list[float | None] = []
+    for begin, end, _ in spans:
+        inside = [sample for position, sample in events if begin < position <= end]
+        starts.append(min(inside) / native_rate if inside else None)
+    for index in range(len(starts) - 1, -1, -1):
+        if starts[index] is None:
+            starts[index] = starts[index + 1] if index + 1 < len(starts) else duration_s
+    ends = [*starts[1:], duration_s]
+    return [[word, round(start, 4), round(min(end, duration_s), 4)] for (_, _, word), start, end in zip(spans, starts, ends)]
 
 
 def _load_espeak():
