@@ -426,6 +426,84 @@ def trainable_weights(root) -> dict[str, torch.Tensor]:
     }
 
 
+def test_a_damaged_checkpoint_is_moved_aside_named_in_the_log_and_the_previous_one_resumed(
+    tiny_assets, tmp_path, caplog  # noqa: F811
+):
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
+    settings = make_settings(tiny_assets.model_dir, [(1, 2, 1e-3, 0.0)], checkpoint_every_steps=1, keep_checkpoint=True)
+    finetune(mixture, settings, tmp_path / "reference", tmp_path / "work")
+    newest = tmp_path / "work" / "checkpoints" / "step-00000004"
+    shard = next(newest.glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a full disk or a kill mid-copy
+    (tmp_path / "work" / "checkpoints" / "step-00000005.tmp").mkdir()  # a save that was killed
+    with caplog.at_level("INFO"):
+        finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
+    assert f"checkpoint {newest} is damaged ({shard} has" in caplog.text
+    assert f"resumed from {newest.with_name('step-00000003')}" in caplog.text
+    assert (newest.parent / "step-00000004.corrupt").is_dir() and not (newest.parent / "step-00000005.tmp").exists()
+    expected, actual = weights(tmp_path / "reference"), weights(tmp_path / "out")
+    assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
+
+
+def test_a_checkpoint_whose_shard_changed_without_changing_size_is_refused(tiny_assets, tmp_path, caplog):  # noqa: F811
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
+    settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1, keep_checkpoint=True)
+    finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
+    for checkpoint in (tmp_path / "work" / "checkpoints").glob("step-*"):
+        shard = next(checkpoint.glob("*.distcp"))
+        data = bytearray(shard.read_bytes())
+        data[-100] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    with caplog.at_level("INFO"):
+        finetune(mixture, settings, tmp_path / "again", tmp_path / "work")
+    assert caplog.text.count("does not match its sha256") == 2 and "resumed from" not in caplog.text
+    assert pd.read_csv(tmp_path / "again" / "loss.csv")["step"].tolist() == [1, 2]  # trained from the start
+
+
+def test_the_work_checkpoints_are_deleted_once_the_final_model_is_written(tiny_assets, tmp_path):  # noqa: F811
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
+    settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1)
+    finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert not (tmp_path / "work" / "checkpoints").exists()
+
+
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo-qwen2-audio"
+
+
+@pytest.fixture(scope="module")
+def paper_lr_runs(tiny_assets, tmp_path_factory):  # noqa: F811
+    """40 text-only steps of the demo model at the paper's LR (5e-6), in fp32 and in bf16, from the same start."""
+    root = tmp_path_factory.mktemp("paper_lr")
+    mixture = write_mixture(root / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        settings = make_settings(DEMO_MODEL, [(1, 10, 5e-6, 0.0)], precision=precision, per_device_batch_size=2,
+                                 global_batch_size=2, freeze_token_embeddings=True, output_dtype="fp32")
+        finetune(mixture, settings, root / precision, root / f"{precision}-work")
+        runs[precision] = root / precision
+    return runs
+
+
+def test_bf16_at_the_paper_learning_rate_changes_every_trainable_weight(paper_lr_runs):
+    # Pure bf16 weights move only where |w| < ~512 × lr: at 5e-6, 1.6-3.3 % of the demo model's weights per step.
+    before, after = weights(DEMO_MODEL), weights(paper_lr_runs["bf16"])
+    trained = [n for n in before if n.startswith("language_model.") and "embed_tokens" not in n]
+    changed = sum(int((before[n] != after[n]).sum()) for n in trained)
+    total = sum(before[n].numel() for n in trained)
+    assert changed / total >= 0.99
+
+
+def test_bf16_loss_curve_follows_the_fp32_one_at_the_paper_learning_rate(paper_lr_runs):
+    drops = {}
+    for precision, out_dir in paper_lr_runs.items():
+        loss = pd.read_csv(out_dir / "loss.csv")["loss"]
+        assert len(loss) == 40
+        drops[precision] = loss.iloc[:4].mean() - loss.iloc[-4:].mean()  # the same 4 batches each epoch
+    assert drops["fp32"] > 0.05
+    assert drops["bf16"] >= 0.8 * drops["fp32"]
+
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
