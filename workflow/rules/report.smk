@@ -18,7 +18,7 @@ rule aggregate_metrics:
     params:
         code=code_version("aggregate"),
     shell:
-        "python -m lalm_slu aggregate --metrics {input} --out {output} > {log} 2>&1"
+        "python -m lalm_slu aggregate --metrics {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule compare_schemes:
@@ -97,4 +97,4 @@ rule make_figures:
     params:
         code=code_version("figures"),
     shell:
-        "python -m lalm_slu figures --metrics {input} --out-dir {output} > {log} 2>&1"
+        "python -m lalm_slu figures --metrics {input:q} --out-dir {output:q} > {log:q} 2>&1"
