@@ -9,6 +9,7 @@ from lalm_slu.budgets import write_budget_ids
 from lalm_slu.cli import main
 from lalm_slu.mixtures import MIXTURE_COLUMNS, SCHEMES, MixtureError, MixturePart, build_mixture
 from lalm_slu.records import write_manifest
+from lalm_slu.schemes import BUDGET_FREE_PHASES
 
 
 def part(lang="en", size=20, speech=5, scarce=True):
@@ -97,6 +98,27 @@ def test_mixture_is_deterministic_for_a_seed_and_reshuffled_by_another():
     assert sorted(zip(first["id"], first["modality"])) == sorted(zip(other["id"], other["modality"]))
 
 
+@pytest.mark.parametrize("scheme", sorted(BUDGET_FREE_PHASES))
+@pytest.mark.parametrize("setting", ["monolingual", "crosslingual", "crosslingual_without_target_text"])
+def test_budget_free_first_phases_are_the_same_rows_in_the_same_order_for_every_budget(scheme, setting):
+    def parts(budget):
+        if setting == "monolingual":
+            return [part(size=40, speech=budget)]
+        target = part("de", size=20, speech=budget)
+        return [part(size=30, speech=30, scarce=False),
+                replace(target, use_text=setting == "crosslingual")]
+
+    shared = BUDGET_FREE_PHASES[scheme]
+    for seed in (0, 7):
+        first = [build_mixture(scheme, parts(budget), seed) for budget in (0, 1, 4, 10)]
+        leading = [mixture[mixture["phase"] <= shared].reset_index(drop=True) for mixture in first]
+        for other in leading[1:]:
+            pd.testing.assert_frame_equal(leading[0], other)
+        assert len(leading[0]) and not (leading[0]["modality"] == "speech")[leading[0]["lang"] == "de"].any()
+        # The later phases hold the budget: they differ.
+        assert len({len(mixture) for mixture in first}) == 4
+
+
 def test_speech_ids_outside_the_training_pool_are_rejected():
     bad = replace(part(), speech_ids=("en000", "zz999"))
     with pytest.raises(MixtureError, match="not training utterances.*'zz999'"):
@@ -140,6 +162,19 @@ def test_mix_training_set_command_writes_a_crosslingual_mixture(tmp_path):
     phase2_speech = items(mixture, phase=2, modality="speech")
     assert sorted(phase2_speech.loc[phase2_speech["lang"] == "de", "id"]) == ["de0001", "de0005"]
     assert set(items(mixture, phase=1, modality="speech")["lang"]) == {"en"}
+
+
+def test_mix_training_set_command_keeps_only_the_first_phases_when_asked(tmp_path):
+    en = make_utterances(10)
+    text = write_manifest(en, tmp_path / "text.parquet")
+    speech = write_manifest(with_audio(en, {u.id for u in en}), tmp_path / "speech.parquet")
+    write_budget_ids(["utt0001", "utt0003"], tmp_path / "ids.txt")
+    arguments = ["mix-training-set", "--scheme", "curriculum", "--text-manifest", str(text), "--speech-manifest",
+                 str(speech), "--speech-ids", str(tmp_path / "ids.txt"), "--seed", "3"]  # fmt: skip
+    main([*arguments, "--out", str(tmp_path / "all.parquet")])
+    main([*arguments, "--phases", "1", "--out", str(tmp_path / "first.parquet")])
+    whole, first = pd.read_parquet(tmp_path / "all.parquet"), pd.read_parquet(tmp_path / "first.parquet")
+    pd.testing.assert_frame_equal(first, whole[whole["phase"] == 1])
 
 
 def test_mix_training_set_command_names_the_speech_manifest_when_audio_is_missing(tmp_path, capsys):

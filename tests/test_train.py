@@ -278,6 +278,89 @@ def test_items_seen_per_modality_and_phase_match_the_mixture(curriculum_run):
     assert seen.loc[2, "speech_items"] == 4  # phase 2 added the clips
 
 
+def first_phase_job(settings: dict, phases: int = 1, name: str = "another_scheme") -> dict:
+    """The settings of a job that trains only a run's first `phases` phases, under any scheme name."""
+    return {**settings, "scheme": {**settings["scheme"], "name": name, "phases": settings["scheme"]["phases"][:phases]}}
+
+
+@pytest.fixture(scope="module")
+def shared_first_phase(tiny_assets, tmp_path_factory):  # noqa: F811
+    """A curriculum whose phase 1 holds text and two clips (cached frozen audio) and a checkpoint of that phase
+    written by a job of its own, from a mixture of phase 1's rows only."""
+    root = tmp_path_factory.mktemp("shared-first-phase")
+    phase1 = [(i, "text", 1) for i in IDS] + [(i, "speech", 1) for i in IDS[:2]]
+    mixture = write_mixture(root / "mixture.parquet", tiny_assets.speech_manifest, phase1 + mixed_rows(phase=2))
+    settings = make_settings(tiny_assets.model_dir, CURRICULUM, cache_frozen_audio=True)
+    prefix_mixture = write_mixture(root / "prefix.parquet", tiny_assets.speech_manifest, phase1)
+    finetune(prefix_mixture, first_phase_job(settings), root / "prefix", root / "prefix-work", output="checkpoint")
+    return mixture, settings, root / "prefix"
+
+
+def test_a_run_continued_from_its_first_phase_trained_elsewhere_ends_with_the_inline_weights(
+    shared_first_phase, tmp_path  # noqa: F811
+):
+    mixture, settings, prefix = shared_first_phase
+    inline = finetune(mixture, settings, tmp_path / "inline", tmp_path / "inline-work")
+    continued = finetune(mixture, settings, tmp_path / "continued", tmp_path / "continued-work", start_from=prefix)
+    # 10 items / 4 per step × 2 epochs, then 12 / 4 × 1.
+    assert continued["optimizer_steps"] == inline["optimizer_steps"] == 9 and continued["continued_from"] == str(prefix)
+    expected, actual = weights(tmp_path / "inline"), weights(tmp_path / "continued")
+    # One thread, same data order; weights, AdamW moments, RNG and position taken over exactly: bitwise equal.
+    assert expected.keys() == actual.keys()
+    assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "inline" / "loss.csv"),
+                                  pd.read_csv(tmp_path / "continued" / "loss.csv"))
+
+
+def test_a_first_phase_checkpoint_is_the_jobs_output_and_serves_any_number_of_runs(shared_first_phase, tmp_path):
+    mixture, settings, prefix = shared_first_phase
+    assert (prefix / "manifest.json").is_file() and not (prefix.parent / "prefix-work" / "checkpoints").exists()
+    assert not (prefix / "model.safetensors").exists()
+    before = sorted(p.name for p in prefix.iterdir())
+    for name in ("first", "second"):
+        finetune(mixture, settings, tmp_path / name, tmp_path / f"{name}-work", start_from=prefix)
+    assert sorted(p.name for p in prefix.iterdir()) == before
+    assert pd.read_csv(tmp_path / "second" / "loss.csv")["phase"].tolist() == [1] * 6 + [2] * 3
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda rows, settings: (rows[::-1], settings), "items"),
+        (lambda rows, settings: (rows, {**settings, "training": {**settings["training"], "seed": 1}}), "training"),
+        (lambda rows, settings: (rows, make_settings(settings["model"]["path"], [(1, 2, 1e-3, 0.25), (2, 1, 5e-4, 0.5)],
+                                                     cache_frozen_audio=True)), "phases"),
+        (lambda rows, settings: (rows, {**settings, "scheme": {**settings["scheme"],
+                                                               "trainable_modules": ["language_model"]}}),
+         "trainable_modules"),
+    ],
+    ids=["items", "seed", "schedule", "trainable_modules"],
+)
+def test_a_first_phase_checkpoint_made_for_other_first_phases_is_refused_naming_both(
+    shared_first_phase, tiny_assets, tmp_path, change, named  # noqa: F811
+):
+    mixture, settings, prefix = shared_first_phase
+    rows = list(pd.read_parquet(mixture)[["id", "modality", "phase"]].itertuples(index=False, name=None))
+    phase1 = [row for row in rows if row[2] == 1]
+    changed_phase1, changed = change(phase1, settings)
+    other = write_mixture(tmp_path / "other.parquet", tiny_assets.speech_manifest,
+                          changed_phase1 + [row for row in rows if row[2] == 2])
+    with pytest.raises(ValueError, match=rf"{prefix}.*other first phases than {other}: {named} is"):
+        finetune(other, changed, tmp_path / "out", tmp_path / "work", start_from=prefix)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_saved_inside_a_phase_cannot_start_another_run(tiny_assets, tmp_path):  # noqa: F811
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest,
+                            [(i, "text", 1) for i in IDS] + [(i, "text", 2) for i in IDS])
+    settings = make_settings(tiny_assets.model_dir, CURRICULUM, checkpoint_every_steps=1, keep_checkpoint=True)
+    finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
+    # 4 steps of phase 1, then 2 of phase 2; steps 5 and 6 are kept, 5 inside phase 2.
+    mid_phase = tmp_path / "work" / "checkpoints" / "step-00000005"
+    with pytest.raises(ValueError, match="not at the end of its 2 phase"):
+        finetune(mixture, settings, tmp_path / "again", tmp_path / "again-work", start_from=mid_phase)
+
+
 def test_lora_output_is_an_adapter_that_reloads_to_the_trained_logits(tiny_assets, tmp_path, monkeypatch):  # noqa: F811
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
     settings = make_settings(

@@ -247,6 +247,39 @@ def test_an_entry_scheme_settings_replace_the_scheme_block_for_its_runs_only(wor
     assert scheme(f"xsid-{xsid_entry['lang']}_oracle_b100_s0")["trainable_modules"] == slurp_oracle["trainable_modules"]
 
 
+def test_curriculum_budgets_of_a_seed_continue_from_one_shared_first_phase_job(workflow_copy):
+    import json
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["grid"]["seeds"] = [0, 1]
+    config["grid"]["crosslingual"][0]["schemes"] = ["direct_mixing", "curriculum"]
+    prepare(workflow_copy, config)
+    jobs = planned_jobs(workflow_copy)
+    prefixes = sorted(w for rule, w in jobs if rule == "finetune_prefix")
+    assert prefixes == [f"prefix={data}_curriculum_phase1_s{seed}" for data in ("slurp-en", "xsid-en2de")
+                        for seed in (0, 1)]  # fmt: skip
+    commands = planned_commands(workflow_copy)
+    curriculum = config["schemes"]["curriculum"]
+    for data, budgets in (("slurp-en", config["grid"]["monolingual"][0]["budgets"]), ("xsid-en2de", ["0", "10shot"])):
+        for seed in (0, 1):
+            prefix = f"{data}_curriculum_phase1_s{seed}"
+            for budget in budgets:
+                run = f"{data}_curriculum_b{budget}_s{seed}"
+                arguments = command_arguments(commands, "finetune", f"--mixture results/mixtures/{run}.parquet")
+                assert arguments["--start-from"] == f"results/prefixes/{prefix}/checkpoint"
+            job = command_arguments(commands, "finetune", f"--mixture results/prefixes/{prefix}/mixture.parquet")
+            assert job["--output"] == "checkpoint" and job["--out-dir"] == f"results/prefixes/{prefix}/checkpoint"
+            settings = json.loads(job["--settings"])
+            assert settings["scheme"]["phases"] == curriculum["phases"][:1] and settings["training"]["seed"] == seed
+            mix = command_arguments(commands, "mix-training-set", f"results/prefixes/{prefix}/mixture.parquet")
+            assert mix["--phases"] == "1" and mix["--seed"] == str(seed)
+            # The first phase holds no budgeted speech: the prefix is mixed with none.
+            speech_ids = mix["--target-speech-ids" if data.startswith("xsid") else "--speech-ids"]
+            assert speech_ids.endswith(f"seed{seed}/0.txt")
+    others = [c for c in commands if " finetune " in c and "_curriculum_" not in c]
+    assert others and not [c for c in others if "--start-from" in c]
+
+
 def audio_frames_arguments(commands, command_name, run, testset_modality=""):
     """The files after --audio-frames in the planned `lalm-slu <command_name>` job of `run` (none: [])."""
     import shlex

@@ -184,8 +184,9 @@ def save_checkpoint(root_dir: Path, step: int, root: nn.Module, optimizer, state
     return final
 
 
-def _checkpoint_problem(path: Path, fingerprint: str, group: ProcessGroup) -> str | None:
-    """Why `path` cannot be resumed (None: it can). Sizes are checked by rank 0, hashes shared out by file."""
+def _checkpoint_problem(path: Path, fingerprint: str | None, group: ProcessGroup) -> str | None:
+    """Why `path` cannot be resumed (None: it can; a None `fingerprint` is not checked). Sizes are checked by rank 0,
+    hashes shared out by file."""
     problem = None
     manifest = None
     if group.is_main:
@@ -195,7 +196,7 @@ def _checkpoint_problem(path: Path, fingerprint: str, group: ProcessGroup) -> st
         except (OSError, ValueError, KeyError, TypeError) as error:
             problem = f"no readable {MANIFEST} ({error})"
         else:
-            if manifest.get("fingerprint") != fingerprint:
+            if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
                 problem = "written for other settings, data, code or base weights"
             for name, entry in files.items():
                 if problem:
@@ -225,18 +226,9 @@ def resume_checkpoint(root_dir: Path, root: nn.Module, optimizer, fingerprint: s
     for path in group.broadcast(_checkpoint_dirs(root_dir) if root_dir.is_dir() else []):
         problem = _checkpoint_problem(path, fingerprint, group)
         if problem is None:
-            state = {
-                "model": get_model_state_dict(root, options=TRAINED_ONLY),
-                "optimizer": get_optimizer_state_dict(root, optimizer),
-            }
-            dcp.load(state, checkpoint_id=str(path))
-            set_model_state_dict(root, state["model"], options=StateDictOptions(strict=False))
-            set_optimizer_state_dict(root, optimizer, state["optimizer"])
-            rng = path / f"rng-{group.rank}.pt"
-            if rng.exists():
-                torch.set_rng_state(torch.load(rng, weights_only=True))
+            state = _load(path, root, optimizer, group)
             log.info("resumed from %s", path)
-            return json.loads((path / STATE).read_text())
+            return state
         if group.is_main:
             if problem.startswith("written for"):
                 log.warning("%s was %s; starting over", path, problem)
@@ -248,3 +240,32 @@ def resume_checkpoint(root_dir: Path, root: nn.Module, optimizer, fingerprint: s
                 log.warning("checkpoint %s is damaged (%s): moved to %s; trying the previous one", path, problem, aside)
         group.barrier()
     return None
+
+
+def checkpoint_state(path: Path) -> dict:
+    """A checkpoint's JSON state (position, history, fingerprint, what it was made for), without loading it."""
+    return json.loads((Path(path) / STATE).read_text())
+
+
+def load_checkpoint(path: Path, root: nn.Module, optimizer, group: ProcessGroup) -> dict:
+    """Load one checkpoint, e.g. another job's, whatever run it was written for, into `root` and `optimizer`, and
+    return its state. A damaged one is an error naming it (it is not ours to move aside)."""
+    problem = _checkpoint_problem(Path(path), None, group)
+    if problem:
+        raise ValueError(f"checkpoint {path} cannot be loaded: {problem}")
+    return _load(Path(path), root, optimizer, group)
+
+
+def _load(path: Path, root: nn.Module, optimizer, group: ProcessGroup) -> dict:
+    """Weights, optimizer state and this process's RNG from a checked checkpoint; its state."""
+    state = {
+        "model": get_model_state_dict(root, options=TRAINED_ONLY),
+        "optimizer": get_optimizer_state_dict(root, optimizer),
+    }
+    dcp.load(state, checkpoint_id=str(path))
+    set_model_state_dict(root, state["model"], options=StateDictOptions(strict=False))
+    set_optimizer_state_dict(root, optimizer, state["optimizer"])
+    rng = path / f"rng-{group.rank}.pt"
+    if rng.exists():
+        torch.set_rng_state(torch.load(rng, weights_only=True))
+    return checkpoint_state(path)

@@ -6,6 +6,11 @@ whose items come from the mixture's `phase` column. The same loop runs in 1 or N
 FSDP2 with fp32 master weights, sharded checkpoints). Checkpoints live in a work directory that is not a
 Snakemake output, so an interrupted or killed job resumes where it stopped on re-run; it is deleted once the
 final model is written.
+
+Runs that share their first phases (every speech budget of a curriculum: phase 1 holds no budgeted speech) train
+them once: a job with `output="checkpoint"` writes its final checkpoint instead of a model, and each run given it
+as `start_from` continues from there (weights, AdamW moments, RNG, position and history), after checking that it
+was made for the same first phases (`prefix_identity`). The result equals training the run inline.
 """
 
 from __future__ import annotations
@@ -29,7 +34,15 @@ from tqdm import tqdm
 
 from lalm_slu.audio_frames import load_frames
 from lalm_slu.code_version import code_version
-from lalm_slu.distributed import ProcessGroup, full_state_dict, parallelize, resume_checkpoint, save_checkpoint
+from lalm_slu.distributed import (
+    ProcessGroup,
+    checkpoint_state,
+    full_state_dict,
+    load_checkpoint,
+    parallelize,
+    resume_checkpoint,
+    save_checkpoint,
+)
 from lalm_slu.memory_plan import check_job_fits
 from lalm_slu.modeling import (
     SAMPLE_RATE,
@@ -187,6 +200,47 @@ def fingerprint(mixture_path, settings: dict, code: str | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
+def prefix_identity(mixture_path, settings: dict, phases: int) -> dict:
+    """What training a run's first `phases` phases depends on, and nothing else: another run with the same identity
+    for them would reach the same weights, optimizer state and RNG at their end, whatever its later phases."""
+    scheme = settings["scheme"]
+    numbers = [int(phase["phase"]) for phase in scheme["phases"][:phases]]
+    mixture = pd.read_parquet(mixture_path, columns=["id", "lang", "modality", "phase", "manifest"])
+    rows = mixture[mixture["phase"].isin(numbers)]
+    return {
+        "base_model": model_identity(str(settings["model"]["path"])),
+        "model": settings["model"],
+        "training": settings["training"],
+        "trainable_modules": scheme["trainable_modules"],
+        "phases": scheme["phases"][:phases],
+        "prompt": settings["prompt"],
+        # The items in training order, as listed (each id with its modality and manifest).
+        "items": {"count": len(rows), "sha256": hashlib.sha256(rows.to_json(orient="values").encode()).hexdigest()},
+        "code": code_version("finetune"),
+    }
+
+
+def continue_from(path: Path, root, optimizer, mixture_path, settings: dict, group: ProcessGroup) -> dict:
+    """Load a checkpoint written at the end of another job's phases (`output="checkpoint"`) to train the rest of
+    this run, once it is shown to have been made for this run's first phases. Returns its state."""
+    saved = checkpoint_state(path)
+    made_for = saved.get("made_for")
+    if made_for is None:
+        raise ValueError(f"{path} does not say which phases it was trained for; it cannot start {mixture_path}")
+    trained = len(made_for["phases"])
+    position = saved["position"]
+    if (position["phase_index"], position["epoch"], position["step_in_epoch"]) != (trained, 0, 0):
+        raise ValueError(f"{path} was saved at {position}, not at the end of its {trained} phase(s)")
+    expected = prefix_identity(mixture_path, settings, trained)
+    for key, value in expected.items():
+        if made_for.get(key) != value:
+            raise ValueError(f"{path} was trained for other first phases than {mixture_path}: {key} is "
+                             f"{made_for.get(key)!r} there, {value!r} here")
+    state = load_checkpoint(path, root, optimizer, group)
+    log.info("continuing from %s after %d phase(s), %d steps", path, trained, position["global_step"])
+    return state
+
+
 class AnswerLoss(nn.Module):
     """The training forward as one module call, so that FSDP2 gathers every unit inside it (the root first).
     Audio frames are computed before the token embeddings, as Qwen2AudioModel.forward does."""
@@ -260,21 +314,26 @@ def apply_lora(model, lora: dict, trainable_modules: list[str]):
 
 
 def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work_dir: str | Path,
-             audio_frames: list[str] = ()) -> dict:
+             audio_frames: list[str] = (), start_from: str | Path | None = None, output: str = "model") -> dict:
     """Train per `settings` = {"model": {...}, "training": {...}, "scheme": {...}, "prompt": {...}}.
     `audio_frames`: files of precomputed frames (audio_frames.encode_manifest) for the mixture's clips; only
-    for a scheme that freezes the audio tower and the projector."""
+    for a scheme that freezes the audio tower and the projector. `start_from`: a checkpoint another job wrote at
+    the end of this run's first phases (see `continue_from`). `output`: "model", or "checkpoint" to write the
+    final checkpoint to `out_dir` for other runs to start from."""
+    if output not in ("model", "checkpoint"):
+        raise ValueError(f"output must be 'model' or 'checkpoint', not {output!r}")
     started = time.time()
     device, dtype = training_precision(settings["training"])
     group = ProcessGroup(device)
     try:
-        return _finetune(mixture_path, settings, Path(out_dir), Path(work_dir), audio_frames, group, dtype, started)
+        return _finetune(mixture_path, settings, Path(out_dir), Path(work_dir), audio_frames, group, dtype, started,
+                         start_from, output)
     finally:
         group.close()
 
 
 def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frames, group: ProcessGroup,
-              dtype: torch.dtype, started: float) -> dict:
+              dtype: torch.dtype, started: float, start_from, output: str) -> dict:
     model_cfg, training, scheme = settings["model"], settings["training"], settings["scheme"]
     instruction = settings["prompt"]["instruction"]
     if group.device.type == "cuda":
@@ -325,14 +384,18 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
     run_fingerprint = fingerprint(mixture_path, settings)
     position = {"phase_index": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0}
     history: list[dict] = []
+    made_for = prefix_identity(mixture_path, settings, len(scheme["phases"]))
     resumed = resume_checkpoint(checkpoints, root, optimizer, run_fingerprint, group)
+    if resumed is None and start_from is not None:
+        resumed = continue_from(Path(start_from), root, optimizer, mixture_path, settings, group)
     if resumed is not None:
         position, history = resumed["position"], resumed["history"]
         log.info("resumed at %s", position)
+    saved = None  # the newest checkpoint this job wrote
 
-    def checkpoint() -> None:
-        state = {"fingerprint": run_fingerprint, "position": position, "history": history}
-        save_checkpoint(checkpoints, position["global_step"], root, optimizer, state, group)
+    def checkpoint() -> Path:
+        state = {"fingerprint": run_fingerprint, "position": position, "history": history, "made_for": made_for}
+        return save_checkpoint(checkpoints, position["global_step"], root, optimizer, state, group)
 
     # Every phase's items are checked before any training, so a bad row fails at once, not after phase 1.
     phase_items = {int(phase["phase"]): load_items(mixture_path, int(phase["phase"])) for phase in scheme["phases"]}
@@ -383,7 +446,7 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
             position = {**position, "epoch": epoch + 1, "step_in_epoch": 0}
         progress.close()
         position = {**position, "phase_index": phase_index + 1, "epoch": 0, "step_in_epoch": 0}
-        checkpoint()
+        saved = checkpoint()
 
     summary = {
         "wall_time_s": round(time.time() - started, 2),
@@ -395,6 +458,16 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
     }
     if torch.cuda.is_available() and group.device.type == "cuda":
         summary["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(group.device) / 2**30, 2)
+    if start_from is not None:
+        summary["continued_from"] = str(start_from)
+    if output == "checkpoint":
+        saved = saved or checkpoint()  # resumed after its last phase: nothing saved in this job yet
+        if group.is_main:
+            _move_checkpoint(saved, out_dir)
+            if not training.get("keep_checkpoint", False):
+                shutil.rmtree(checkpoints, ignore_errors=True)
+        group.barrier()
+        return summary
     weights = full_state_dict(root, prefix="model.")
     if group.is_main:
         _write_output(out_dir, model, processor, weights, output_dtype(training, model_cfg["path"]), settings,
@@ -439,6 +512,16 @@ def _optimizer_step_gradients(root, group_batches, items, instruction, collator,
         if not padding:
             loss_sum += float(loss.detach()) * len(batch_ids)
     return group.all_sum(loss_sum), step_items, speech_items
+
+
+def _move_checkpoint(checkpoint: Path, out_dir: Path) -> None:
+    """The declared output appears only when complete (the work directory may be on another filesystem)."""
+    tmp = out_dir.parent / (out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(checkpoint, tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
 
 
 def _write_output(out_dir: Path, model, processor, weights: dict, dtype: torch.dtype, settings, history,

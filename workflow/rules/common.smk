@@ -4,7 +4,7 @@
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 from pathlib import Path
 
@@ -15,7 +15,7 @@ PACKAGE_SRC = Path(workflow.basedir) / "src"
 # Planning uses this checkout's package (plain-Python modules only), whatever is installed.
 sys.path.insert(0, str(PACKAGE_SRC))
 from lalm_slu.code_version import code_version as package_code_version
-from lalm_slu.schemes import phase_mismatch
+from lalm_slu.schemes import BUDGET_FREE_PHASES, phase_mismatch
 
 # What a string in corpora.*.options may contain, filled in per language.
 OPTION_PLACEHOLDERS = ("lang", "locale")
@@ -226,10 +226,15 @@ class Run:
 def run_name(corpus, source, target, scheme, budget, seed, target_text=True):
     """The one place run names are made: slurp-en_curriculum_b5_s0,
     xsid-en2de_direct_mixing_b10shot_s0, xsid-en2de-notext_curriculum_b0_s0."""
+    return f"{run_data(corpus, source, target, target_text)}_{scheme}_b{budget}_s{seed}"
+
+
+def run_data(corpus, source, target, target_text=True):
+    """slurp-en, xsid-en2de, xsid-en2de-notext: the corpus and languages part of a run name."""
     languages = source if target is None else f"{source}2{target}"
     if not target_text:
         languages += "-notext"
-    return f"{corpus}-{languages}_{scheme}_b{budget}_s{seed}"
+    return f"{corpus}-{languages}"
 
 
 def scheme_budgets(scheme, budgets):
@@ -289,6 +294,67 @@ def expand_grid(config):
 RUNS = expand_grid(config)
 
 
+# ---------------------------------------------------------------- shared first phases (prefixes)
+
+
+def prefix_of(run):
+    """The name of the job that trains the run's budget-free first phases (schemes.BUDGET_FREE_PHASES), shared by
+    every budget of its seed and data: slurp-en_curriculum_phase1_s0. None: the run trains all of its phases.
+    """
+    phases = BUDGET_FREE_PHASES.get(run.scheme)
+    if phases is None:
+        return None
+    data = run_data(run.corpus, run.source, run.target, run.target_text)
+    return f"{data}_{run.scheme}_phase{phases}_s{run.seed}"
+
+
+def run_settings(run, phases=None):
+    """Everything training needs besides the data; `phases`: only the first ones (a prefix)."""
+    scheme = {
+        "name": run.scheme,
+        **config["schemes"][run.scheme],
+        **run.scheme_settings,
+    }
+    scheme["phases"] = scheme["phases"][:phases]
+    return {
+        # What the weights are; where they came from (hub_id, revision) or how planning sized them does not
+        # identify the run.
+        "model": {key: config["model"][key] for key in ("path", "lora")},
+        "training": {**config["training"], "seed": run.seed},
+        "scheme": scheme,
+        "prompt": config["prompt"],
+    }
+
+
+def expand_prefixes(runs):
+    """Prefix name -> the run it stands for: its data and seed with no speech budget (the first phases hold none)."""
+    prefixes = {}
+    for run in runs.values():
+        name = prefix_of(run)
+        if name is None:
+            continue
+        prefix, phases = replace(run, budget="0"), BUDGET_FREE_PHASES[run.scheme]
+        if name in prefixes and run_settings(prefixes[name], phases) != run_settings(
+            prefix, phases
+        ):
+            raise WorkflowError(
+                f"config grid: runs sharing first phases {name!r} have different settings for them "
+                "(scheme_settings of two entries for the same data?)"
+            )
+        prefixes[name] = prefix
+    return prefixes
+
+
+PREFIXES = expand_prefixes(RUNS)
+
+
+def job_run(wildcards):
+    """The run a job serves: a grid run, or the shared first phases of several (a prefix)."""
+    if "prefix" in wildcards.keys():
+        return PREFIXES[wildcards.prefix]
+    return RUNS[wildcards.run]
+
+
 def testset_name(corpus, lang):
     return f"{corpus}-{lang}"
 
@@ -320,6 +386,7 @@ wildcard_constraints:
     budget="[0-9]+(shot)?",
     modality="speech|text|cascade",
     run=alternatives(RUNS),
+    prefix=alternatives(PREFIXES),
     testset="[a-z][a-z0-9]*-[a-z]{2,3}(-[a-z]{2,3})?",
 
 
@@ -449,7 +516,7 @@ def budget_pool(wildcards):
 
 
 def mixture_inputs(wildcards):
-    run = RUNS[wildcards.run]
+    run = job_run(wildcards)
     split = run.source_split
     inputs = {
         "text": manifest_path(run.corpus, run.source, split),
@@ -473,7 +540,7 @@ def mixture_inputs(wildcards):
 
 
 def mixture_target_arguments(wildcards, input):
-    run = RUNS[wildcards.run]
+    run = job_run(wildcards)
     if run.target is None:
         return []
     arguments = [
@@ -488,11 +555,15 @@ def mixture_target_arguments(wildcards, input):
 
 
 def run_scheme(wildcards):
-    return RUNS[wildcards.run].scheme
+    return job_run(wildcards).scheme
 
 
 def run_seed(wildcards):
-    return RUNS[wildcards.run].seed
+    return job_run(wildcards).seed
+
+
+def prefix_phases(wildcards):
+    return BUDGET_FREE_PHASES[job_run(wildcards).scheme]
 
 
 def audio_frames_path(corpus, lang, split):
@@ -539,34 +610,37 @@ def audio_frames_settings(wildcards):
     )
 
 
+def prefix_checkpoint_path(name):
+    return f"results/prefixes/{name}/checkpoint"
+
+
 def finetune_inputs(wildcards):
     inputs = mixture_inputs(wildcards)
+    run = job_run(wildcards)
+    prefix = prefix_of(run)
+    if "prefix" in wildcards.keys():
+        mixture, start_from = f"results/prefixes/{wildcards.prefix}/mixture.parquet", []
+    else:
+        mixture = f"results/mixtures/{wildcards.run}.parquet"
+        start_from = [prefix_checkpoint_path(prefix)] if prefix else []
     return {
-        "mixture": f"results/mixtures/{wildcards.run}.parquet",
+        "mixture": mixture,
         "manifests": [inputs[key] for key in inputs if not key.endswith("speech_ids")],
         "model": config["model"]["path"],
-        "audio_frames": run_audio_frames(RUNS[wildcards.run]),
+        "audio_frames": run_audio_frames(run),
+        "start_from": start_from,
     }
 
 
+def start_from_argument(wildcards, input):
+    return ["--start-from", *input.start_from] if input.start_from else []
+
+
 def finetune_settings(wildcards):
-    """Everything training needs besides the data, as one JSON string."""
-    run = RUNS[wildcards.run]
-    return json.dumps(
-        {
-            # What the weights are; where they came from (hub_id, revision) or how planning sized them does not
-            # identify the run.
-            "model": {key: config["model"][key] for key in ("path", "lora")},
-            "training": {**config["training"], "seed": run.seed},
-            "scheme": {
-                "name": run.scheme,
-                **config["schemes"][run.scheme],
-                **run.scheme_settings,
-            },
-            "prompt": config["prompt"],
-        },
-        sort_keys=True,
-    )
+    """run_settings as one JSON string (a prefix: its first phases only)."""
+    run = job_run(wildcards)
+    phases = BUDGET_FREE_PHASES[run.scheme] if "prefix" in wildcards.keys() else None
+    return json.dumps(run_settings(run, phases), sort_keys=True)
 
 
 def finetune_processes():
@@ -600,6 +674,8 @@ def threads_per_process(wildcards, threads):
 
 def work_dir(wildcards):
     """Checkpoints live outside results/ and are not Snakemake outputs."""
+    if "prefix" in wildcards.keys():
+        return f"work/prefixes/{wildcards.prefix}"
     return f"work/{wildcards.run}"
 
 

@@ -21,3 +21,31 @@ rule mix_training_set:
         " --text-manifest {input.text:q} --speech-manifest {input.speech:q}"
         " --speech-ids {input.speech_ids:q} {params.target:q} --seed {params.seed:q}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+# The items of the first phases that every budget's run of a scheme shares (schemes.BUDGET_FREE_PHASES): the same
+# rows as in each run's mixture, written without the budgeted speech.
+rule mix_prefix_set:
+    input:
+        unpack(mixture_inputs),
+    output:
+        "results/prefixes/{prefix}/mixture.parquet",
+    log:
+        "logs/mix_prefix_set/{prefix}.log",
+    conda:
+        "../../envs/lalm-slu.yaml"
+    threads: resource("light", "threads")
+    resources:
+        mem_mb=resource("light", "mem_mb"),
+        runtime=resource("light", "runtime"),
+    params:
+        scheme=run_scheme,
+        seed=run_seed,
+        phases=prefix_phases,
+        target=mixture_target_arguments,
+        code=code_version("mix_training_set"),
+    shell:
+        "python -m lalm_slu mix-training-set --scheme {params.scheme:q}"
+        " --text-manifest {input.text:q} --speech-manifest {input.speech:q}"
+        " --speech-ids {input.speech_ids:q} {params.target:q} --seed {params.seed:q}"
+        " --phases {params.phases:q} --out {output:q} > {log:q} 2>&1"

@@ -14,6 +14,10 @@ def add_arguments(parser):
                         help="CPU threads (a resource: it does not identify the run)")
     parser.add_argument("--audio-frames", nargs="*", default=[],
                         help="precomputed frames of the mixture's clips (encode-audio); frozen-audio schemes only")
+    parser.add_argument("--start-from", default=None,
+                        help="a checkpoint written by --output checkpoint at the end of this run's first phases")
+    parser.add_argument("--output", choices=("model", "checkpoint"), default="model",
+                        help="write the final model, or the final checkpoint (for other runs' --start-from)")
 
 
 def run(args):
@@ -21,5 +25,6 @@ def run(args):
     from lalm_slu.train import finetune
 
     set_threads(args.threads)
-    summary = finetune(args.mixture, json.loads(args.settings), args.out_dir, args.work_dir, args.audio_frames)
+    summary = finetune(args.mixture, json.loads(args.settings), args.out_dir, args.work_dir, args.audio_frames,
+                       start_from=args.start_from, output=args.output)
     print(json.dumps(summary))

@@ -28,6 +28,8 @@ def add_arguments(parser):
     parser.add_argument("--target-speech-ids")
     parser.add_argument("--no-target-text", action="store_true", help="leave the target-language text out")
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--phases", type=int, default=None,
+                        help="keep only the first N phases (the items of runs' shared first phases)")
     parser.add_argument("--out", required=True, help="mixture parquet file")
 
 
@@ -45,6 +47,8 @@ def run(args):
         mixture = build_mixture(args.scheme, parts, args.seed)
     except MixtureError as error:
         raise DataError(str(error), args.out) from None
+    if args.phases is not None:
+        mixture = mixture[mixture["phase"].isin(sorted(mixture["phase"].unique())[: args.phases])]
     write_manifest(mixture, args.out)  # atomic parquet, like every manifest
     counts = mixture.groupby(["phase", "lang", "modality"]).size()
     for (phase, lang, modality), count in counts.items():
