@@ -108,7 +108,7 @@ def test_bad_value_stops_snakemake_before_any_job(workflow_copy):
     config = default_config()
     config["decode"]["modalities"] = ["speech", "video"]
     output = dry_run_error(workflow_copy, config)
-    assert "'video' is not one of ['speech', 'text']" in output
+    assert "'video' is not one of ['speech', 'text', 'cascade']" in output
     assert "On instance['decode']['modalities'][1]" in output
 
 
@@ -137,7 +137,7 @@ def test_bad_value_stops_snakemake_before_any_job(workflow_copy):
         ),
         (
             lambda c: c["grid"]["monolingual"][0].update(budgets=[]),
-            "grid.monolingual[0].budgets: schemes ['curriculum', 'direct_mixing'] need at least one budget",
+            "grid.monolingual[0].budgets: schemes ['behaviour_imitation', 'curriculum', 'direct_mixing', 'interleaving', 'mtbi'] need at least one budget",
         ),
         (
             lambda c: c["corpora"]["slurp"].update(speech="recorded"),

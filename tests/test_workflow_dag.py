@@ -88,7 +88,8 @@ def test_default_grid_plans_every_run_once_with_its_name(workflow_copy):
     jobs = planned_jobs(workflow_copy)
     runs = {wildcards.removeprefix("run=") for rule, wildcards in jobs if rule == "finetune_model"}
     expected = {"slurp-en_text_only_b0_s0", "slurp-en_oracle_b100_s0"}
-    expected |= {f"slurp-en_{scheme}_b{b}_s0" for scheme in ("direct_mixing", "curriculum") for b in (1, 5, 25)}
+    mixing = ("direct_mixing", "curriculum", "behaviour_imitation", "interleaving", "mtbi")
+    expected |= {f"slurp-en_{scheme}_b{b}_s0" for scheme in mixing for b in (1, 5, 25)}
     expected |= {f"xsid-en2de_direct_mixing_b{b}_s0" for b in ("0", "10shot")}
     expected |= {"xsid-de_oracle_b100_s0"}
     assert runs == expected

@@ -23,6 +23,7 @@ COMMANDS = {
     "build-demo-model": ("lalm_slu.commands.build_demo_model", "build the small demo Qwen2-Audio model"),
     "pretrain-demo-model": ("lalm_slu.commands.pretrain_demo_model", "speech-text alignment pretraining"),
     "encode-audio": ("lalm_slu.commands.encode_audio", "frames of a speech manifest's clips, once for the grid"),
+    "imitation-targets": ("lalm_slu.commands.imitation_targets", "phase-1 text-path answers for behaviour imitation"),
     "finetune": ("lalm_slu.commands.finetune", "fine-tune on a mixture file"),
     "decode": ("lalm_slu.commands.decode", "batched decoding of a test set"),
     "transcribe-test-set": ("lalm_slu.commands.transcribe_test_set", "base-model transcripts for the cascade"),

@@ -12,6 +12,13 @@ the ids whose speech may be used; a *scarce* part's speech is the budgeted resou
 - curriculum: phase 1 = everything except the scarce speech; phase 2 = phase 1 plus the
   scarce speech, shuffled together. Monolingually, phase 1 is text only.
 - oracle: every utterance as speech (phase 1); every part must allow all of its speech.
+- interleaving: direct mixing in which a seeded fraction of the speech items is *interleaved*: the transcript with
+  a contiguous span of words spoken instead of written (the span's audio, cut by the manifest's word times), same
+  target as the text item.
+- behaviour_imitation: phase 2 only (phase 1 is the text_only run it continues from): one speech item per pool
+  utterance × imitation task, whose instruction and target come from the imitation targets (the phase-1 model's
+  text-path answers); no SLU label is read.
+- mtbi: behaviour_imitation with a seeded fraction of its items interleaved.
 
 Cross-lingual runs follow the paper's setting: the source language contributes all of its
 text and all of its speech (not scarce), the target language all of its text (unless a run
@@ -25,10 +32,28 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from lalm_slu.schemes import MIXTURE_PHASES
+from lalm_slu.schemes import IMITATION_SCHEMES, INTERLEAVING_SCHEMES, MIXTURE_PHASES
 
 SCHEMES = tuple(MIXTURE_PHASES)
 MIXTURE_COLUMNS = ("id", "lang", "modality", "phase", "manifest")
+# What some schemes' items need besides (null where an item does not): an imitation item's instruction and target
+# (else the prompt's instruction and the utterance's SLU label); the words [span_start, span_end) an interleaved
+# item speaks.
+ITEM_COLUMNS = ("instruction", "target", "span_start", "span_end")
+MODALITIES = ("text", "speech", "interleaved")
+
+
+@dataclass(frozen=True)
+class Interleave:
+    """Which speech items become interleaved, and how many of their words are spoken."""
+
+    fraction: float  # of the speech items
+    min_span_words: int
+    max_span_words: int
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "Interleave":
+        return cls(float(settings["fraction"]), int(settings["min_span_words"]), int(settings["max_span_words"]))
 
 
 @dataclass(frozen=True)
@@ -56,21 +81,39 @@ class MixtureError(ValueError):
     """A scheme and its data do not fit together."""
 
 
-def build_mixture(scheme: str, parts: list[MixturePart], seed: int) -> pd.DataFrame:
-    """The training items of one run, as a frame with MIXTURE_COLUMNS."""
+def build_mixture(scheme: str, parts: list[MixturePart], seed: int, interleave: Interleave | None = None,
+                  word_counts: dict[tuple[str, str], int] | None = None,
+                  imitation: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The training items of one run, as a frame with MIXTURE_COLUMNS (and ITEM_COLUMNS for the schemes that need
+    them). `interleave` and `word_counts` ((manifest, id) -> words with times) for interleaving schemes;
+    `imitation`: the imitation targets (lalm_slu.imitation.TARGET_COLUMNS) for imitation schemes."""
     if scheme not in SCHEMES:
         raise MixtureError(f"unknown scheme {scheme!r} (expected one of {SCHEMES})")
     if not parts:
         raise MixtureError("a mixture needs at least one part")
     for part in parts:
         _check_part(part)
+    if (interleave is not None) != (scheme in INTERLEAVING_SCHEMES):
+        raise MixtureError(f"interleaving settings are for schemes {INTERLEAVING_SCHEMES}, not {scheme!r}")
+    if (imitation is not None) != (scheme in IMITATION_SCHEMES):
+        raise MixtureError(f"imitation targets are for schemes {IMITATION_SCHEMES}, not {scheme!r}")
+    if scheme in IMITATION_SCHEMES:
+        mixture = _imitation_items(parts, imitation, seed)
+    else:
+        mixture = _label_items(scheme, parts, seed)
+    if interleave is not None:
+        mixture = _interleave(mixture, interleave, word_counts or {}, seed)
+    return mixture
+
+
+def _label_items(scheme: str, parts: list[MixturePart], seed: int) -> pd.DataFrame:
     texts = [item for part in parts for item in part.text_items()]
     if scheme == "text_only":
         with_speech = [part.lang for part in parts if part.speech_ids]
         if with_speech:
             raise MixtureError(f"text_only allows no speech, but speech ids were given for {with_speech}")
         phases = [texts]
-    elif scheme == "direct_mixing":
+    elif scheme in ("direct_mixing", "interleaving"):
         phases = [texts + [item for part in parts for item in part.speech_items()]]
     elif scheme == "curriculum":
         abundant = [item for part in parts if not part.scarce for item in part.speech_items()]
@@ -91,6 +134,47 @@ def build_mixture(scheme: str, parts: list[MixturePart], seed: int) -> pd.DataFr
         frames.append(frame)
     mixture = pd.concat(frames, ignore_index=True)[list(MIXTURE_COLUMNS)]
     return mixture.astype({"id": str, "lang": str, "modality": str, "phase": "int64", "manifest": str})
+
+
+def _imitation_items(parts: list[MixturePart], imitation: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Phase 2 of behaviour imitation: each target row as a speech item with its own instruction and target, in a
+    seeded order. Its utterances must be speech the run may use."""
+    allowed = {(part.speech_manifest, uid) for part in parts for uid in part.speech_ids}
+    rows = imitation.astype({"id": str, "manifest": str})
+    outside = [uid for uid, path in zip(rows["id"], rows["manifest"]) if (path, uid) not in allowed]
+    if outside:
+        raise MixtureError(f"{len(outside)} imitation targets are for speech the run may not use (first: "
+                           f"{outside[0]!r})")
+    order = np.random.default_rng(seed).permutation(len(rows))
+    mixture = rows.iloc[order].reset_index(drop=True)
+    mixture = mixture.assign(modality="speech", phase=MIXTURE_PHASES["behaviour_imitation"][0])
+    mixture = mixture[[*MIXTURE_COLUMNS, "instruction", "target"]]
+    return mixture.astype({"lang": str, "phase": "int64", "instruction": str, "target": str})
+
+
+def _interleave(mixture: pd.DataFrame, interleave: Interleave, word_counts: dict, seed: int) -> pd.DataFrame:
+    """A seeded `fraction` of the speech items whose words have times become interleaved, each speaking a seeded
+    span of min..max_span_words words (at most all but one word: some text stays written)."""
+    if not 0 <= interleave.fraction <= 1 or not 1 <= interleave.min_span_words <= interleave.max_span_words:
+        raise MixtureError(f"bad interleaving settings {interleave}")
+    rng = np.random.default_rng([seed, 1])
+    mixture = mixture.assign(span_start=pd.NA, span_end=pd.NA).astype({"span_start": "Int64", "span_end": "Int64"})
+    candidates = [
+        index for index, row in enumerate(mixture.itertuples(index=False))
+        if row.modality == "speech" and word_counts.get((row.manifest, row.id), 0) >= 2
+    ]
+    speech = int((mixture["modality"] == "speech").sum())
+    if interleave.fraction > 0 and speech and not candidates:
+        raise MixtureError(f"none of the {speech} speech items has word times to interleave (recorded speech: "
+                           "align its words first, rule align_words)")
+    chosen = sorted(rng.permutation(candidates)[: round(interleave.fraction * len(candidates))].tolist())
+    for index in chosen:
+        words = word_counts[(mixture.at[index, "manifest"], mixture.at[index, "id"])]
+        length = int(rng.integers(interleave.min_span_words, interleave.max_span_words + 1))
+        length = min(length, words - 1)
+        start = int(rng.integers(0, words - length + 1))
+        mixture.loc[index, ["modality", "span_start", "span_end"]] = ["interleaved", start, start + length]
+    return mixture
 
 
 def _check_part(part: MixturePart) -> None:

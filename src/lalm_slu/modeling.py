@@ -312,9 +312,24 @@ def audio_token_count(mel_frames: int) -> int:
     return (((mel_frames - 1) // 2 + 1) - 2) // 2 + 1
 
 
+# Where an interleaved item's spoken span stands in its transcript: Qwen2-Audio's audio markers, inline.
+AUDIO_SPAN = "<|audio_bos|><|AUDIO|><|audio_eos|>"
+
+
+def interleaved_text(words: list[str], start: int, end: int) -> str:
+    """The transcript with words [start, end) replaced by AUDIO_SPAN (their audio goes there)."""
+    return " ".join([*words[:start], AUDIO_SPAN, *words[end:]])
+
+
+def span_audio(audio: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
+    """The samples of a clip from start_s to end_s."""
+    return audio[int(round(start_s * SAMPLE_RATE)) : int(round(end_s * SAMPLE_RATE))]
+
+
 @dataclass
 class ChatItem:
-    """One prompt/answer pair. `audio` is a 16 kHz waveform for speech items, None for text items."""
+    """One prompt/answer pair. `audio` is a 16 kHz waveform for speech items, None for text items; an item with both
+    `text` and `audio` is interleaved: `text` holds AUDIO_SPAN where the audio is spoken."""
 
     instruction: str
     answer: str | None = None
@@ -328,8 +343,13 @@ def answer_turn(answer: str) -> str:
 
 
 def render_prompt(processor, item: ChatItem) -> str:
-    """Qwen2-Audio chat template: speech → audio placeholder then instruction; text → transcript then instruction."""
-    if item.audio is not None:
+    """Qwen2-Audio chat template: speech → audio placeholder then instruction; text → transcript then instruction;
+    interleaved → the transcript with its audio markers inline (as the text item, a span spoken), then instruction."""
+    if item.audio is not None and item.text is not None:
+        if item.text.count(AUDIO_SPAN) != 1:
+            raise ValueError(f"an interleaved item's text must hold {AUDIO_SPAN} once: {item.text!r}")
+        content = [{"type": "text", "text": f"{item.text}\n{item.instruction}"}]
+    elif item.audio is not None:
         content = [{"type": "audio", "audio_url": "input"}, {"type": "text", "text": item.instruction}]
     else:
         content = [{"type": "text", "text": f"{item.text}\n{item.instruction}"}]

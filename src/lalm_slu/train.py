@@ -56,11 +56,13 @@ from lalm_slu.modeling import (
     base_model,
     count_parameters,
     device_and_dtype,
+    interleaved_text,
     load_audio,
     load_model_and_processor,
     projected_audio,
     render_prompt,
     set_trainable,
+    span_audio,
     merge_audio,
     top_level,
 )
@@ -77,11 +79,18 @@ AUDIO_PARTS = ("audio_tower", "multi_modal_projector")
 @dataclass
 class TrainItem:
     id: str
-    modality: str
-    text: str
+    modality: str  # text, speech or interleaved
+    text: str  # interleaved: the transcript with its spoken span replaced by AUDIO_SPAN
     target: str
     audio_path: str | None
-    duration_s: float | None  # speech items only
+    duration_s: float | None  # speech items: the clip's; interleaved: the span's
+    instruction: str | None = None  # the item's own instruction (imitation tasks); None: the prompt's
+    span_s: tuple[float, float] | None = None  # interleaved: the spoken span of the clip
+
+    @property
+    def audio_key(self) -> str | None:
+        """What identifies the item's audio (a frame cache key): the clip, or the clip's span."""
+        return self.audio_path if self.span_s is None else f"{self.audio_path}#{self.span_s[0]}-{self.span_s[1]}"
 
 
 def load_items(mixture_path: str | Path, phase: int) -> list[TrainItem]:
@@ -100,13 +109,21 @@ def load_items(mixture_path: str | Path, phase: int) -> list[TrainItem]:
         if row.id not in frame.index:
             raise DataError(f"id {row.id!r} not found in manifest {row.manifest}", mixture_path)
         utt = frame.loc[row.id]
-        target = format_target(utt["scenario"], utt["action"], utt["entities"])
-        if row.modality == "speech":
+        # An imitation item carries its own instruction and target (the phase-1 model's answer); others learn the
+        # utterance's SLU label under the prompt's instruction.
+        given = getattr(row, "target", None)
+        target = format_target(utt["scenario"], utt["action"], utt["entities"]) if _absent(given) else given
+        instruction = None if _absent(getattr(row, "instruction", None)) else row.instruction
+        if row.modality in ("speech", "interleaved"):
             if not utt["audio"]:
                 raise DataError(f"speech item {row.id!r} has no audio in {row.manifest}", mixture_path)
             if not os.path.isfile(utt["audio"]):
                 raise DataError(f"audio file {utt['audio']} of speech item {row.id!r} not found", row.manifest)
-            items.append(TrainItem(row.id, "speech", utt["text"], target, utt["audio"], float(utt["duration_s"])))
+        if row.modality == "speech":
+            items.append(TrainItem(row.id, "speech", utt["text"], target, utt["audio"], float(utt["duration_s"]),
+                                   instruction))
+        elif row.modality == "interleaved":
+            items.append(interleaved_item(row, utt, target, instruction, mixture_path))
         elif row.modality == "text":
             items.append(TrainItem(row.id, "text", utt["text"], target, None, None))
         else:
@@ -114,14 +131,34 @@ def load_items(mixture_path: str | Path, phase: int) -> list[TrainItem]:
     return items
 
 
+def _absent(value) -> bool:
+    return value is None or (not isinstance(value, str) and pd.isna(value))
+
+
+def interleaved_item(row, utt, target: str, instruction: str | None, mixture_path) -> TrainItem:
+    """The mixture row's words [span_start, span_end) spoken (their audio, by the manifest's word times), the
+    others written."""
+    times = utt["word_times"]
+    start, end = int(row.span_start), int(row.span_end)
+    if not times or not 0 <= start < end <= len(times):
+        raise DataError(f"interleaved item {row.id!r}: span [{start}, {end}) outside its {len(times or [])} timed "
+                        "words", mixture_path)
+    begin_s, end_s = float(times[start][1]), float(times[end - 1][2])
+    text = interleaved_text([word for word, _, _ in times], start, end)
+    samples = int(round(end_s * SAMPLE_RATE)) - int(round(begin_s * SAMPLE_RATE))
+    return TrainItem(row.id, "interleaved", text, target, utt["audio"], samples / SAMPLE_RATE, instruction,
+                     (begin_s, end_s))
+
+
 def sequence_lengths(items: list[TrainItem], processor, instruction: str) -> list[int]:
     """Tokens of each item's training sequence as the Collator builds it: prompt, audio tokens (from the clip's
     duration) and answer. Grouping by this, not by transcript or clip length alone, also groups by answer length,
     which varies as much (1,000 demo text items: 217 → 184 padded tokens per item)."""
     tokenizer = processor.tokenizer
-    speech_prompt = render_prompt(processor, ChatItem(instruction, audio=np.zeros(0, dtype=np.float32)))
+    no_audio = np.zeros(0, dtype=np.float32)
     sequences = [
-        (speech_prompt if it.modality == "speech" else render_prompt(processor, ChatItem(instruction, text=it.text)))
+        render_prompt(processor, ChatItem(it.instruction or instruction, text=None if it.modality == "speech" else it.text,
+                                          audio=None if it.modality == "text" else no_audio))
         + answer_turn(it.target)
         for it in items
     ]
@@ -129,7 +166,7 @@ def sequence_lengths(items: list[TrainItem], processor, instruction: str) -> lis
     hop = processor.feature_extractor.hop_length
     # The audio placeholder (one token) becomes one token per encoder frame pair.
     return [
-        n - 1 + audio_token_count(math.ceil(it.duration_s * SAMPLE_RATE / hop)) if it.modality == "speech" else n
+        n - 1 + audio_token_count(math.ceil(it.duration_s * SAMPLE_RATE / hop)) if it.modality != "text" else n
         for n, it in zip(lengths, items)
     ]
 
@@ -155,11 +192,16 @@ def micro_batches(items: list[TrainItem], lengths: list[int] | None, batch_size:
 
 def to_chat_items(items: list[TrainItem], instruction: str) -> list[ChatItem]:
     return [
-        ChatItem(instruction, it.target, audio=load_audio(it.audio_path))
-        if it.modality == "speech"
-        else ChatItem(instruction, it.target, text=it.text)
+        ChatItem(it.instruction or instruction, it.target, text=None if it.modality == "speech" else it.text,
+                 audio=None if it.modality == "text" else item_audio(it))
         for it in items
     ]
+
+
+def item_audio(item: TrainItem) -> np.ndarray:
+    """A speech item's clip, or an interleaved item's span of it."""
+    audio = load_audio(item.audio_path)
+    return audio if item.span_s is None else span_audio(audio, *item.span_s)
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup_ratio: float) -> float:
@@ -501,7 +543,7 @@ def _optimizer_step_gradients(root, group_batches, items, instruction, collator,
         batch = {k: v.to(group.device) for k, v in collator(chats).items()}
         frames = None
         if audio_cache is not None:
-            clips = [(it.audio_path, c.audio) for it, c in zip(batch_items, chats) if c.audio is not None]
+            clips = [(it.audio_key, c.audio) for it, c in zip(batch_items, chats) if c.audio is not None]
             frames = audio_cache.batch_frames(root.model, clips)
         loss = root(batch, frames, touch_audio=touch_audio and speech_items > 0)
         if not torch.isfinite(loss):

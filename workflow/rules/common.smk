@@ -1,6 +1,7 @@
 # Grid expansion, run names, paths, input functions, code versions and config checks.
 # Plain Python only: nothing heavy is imported, only the package's plain-Python modules.
 
+import hashlib
 import json
 import re
 import sys
@@ -15,7 +16,12 @@ PACKAGE_SRC = Path(workflow.basedir) / "src"
 # Planning uses this checkout's package (plain-Python modules only), whatever is installed.
 sys.path.insert(0, str(PACKAGE_SRC))
 from lalm_slu.code_version import code_version as package_code_version
-from lalm_slu.schemes import BUDGET_FREE_PHASES, phase_mismatch
+from lalm_slu.schemes import (
+    BUDGET_FREE_PHASES,
+    IMITATION_SCHEMES,
+    INTERLEAVING_SCHEMES,
+    phase_mismatch,
+)
 
 # What a string in corpora.*.options may contain, filled in per language.
 OPTION_PLACEHOLDERS = ("lang", "locale")
@@ -53,7 +59,12 @@ def check_config(config):
         key = f"grid.monolingual[{index}]"
         check_language(f"{key}.lang", entry["corpus"], entry["lang"])
         check_scheme_settings(key, entry)
-        mixing = {"direct_mixing", "curriculum"} & set(entry["schemes"])
+        mixing = {
+            "direct_mixing",
+            "curriculum",
+            *INTERLEAVING_SCHEMES,
+            *IMITATION_SCHEMES,
+        } & set(entry["schemes"])
         if mixing and not entry["budgets"]:
             raise WorkflowError(
                 f"config {key}.budgets: schemes {sorted(mixing)} need at least one budget"
@@ -205,6 +216,8 @@ class Run:
     target_text: bool = True  # cross-lingual: whether the target-language text is used
     # The entry's replacements of config["schemes"][scheme] keys; not part of the run's identity.
     scheme_settings: dict = field(default_factory=dict, hash=False, compare=False)
+    # False: trained only as another run's phase 1 (behaviour imitation's text_only run), not decoded or scored.
+    evaluated: bool = field(default=True, hash=False, compare=False)
 
     @property
     def name(self):
@@ -288,10 +301,49 @@ def expand_grid(config):
                 "(the same corpus and language listed twice with different splits?)"
             )
         runs[run.name] = run
-    return runs
+    return with_phase_one_runs(runs)
+
+
+def phase_one_run(run):
+    """Behaviour imitation's phase 1: text-only fine-tuning on the same data and seed (the grid's text_only run
+    when it has one)."""
+    return Run(
+        run.corpus,
+        run.source,
+        run.target,
+        "text_only",
+        "0",
+        run.seed,
+        source_split=run.source_split,
+        target_split=run.target_split,
+        target_text=run.target_text,
+        evaluated=False,
+    )
+
+
+def with_phase_one_runs(runs):
+    """The grid's runs plus the phase-1 runs its imitation schemes continue from (trained, not evaluated)."""
+    extra = {}
+    for run in runs.values():
+        if run.scheme in IMITATION_SCHEMES:
+            first = phase_one_run(run)
+            extra.setdefault(first.name, first)
+    return {**extra, **runs}
+
+
+def scheme_block(run):
+    return {**config["schemes"][run.scheme], **run.scheme_settings}
+
+
+def start_model(run):
+    """The model a run's training starts from: its phase-1 run's for imitation schemes, else model.path."""
+    if run.scheme in IMITATION_SCHEMES:
+        return f"results/runs/{phase_one_run(run).name}/model"
+    return config["model"]["path"]
 
 
 RUNS = expand_grid(config)
+EVALUATED_RUNS = {name: run for name, run in RUNS.items() if run.evaluated}
 
 
 # ---------------------------------------------------------------- shared first phases (prefixes)
@@ -319,7 +371,10 @@ def run_settings(run, phases=None):
     return {
         # What the weights are; where they came from (hub_id, revision) or how planning sized them does not
         # identify the run.
-        "model": {key: config["model"][key] for key in ("path", "lora")},
+        "model": {
+            **{key: config["model"][key] for key in ("path", "lora")},
+            "path": start_model(run),
+        },
         "training": {**config["training"], "seed": run.seed},
         "scheme": scheme,
         "prompt": config["prompt"],
@@ -408,7 +463,7 @@ def budget_path(corpus, lang, split, seed, budget):
 def metrics_paths():
     return [
         f"results/runs/{name}/metrics/{testset}.{modality}.json"
-        for name, run in RUNS.items()
+        for name, run in EVALUATED_RUNS.items()
         for testset in run_testsets(run)
         for modality in config["decode"]["modalities"]
     ]
@@ -527,8 +582,11 @@ def mixture_inputs(wildcards):
             run.corpus, run.source, split, run.seed, run.budget
         )
         return inputs
-    # Cross-lingual: all source speech; the budget applies to the target language.
-    inputs["speech_ids"] = budget_path(run.corpus, run.source, split, run.seed, "100")
+    # Cross-lingual: all source speech (none for text-only); the budget applies to the target language.
+    source_budget = "0" if run.scheme == "text_only" else "100"
+    inputs["speech_ids"] = budget_path(
+        run.corpus, run.source, split, run.seed, source_budget
+    )
     inputs["target_text"] = manifest_path(run.corpus, run.target, run.target_split)
     inputs["target_speech"] = speech_manifest_path(
         run.corpus, run.target, run.target_split
@@ -626,7 +684,7 @@ def finetune_inputs(wildcards):
     return {
         "mixture": mixture,
         "manifests": [inputs[key] for key in inputs if not key.endswith("speech_ids")],
-        "model": config["model"]["path"],
+        "model": start_model(run),
         "audio_frames": run_audio_frames(run),
         "start_from": start_from,
     }
@@ -804,7 +862,7 @@ def comparison_inputs(wildcards):
         "metrics": "results/metrics.csv",
         "predictions": [
             f"results/runs/{name}/predictions/{testset}.{modality}.jsonl"
-            for name, run in RUNS.items()
+            for name, run in EVALUATED_RUNS.items()
             for testset in run_testsets(run)
             for modality in config["decode"]["modalities"]
         ],
@@ -816,7 +874,7 @@ def test_manifests():
     """Test set name -> its gold manifest, for every test set of the grid."""
     return {
         testset: manifest_path(*parse_testset(testset), "test")
-        for run in RUNS.values()
+        for run in EVALUATED_RUNS.values()
         for testset in run_testsets(run)
     }
 
@@ -849,3 +907,129 @@ def model_download_stamp():
 def model_revision():
     # No revision means the main branch to huggingface_hub too.
     return config["model"]["revision"] or "main"
+
+
+# ---------------------------------------------------------------- behaviour imitation and interleaving
+
+
+def imitation_pool_name(run):
+    """Names the targets of a run's pool: its phase-1 model, budget and imitation settings (behaviour_imitation and
+    mtbi at one budget share them): slurp-en_text_only_b0_s0/b5_3f2a1c9d."""
+    settings = {
+        key: scheme_block(run)["imitation"].get(key)
+        for key in ("tasks", "max_new_tokens", "label_free_speech")
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return f"{phase_one_run(run).name}/b{run.budget}_{digest[:8]}"
+
+
+def imitation_targets_path(run):
+    return f"results/imitation_targets/{imitation_pool_name(run)}.parquet"
+
+
+# Pool name -> a run it serves (they share phase 1, pool and settings).
+IMITATION_POOLS = {
+    imitation_pool_name(run): run
+    for run in RUNS.values()
+    if run.scheme in IMITATION_SCHEMES
+}
+
+
+def label_free_inputs(run):
+    """Paired speech without SLU labels beyond the run's budget (imitation.label_free_speech), if configured."""
+    extra = scheme_block(run).get("imitation", {}).get("label_free_speech")
+    if not extra:
+        return {}
+    return {
+        "label_free_speech": speech_manifest_path(
+            extra["corpus"], extra["lang"], extra["split"]
+        ),
+        "label_free_ids": budget_path(
+            extra["corpus"], extra["lang"], extra["split"], run.seed, extra["budget"]
+        ),
+    }
+
+
+def mixture_scheme_inputs(wildcards):
+    """mixture_inputs plus what imitation schemes mix: their targets and any label-free paired speech."""
+    run = RUNS[wildcards.run]
+    inputs = mixture_inputs(wildcards)
+    if run.scheme in IMITATION_SCHEMES:
+        inputs["imitation_targets"] = imitation_targets_path(run)
+        inputs.update(label_free_inputs(run))
+    return inputs
+
+
+def mixture_scheme_arguments(wildcards, input):
+    run = RUNS[wildcards.run]
+    arguments = []
+    if run.scheme in INTERLEAVING_SCHEMES:
+        arguments += [
+            "--interleave",
+            json.dumps(scheme_block(run)["interleaving"], sort_keys=True),
+        ]
+    if run.scheme in IMITATION_SCHEMES:
+        arguments += ["--imitation-targets", input.imitation_targets]
+        if "label_free_speech" in input.keys():
+            arguments += [
+                "--label-free-speech",
+                input.label_free_speech,
+                input.label_free_ids,
+            ]
+    return arguments
+
+
+class RunWildcards(dict):
+    """A run's job wildcards, for calling its input functions from another rule's."""
+
+    def __getattr__(self, name):
+        return self[name]
+
+
+def imitation_pool_inputs(wildcards):
+    """The phase-1 model and the paired-speech pool (manifests and id lists) of an imitation run."""
+    run = IMITATION_POOLS[wildcards.pool]
+    inputs = mixture_inputs(RunWildcards(run=run.name))
+    pool = {
+        "model": start_model(run),
+        "speech": inputs["speech"],
+        "speech_ids": inputs["speech_ids"],
+    }
+    if run.target is not None:
+        pool["target_speech"] = inputs["target_speech"]
+        pool["target_speech_ids"] = inputs["target_speech_ids"]
+    pool.update(label_free_inputs(run))
+    return pool
+
+
+def imitation_pool_arguments(wildcards, input):
+    pairs = [("speech", "speech_ids"), ("target_speech", "target_speech_ids")]
+    pairs.append(("label_free_speech", "label_free_ids"))
+    arguments = []
+    for manifest, ids in pairs:
+        if manifest in input.keys():
+            arguments += ["--pool", input[manifest], input[ids]]
+    return arguments
+
+
+def imitation_tasks(wildcards):
+    """The instructions the phase-1 model answers from each transcript (null instruction: the SLU prompt)."""
+    tasks = scheme_block(IMITATION_POOLS[wildcards.pool])["imitation"]["tasks"]
+    return json.dumps(
+        [
+            {
+                "task": task["task"],
+                "instruction": task["instruction"] or config["prompt"]["instruction"],
+            }
+            for task in tasks
+        ]
+    )
+
+
+def imitation_decode_settings(wildcards):
+    """Decoding of the targets: decode's settings, with the imitation block's length limit."""
+    decode = {k: v for k, v in config["decode"].items() if k != "modalities"}
+    imitation = scheme_block(IMITATION_POOLS[wildcards.pool])["imitation"]
+    return json.dumps(
+        {**decode, "max_new_tokens": imitation["max_new_tokens"]}, sort_keys=True
+    )

@@ -1,6 +1,6 @@
 rule mix_training_set:
     input:
-        unpack(mixture_inputs),
+        unpack(mixture_scheme_inputs),
     output:
         "results/mixtures/{run}.parquet",
     log:
@@ -15,12 +15,13 @@ rule mix_training_set:
         scheme=run_scheme,
         seed=run_seed,
         target=mixture_target_arguments,
+        scheme_arguments=mixture_scheme_arguments,
         code=code_version("mix_training_set"),
     shell:
         "python -m lalm_slu mix-training-set --scheme {params.scheme:q}"
         " --text-manifest {input.text:q} --speech-manifest {input.speech:q}"
-        " --speech-ids {input.speech_ids:q} {params.target:q} --seed {params.seed:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --speech-ids {input.speech_ids:q} {params.target:q} {params.scheme_arguments:q}"
+        " --seed {params.seed:q} --out {output:q} > {log:q} 2>&1"
 
 
 # The items of the first phases that every budget's run of a scheme shares (schemes.BUDGET_FREE_PHASES): the same

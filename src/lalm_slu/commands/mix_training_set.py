@@ -7,12 +7,13 @@ and --target-* describe the target language, whose speech is the budgeted resour
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pandas as pd
 
 from lalm_slu.budgets import read_budget_ids
-from lalm_slu.mixtures import SCHEMES, MixtureError, MixturePart, build_mixture
+from lalm_slu.mixtures import SCHEMES, Interleave, MixtureError, MixturePart, build_mixture
 from lalm_slu.records import DataError, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,10 @@ def add_arguments(parser):
     parser.add_argument("--target-speech-manifest")
     parser.add_argument("--target-speech-ids")
     parser.add_argument("--no-target-text", action="store_true", help="leave the target-language text out")
+    parser.add_argument("--imitation-targets", help="behaviour imitation's targets (imitation-targets command)")
+    parser.add_argument("--label-free-speech", nargs=2, metavar=("MANIFEST", "IDS"),
+                        help="paired speech without SLU labels beyond the budget (imitation schemes)")
+    parser.add_argument("--interleave", help="JSON {fraction, min_span_words, max_span_words}: interleaving schemes")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--phases", type=int, default=None,
                         help="keep only the first N phases (the items of runs' shared first phases)")
@@ -43,8 +48,14 @@ def run(args):
     parts = [load_part(args.text_manifest, args.speech_manifest, args.speech_ids, scarce=not crosslingual)]
     if crosslingual:
         parts.append(load_part(*target_args, scarce=True, use_text=not args.no_target_text))
+    if args.label_free_speech:
+        manifest, ids = args.label_free_speech
+        parts.append(load_part(manifest, manifest, ids, scarce=False, use_text=False))
+    interleave = Interleave.from_settings(json.loads(args.interleave)) if args.interleave else None
+    word_counts = timed_word_counts({part.speech_manifest for part in parts}) if interleave else None
+    imitation = pd.read_parquet(args.imitation_targets) if args.imitation_targets else None
     try:
-        mixture = build_mixture(args.scheme, parts, args.seed)
+        mixture = build_mixture(args.scheme, parts, args.seed, interleave, word_counts, imitation)
     except MixtureError as error:
         raise DataError(str(error), args.out) from None
     if args.phases is not None:
@@ -54,6 +65,17 @@ def run(args):
     for (phase, lang, modality), count in counts.items():
         log.info("phase %d: %d %s %s items", phase, count, lang, modality)
     log.info("wrote %d items (%s) to %s", len(mixture), args.scheme, args.out)
+
+
+def timed_word_counts(speech_manifests) -> dict[tuple[str, str], int]:
+    """(manifest, id) -> number of words with times, for every utterance that has them."""
+    counts = {}
+    for path in speech_manifests:
+        manifest = read_manifest(path)
+        for uid, times in zip(manifest["id"].astype(str), manifest["word_times"]):
+            if times:
+                counts[(str(path), uid)] = len(times)
+    return counts
 
 
 def load_part(

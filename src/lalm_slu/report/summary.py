@@ -8,11 +8,14 @@ import pandas as pd
 
 from lalm_slu.metrics import METRIC_NAMES
 
-SCHEME_ORDER = ("text_only", "direct_mixing", "curriculum", "oracle")
+SCHEME_ORDER = ("text_only", "direct_mixing", "curriculum", "interleaving", "behaviour_imitation", "mtbi", "oracle")
 SCHEME_LABELS = {
     "text_only": "text only",
     "direct_mixing": "direct mixing",
     "curriculum": "curriculum",
+    "interleaving": "interleaving",
+    "behaviour_imitation": "behaviour imitation",
+    "mtbi": "MTBI (imitation + interleaving)",
     "oracle": "oracle (all speech)",
 }
 # Reference schemes are drawn as horizontal lines / separate rows, not as budget curves.

@@ -1,0 +1,80 @@
+"""Behaviour imitation's targets: what the phase-1 (text-only) model answers when it *reads* a transcript.
+
+For every utterance of the paired-speech pool and every configured task (an instruction: the SLU instruction,
+transcribe, quote, ...), the phase-1 model's text path answers from the transcript alone. Phase 2 then trains the
+speech of the same utterance to give those answers (MTBI's "equivalent responses to paired speech and text",
+BLSP's "the LLM's own response to the transcript"). Only `id`, `lang` and `text` of the manifests are read: a
+speech item's SLU label never reaches its target.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pandas as pd
+
+from lalm_slu.decode import generate_batch
+from lalm_slu.modeling import ChatItem, Collator, device_and_dtype, load_model_and_processor
+from lalm_slu.outputs import atomic_output
+from lalm_slu.records import DataError, read_manifest
+
+log = logging.getLogger(__name__)
+
+TARGET_COLUMNS = ("id", "lang", "manifest", "task", "instruction", "target")
+# The only manifest columns imitation reads.
+TRANSCRIPT_COLUMNS = ("id", "lang", "text")
+
+
+def pool_transcripts(manifest_path: str, ids: list[str]) -> pd.DataFrame:
+    """The transcripts of the pool's utterances (id, lang, text, manifest), in pool order; labels are dropped."""
+    manifest = read_manifest(manifest_path)[list(TRANSCRIPT_COLUMNS)].set_index("id", drop=False)
+    unknown = [uid for uid in ids if uid not in manifest.index]
+    if unknown:
+        raise DataError(f"{len(unknown)} pool ids are not in the manifest (first: {unknown[0]!r})", manifest_path)
+    pool = manifest.loc[list(ids)].reset_index(drop=True)
+    return pool.assign(manifest=str(manifest_path))
+
+
+def answer_transcripts(model, processor, transcripts: list[str], instruction: str, settings: dict) -> list[str]:
+    """The model's answers to `instruction` for each transcript, read as text (the text path), in order."""
+    order = sorted(range(len(transcripts)), key=lambda i: -len(transcripts[i]))
+    batch_size = int(settings.get("batch_size", 16))
+    collator = Collator(processor, for_generation=True)
+    model.eval()
+    answers: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        items = [ChatItem(instruction, text=transcripts[i]) for i in indices]
+        answers.update(zip(indices, generate_batch(model, processor, collator, items, settings)))
+    return [answers[i] for i in range(len(transcripts))]
+
+
+def imitation_targets(model, processor, pool: pd.DataFrame, tasks: list[dict], settings: dict) -> pd.DataFrame:
+    """One row per pool utterance × task (TARGET_COLUMNS). `tasks`: [{"task": name, "instruction": text}]."""
+    frames = []
+    for task in tasks:
+        answers = answer_transcripts(model, processor, list(pool["text"]), task["instruction"], settings)
+        frames.append(pool[["id", "lang", "manifest"]].assign(task=task["task"], instruction=task["instruction"],
+                                                              target=answers))
+    targets = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(TARGET_COLUMNS))
+    return targets[list(TARGET_COLUMNS)]
+
+
+def write_imitation_targets(model_dir: str, pools: list[tuple[str, list[str]]], tasks: list[dict], settings: dict,
+                            out_path: str) -> dict:
+    """Targets for every (manifest, ids) pool, from the phase-1 model at `model_dir`, to a parquet file."""
+    started = time.time()
+    if not tasks:
+        raise ValueError("behaviour imitation needs at least one task")
+    device, dtype = device_and_dtype(settings)
+    model, processor = load_model_and_processor(model_dir, dtype=dtype, device=device)
+    pool = pd.concat([pool_transcripts(path, ids) for path, ids in pools], ignore_index=True)
+    targets = imitation_targets(model, processor, pool, tasks, settings)
+    with atomic_output(out_path) as tmp:
+        targets.to_parquet(tmp, index=False)
+    summary = {"utterances": len(pool), "tasks": [t["task"] for t in tasks], "targets": len(targets),
+               "empty_targets": int((targets["target"].str.strip() == "").sum()),
+               "wall_time_s": round(time.time() - started, 2)}
+    log.info("imitation targets from %s: %s", model_dir, summary)
+    return summary

@@ -1,0 +1,206 @@
+"""MTBI's schemes: behaviour imitation's targets come from the phase-1 model's text path only, are cached per
+phase-1 model and instructions; interleaved items speak exactly their span's audio."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+from conftest import REPO, WorkflowCopy
+from test_workflow_rerun import micro_config, stand_in_everything, write_config
+from tiny_model import tiny_assets  # noqa: F401 - session fixture
+
+import lalm_slu.imitation as imitation
+from lalm_slu.budgets import write_budget_ids
+from lalm_slu.cli import main
+from lalm_slu.mixtures import Interleave, MixturePart, build_mixture
+from lalm_slu.modeling import AUDIO_SPAN, Collator, audio_features, audio_token_count, load_model_and_processor
+from lalm_slu.records import Utterance, read_manifest, write_manifest
+from lalm_slu.speech.tts import ESpeakSynthesizer, Voice
+from lalm_slu.train import load_items, sequence_lengths, to_chat_items
+
+TASKS = [{"task": "slu", "instruction": "Give the scenario, action and entities as JSON."},
+         {"task": "transcribe", "instruction": "Write down what is said."}]  # fmt: skip
+SETTINGS = {"max_new_tokens": 6, "batch_size": 4, "device": "cpu", "precision": "fp32"}
+
+
+def poisoned(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Every SLU label replaced by another."""
+    return manifest.assign(scenario="poison", action="poison", intent="poison_poison",
+                           entities=[[{"type": "poison", "filler": t.split()[0]}] for t in manifest["text"]])
+
+
+def imitation_mixture(tmp_path, model, speech_manifest, ids, name):
+    write_budget_ids(ids, tmp_path / f"{name}.ids")
+    pool = imitation.pool_transcripts(str(speech_manifest), ids)
+    targets = imitation.imitation_targets(*model, pool, TASKS, SETTINGS)
+    frame = read_manifest(speech_manifest)
+    part = MixturePart("en", str(speech_manifest), str(speech_manifest), tuple(frame["id"]), tuple(ids), True)
+    return targets, build_mixture("behaviour_imitation", [part], 0, imitation=targets)
+
+
+def test_imitation_targets_never_read_the_speech_labels(tiny_assets, tmp_path):  # noqa: F811
+    model = load_model_and_processor(str(tiny_assets.model_dir))
+    ids = ["u1", "u4", "u6"]
+    clean = read_manifest(tiny_assets.speech_manifest)
+    # The same utterances at the same path, once with their labels, once poisoned.
+    manifest = tmp_path / "speech.parquet"
+    from lalm_slu.records import json_columns
+
+    json_columns(clean).to_parquet(manifest, index=False)
+    targets, mixture = imitation_mixture(tmp_path, model, manifest, ids, "clean")
+    json_columns(poisoned(clean)).to_parquet(manifest, index=False)
+    poisoned_targets, poisoned_mixture = imitation_mixture(tmp_path, model, manifest, ids, "poison")
+    pd.testing.assert_frame_equal(targets, poisoned_targets)
+    pd.testing.assert_frame_equal(mixture, poisoned_mixture)
+    assert set(mixture["phase"]) == {2} and set(mixture["modality"]) == {"speech"}
+    assert len(mixture) == len(ids) * len(TASKS) and not mixture["target"].str.contains("poison").any()
+
+
+def test_imitation_targets_come_from_the_text_path(tiny_assets, monkeypatch):  # noqa: F811
+    model = load_model_and_processor(str(tiny_assets.model_dir))
+    seen = []
+
+    def generate(model, processor, collator, items, settings):
+        seen.extend(items)
+        return [f"answer to {item.text}" for item in items]
+
+    monkeypatch.setattr(imitation, "generate_batch", generate)
+    pool = imitation.pool_transcripts(str(tiny_assets.speech_manifest), ["u0", "u2"])
+    targets = imitation.imitation_targets(*model, pool, TASKS, SETTINGS)
+    assert all(item.audio is None for item in seen)
+    assert {item.text for item in seen} == {"wake me up at seven am", "play some jazz"}
+    assert targets.set_index(["id", "task"]).loc[("u2", "transcribe"), "target"] == "answer to play some jazz"
+
+
+@pytest.fixture(scope="module")
+def timed_clip(tmp_path_factory):
+    """One eSpeak utterance with its word times, in a speech manifest."""
+    root = tmp_path_factory.mktemp("timed")
+    text = "wake me up at seven tomorrow morning"
+    audio, times = ESpeakSynthesizer().synthesize_timed(text, Voice("en-us+m3", 160, 50))
+    soundfile.write(root / "u0.flac", audio, 16_000, subtype="PCM_16")
+    utt = Utterance("u0", "tiny", "en", "train", text, "alarm", "set", [{"type": "time", "filler": "seven"}],
+                    audio=str(root / "u0.flac"), duration_s=len(audio) / 16_000, word_times=times)
+    return write_manifest([utt], root / "speech.parquet"), soundfile.read(root / "u0.flac", dtype="float32")[0], times
+
+
+def test_an_interleaved_item_speaks_exactly_its_span(tiny_assets, timed_clip, tmp_path):  # noqa: F811
+    manifest, audio, times = timed_clip
+    mixture = pd.DataFrame({"id": ["u0"], "lang": ["en"], "modality": ["interleaved"], "phase": [1],
+                            "manifest": [str(manifest)], "span_start": [2], "span_end": [5]})  # "up at seven"
+    mixture.to_parquet(tmp_path / "mixture.parquet", index=False)
+    (item,) = load_items(tmp_path / "mixture.parquet", 1)
+    assert item.text == f"wake me {AUDIO_SPAN} tomorrow morning"
+    assert item.span_s == (times[2][1], times[4][2])
+    _, processor = load_model_and_processor(str(tiny_assets.model_dir))
+    (chat,) = to_chat_items([item], "Give the scenario.")
+    span = audio[int(round(times[2][1] * 16_000)) : int(round(times[4][2] * 16_000))]
+    np.testing.assert_array_equal(chat.audio, span)
+    batch = Collator(processor)([chat])
+    _, mask = audio_features(processor, [span])
+    audio_tokens = int((batch["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")).sum())
+    assert audio_tokens == audio_token_count(int(mask.sum())) > 0
+    # The written words stay text around the span, and the length grouping counts the item as the collator builds it.
+    prompt = processor.tokenizer.decode(batch["input_ids"][0])
+    assert "wake me <|audio_bos|><|AUDIO|>" in prompt and "<|audio_eos|> tomorrow morning" in prompt
+    assert sequence_lengths([item], processor, "Give the scenario.") == [int(batch["attention_mask"].sum())]
+
+
+def test_interleaving_turns_a_fraction_of_the_speech_into_spans_of_the_configured_length():
+    ids = tuple(f"u{i}" for i in range(40))
+    part = MixturePart("en", "text.parquet", "speech.parquet", ids, ids[:20], True)
+    counts = {("speech.parquet", uid): 6 for uid in ids}
+    mixture = build_mixture("interleaving", [part], 3, Interleave(0.5, 2, 3), counts)
+    direct = build_mixture("direct_mixing", [part], 3)
+    assert (mixture["modality"] == "interleaved").sum() == 10 and (mixture["modality"] == "speech").sum() == 10
+    assert mixture[["id", "lang", "phase", "manifest"]].equals(direct[["id", "lang", "phase", "manifest"]])
+    spans = mixture[mixture["modality"] == "interleaved"]
+    assert ((spans["span_end"] - spans["span_start"]).between(2, 3)).all() and (spans["span_end"] <= 6).all()
+
+
+# ------------------------------------------------------------------ the workflow
+
+TARGETS_PREFIX = "results/imitation_targets/tiny-en_text_only_b0_s0/"
+PHASE_ONE = "results/runs/tiny-en_text_only_b0_s0/model"
+
+
+def imitation_config():
+    config = micro_config()
+    default = __import__("yaml").safe_load((REPO / "config.yaml").read_text())
+    config["schemes"] = default["schemes"]
+    config["grid"]["monolingual"][0]["schemes"] = ["behaviour_imitation", "mtbi"]
+    config["grid"]["crosslingual"] = []
+    return config
+
+
+@pytest.fixture(scope="module")
+def planned_imitation(tmp_path_factory):
+    copy_ = WorkflowCopy(tmp_path_factory.mktemp("imitation"))
+    (copy_.root / "data/tiny").mkdir(parents=True)
+    for lang in ("en", "de", "fr"):
+        (copy_.root / f"data/tiny/{lang}.jsonl").touch()
+    (copy_.root / "models/demo").mkdir(parents=True)
+    write_config(copy_, imitation_config())
+    stand_in_everything(copy_)
+    return copy_
+
+
+def targets_pending(copy_):
+    return {path for path in copy_.pending() if path.startswith(TARGETS_PREFIX)}
+
+
+def test_both_imitation_schemes_share_one_phase_one_run_and_one_target_file_per_budget(planned_imitation):
+    outputs = planned_imitation.summary()
+    targets = {path for path in outputs if path.startswith(TARGETS_PREFIX)}
+    assert len(targets) == 2  # budgets 10 and 50; behaviour_imitation and mtbi read the same file
+    assert PHASE_ONE in outputs
+    assert not any("text_only" in path for path in outputs if "/metrics/" in path)  # trained, not evaluated
+
+
+def test_targets_are_remade_when_the_phase_one_model_changes(planned_imitation, tmp_path):
+    copy_ = planned_imitation.clone(tmp_path / "w")
+    config = imitation_config()
+    config["schemes"]["text_only"]["phases"][0]["epochs"] = 1
+    write_config(copy_, config)
+    pending = copy_.pending()
+    assert PHASE_ONE in pending and len(targets_pending(copy_)) == 2
+
+
+def test_targets_are_remade_when_the_instructions_change(planned_imitation, tmp_path):
+    copy_ = planned_imitation.clone(tmp_path / "w")
+    config = imitation_config()
+    for scheme in ("behaviour_imitation", "mtbi"):
+        config["schemes"][scheme]["imitation"] = copy.deepcopy(config["schemes"][scheme]["imitation"])
+        config["schemes"][scheme]["imitation"]["tasks"][1]["instruction"] = "Repeat what is said."
+    write_config(copy_, config)
+    pending = copy_.pending()
+    assert PHASE_ONE not in pending
+    assert {p for p in pending if p.startswith("results/imitation_targets/")}  # new target files
+
+
+def test_targets_are_kept_when_only_phase_two_changes(planned_imitation, tmp_path):
+    copy_ = planned_imitation.clone(tmp_path / "w")
+    config = imitation_config()
+    config["schemes"]["mtbi"] = copy.deepcopy(config["schemes"]["mtbi"])
+    config["schemes"]["mtbi"]["phases"][0]["learning_rate"] = 1.0e-4
+    config["schemes"]["mtbi"]["interleaving"]["fraction"] = 0.25
+    write_config(copy_, config)
+    pending = copy_.pending()
+    assert not targets_pending(copy_) and PHASE_ONE not in pending
+    assert "results/runs/tiny-en_mtbi_b10_s0/model" in pending
+
+
+def test_the_mix_command_builds_an_imitation_mixture_from_targets_alone(tiny_assets, tmp_path):  # noqa: F811
+    write_budget_ids(["u1", "u3"], tmp_path / "ids.txt")
+    targets = pd.DataFrame({"id": ["u1", "u3"], "lang": "en", "manifest": str(tiny_assets.speech_manifest),
+                            "task": "transcribe", "instruction": "Write down what is said.", "target": ["a", "b"]})
+    targets.to_parquet(tmp_path / "targets.parquet", index=False)
+    main(["mix-training-set", "--scheme", "behaviour_imitation", "--text-manifest", str(tiny_assets.text_manifest),
+          "--speech-manifest", str(tiny_assets.speech_manifest), "--speech-ids", str(tmp_path / "ids.txt"),
+          "--imitation-targets", str(tmp_path / "targets.parquet"), "--seed", "0", "--out", str(tmp_path / "m.parquet")])
+    mixture = pd.read_parquet(tmp_path / "m.parquet")
+    assert sorted(mixture["target"]) == ["a", "b"] and set(mixture["phase"]) == {2}
