@@ -22,11 +22,18 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 ## Run the embedded demo grid end to end (data -> speech -> budgets -> mixtures -> fine-tune -> decode -> score -> tables, figures, report).
+## Its wall time (after install) is appended to logs/demo_wall_time.log; benchmarks/demo_stages.py splits it by stage.
 demo: $(STAMP)
 	mkdir -p logs
-	$(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local
-	$(BIN)/snakemake --cores 1 --profile workflow/profiles/local --report results/report.html
-	$(BIN)/lalm-slu update-readme --table $(DEMO_TABLE) --figure results/figures/budget_curves.png --findings results/tables/findings.md
+	@start=$$(date +%s); status=0; \
+	$(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local \
+	&& $(BIN)/snakemake --cores 1 --profile workflow/profiles/local --report results/report.html \
+	&& $(BIN)/lalm-slu update-readme --table $(DEMO_TABLE) --figure results/figures/budget_curves.png \
+		--findings results/tables/findings.md \
+	|| status=$$?; \
+	echo "$$(date -u +%Y-%m-%dT%H:%M:%SZ) make demo: $$(( $$(date +%s) - start )) s wall, exit $$status," \
+		"$(CORES) cores, commit $$(git rev-parse --short HEAD 2>/dev/null || echo none)" | tee -a logs/demo_wall_time.log; \
+	exit $$status
 
 ## Unit tests plus the slow end-to-end tests (the whole suite, as CI runs it).
 test: $(STAMP) browser

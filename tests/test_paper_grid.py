@@ -47,8 +47,10 @@ def budgets_of(scheme: str, budgets: list) -> list[str]:
 
 
 def expected_jobs(config: dict) -> dict[str, int]:
-    """Jobs per rule implied by the grid (a fresh, forced plan: every job counted once)."""
+    """Jobs per rule implied by the grid (a fresh, forced plan: every job counted once). Curriculum's phase 1 holds
+    no budgeted speech: it is trained once per seed and data (mixed from the 0 % budget) for all its budgets."""
     runs = 0
+    prefixes = set()
     languages, speech_sets, budget_files = set(), set(), set()
     for seed in config["grid"]["seeds"]:
         for entry in config["grid"]["monolingual"]:
@@ -60,6 +62,9 @@ def expected_jobs(config: dict) -> dict[str, int]:
                 for budget in budgets_of(scheme, entry.get("budgets", [])):
                     runs += 1
                     budget_files.add((corpus, lang, split, seed, budget))
+                if scheme == "curriculum":
+                    prefixes.add((corpus, lang, seed))
+                    budget_files.add((corpus, lang, split, seed, "0"))
         for entry in config["grid"]["crosslingual"]:
             corpus, source = entry["corpus"], entry["source"]
             split = entry.get("target_text_split", "dev")
@@ -74,12 +79,16 @@ def expected_jobs(config: dict) -> dict[str, int]:
                     for budget in budgets_of(scheme, entry["target_speech_budgets"]):
                         runs += with_and_without_text
                         budget_files.add((corpus, target, split, seed, budget))
+                    if scheme == "curriculum":
+                        prefixes |= {(corpus, source, target, seed, text) for text in entry.get("target_text", [True])}
+                        budget_files.add((corpus, target, split, seed, "0"))
     modalities = len(config["decode"]["modalities"])
     expected = {
         "prepare_corpus": len(languages),
         "subsample_budget": len(budget_files),
         "mix_training_set": runs,
         "finetune_model": runs,
+        **({"mix_prefix_set": len(prefixes), "finetune_prefix": len(prefixes)} if prefixes else {}),
         "decode_test_set": runs * modalities,
         "score_predictions": runs * modalities,
         "aggregate_metrics": 1,

@@ -12,13 +12,13 @@ import logging
 import sys
 
 from lalm_slu.records import DataError
+from lalm_slu.stages import STAGES
 
 COMMANDS = {
     # name: (module, one-line help)
     "prepare-corpus": ("lalm_slu.commands.prepare_corpus", "read a raw corpus into manifests"),
     "synthesize-speech": ("lalm_slu.commands.synthesize_speech", "synthesize demo speech for a manifest"),
     "ingest-audio": ("lalm_slu.commands.ingest_audio", "resample/check recorded audio for a manifest"),
-    "align-words": ("lalm_slu.commands.align_words", "word times of recorded speech (CTC forced alignment)"),
     "subsample-budget": ("lalm_slu.commands.subsample_budget", "nested, seeded speech-budget id lists"),
     "mix-training-set": ("lalm_slu.commands.mix_training_set", "write one run's training mixture"),
     "build-demo-model": ("lalm_slu.commands.build_demo_model", "build the small demo Qwen2-Audio model"),
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         # key); a traceback would bury it. Exit status 1, as for any failed command.
         print(f"lalm-slu {top.command}: error: {error}", file=sys.stderr)
         return 1
+    logging.getLogger(__name__).info(STAGES.line())
     return int(result or 0)
 
 

@@ -26,6 +26,7 @@ from lalm_slu.modeling import (
 from lalm_slu.outputs import atomic_output
 from lalm_slu.records import read_manifest
 from lalm_slu.slu_json import parse_prediction
+from lalm_slu.stages import STAGES
 
 log = logging.getLogger(__name__)
 # cascade: text input from a manifest whose `text` is the base model's transcript (lalm_slu.cascade).
@@ -95,15 +96,17 @@ def decode_manifest(model, processor, manifest, modality: str, settings: dict, i
     raw: dict[int, str] = {}
     for start in tqdm(range(0, len(order), batch_size), desc=f"decode {modality}", mininterval=20):
         indices = order[start : start + batch_size]
-        items = [
-            ChatItem(instruction, audio=load_audio(rows[i]["audio"]))
-            if modality == "speech"
-            else ChatItem(instruction, text=rows[i]["text"])
-            for i in indices
-        ]
-        audio = None if frames is None else torch.cat([frames[rows[i]["audio"]] for i in indices])
-        for i, text in zip(indices, generate_batch(model, processor, collator, items, settings, audio)):
-            raw[i] = text
+        with STAGES.stage("data"):
+            items = [
+                ChatItem(instruction, audio=load_audio(rows[i]["audio"]))
+                if modality == "speech"
+                else ChatItem(instruction, text=rows[i]["text"])
+                for i in indices
+            ]
+            audio = None if frames is None else torch.cat([frames[rows[i]["audio"]] for i in indices])
+        with STAGES.stage("decoding"):  # collation (tokenization, features) included
+            for i, text in zip(indices, generate_batch(model, processor, collator, items, settings, audio)):
+                raw[i] = text
     predictions = []
     for i, row in enumerate(rows):
         parsed = parse_prediction(raw[i])
@@ -117,9 +120,11 @@ def decode(model_dir: str, manifest_path: str, modality: str, settings: dict, ou
     from this model's audio tower and projector, as it does when fine-tuning froze them."""
     started = time.time()
     device, dtype = device_and_dtype(settings)
-    model, processor = load_model_and_processor(model_dir, dtype=dtype, device=device)
-    manifest = read_manifest(manifest_path)
-    frames = None if audio_frames is None else load_frames(audio_frames, model)
+    with STAGES.stage("model_load"):
+        model, processor = load_model_and_processor(model_dir, dtype=dtype, device=device)
+    with STAGES.stage("data"):
+        manifest = read_manifest(manifest_path)
+        frames = None if audio_frames is None else load_frames(audio_frames, model)
     predictions = decode_manifest(model, processor, manifest, modality, settings, settings["instruction"], frames)
     with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for prediction in predictions:

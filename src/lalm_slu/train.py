@@ -68,6 +68,7 @@ from lalm_slu.modeling import (
 )
 from lalm_slu.records import DataError, read_manifest
 from lalm_slu.slu_json import format_target
+from lalm_slu.stages import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +385,8 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
     seed = int(training.get("seed", 0))
     torch.manual_seed(seed)
     # Loaded as stored (bf16 for the 7B model); `parallelize` upcasts what trains to fp32 one unit at a time.
-    model, processor = load_model_and_processor(model_cfg["path"], dtype=output_dtype({}, model_cfg["path"]))
+    with STAGES.stage("model_load"):
+        model, processor = load_model_and_processor(model_cfg["path"], dtype=output_dtype({}, model_cfg["path"]))
     counts = set_trainable(model, scheme["trainable_modules"], bool(training.get("freeze_token_embeddings")))
     lora = model_cfg.get("lora")
     if lora:
@@ -400,7 +402,8 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
         raise ValueError(f"precomputed audio frames were given, but scheme {scheme.get('name')!r} trains "
                          f"{sorted(set(AUDIO_PARTS) & trained_parts)}: its frames change as it trains")
     root = AnswerLoss(model)
-    parallelize(root, model, dtype, group)
+    with STAGES.stage("model_load"):
+        parallelize(root, model, dtype, group)
     params = [p for p in root.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=float(scheme["phases"][0]["learning_rate"]), weight_decay=float(training.get("weight_decay", 0.0)),
@@ -411,8 +414,9 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
     audio_cache = None
     if audio_frozen and (training.get("cache_frozen_audio") or audio_frames):
         audio_cache = FrozenAudioCache(processor, length_aware)
-        for path in audio_frames:
-            audio_cache.add(load_frames(path, model, length_aware).frames)
+        with STAGES.stage("data"):
+            for path in audio_frames:
+                audio_cache.add(load_frames(path, model, length_aware).frames)
     per_device = int(training["per_device_batch_size"])
     global_batch = int(training["global_batch_size"])
     accumulation = global_batch // (per_device * group.world_size)
@@ -427,9 +431,10 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
     position = {"phase_index": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0}
     history: list[dict] = []
     made_for = prefix_identity(mixture_path, settings, len(scheme["phases"]))
-    resumed = resume_checkpoint(checkpoints, root, optimizer, run_fingerprint, group)
-    if resumed is None and start_from is not None:
-        resumed = continue_from(Path(start_from), root, optimizer, mixture_path, settings, group)
+    with STAGES.stage("checkpoints"):
+        resumed = resume_checkpoint(checkpoints, root, optimizer, run_fingerprint, group)
+        if resumed is None and start_from is not None:
+            resumed = continue_from(Path(start_from), root, optimizer, mixture_path, settings, group)
     if resumed is not None:
         position, history = resumed["position"], resumed["history"]
         log.info("resumed at %s", position)
@@ -437,10 +442,12 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
 
     def checkpoint() -> Path:
         state = {"fingerprint": run_fingerprint, "position": position, "history": history, "made_for": made_for}
-        return save_checkpoint(checkpoints, position["global_step"], root, optimizer, state, group)
+        with STAGES.stage("checkpoints"):
+            return save_checkpoint(checkpoints, position["global_step"], root, optimizer, state, group)
 
     # Every phase's items are checked before any training, so a bad row fails at once, not after phase 1.
-    phase_items = {int(phase["phase"]): load_items(mixture_path, int(phase["phase"])) for phase in scheme["phases"]}
+    with STAGES.stage("data"):
+        phase_items = {int(phase["phase"]): load_items(mixture_path, int(phase["phase"])) for phase in scheme["phases"]}
     mixture_phases = sorted(int(p) for p in pd.read_parquet(mixture_path, columns=["phase"])["phase"].unique())
     if mixture_phases != sorted(phase_items):
         raise DataError(f"the mixture has phases {mixture_phases}, scheme {scheme.get('name')!r} trains phases "
@@ -450,7 +457,8 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
         if phase_index < position["phase_index"]:
             continue
         items = phase_items[int(phase["phase"])]
-        lengths = sequence_lengths(items, processor, instruction) if training.get("group_by_length", True) else None
+        with STAGES.stage("tokenization"):
+            lengths = sequence_lengths(items, processor, instruction) if training.get("group_by_length", True) else None
         epochs = int(phase["epochs"])
         steps_per_epoch = math.ceil(len(items) / global_batch)
         total_steps = steps_per_epoch * epochs
@@ -471,12 +479,13 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
                     touch_audio=not audio_frozen, trains_audio_tower="audio_tower" in trained_parts,
                     where=f"phase {phase['phase']} epoch {epoch} step {step}",
                 )
-                torch.nn.utils.clip_grad_norm_(params, float(training.get("max_grad_norm", 1.0)))
                 lr = cosine_lr(epoch * steps_per_epoch + step, total_steps, float(phase["learning_rate"]),
                                float(phase["warmup_ratio"]))
-                for param_group in optimizer.param_groups:
-                    param_group["lr"] = lr
-                optimizer.step()
+                with STAGES.stage("steps"):
+                    torch.nn.utils.clip_grad_norm_(params, float(training.get("max_grad_norm", 1.0)))
+                    for param_group in optimizer.param_groups:
+                        param_group["lr"] = lr
+                    optimizer.step()
                 position = {"phase_index": phase_index, "epoch": epoch, "step_in_epoch": step + 1,
                             "global_step": position["global_step"] + 1}
                 history.append({"step": position["global_step"], "phase": int(phase["phase"]), "epoch": epoch,
@@ -510,10 +519,11 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
                 shutil.rmtree(checkpoints, ignore_errors=True)
         group.barrier()
         return summary
-    weights = full_state_dict(root, prefix="model.")
-    if group.is_main:
-        _write_output(out_dir, model, processor, weights, output_dtype(training, model_cfg["path"]), settings,
-                      history, summary)
+    with STAGES.stage("output"):
+        weights = full_state_dict(root, prefix="model.")
+        if group.is_main:
+            _write_output(out_dir, model, processor, weights, output_dtype(training, model_cfg["path"]), settings,
+                          history, summary)
         if not training.get("keep_checkpoint", False):
             shutil.rmtree(checkpoints, ignore_errors=True)  # ~43 GB per 7B run; the final model is written
     group.barrier()
@@ -539,18 +549,20 @@ def _optimizer_step_gradients(root, group_batches, items, instruction, collator,
         padding = round_index >= len(mine)
         batch_ids = group_batches[0] if padding else mine[round_index]
         batch_items = [items[i] for i in batch_ids]
-        chats = to_chat_items(batch_items, instruction)
-        batch = {k: v.to(group.device) for k, v in collator(chats).items()}
-        frames = None
-        if audio_cache is not None:
-            clips = [(it.audio_key, c.audio) for it, c in zip(batch_items, chats) if c.audio is not None]
-            frames = audio_cache.batch_frames(root.model, clips)
-        loss = root(batch, frames, touch_audio=touch_audio and speech_items > 0)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at {where}; the last good checkpoint is kept")
-        # Each micro-batch weighs its share of the step's items; FSDP2 averages over processes.
-        weight = 0.0 if padding else len(batch_ids) * group.world_size / step_items
-        (loss * weight).backward()
+        with STAGES.stage("collation"):  # audio loading, chat template, tokenization, features
+            chats = to_chat_items(batch_items, instruction)
+            batch = {k: v.to(group.device) for k, v in collator(chats).items()}
+        with STAGES.stage("steps"):
+            frames = None
+            if audio_cache is not None:
+                clips = [(it.audio_key, c.audio) for it, c in zip(batch_items, chats) if c.audio is not None]
+                frames = audio_cache.batch_frames(root.model, clips)
+            loss = root(batch, frames, touch_audio=touch_audio and speech_items > 0)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at {where}; the last good checkpoint is kept")
+            # Each micro-batch weighs its share of the step's items; FSDP2 averages over processes.
+            weight = 0.0 if padding else len(batch_ids) * group.world_size / step_items
+            (loss * weight).backward()
         if not padding:
             loss_sum += float(loss.detach()) * len(batch_ids)
     return group.all_sum(loss_sum), step_items, speech_items

@@ -573,10 +573,9 @@ def budget_pool(wildcards):
 def mixture_inputs(wildcards):
     run = job_run(wildcards)
     split = run.source_split
-    speech_path = run_speech_manifest_path(run)
     inputs = {
         "text": manifest_path(run.corpus, run.source, split),
-        "speech": speech_path(run.corpus, run.source, split),
+        "speech": speech_manifest_path(run.corpus, run.source, split),
     }
     if run.target is None:
         inputs["speech_ids"] = budget_path(
@@ -589,7 +588,9 @@ def mixture_inputs(wildcards):
         run.corpus, run.source, split, run.seed, source_budget
     )
     inputs["target_text"] = manifest_path(run.corpus, run.target, run.target_split)
-    inputs["target_speech"] = speech_path(run.corpus, run.target, run.target_split)
+    inputs["target_speech"] = speech_manifest_path(
+        run.corpus, run.target, run.target_split
+    )
     inputs["target_speech_ids"] = budget_path(
         run.corpus, run.target, run.target_split, run.seed, run.budget
     )
@@ -1032,32 +1033,3 @@ def imitation_decode_settings(wildcards):
     return json.dumps(
         {**decode, "max_new_tokens": imitation["max_new_tokens"]}, sort_keys=True
     )
-
-
-def aligned_manifest_path(corpus, lang, split):
-    return f"results/aligned/{corpus}/{lang}/{split}.parquet"
-
-
-def run_speech_manifest_path(run):
-    """Where a run reads its training speech: recorded speech of an interleaving scheme needs word times, so it
-    reads the forced-aligned manifest (rule align_words); synthesized speech has them already.
-    """
-    recorded = config["corpora"][run.corpus]["speech"] == "recorded"
-    if recorded and run.scheme in INTERLEAVING_SCHEMES:
-        return aligned_manifest_path
-    return speech_manifest_path
-
-
-def alignment_model_setting(key):
-    """Params function: one key of the wildcard language's CTC model (alignment.models)."""
-
-    def setting(wildcards):
-        models = config["alignment"]["models"]
-        if wildcards.lang not in models:
-            raise WorkflowError(
-                f"config alignment.models: no CTC model for language {wildcards.lang!r} "
-                "(its recorded speech is interleaved)"
-            )
-        return models[wildcards.lang][key] or ("main" if key == "revision" else None)
-
-    return setting
