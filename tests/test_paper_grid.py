@@ -50,6 +50,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
     """Jobs per rule implied by the grid (a fresh, forced plan: every job counted once). Curriculum's phase 1 holds
     no budgeted speech: it is trained once per seed and data (mixed from the 0 % budget) for all its budgets."""
     runs = 0
+    phase_one_runs, evaluated_text_only, imitation_pools, aligned = set(), set(), set(), set()
     prefixes = set()
     languages, speech_sets, budget_files = set(), set(), set()
     for seed in config["grid"]["seeds"]:
@@ -62,6 +63,14 @@ def expected_jobs(config: dict) -> dict[str, int]:
                 for budget in budgets_of(scheme, entry.get("budgets", [])):
                     runs += 1
                     budget_files.add((corpus, lang, split, seed, budget))
+                    if scheme in ("behaviour_imitation", "mtbi"):
+                        # Phase 1 is the text_only run; both schemes at one budget share one targets file.
+                        phase_one_runs.add((corpus, lang, seed))
+                        imitation_pools.add((corpus, lang, seed, budget))
+                    if scheme in ("interleaving", "mtbi") and config["corpora"][corpus].get("speech") == "recorded":
+                        aligned.add((corpus, lang, split))
+                if scheme == "text_only":
+                    evaluated_text_only.add((corpus, lang, seed))
                 if scheme == "curriculum":
                     prefixes.add((corpus, lang, seed))
                     budget_files.add((corpus, lang, split, seed, "0"))
@@ -82,12 +91,13 @@ def expected_jobs(config: dict) -> dict[str, int]:
                     if scheme == "curriculum":
                         prefixes |= {(corpus, source, target, seed, text) for text in entry.get("target_text", [True])}
                         budget_files.add((corpus, target, split, seed, "0"))
+    trained = runs + len(phase_one_runs - evaluated_text_only)  # phase-1 runs not in the grid: trained, not scored
     modalities = len(config["decode"]["modalities"])
     expected = {
         "prepare_corpus": len(languages),
         "subsample_budget": len(budget_files),
-        "mix_training_set": runs,
-        "finetune_model": runs,
+        "mix_training_set": trained,
+        "finetune_model": trained,
         **({"mix_prefix_set": len(prefixes), "finetune_prefix": len(prefixes)} if prefixes else {}),
         "decode_test_set": runs * modalities,
         "score_predictions": runs * modalities,
@@ -109,6 +119,13 @@ def expected_jobs(config: dict) -> dict[str, int]:
         expected["download_slurp_release"] = len(release_texts)
     if config["model"].get("hub_id"):
         expected["download_model"] = 1
+    if imitation_pools:
+        expected["imitation_targets"] = len(imitation_pools)
+    if aligned:
+        expected["align_words"] = len(aligned)
+        expected["download_alignment_model"] = len({lang for _, lang, _ in aligned})
+    if "cascade" in config["decode"]["modalities"]:
+        expected["transcribe_test_set"] = len({(corpus, lang) for corpus, lang, split in speech_sets if split == "test"})
     return expected
 
 
@@ -146,7 +163,9 @@ def test_a_fresh_checkout_plans_the_model_download_and_every_fine_tuning_job_wai
     assert "download-model --hub-id Qwen/Qwen2-Audio-7B-Instruct --revision main" in download["shell"]
     finetunes = [fields for rule, fields in jobs if rule == "finetune_model"]
     assert len(finetunes) == expected_jobs(paper_config())["finetune_model"]
-    assert all(model in fields["input"].split(", ") for fields in finetunes)
+    # Behaviour imitation's phase 2 starts from its text_only run's model, which waits for the download.
+    phase_one = re.compile(r"results/runs/[^,]*_text_only_b0_s\d+/model")
+    assert all(model in fields["input"].split(", ") or phase_one.search(fields["input"]) for fields in finetunes)
 
 
 def test_paper_grid_has_every_scheme_seed_and_corpus_of_the_paper():
@@ -154,7 +173,8 @@ def test_paper_grid_has_every_scheme_seed_and_corpus_of_the_paper():
     mono = {(e["corpus"], e["lang"]) for e in config["grid"]["monolingual"]}
     assert {("slurp", "en"), ("italic", "it"), ("speechmassive", "fr"), ("speechmassive", "de")} <= mono
     for entry in config["grid"]["monolingual"]:
-        assert set(entry["schemes"]) == {"text_only", "direct_mixing", "curriculum", "oracle"}
+        assert set(entry["schemes"]) == {"text_only", "direct_mixing", "curriculum", "oracle", "behaviour_imitation",
+                                         "interleaving", "mtbi"}
     assert config["grid"]["seeds"] == [0, 1, 2]
     targets = {t for e in config["grid"]["crosslingual"] for t in e["targets"]}
     assert targets == {"de", "es", "vi"}
