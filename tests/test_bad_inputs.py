@@ -7,12 +7,17 @@ before is lost. docs/RELIABILITY.md lists the classes and points here.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
 import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+import time
 import urllib.error
 
 from pathlib import Path
@@ -22,7 +27,7 @@ import pandas as pd
 import pytest
 import soundfile
 import yaml
-from conftest import REPO, WorkflowCopy, make_utterances
+from conftest import REPO, WorkflowCopy, make_utterances, subprocess_env
 
 from lalm_slu.budgets import write_budget_ids
 from lalm_slu.cli import main
@@ -888,3 +893,182 @@ def test_release_text_download_for_a_reader_without_release_text_is_refused(work
     result = workflow_copy.snakemake("--dry-run", check=False)
     assert result.returncode != 0
     assert "config corpora.tiny.download_release_text: only the SLURP readers" in result.stdout + result.stderr
+
+
+# ================================================================ what a careful user tries next
+
+
+def lalm_slu_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lalm_slu", *args]
+
+
+def run_bound_by_file_modes(command: list[str]) -> subprocess.CompletedProcess:
+    """Run `command` as a user whom file modes bind.
+
+    Tests run as root, whom no mode stops; the command keeps root's uid (so it still reaches the
+    interpreter under /root) but loses the capabilities that override file modes.
+    """
+    if os.geteuid() == 0:
+        unprivileged = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+        if shutil.which("setpriv") is None or subprocess.run([*unprivileged, "true"]).returncode != 0:
+            pytest.skip("needs setpriv allowed to drop root's file-mode override")
+        command = [*unprivileged, *command]
+    return subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ": error: " in line]
+
+
+def prepare_corpus_command(source, out_dir, reader="massive") -> list[str]:
+    return lalm_slu_command("prepare-corpus", "--reader", reader, "--source", str(source), "--corpus", "tiny",
+                            "--lang", "en", "--out-dir", str(out_dir))  # fmt: skip
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    """Every file under `folder` and its bytes: what must be there, unchanged, after a failure."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- permission denied
+
+
+@pytest.mark.parametrize("unreadable", ["file", "folder"])
+def test_source_the_user_may_not_read_is_named_without_a_traceback(tmp_path, unreadable):
+    write_release(tmp_path / "slurp", good_release_records())
+    blocked = tmp_path / "slurp" / "test.jsonl" if unreadable == "file" else tmp_path / "slurp"
+    blocked.chmod(0)
+    try:
+        result = run_bound_by_file_modes(prepare_corpus_command(tmp_path / "slurp", tmp_path / "out", "slurp_release"))
+    finally:
+        blocked.chmod(0o755)
+    assert result.returncode == 1
+    [error] = error_lines(result.stderr)
+    if unreadable == "file":
+        assert error == f"lalm-slu prepare-corpus: error: {blocked}: cannot read (Permission denied)"
+    else:  # the first release file it tries to look at, inside the folder
+        inside = re.escape(str(blocked))
+        assert re.fullmatch(rf"lalm-slu prepare-corpus: error: .*Permission denied: '{inside}/\w+\.jsonl'", error)
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def score_command(gold, pred, out) -> list[str]:
+    return lalm_slu_command("score", "--gold", str(gold), "--pred", str(pred), "--bootstrap", "0", "--out", str(out))
+
+
+def scoring_inputs(tmp_path):
+    gold = write_lines(tmp_path / "gold.jsonl", [gold_line(1), gold_line(2)])
+    pred = write_lines(tmp_path / "pred.jsonl", [prediction_line("1"), prediction_line("2")])
+    return gold, pred
+
+
+@pytest.mark.parametrize("command", ["prepare-corpus", "score"])
+def test_output_folder_the_user_may_not_write_is_named_and_earlier_outputs_stay(tmp_path, command):
+    out = tmp_path / "out"
+    source = write_lines(tmp_path / "en.jsonl", massive_lines(6))
+    gold, pred = scoring_inputs(tmp_path)
+    if command == "prepare-corpus":
+        assert prepare_corpus(source, out) == 0
+        argv, target = prepare_corpus_command(source, out), out / "train.parquet"
+    else:
+        out.mkdir()
+        (out / "m.json").write_text('{"earlier": "result"}\n')
+        argv, target = score_command(gold, pred, out / "m.json"), out / "m.json"
+    before = snapshot(out)
+    out.chmod(0o555)
+    try:
+        result = run_bound_by_file_modes(argv)
+    finally:
+        out.chmod(0o755)
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        f"lalm-slu {command}: error: [Errno 13] cannot write the output (Permission denied): '{target}'"
+    ]
+    assert "Traceback" not in result.stderr
+    assert snapshot(out) == before
+
+
+# ---------------------------------------------------------------- a results folder on a read-only disk
+
+
+@contextlib.contextmanager
+def immutable(folder):
+    """`folder` made immutable (chattr +i): not even root may create, rename or remove anything in it."""
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this filesystem")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_manifests_on_a_read_only_disk_fail_naming_the_output_and_keep_the_earlier_ones(tmp_path, capsys):
+    source = write_lines(tmp_path / "en.jsonl", massive_lines(6))
+    assert prepare_corpus(source, tmp_path / "out") == 0
+    before = snapshot(tmp_path / "out")
+    write_lines(source, massive_lines(9))  # new data: the job must write again
+    capsys.readouterr()
+    with immutable(tmp_path / "out"):
+        assert prepare_corpus(source, tmp_path / "out") == 1
+        after = snapshot(tmp_path / "out")
+    errors = error_lines(capsys.readouterr().err)
+    target = tmp_path / "out" / "train.parquet"
+    assert errors == [f"lalm-slu prepare-corpus: error: [Errno 1] cannot write the output (Operation not permitted): "
+                      f"'{target}'"]  # fmt: skip
+    assert after == before
+
+
+def test_metrics_on_a_read_only_disk_fail_naming_the_output_and_keep_the_earlier_ones(tmp_path, capsys):
+    gold, pred = scoring_inputs(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "m.json").write_text('{"earlier": "result"}\n')
+    with immutable(tmp_path / "metrics"):
+        assert score(gold, pred, "--out", str(tmp_path / "metrics" / "m.json")) == 1
+    assert "cannot write the output (Operation not permitted)" in capsys.readouterr().err
+    assert snapshot(tmp_path / "metrics") == {"m.json": b'{"earlier": "result"}\n'}
+
+
+def test_output_folder_that_cannot_be_created_on_a_read_only_disk_is_named(tmp_path, capsys):
+    source = write_lines(tmp_path / "en.jsonl", massive_lines(6))
+    (tmp_path / "results").mkdir()
+    with immutable(tmp_path / "results"):
+        assert prepare_corpus(source, tmp_path / "results" / "manifests") == 1
+    err = capsys.readouterr().err
+    assert f"Operation not permitted: '{tmp_path / 'results' / 'manifests'}'" in err
+    assert list((tmp_path / "results").iterdir()) == []
+
+
+# ---------------------------------------------------------------- huge files
+
+
+def test_enormous_line_is_named_without_reading_it_whole(tmp_path, capsys):
+    from lalm_slu.text_lines import MAX_LINE_BYTES
+
+    source = tmp_path / "en.jsonl"
+    with source.open("wb") as handle:  # e.g. a whole JSON array, or a compressed file, given as JSON lines
+        handle.write(b"".join(line + b"\n" for line in massive_lines(2)))
+        handle.write(b"[" + b'{"id": "x"}, ' * (3 * MAX_LINE_BYTES // 13) + b"{}]\n")
+    assert prepare_corpus(source, tmp_path / "out") == 1
+    assert f"{source}:3: line longer than 1 MiB: no record is this long" in capsys.readouterr().err
+    assert manifests_in(tmp_path / "out") == []
+
+
+def test_drop_mode_drops_and_counts_an_enormous_line_and_keeps_the_line_numbers(tmp_path, caplog):
+    from lalm_slu.text_lines import MAX_LINE_BYTES
+
+    lines = massive_lines(6)
+    source = write_lines(tmp_path / "en.jsonl", lines[:3] + [b"x" * (2 * MAX_LINE_BYTES + 5)] + lines[3:] + [b"null"])
+    assert prepare_corpus(source, tmp_path / "out", on_bad_record="drop") == 0
+    assert sum(len(read_manifest(tmp_path / "out" / name)) for name in manifests_in(tmp_path / "out")) == 6
+    assert "dropped 2 bad record(s)" in caplog.text
+    assert f"{source}:8: a record must be a JSON object" in caplog.text  # numbering survives the long line
+
+
+def test_source_far_larger_than_the_caps_keeps_exactly_the_caps(tmp_path):
+    source = write_lines(tmp_path / "en.jsonl", massive_lines(60_000))  # about 12 MB
+    started = time.monotonic()
+    assert prepare_corpus(source, tmp_path / "out", "--max-utterances", "train=20", "dev=5", "test=5") == 0
+    assert time.monotonic() - started < 60
+    counts = {name: len(read_manifest(tmp_path / "out" / name)) for name in manifests_in(tmp_path / "out")}
+    assert counts == {"dev.parquet": 5, "test.parquet": 5, "train.parquet": 20}

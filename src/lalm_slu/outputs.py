@@ -18,7 +18,10 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
     """A temporary path to write; it becomes `path` when the block ends, and is removed if it fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as error:  # a read-only folder or disk: name the output, not the temporary file
+        raise OSError(error.errno, f"cannot write the output ({error.strerror})", str(path)) from None
     os.close(handle)
     try:
         yield Path(tmp)
