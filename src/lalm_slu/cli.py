@@ -11,8 +11,8 @@ import importlib
 import logging
 import sys
 
+from lalm_slu.stages import STAGES  # first: the job's clock starts before any import  # isort: skip
 from lalm_slu.records import DataError
-from lalm_slu.stages import STAGES
 
 COMMANDS = {
     # name: (module, one-line help)
