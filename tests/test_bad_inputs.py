@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ import pandas as pd
 import pytest
 import soundfile
 import yaml
-from conftest import REPO, WorkflowCopy, make_utterances, subprocess_env
+from conftest import BIN, REPO, WorkflowCopy, make_utterances, subprocess_env
 
 from lalm_slu.budgets import write_budget_ids
 from lalm_slu.cli import main
@@ -1072,3 +1073,144 @@ def test_source_far_larger_than_the_caps_keeps_exactly_the_caps(tmp_path):
     assert time.monotonic() - started < 60
     counts = {name: len(read_manifest(tmp_path / "out" / name)) for name in manifests_in(tmp_path / "out")}
     assert counts == {"dev.parquet": 5, "test.parquet": 5, "train.parquet": 20}
+
+
+# ---------------------------------------------------------------- concurrent runs and clock skew (Snakemake)
+
+TOY_SNAKEFILE = """
+rule all:
+    input: "results/x.out", "results/y.out"
+
+rule copy_data:
+    input: "data/{name}.txt"
+    output: "results/{name}.copy"
+    shell: "cp {input:q} {output:q}"
+
+# Waits (at most a minute) for the test to create `release`, so a run can be caught in the middle.
+rule finish_copy:
+    input: "results/{name}.copy"
+    output: "results/{name}.out"
+    shell: "touch started; for i in $(seq 600); do [ -e release ] && break; sleep 0.1; done; cp {input:q} {output:q}"
+"""
+
+
+class ToyWorkflow:
+    """Two chains data/{x,y}.txt -> results/*.copy -> results/*.out, run with this workflow's local profile.
+
+    data/y.txt is larger than Snakemake's checksum limit (1 MB), as corpora, audio and models are: for it
+    Snakemake has only the file time to decide whether the input changed.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "Snakefile").write_text(TOY_SNAKEFILE)
+        (root / "data").mkdir()
+        (root / "data/x.txt").write_text("x\n")
+        (root / "data/y.txt").write_bytes(b"y" * 2_000_000 + b"\n")
+
+    def command(self, *args: str) -> list[str]:
+        return [str(BIN / "snakemake"), "--profile", str(REPO / "workflow/profiles/local"), *args]
+
+    def snakemake(self, *args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(self.command(*args), cwd=self.root, env=subprocess_env(), capture_output=True,
+                                text=True, timeout=180)  # fmt: skip
+        result.output = result.stdout + result.stderr
+        return result
+
+    def start(self) -> subprocess.Popen:
+        """A run caught in its last jobs: they wait for `release`."""
+        process = subprocess.Popen(self.command(), cwd=self.root, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not (self.root / "started").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "the first run never reached its last jobs"
+            time.sleep(0.1)
+        return process
+
+    def release(self) -> None:
+        (self.root / "release").touch()
+
+    def times(self) -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in (self.root / "results").iterdir()}
+
+
+@pytest.fixture
+def toy(tmp_path):
+    return ToyWorkflow(tmp_path)
+
+
+DAY = 24 * 3600
+
+
+@pytest.mark.slow
+def test_second_run_on_the_same_results_folder_is_refused_while_the_first_runs(toy):
+    first = toy.start()
+    try:
+        before = snapshot(toy.root / "results")
+        second = toy.snakemake()
+        assert second.returncode != 0
+        assert "Directory cannot be locked" in second.output
+        assert snapshot(toy.root / "results") == before
+    finally:
+        toy.release()
+        assert first.wait(timeout=120) == 0
+    assert (toy.root / "results/y.out").read_bytes() == (toy.root / "data/y.txt").read_bytes()
+
+
+@pytest.mark.slow
+def test_stale_lock_of_a_killed_run_is_named_and_unlock_resumes_only_the_unfinished_jobs(toy):
+    killed = toy.start()
+    os.killpg(killed.pid, signal.SIGKILL)  # snakemake and its jobs, as `kill -9` or a lost node would
+    killed.wait(timeout=60)
+    finished = toy.times()
+    assert set(finished) == {"x.copy", "y.copy"}
+    refused = toy.snakemake()
+    assert refused.returncode != 0
+    assert "Directory cannot be locked" in refused.output and "--unlock" in refused.output
+    assert toy.snakemake("--unlock").returncode == 0
+    toy.release()
+    assert toy.snakemake().returncode == 0
+    assert {name: time for name, time in toy.times().items() if name.endswith(".copy")} == finished
+    assert (toy.root / "results/x.out").read_text() == "x\n"
+
+
+@pytest.mark.slow
+def test_small_input_dated_in_the_future_reruns_nothing(toy):
+    toy.release()
+    assert toy.snakemake().returncode == 0
+    before = toy.times()
+    os.utime(toy.root / "data/x.txt", (time.time() + DAY, time.time() + DAY))
+    assert "Nothing to be done" in toy.snakemake().output  # same content: Snakemake compares checksums
+    assert toy.times() == before
+
+
+@pytest.mark.slow
+def test_large_input_dated_in_the_future_stops_its_job_naming_the_clock_skew_and_touch_repairs_it(toy):
+    toy.release()
+    assert toy.snakemake().returncode == 0
+    before = toy.times()
+    os.utime(toy.root / "data/y.txt", (time.time() + DAY, time.time() + DAY))
+    skewed = toy.snakemake()
+    assert skewed.returncode != 0
+    assert re.search(r"Output results/y.copy has older modification time .* than input data/y.txt", skewed.output)
+    assert "clock skew" in skewed.output
+    after = toy.times()
+    assert {name: after[name] for name in ("x.copy", "x.out", "y.out")} == {
+        name: before[name] for name in ("x.copy", "x.out", "y.out")
+    }  # the other chain and the downstream output are untouched; only y.copy, being redone, is gone
+    assert "y.copy" not in after
+    os.utime(toy.root / "data/y.txt")  # the repair: `touch data/y.txt`, then run again
+    assert toy.snakemake().returncode == 0
+    assert "Nothing to be done" in toy.snakemake().output
+
+
+@pytest.mark.slow
+def test_outputs_dated_in_the_past_after_a_clock_jump_rerun_only_the_chain_of_the_large_input(toy):
+    toy.release()
+    assert toy.snakemake().returncode == 0
+    for name in ("x.copy", "y.copy"):
+        os.utime(toy.root / "results" / name, (time.time() - DAY, time.time() - DAY))
+    before = toy.times()
+    assert toy.snakemake().returncode == 0
+    after = toy.times()
+    assert {name for name in before if after[name] != before[name]} == {"y.copy", "y.out"}
