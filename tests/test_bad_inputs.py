@@ -1175,6 +1175,21 @@ def test_stale_lock_of_a_killed_run_is_named_and_unlock_resumes_only_the_unfinis
 
 
 @pytest.mark.slow
+def test_results_folder_on_a_read_only_disk_stops_the_run_naming_the_output_and_keeps_everything(toy):
+    toy.release()
+    assert toy.snakemake().returncode == 0
+    before = snapshot(toy.root / "results")
+    (toy.root / "data/x.txt").write_text("new x\n")  # the x chain must run again
+    with immutable(toy.root / "results"):
+        stopped = toy.snakemake()
+    assert stopped.returncode != 0
+    # Snakemake's own report: it cannot remove the output it is about to redo.
+    last_line = stopped.output.rstrip().splitlines()[-1]
+    assert last_line == "PermissionError: [Errno 1] Operation not permitted: 'results/x.copy'"
+    assert snapshot(toy.root / "results") == before
+
+
+@pytest.mark.slow
 def test_small_input_dated_in_the_future_reruns_nothing(toy):
     toy.release()
     assert toy.snakemake().returncode == 0
