@@ -248,8 +248,11 @@ def prefix_identity(mixture_path, settings: dict, phases: int) -> dict:
     for them would reach the same weights, optimizer state and RNG at their end, whatever its later phases."""
     scheme = settings["scheme"]
     numbers = [int(phase["phase"]) for phase in scheme["phases"][:phases]]
-    mixture = pd.read_parquet(mixture_path, columns=["id", "lang", "modality", "phase", "manifest"])
-    rows = mixture[mixture["phase"].isin(numbers)]
+    mixture = pd.read_parquet(mixture_path)
+    # Every column a row has (a scheme's own target, instruction or span too); a column empty in these rows
+    # may be absent from another mixture.
+    rows = mixture[mixture["phase"].isin(numbers)].dropna(axis=1, how="all")
+    rows = rows[sorted(rows.columns)]
     return {
         "base_model": model_identity(str(settings["model"]["path"])),
         "model": settings["model"],
@@ -257,7 +260,7 @@ def prefix_identity(mixture_path, settings: dict, phases: int) -> dict:
         "trainable_modules": scheme["trainable_modules"],
         "phases": scheme["phases"][:phases],
         "prompt": settings["prompt"],
-        # The items in training order, as listed (each id with its modality and manifest).
+        # The items in training order, as listed.
         "items": {"count": len(rows), "sha256": hashlib.sha256(rows.to_json(orient="values").encode()).hexdigest()},
         "code": code_version("finetune"),
     }
