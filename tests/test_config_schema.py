@@ -140,6 +140,10 @@ def test_bad_value_stops_snakemake_before_any_job(workflow_copy):
             "grid.monolingual[0].budgets: schemes ['behaviour_imitation', 'curriculum', 'direct_mixing', 'interleaving', 'mtbi'] need at least one budget",
         ),
         (
+            lambda c: c["corpora"]["slurp"].update(speech="recorded", audio_root="data/slurp/audio"),
+            "config alignment.models: no CTC model for 'en', whose recorded speech grid.monolingual[0] interleaves",
+        ),
+        (
             lambda c: c["corpora"]["slurp"].update(speech="recorded"),
             "corpora.slurp.audio_root: required when speech is recorded",
         ),

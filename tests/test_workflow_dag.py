@@ -109,12 +109,16 @@ def test_only_needed_speech_is_synthesized(workflow_copy):
 def test_recorded_corpora_are_ingested_not_synthesized(workflow_copy):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["corpora"]["slurp"].update(speech="recorded", audio_root="data/slurp/audio")
+    config["alignment"]["models"]["en"] = {"hub_id": "facebook/wav2vec2-base-960h"}
     prepare(workflow_copy, config)
     jobs = planned_jobs(workflow_copy)
     assert {w for rule, w in jobs if rule == "ingest_audio"} == {
         "corpus=slurp, lang=en, split=train",
         "corpus=slurp, lang=en, split=test",
     }
+    # Interleaving schemes read its training speech with word times from a forced alignment.
+    assert {w for rule, w in jobs if rule == "align_words"} == {"corpus=slurp, lang=en, split=train"}
+    assert {w for rule, w in jobs if rule == "download_alignment_model"} == {"lang=en"}
     assert all("corpus=xsid" in w for rule, w in jobs if rule == "synthesize_speech")
 
 

@@ -86,6 +86,33 @@ def check_config(config):
             )
     for name, corpus in corpora.items():
         check_corpus(config, name, corpus)
+    check_alignment_models(config)
+
+
+def check_alignment_models(config):
+    """Recorded speech an interleaving scheme trains on needs a CTC model for its word times."""
+    models = config["alignment"]["models"]
+    for kind, language_keys in (
+        ("monolingual", ("lang",)),
+        ("crosslingual", ("source", "targets")),
+    ):
+        for index, entry in enumerate(config["grid"][kind]):
+            if not set(entry["schemes"]) & set(INTERLEAVING_SCHEMES):
+                continue
+            if config["corpora"][entry["corpus"]]["speech"] != "recorded":
+                continue
+            languages = [entry[key] for key in language_keys]
+            languages = [
+                lang
+                for item in languages
+                for lang in (item if isinstance(item, list) else [item])
+            ]
+            for lang in languages:
+                if lang not in models:
+                    raise WorkflowError(
+                        f"config alignment.models: no CTC model for {lang!r}, whose recorded speech "
+                        f"grid.{kind}[{index}] interleaves (word times by forced alignment)"
+                    )
 
 
 def check_release_text_folder(key, corpus):
@@ -573,9 +600,10 @@ def budget_pool(wildcards):
 def mixture_inputs(wildcards):
     run = job_run(wildcards)
     split = run.source_split
+    speech_path = run_speech_manifest_path(run)
     inputs = {
         "text": manifest_path(run.corpus, run.source, split),
-        "speech": speech_manifest_path(run.corpus, run.source, split),
+        "speech": speech_path(run.corpus, run.source, split),
     }
     if run.target is None:
         inputs["speech_ids"] = budget_path(
@@ -588,9 +616,7 @@ def mixture_inputs(wildcards):
         run.corpus, run.source, split, run.seed, source_budget
     )
     inputs["target_text"] = manifest_path(run.corpus, run.target, run.target_split)
-    inputs["target_speech"] = speech_manifest_path(
-        run.corpus, run.target, run.target_split
-    )
+    inputs["target_speech"] = speech_path(run.corpus, run.target, run.target_split)
     inputs["target_speech_ids"] = budget_path(
         run.corpus, run.target, run.target_split, run.seed, run.budget
     )
@@ -1033,3 +1059,32 @@ def imitation_decode_settings(wildcards):
     return json.dumps(
         {**decode, "max_new_tokens": imitation["max_new_tokens"]}, sort_keys=True
     )
+
+
+def aligned_manifest_path(corpus, lang, split):
+    return f"results/aligned/{corpus}/{lang}/{split}.parquet"
+
+
+def run_speech_manifest_path(run):
+    """Where a run reads its training speech: recorded speech of an interleaving scheme needs word times, so it
+    reads the forced-aligned manifest (rule align_words); synthesized speech has them already.
+    """
+    recorded = config["corpora"][run.corpus]["speech"] == "recorded"
+    if recorded and run.scheme in INTERLEAVING_SCHEMES:
+        return aligned_manifest_path
+    return speech_manifest_path
+
+
+def alignment_model_setting(key):
+    """Params function: one key of the wildcard language's CTC model (alignment.models)."""
+
+    def setting(wildcards):
+        models = config["alignment"]["models"]
+        if wildcards.lang not in models:
+            raise WorkflowError(
+                f"config alignment.models: no CTC model for language {wildcards.lang!r} "
+                "(its recorded speech is interleaved)"
+            )
+        return models[wildcards.lang][key] or ("main" if key == "revision" else None)
+
+    return setting
