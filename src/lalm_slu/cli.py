@@ -19,6 +19,7 @@ COMMANDS = {
     "prepare-corpus": ("lalm_slu.commands.prepare_corpus", "read a raw corpus into manifests"),
     "synthesize-speech": ("lalm_slu.commands.synthesize_speech", "synthesize demo speech for a manifest"),
     "ingest-audio": ("lalm_slu.commands.ingest_audio", "resample/check recorded audio for a manifest"),
+    "align-words": ("lalm_slu.commands.align_words", "word times of recorded speech (CTC forced alignment)"),
     "subsample-budget": ("lalm_slu.commands.subsample_budget", "nested, seeded speech-budget id lists"),
     "mix-training-set": ("lalm_slu.commands.mix_training_set", "write one run's training mixture"),
     "build-demo-model": ("lalm_slu.commands.build_demo_model", "build the small demo Qwen2-Audio model"),

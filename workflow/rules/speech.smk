@@ -61,3 +61,49 @@ rule ingest_audio:
         " --audio-root {params.audio_root:q} --out-manifest {output.manifest:q}"
         " --audio-dir {output.audio:q} --max-duration-s {params.max_duration_s:q}"
         " --threads {threads} > {log:q} 2>&1"
+
+
+# Word times of recorded speech, for interleaved training (synthesized speech has eSpeak NG's): a CTC acoustic model
+# per language (alignment.models), fetched by the download stage, forced-aligns each transcript.
+rule download_alignment_model:
+    output:
+        model=directory("resources/models/alignment/{lang}"),
+        stamp="resources/downloads/models/alignment-{lang}.json",
+    log:
+        "logs/download_alignment_model/{lang}.log",
+    localrule: True
+    conda:
+        "../../envs/lalm-slu.yaml"
+    params:
+        hub_id=alignment_model_setting("hub_id"),
+        revision=alignment_model_setting("revision"),
+    shell:
+        "python -m lalm_slu download-model --hub-id {params.hub_id:q} --revision {params.revision:q}"
+        " --out-dir {output.model:q} --stamp {output.stamp:q} > {log:q} 2>&1"
+
+
+rule align_words:
+    input:
+        manifest="results/speech/{corpus}/{lang}/{split}.parquet",
+        model="resources/models/alignment/{lang}",
+    output:
+        "results/aligned/{corpus}/{lang}/{split}.parquet",
+    log:
+        "logs/align_words/{corpus}/{lang}/{split}.log",
+    benchmark:
+        "results/benchmarks/align_words/{corpus}/{lang}/{split}.tsv"
+    wildcard_constraints:
+        corpus=alternatives(corpora_with_speech("recorded")),
+    conda:
+        "../../envs/lalm-slu.yaml"
+    threads: resource("decode", "threads")
+    resources:
+        mem_mb=resource("decode", "mem_mb"),
+        runtime=resource("decode", "runtime"),
+        gpu=resource("decode", "gpu"),
+    params:
+        settings=settings_json("alignment", "settings"),
+        code=code_version("align_words"),
+    shell:
+        "HF_HUB_OFFLINE=1 python -m lalm_slu align-words --model {input.model:q} --manifest {input.manifest:q}"
+        " --settings {params.settings:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
