@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 import soundfile
@@ -204,3 +205,28 @@ def test_the_mix_command_builds_an_imitation_mixture_from_targets_alone(tiny_ass
           "--imitation-targets", str(tmp_path / "targets.parquet"), "--seed", "0", "--out", str(tmp_path / "m.parquet")])
     mixture = pd.read_parquet(tmp_path / "m.parquet")
     assert sorted(mixture["target"]) == ["a", "b"] and set(mixture["phase"]) == {2}
+
+
+def test_an_mtbi_phase_two_trains_only_the_projector_on_imitation_and_interleaved_items(
+    tiny_assets, timed_clip, tmp_path  # noqa: F811
+):
+    from test_train import make_settings, weights
+
+    from lalm_slu.train import finetune
+
+    manifest, _, _ = timed_clip
+    rows = [("speech", None, None, "Write down what is said.", "wake me up"),
+            ("interleaved", 0, 2, "Write down what is said.", "wake me up"),
+            ("interleaved", 3, 6, None, None),  # the SLU label under the prompt's instruction
+            ("speech", None, None, None, "an answer")]  # fmt: skip
+    mixture = pd.DataFrame(rows, columns=["modality", "span_start", "span_end", "instruction", "target"])
+    mixture = mixture.assign(id="u0", lang="en", phase=2, manifest=str(manifest))
+    mixture = mixture.astype({"span_start": "Int64", "span_end": "Int64"})
+    mixture.to_parquet(tmp_path / "mixture.parquet", index=False)
+    settings = make_settings(tiny_assets.model_dir, [(2, 2, 1e-3, 0.0)], trainable=["multi_modal_projector"],
+                             cache_frozen_audio=True)
+    summary = finetune(tmp_path / "mixture.parquet", settings, tmp_path / "out", tmp_path / "work")
+    before, after = weights(tiny_assets.model_dir), weights(tmp_path / "out")
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed and all("multi_modal_projector" in name for name in changed)
+    assert summary["optimizer_steps"] == 2
