@@ -500,7 +500,8 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
             position = {**position, "epoch": epoch + 1, "step_in_epoch": 0}
         progress.close()
         position = {**position, "phase_index": phase_index + 1, "epoch": 0, "step_in_epoch": 0}
-        saved = checkpoint()
+        if phase_index + 1 < len(scheme["phases"]):  # after the last, the output is written at once
+            saved = checkpoint()
 
     summary = {
         "wall_time_s": round(time.time() - started, 2),
@@ -515,7 +516,7 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
     if start_from is not None:
         summary["continued_from"] = str(start_from)
     if output == "checkpoint":
-        saved = saved or checkpoint()  # resumed after its last phase: nothing saved in this job yet
+        saved = saved or checkpoint()  # the end of the last phase is saved only here, as this job's output
         if group.is_main:
             _move_checkpoint(saved, out_dir)
             if not training.get("keep_checkpoint", False):
