@@ -350,6 +350,18 @@ def test_a_first_phase_checkpoint_made_for_other_first_phases_is_refused_naming_
     assert not (tmp_path / "out").exists()
 
 
+def test_a_checkpoint_job_of_several_phases_outputs_the_end_of_its_last_one(shared_first_phase, tmp_path):
+    mixture, settings, _ = shared_first_phase
+    finetune(mixture, first_phase_job(settings, phases=2), tmp_path / "both", tmp_path / "both-work", output="checkpoint")
+    state = json.loads((tmp_path / "both" / "state.json").read_text())
+    assert state["position"] == {"phase_index": 2, "epoch": 0, "step_in_epoch": 0, "global_step": 9}
+    # A run whose phases are all in the checkpoint has nothing left to train: it writes the inline weights.
+    finetune(mixture, settings, tmp_path / "continued", tmp_path / "continued-work", start_from=tmp_path / "both")
+    finetune(mixture, settings, tmp_path / "inline", tmp_path / "inline-work")
+    expected, actual = weights(tmp_path / "inline"), weights(tmp_path / "continued")
+    assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
+
+
 def test_a_checkpoint_saved_inside_a_phase_cannot_start_another_run(tiny_assets, tmp_path):  # noqa: F811
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest,
                             [(i, "text", 1) for i in IDS] + [(i, "text", 2) for i in IDS])

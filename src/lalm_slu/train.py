@@ -441,7 +441,6 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
     if resumed is not None:
         position, history = resumed["position"], resumed["history"]
         log.info("resumed at %s", position)
-    saved = None  # the newest checkpoint this job wrote
 
     def checkpoint() -> Path:
         state = {"fingerprint": run_fingerprint, "position": position, "history": history, "made_for": made_for}
@@ -501,7 +500,7 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
         progress.close()
         position = {**position, "phase_index": phase_index + 1, "epoch": 0, "step_in_epoch": 0}
         if phase_index + 1 < len(scheme["phases"]):  # after the last, the output is written at once
-            saved = checkpoint()
+            checkpoint()
 
     summary = {
         "wall_time_s": round(time.time() - started, 2),
@@ -516,9 +515,9 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
     if start_from is not None:
         summary["continued_from"] = str(start_from)
     if output == "checkpoint":
-        saved = saved or checkpoint()  # the end of the last phase is saved only here, as this job's output
+        final = checkpoint()  # the end of the last phase is saved only here, as this job's output
         if group.is_main:
-            _move_checkpoint(saved, out_dir)
+            _move_checkpoint(final, out_dir)
             if not training.get("keep_checkpoint", False):
                 shutil.rmtree(checkpoints, ignore_errors=True)
         group.barrier()
