@@ -8,7 +8,7 @@ from lalm_slu.commands.score import read_gold, read_predictions, score_files
 from lalm_slu.records import DataError, Utterance, write_manifest
 from lalm_slu.slu_json import format_target, parse_prediction
 
-SLURP_DEVEL = Path("/work/shared/data/slurp/devel.jsonl")
+SLURP_DEVEL = Path(__file__).resolve().parents[1] / "data" / "slurp" / "devel.jsonl"  # vendored
 
 # Two SLURP release records: the first has two recordings and a tokenized possessive.
 SLURP_GOLD = [
@@ -344,7 +344,6 @@ def test_same_seed_gives_identical_output(tmp_path, manifest_gold, capsys):
     assert run_score(*args, capsys=capsys) == run_score(*args, capsys=capsys)
 
 
-@pytest.mark.skipif(not SLURP_DEVEL.exists(), reason="SLURP devel release file not present")
 def test_release_file_scored_against_itself_is_perfect_per_recording(tmp_path):
     gold = read_gold(SLURP_DEVEL)
     lines = [
