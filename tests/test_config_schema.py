@@ -172,6 +172,10 @@ def test_bad_value_stops_snakemake_before_any_job(workflow_copy):
             "grid.monolingual[1].scheme_settings: ['curriculum'] not among the entry's schemes",
         ),
         (
+            lambda c: c["schemes"].pop("oracle"),
+            "config schemes.oracle: missing (grid.monolingual[0] runs it)",
+        ),
+        (
             lambda c: c["schemes"]["curriculum"].update(phases=[c["schemes"]["curriculum"]["phases"][0]]),
             "schemes.curriculum.phases: phases [1], but a curriculum mixture has phases [1, 2]",
         ),

@@ -18,6 +18,7 @@ RUN_B50 = "tiny-en_direct_mixing_b50_s0"
 RUN_TEXT = "tiny-en_text_only_b0_s0"
 RUN_DE = "tiny-en2de_curriculum_b5shot_s0"
 RUN_FR = "tiny-en2fr_curriculum_b5shot_s0"
+PREFIX_DE = "tiny-en2de_curriculum_phase1_s0"  # the first phase RUN_DE shares with its other budgets
 REPORT = {"results/metrics.csv", "results/comparisons.csv", "results/tables", "results/figures"}
 
 
@@ -45,6 +46,7 @@ def micro_config(source_dir="data/tiny"):
         "model": {"path": "models/demo"},
         "decode": {"modalities": ["speech"]},
         "prompt": default["prompt"],
+        "schemes": default["schemes"],
     }
 
 
@@ -59,6 +61,10 @@ def run_outputs(run, testset):
         f"results/runs/{run}/predictions/{testset}.speech.jsonl",
         f"results/runs/{run}/metrics/{testset}.speech.json",
     }
+
+
+def prefix_outputs(prefix):
+    return {f"results/prefixes/{prefix}/mixture.parquet", f"results/prefixes/{prefix}/checkpoint"}
 
 
 def budget_outputs(lang, split, budget):
@@ -110,9 +116,10 @@ def test_editing_budget_code_reruns_budgets_and_everything_downstream_only(plann
     summary = planned.summary()
     pending = {path for path, (_, _, plan) in summary.items() if plan == "update pending"}
     budgets = budget_outputs("en", "train", 0) | budget_outputs("en", "train", 10) | budget_outputs("en", "train", 50)
-    budgets |= budget_outputs("en", "train", 100) | budget_outputs("de", "dev", "5shot")
+    # The cross-lingual curriculum's shared first phase reads the target's budget 0 (no target speech).
+    budgets |= budget_outputs("en", "train", 100) | budget_outputs("de", "dev", "5shot") | budget_outputs("de", "dev", 0)
     runs = run_outputs(RUN_TEXT, "tiny-en") | run_outputs(RUN_B10, "tiny-en") | run_outputs(RUN_B50, "tiny-en")
-    runs |= run_outputs(RUN_DE, "tiny-de")
+    runs |= run_outputs(RUN_DE, "tiny-de") | prefix_outputs(PREFIX_DE)
     assert pending == budgets | runs | REPORT
     assert {summary[path][1] for path in budgets} == {"params changed"}
 
@@ -145,6 +152,7 @@ def test_adding_one_target_language_schedules_only_that_language(planned):
     language = {f"results/manifests/tiny/fr/{split}.parquet" for split in ("train", "dev", "test")}
     language |= {f"results/speech/tiny/fr/{split}{suffix}" for split in ("dev", "test") for suffix in ("", ".parquet")}
     expected = language | budget_outputs("fr", "dev", "5shot") | run_outputs(RUN_FR, "tiny-fr") | REPORT
+    expected |= budget_outputs("fr", "dev", 0) | prefix_outputs("tiny-en2fr_curriculum_phase1_s0")
     assert planned.pending() == expected
 
 

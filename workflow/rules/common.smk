@@ -201,12 +201,19 @@ check_config(config)
 
 
 def check_scheme_phases(config):
-    """A scheme's phases must be its mixture's, in every place a scheme block is given."""
+    """Every scheme the grid runs has its block, and a scheme's phases are its mixture's, in every place a
+    scheme block is given."""
     blocks = [
         (f"schemes.{name}", name, block) for name, block in config["schemes"].items()
     ]
     for kind in ("monolingual", "crosslingual"):
         for index, entry in enumerate(config["grid"][kind]):
+            for name in entry["schemes"]:
+                if name not in config["schemes"]:
+                    raise WorkflowError(
+                        f"config schemes.{name}: missing (grid.{kind}[{index}] runs it); give its "
+                        "trainable_modules and phases"
+                    )
             for name, override in entry.get("scheme_settings", {}).items():
                 if "phases" in override:
                     blocks.append(
