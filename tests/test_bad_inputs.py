@@ -269,14 +269,6 @@ def test_source_that_is_no_readable_file_is_named(tmp_path, capsys, make_source,
     assert f"{source}: {message}" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_source_is_named(tmp_path, capsys):
-    source = write_lines(tmp_path / "en.jsonl", massive_lines(3))
-    source.chmod(0)
-    assert prepare_corpus(source, tmp_path / "out") == 1
-    assert f"{source}: cannot read (Permission denied)" in capsys.readouterr().err
-
-
 def test_manifest_folder_that_is_a_file_fails_naming_it_and_keeps_the_file(tmp_path, capsys):
     source = write_lines(tmp_path / "en.jsonl", massive_lines(3))
     (tmp_path / "out").write_text("someone's notes\n")
