@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from lalm_slu.records import Utterance, write_manifest
-
 REPO = Path(__file__).resolve().parents[1]
+# The tests test this checkout, whichever checkout the environment's editable install points to.
+sys.path.insert(0, str(REPO / "src"))
+
+from lalm_slu.records import Utterance, write_manifest  # noqa: E402
 BIN = Path(sys.executable).parent
 
 INTENTS = [

@@ -14,6 +14,7 @@ from conftest import REPO, WorkflowCopy
 from test_workflow_rerun import micro_config, stand_in_everything, write_config
 from tiny_model import tiny_assets  # noqa: F401 - session fixture
 
+import lalm_slu.decode as decode
 import lalm_slu.imitation as imitation
 from lalm_slu.budgets import write_budget_ids
 from lalm_slu.cli import main
@@ -65,11 +66,11 @@ def test_imitation_targets_come_from_the_text_path(tiny_assets, monkeypatch):  #
     model = load_model_and_processor(str(tiny_assets.model_dir))
     seen = []
 
-    def generate(model, processor, collator, items, settings):
+    def generate(model, processor, collator, items, settings, audio=None):
         seen.extend(items)
         return [f"answer to {item.text}" for item in items]
 
-    monkeypatch.setattr(imitation, "generate_batch", generate)
+    monkeypatch.setattr(decode, "generate_batch", generate)
     pool = imitation.pool_transcripts(str(tiny_assets.speech_manifest), ["u0", "u2"])
     targets = imitation.imitation_targets(*model, pool, TASKS, SETTINGS)
     assert all(item.audio is None for item in seen)

@@ -12,9 +12,9 @@ import logging
 import re
 import time
 
-from lalm_slu.decode import generate_batch
+from lalm_slu.decode import answers_longest_first
 from lalm_slu.metrics import word_error_rate
-from lalm_slu.modeling import ChatItem, Collator, device_and_dtype, load_audio, load_model_and_processor
+from lalm_slu.modeling import ChatItem, device_and_dtype, load_audio, load_model_and_processor
 from lalm_slu.outputs import atomic_output, write_text_atomic
 from lalm_slu.records import json_columns, read_manifest
 
@@ -37,16 +37,12 @@ def transcribe_manifest(model, processor, manifest, settings: dict) -> list[str]
     missing = [row["id"] for row in rows if not row["audio"]]
     if missing:
         raise ValueError(f"{len(missing)} utterances have no audio (e.g. {missing[:3]})")
-    order = sorted(range(len(rows)), key=lambda i: -float(rows[i]["duration_s"] or 0.0))
-    batch_size = int(settings.get("batch_size", 16))
-    collator = Collator(processor, for_generation=True)
-    model.eval()
-    answers: dict[int, str] = {}
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        items = [ChatItem(settings["instruction"], audio=load_audio(rows[i]["audio"])) for i in indices]
-        answers.update(zip(indices, generate_batch(model, processor, collator, items, settings)))
-    return [answers[i] for i in range(len(rows))]
+    durations = [float(row["duration_s"] or 0.0) for row in rows]
+
+    def batch(indices):
+        return [ChatItem(settings["instruction"], audio=load_audio(rows[i]["audio"])) for i in indices], None
+
+    return answers_longest_first(model, processor, durations, batch, settings, "transcribe")
 
 
 def transcribe_test_set(model_dir: str, manifest_path: str, settings: dict, out_manifest: str, out_wer: str) -> dict:

@@ -56,6 +56,24 @@ def generate_batch(model, processor, collator: Collator, items: list[ChatItem], 
     return [t.strip() for t in processor.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
 
+def answers_longest_first(model, processor, lengths: list[float], make_batch, settings: dict, desc: str) -> list[str]:
+    """Raw answers for items 0..n-1, generated in batches of `settings.batch_size`, longest first (the first batch
+    shows at once whether memory suffices), returned in item order. `make_batch(indices)` gives the batch's
+    ChatItems and its precomputed audio frames (or None)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batch_size = int(settings.get("batch_size", 16))
+    collator = Collator(processor, for_generation=True)
+    model.eval()
+    raw: dict[int, str] = {}
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, mininterval=20):
+        indices = order[start : start + batch_size]
+        with STAGES.stage("data"):
+            items, audio = make_batch(indices)
+        with STAGES.stage("decoding"):  # collation (tokenization, features) included
+            raw.update(zip(indices, generate_batch(model, processor, collator, items, settings, audio)))
+    return [raw[i] for i in range(len(lengths))]
+
+
 def prompt_cache(model, embeddings: torch.Tensor, attention_mask: torch.Tensor, beams: int):
     """The key/value cache of every prompt position but the last, computed once per utterance and copied to its
     beams. generate() on its own copies each prompt to every beam first and computes it num_beams times."""
@@ -88,25 +106,17 @@ def decode_manifest(model, processor, manifest, modality: str, settings: dict, i
         lengths = [float(r["duration_s"] or 0.0) for r in rows]
     else:  # text, or the cascade's transcripts
         lengths = [len(r["text"]) for r in rows]
-    # Longest first: the first batch shows at once whether memory suffices.
-    order = sorted(range(len(rows)), key=lambda i: -lengths[i])
-    batch_size = int(settings.get("batch_size", 16))
-    collator = Collator(processor, for_generation=True)
-    model.eval()
-    raw: dict[int, str] = {}
-    for start in tqdm(range(0, len(order), batch_size), desc=f"decode {modality}", mininterval=20):
-        indices = order[start : start + batch_size]
-        with STAGES.stage("data"):
-            items = [
-                ChatItem(instruction, audio=load_audio(rows[i]["audio"]))
-                if modality == "speech"
-                else ChatItem(instruction, text=rows[i]["text"])
-                for i in indices
-            ]
-            audio = None if frames is None else torch.cat([frames[rows[i]["audio"]] for i in indices])
-        with STAGES.stage("decoding"):  # collation (tokenization, features) included
-            for i, text in zip(indices, generate_batch(model, processor, collator, items, settings, audio)):
-                raw[i] = text
+
+    def batch(indices):
+        items = [
+            ChatItem(instruction, audio=load_audio(rows[i]["audio"]))
+            if modality == "speech"
+            else ChatItem(instruction, text=rows[i]["text"])
+            for i in indices
+        ]
+        return items, None if frames is None else torch.cat([frames[rows[i]["audio"]] for i in indices])
+
+    raw = answers_longest_first(model, processor, lengths, batch, settings, f"decode {modality}")
     predictions = []
     for i, row in enumerate(rows):
         parsed = parse_prediction(raw[i])

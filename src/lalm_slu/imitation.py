@@ -14,8 +14,8 @@ import time
 
 import pandas as pd
 
-from lalm_slu.decode import generate_batch
-from lalm_slu.modeling import ChatItem, Collator, device_and_dtype, load_model_and_processor
+from lalm_slu.decode import answers_longest_first
+from lalm_slu.modeling import ChatItem, device_and_dtype, load_model_and_processor
 from lalm_slu.outputs import atomic_output
 from lalm_slu.records import DataError, read_manifest
 
@@ -38,16 +38,11 @@ def pool_transcripts(manifest_path: str, ids: list[str]) -> pd.DataFrame:
 
 def answer_transcripts(model, processor, transcripts: list[str], instruction: str, settings: dict) -> list[str]:
     """The model's answers to `instruction` for each transcript, read as text (the text path), in order."""
-    order = sorted(range(len(transcripts)), key=lambda i: -len(transcripts[i]))
-    batch_size = int(settings.get("batch_size", 16))
-    collator = Collator(processor, for_generation=True)
-    model.eval()
-    answers: dict[int, str] = {}
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        items = [ChatItem(instruction, text=transcripts[i]) for i in indices]
-        answers.update(zip(indices, generate_batch(model, processor, collator, items, settings)))
-    return [answers[i] for i in range(len(transcripts))]
+
+    def batch(indices):
+        return [ChatItem(instruction, text=transcripts[i]) for i in indices], None
+
+    return answers_longest_first(model, processor, [len(t) for t in transcripts], batch, settings, "imitate")
 
 
 def imitation_targets(model, processor, pool: pd.DataFrame, tasks: list[dict], settings: dict) -> pd.DataFrame:
