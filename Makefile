@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 # The table the README shows after `make demo`.
-DEMO_TABLE ?= results/tables/slurp-en.slurp-en.speech.md
+DEMO_TABLE ?= results/tables/slurp-en.slurp-en.md
 # Workflow rules call `python -m lalm_slu`: make that the venv's python.
 export PATH := $(abspath $(BIN)):$(PATH)
 

@@ -1,7 +1,7 @@
 """Fake `score` results laid out as the workflow writes them, for the report tests.
 
 Every metric of a run has the same value, so expected table cells can be worked out by hand:
-value = BASE[scheme, budget] + 0.02 * seed, CI = value ± 0.05.
+value = BASE[scheme, budget] + 0.02 * seed + MODALITY_OFFSET[modality], CI = value ± 0.05.
 """
 
 import json
@@ -25,6 +25,8 @@ CROSSLINGUAL_BASE = {
     ("direct_mixing", "10", False): 0.35,
 }
 TARGET_ORACLE = 0.90  # xsid/de oracle, seed 0
+# Each input scores differently, so a table that mixes them up shows it.
+MODALITY_OFFSET = {"speech": 0.0, "text": 0.05, "cascade": -0.10}
 
 
 def score_result(value, meta):
@@ -65,7 +67,7 @@ def write_fake_results(root, modalities=("speech",)):
                     "modality": modality,
                     "wall_time_s": 1.5,
                 }
-                paths.append(write_result(root, meta, base + 0.02 * seed))
+                paths.append(write_result(root, meta, base + 0.02 * seed + MODALITY_OFFSET[modality]))
         for (scheme, budget, target_text), value in CROSSLINGUAL_BASE.items():
             text = "t" if target_text else "nt"
             meta = {
@@ -79,7 +81,7 @@ def write_fake_results(root, modalities=("speech",)):
                 "seed": 0,
                 "modality": modality,
             }
-            paths.append(write_result(root, meta, value))
+            paths.append(write_result(root, meta, value + MODALITY_OFFSET[modality]))
         meta = {
             "run": "xsid-de_oracle_b100_s0",
             "corpus": "xsid",
@@ -89,5 +91,5 @@ def write_fake_results(root, modalities=("speech",)):
             "seed": 0,
             "modality": modality,
         }
-        paths.append(write_result(root, meta, TARGET_ORACLE))
+        paths.append(write_result(root, meta, TARGET_ORACLE + MODALITY_OFFSET[modality]))
     return paths

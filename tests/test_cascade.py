@@ -60,3 +60,6 @@ def test_transcripts_are_made_once_per_test_set_and_read_by_every_run(workflow_c
     commands = [line for line in output.splitlines() if "--modality cascade" in line]
     assert len(commands) == len(runs)
     assert all("--manifest results/cascade/" in command for command in commands)
+    # The tables put the cascade beside speech and text, with each test set's transcription WER.
+    tables = next(line for line in output.splitlines() if "python -m lalm_slu tables " in line)
+    assert "--cascade-wer results/cascade/slurp-en.wer.json results/cascade/xsid-de.wer.json " in tables

@@ -126,3 +126,11 @@ def test_figures_render_in_headless_chromium(metrics_csv, tmp_path):
     # The curriculum orange (#ff7f0e) only appears if the browser actually loaded and drew the PNGs.
     orange = np.all(np.abs(pixels - [255, 127, 14]) <= 6, axis=-1)
     assert orange.sum() > 200
+
+
+def test_a_test_sets_speech_text_and_cascade_panels_sit_side_by_side_on_one_scale(tmp_path):
+    frame = aggregate_metrics(write_fake_results(tmp_path / "results", modalities=("cascade", "text", "speech")))
+    mono = seed_summary(frame[~is_crosslingual(frame)], MONOLINGUAL_KEYS)
+    top_row = budget_curves_figure(mono, metrics=("slu_f1", "intent_accuracy")).axes[:3]
+    assert [a.get_title().split(", ")[-1] for a in top_row] == ["speech input", "text input", "cascade input"]
+    assert top_row[0].get_ylim() == top_row[2].get_ylim()  # end to end and cascade read off one y scale

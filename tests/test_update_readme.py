@@ -9,8 +9,8 @@ from lalm_slu.commands.update_readme import END, START
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nbefore\n{START}\nold table\n{END}\nafter\n")
-    table = tmp_path / "slurp-en.test.speech.md"
-    table.write_text("| scheme | intent |\n|---|---|\n| text_only | 0.5 |\n")
+    table = tmp_path / "slurp-en.test.md"
+    table.write_text("| scheme | intent speech | intent cascade |\n|---|---|---|\n| text_only | 0.5 | 0.4 |\n")
     figure = tmp_path / "budget_curves.png"
     figure.write_bytes(b"\x89PNG fake")
     args = ["update-readme", "--readme", str(readme), "--table", str(table), "--figure", str(figure),
@@ -18,7 +18,8 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     assert main(args) == 0
     text = readme.read_text()
     assert text.startswith("# Title\n\nbefore\n") and text.endswith("after\n")
-    assert "old table" not in text and "| text_only | 0.5 |" in text
+    assert "old table" not in text and "| text_only | 0.5 | 0.4 |" in text
+    assert "from `results/tables/slurp-en.test.md`" in text and "*cascade* the base model's own transcript" in text
     assert (tmp_path / "assets" / "budget_curves.png").read_bytes() == b"\x89PNG fake"
     main(args)
     assert readme.read_text() == text

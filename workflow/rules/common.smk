@@ -799,6 +799,13 @@ def cascade_settings(wildcards):
     return json.dumps({**decode, **config["cascade"]}, sort_keys=True)
 
 
+def cascade_wer_paths():
+    """The cascade transcripts' WER per test set, for the tables' notes (none without a cascade input)."""
+    if "cascade" not in config["decode"]["modalities"]:
+        return []
+    return [f"results/cascade/{testset}.wer.json" for testset in sorted(test_manifests())]
+
+
 def audio_frames_argument(wildcards, input):
     if not hasattr(input, "audio_frames"):
         return []

@@ -54,6 +54,7 @@ rule make_tables:
     input:
         metrics="results/metrics.csv",
         comparisons="results/comparisons.csv",
+        cascade_wer=cascade_wer_paths(),
     output:
         report(
             directory("results/tables"),
@@ -73,7 +74,7 @@ rule make_tables:
         code=code_version("tables"),
     shell:
         "python -m lalm_slu tables --metrics {input.metrics:q} --comparisons {input.comparisons:q}"
-        " --out-dir {output:q} > {log:q} 2>&1"
+        " --cascade-wer {input.cascade_wer:q} --out-dir {output:q} > {log:q} 2>&1"
 
 
 rule make_figures:

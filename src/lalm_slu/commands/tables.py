@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import json
 from pathlib import Path
 
 from lalm_slu.metrics import METRIC_NAMES
@@ -21,6 +22,13 @@ def add_arguments(parser) -> None:
         "--comparisons", type=Path, help="CSV written by `lalm-slu compare-schemes`: adds the comparisons and findings"
     )
     parser.add_argument(
+        "--cascade-wer",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="{testset}.wer.json files written by `lalm-slu transcribe-test-set`: the cascade's WER in the notes",
+    )
+    parser.add_argument(
         "--metric",
         dest="table_metrics",
         nargs="+",
@@ -33,10 +41,15 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     metrics = tuple(args.table_metrics)
-    tables = build_tables(read_metrics_csv(args.metrics), metrics)
+    cascade_wer = {path.name.removesuffix(".wer.json"): _wer(path) for path in args.cascade_wer}
+    tables = build_tables(read_metrics_csv(args.metrics), metrics, cascade_wer)
     if args.comparisons is not None:
         comparisons = read_comparisons_csv(args.comparisons)
         tables += [comparisons_table(comparisons, metrics), findings_table(comparisons, metrics)]
     written = write_tables(tables, args.out_dir)
     log.info("wrote %d table files to %s", len(written), args.out_dir)
     return 0
+
+
+def _wer(path: Path) -> float:
+    return float(json.loads(path.read_text(encoding="utf-8"))["wer"])

@@ -1,7 +1,8 @@
 """Paper figures (PNG and PDF) from the aggregate metrics CSV, byte-identical when re-run.
 
 budget_curves: metric vs speech budget, one line per mixing scheme with its bootstrap band (mean bounds
-over seeds), text-only and oracle as horizontal lines; one panel per corpus/language × test set × modality.
+over seeds), text-only and oracle as horizontal lines; one panel per corpus/language × test set × modality,
+a test set's inputs (speech, text, cascade) side by side on one y scale, so end to end meets cascade.
 crosslingual: metric vs target-speech budget, one line per scheme × target-text setting, per language pair.
 """
 
@@ -29,6 +30,7 @@ from lalm_slu.report.summary import (
     budget_sort_key,
     is_crosslingual,
     metric_label,
+    modality_sort_key,
     same_value,
     scheme_sort_key,
     seed_summary,
@@ -118,9 +120,10 @@ def budget_curves_figure(summary: pd.DataFrame, metrics=FIGURE_METRICS) -> Figur
     ]
     if not panels:
         return _empty_figure("no monolingual budget curves in the metrics CSV")
+    panels.sort(key=lambda item: (*map(str, item[0][:-1]), modality_sort_key(item[0][-1])))
     percents = sorted({budget_percent(b) for b in summary["budget"]})
     figure = Figure(figsize=(3.4 * len(panels) + 0.4, 2.7 * len(metrics) + 0.9), layout="constrained")
-    grid = figure.subplots(len(metrics), len(panels), squeeze=False, sharex=True)
+    grid = figure.subplots(len(metrics), len(panels), squeeze=False, sharex=True, sharey="row")
     others: list[str] = []
     for column, (keys, panel) in enumerate(panels):
         for row, metric in enumerate(metrics):
@@ -156,8 +159,9 @@ def crosslingual_figure(summary: pd.DataFrame, mono: pd.DataFrame, metrics=FIGUR
     panels = list(summary.groupby(list(CROSSLINGUAL_KEYS), sort=False, dropna=False))
     if not panels:
         return _empty_figure("no cross-lingual runs in the metrics CSV")
+    panels.sort(key=lambda item: (*map(str, item[0][:-1]), modality_sort_key(item[0][-1])))
     figure = Figure(figsize=(3.4 * len(panels) + 0.4, 2.7 * len(metrics) + 0.9), layout="constrained")
-    grid = figure.subplots(len(metrics), len(panels), squeeze=False)
+    grid = figure.subplots(len(metrics), len(panels), squeeze=False, sharey="row")
     others: list[str] = []
     for column, (keys, panel) in enumerate(panels):
         keys = dict(zip(CROSSLINGUAL_KEYS, keys))

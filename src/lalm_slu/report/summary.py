@@ -33,6 +33,8 @@ METRIC_LABELS = {
     "slu_recall": "SLU-R",
     "slu_f1": "SLU-F1",
 }
+# Inputs a test set is decoded from: end to end, its gold transcript, and the base model's transcript (cascade).
+MODALITY_ORDER = ("speech", "text", "cascade")
 MONOLINGUAL_KEYS = ("corpus", "lang", "testset", "modality")
 CROSSLINGUAL_KEYS = ("corpus", "source", "target", "testset", "modality")
 _SHOTS = re.compile(r"^(\d+)shot$")
@@ -62,6 +64,10 @@ def budget_label(budget: str) -> str:
 
 def scheme_sort_key(scheme: str) -> tuple[int, str]:
     return (SCHEME_ORDER.index(scheme), "") if scheme in SCHEME_ORDER else (len(SCHEME_ORDER), scheme)
+
+
+def modality_sort_key(modality: str) -> tuple[int, str]:
+    return (MODALITY_ORDER.index(modality), "") if modality in MODALITY_ORDER else (len(MODALITY_ORDER), modality)
 
 
 def metric_label(metric: str) -> str:

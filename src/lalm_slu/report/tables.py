@@ -1,9 +1,9 @@
 """Paper tables (CSV, Markdown, LaTeX) from the aggregate metrics CSV.
 
-Monolingual: one table per corpus/language × test set × input modality; rows are text-only, every
-speech budget × mixing scheme, and the oracle; each metric has a "% of oracle" column.
-Cross-lingual: one table per corpus × test set × modality; rows are source → target × target text ×
-scheme × target-speech budget.
+Monolingual: one table per corpus/language × test set; rows are text-only, every speech budget × mixing
+scheme, and the oracle; each metric has a column per input (speech end to end, gold text, cascade) side by
+side, and the first input's "% of oracle". Cross-lingual: one table per corpus × test set; rows are
+source → target × target text × scheme × target-speech budget, with the same columns.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from lalm_slu.report.summary import (
     budget_sort_key,
     is_crosslingual,
     metric_label,
+    modality_sort_key,
     same_value,
     scheme_sort_key,
     seed_summary,
@@ -30,6 +31,7 @@ from lalm_slu.report.summary import (
 )
 
 DEFAULT_TABLE_METRICS = ("intent_accuracy", "slu_f1")
+NOTE = "metrics in %, mean ± sd over seeds; % of oracle: of the oracle on the same input"
 
 
 @dataclass
@@ -44,20 +46,22 @@ class Table:
     note: str = "metrics in %, mean ± sd over seeds"  # after the title
 
 
-def build_tables(frame: pd.DataFrame, metrics=DEFAULT_TABLE_METRICS) -> list[Table]:
+def build_tables(frame: pd.DataFrame, metrics=DEFAULT_TABLE_METRICS, cascade_wer: dict | None = None) -> list[Table]:
+    """`cascade_wer`: test set -> the WER of the transcripts the cascade rows read (shown in the note)."""
     frame = frame[frame["metric"].isin(metrics)]
     crosslingual = is_crosslingual(frame)
     tables = []
     mono = seed_summary(frame[~crosslingual], MONOLINGUAL_KEYS)
-    for keys, group in mono.groupby(list(MONOLINGUAL_KEYS), sort=False, dropna=False):
-        tables.append(_monolingual_table(dict(zip(MONOLINGUAL_KEYS, keys)), group, metrics))
+    by = [k for k in MONOLINGUAL_KEYS if k != "modality"]
+    for keys, group in mono.groupby(by, sort=False, dropna=False):
+        tables.append(_monolingual_table(dict(zip(by, keys)), group, metrics, cascade_wer or {}))
     cross_frame = frame[crosslingual].copy()
     if len(cross_frame):
         cross_frame["target_text"] = cross_frame.get("target_text", pd.Series(pd.NA, index=cross_frame.index))
         cross = seed_summary(cross_frame, (*CROSSLINGUAL_KEYS, "target_text"))
-        by = ["corpus", "testset", "modality"]
+        by = ["corpus", "testset"]
         for keys, group in cross.groupby(by, sort=False, dropna=False):
-            tables.append(_crosslingual_table(dict(zip(by, keys)), group, metrics, mono))
+            tables.append(_crosslingual_table(dict(zip(by, keys)), group, metrics, mono, cascade_wer or {}))
     return tables
 
 
@@ -73,8 +77,34 @@ def _row_order(group: pd.DataFrame, leading: list[str]) -> list[tuple]:
     return sorted(rows, key=key)
 
 
-def _monolingual_table(keys: dict, group: pd.DataFrame, metrics) -> Table:
-    oracle = {m: _mean(group, scheme="oracle", metric=m) for m in metrics}
+def _modalities(group: pd.DataFrame) -> list[str]:
+    return sorted(group["modality"].dropna().unique(), key=modality_sort_key)
+
+
+def _note(modalities: list[str], testset: str, cascade_wer: dict) -> str:
+    if "cascade" not in modalities:
+        return NOTE
+    wer = cascade_wer.get(testset)
+    transcripts = "the base model's transcripts of the speech" + ("" if wer is None else f", WER {100 * wer:.1f} %")
+    return f"{NOTE}; cascade: the run reads {transcripts}"
+
+
+def _metric_columns(number: dict, cell: dict, rows, metric, modalities, oracle, pct_name, pct_label) -> None:
+    """One value per input side by side; "% of oracle" in full in the numbers, for the first input in the cells."""
+    for position, modality in enumerate(modalities):
+        stats = _stats(rows[rows["modality"] == modality], metric)
+        ratio = _percent_of(stats[0], oracle.get(modality))
+        number.update(
+            {f"{metric}_{modality}_mean": stats[0], f"{metric}_{modality}_sd": stats[1], f"{metric}_{modality}_{pct_name}": ratio}
+        )
+        cell[f"{metric_label(metric)} {modality}"] = _format_mean_sd(*stats)
+        if position == 0:
+            cell[f"{metric_label(metric)} {modality} {pct_label}"] = "" if ratio is None else f"{ratio:.1f}"
+
+
+def _monolingual_table(keys: dict, group: pd.DataFrame, metrics, cascade_wer: dict) -> Table:
+    modalities = _modalities(group)
+    oracle = {m: {x: _mean(group[group["modality"] == x], scheme="oracle", metric=m) for x in modalities} for m in metrics}
     numbers, cells, rules = [], [], []
     previous_block = None
     for position, (scheme, budget) in enumerate(_row_order(group, [])):
@@ -86,20 +116,18 @@ def _monolingual_table(keys: dict, group: pd.DataFrame, metrics) -> Table:
         number = {"scheme": scheme, "budget": budget, "n_seeds": int(rows["n_seeds"].max())}
         cell = {"Scheme": SCHEME_LABELS.get(scheme, scheme), "Speech budget": budget_label(budget)}
         for metric in metrics:
-            stats = _stats(rows, metric)
-            ratio = _percent_of(stats[0], oracle[metric])
-            number.update({f"{metric}_mean": stats[0], f"{metric}_sd": stats[1], f"{metric}_pct_of_oracle": ratio})
-            cell[metric_label(metric)] = _format_mean_sd(*stats)
-            cell[f"{metric_label(metric)} % of oracle"] = "" if ratio is None else f"{ratio:.1f}"
+            _metric_columns(number, cell, rows, metric, modalities, oracle[metric], "pct_of_oracle", "% of oracle")
         cell["Seeds"] = str(number["n_seeds"])
         numbers.append(number)
         cells.append(cell)
-    name = f"{keys['corpus']}-{keys['lang']}.{keys['testset']}.{keys['modality']}"
-    title = f"{keys['corpus']} ({keys['lang']}), {keys['testset']} set, {keys['modality']} input"
-    return Table(name, title, pd.DataFrame(numbers), pd.DataFrame(cells), tuple(rules))
+    name = f"{keys['corpus']}-{keys['lang']}.{keys['testset']}"
+    title = f"{keys['corpus']} ({keys['lang']}), {keys['testset']} set, {', '.join(modalities)} input"
+    note = _note(modalities, keys["testset"], cascade_wer)
+    return Table(name, title, pd.DataFrame(numbers), pd.DataFrame(cells), tuple(rules), note)
 
 
-def _crosslingual_table(keys: dict, group: pd.DataFrame, metrics, mono: pd.DataFrame) -> Table:
+def _crosslingual_table(keys: dict, group: pd.DataFrame, metrics, mono: pd.DataFrame, cascade_wer: dict) -> Table:
+    modalities = _modalities(group)
     numbers, cells, rules = [], [], []
     previous_pair = None
     for position, (source, target, target_text, scheme, budget) in enumerate(
@@ -130,26 +158,19 @@ def _crosslingual_table(keys: dict, group: pd.DataFrame, metrics, mono: pd.DataF
             "Scheme": SCHEME_LABELS.get(scheme, scheme),
             "Target speech": budget_label(budget),
         }
-        target_oracle = mono[
-            (mono["corpus"] == keys["corpus"])
-            & (mono["lang"] == target)
-            & (mono["testset"] == keys["testset"])
-            & (mono["modality"] == keys["modality"])
+        target_mono = mono[
+            (mono["corpus"] == keys["corpus"]) & (mono["lang"] == target) & (mono["testset"] == keys["testset"])
         ]
         for metric in metrics:
-            stats = _stats(rows, metric)
-            ratio = _percent_of(stats[0], _mean(target_oracle, scheme="oracle", metric=metric))
-            number.update(
-                {f"{metric}_mean": stats[0], f"{metric}_sd": stats[1], f"{metric}_pct_of_target_oracle": ratio}
-            )
-            cell[metric_label(metric)] = _format_mean_sd(*stats)
-            cell[f"{metric_label(metric)} % of target oracle"] = "" if ratio is None else f"{ratio:.1f}"
+            oracle = {x: _mean(target_mono[target_mono["modality"] == x], "oracle", metric) for x in modalities}
+            _metric_columns(number, cell, rows, metric, modalities, oracle, "pct_of_target_oracle", "% of target oracle")
         cell["Seeds"] = str(number["n_seeds"])
         numbers.append(number)
         cells.append(cell)
-    name = f"{keys['corpus']}-crosslingual.{keys['testset']}.{keys['modality']}"
-    title = f"{keys['corpus']} cross-lingual, {keys['testset']} set, {keys['modality']} input"
-    return Table(name, title, pd.DataFrame(numbers), pd.DataFrame(cells), tuple(rules))
+    name = f"{keys['corpus']}-crosslingual.{keys['testset']}"
+    title = f"{keys['corpus']} cross-lingual, {keys['testset']} set, {', '.join(modalities)} input"
+    note = _note(modalities, keys["testset"], cascade_wer)
+    return Table(name, title, pd.DataFrame(numbers), pd.DataFrame(cells), tuple(rules), note)
 
 
 def _stats(rows: pd.DataFrame, metric: str) -> tuple[float | None, float | None, int]:
