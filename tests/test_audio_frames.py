@@ -134,15 +134,15 @@ def test_decoding_from_precomputed_frames_gives_the_encoded_predictions(tiny_ass
                                                                          monkeypatch):
     settings = dict(num_beams=1, batch_size=3, max_new_tokens=12, instruction=INSTRUCTION)
     model_dir, manifest = str(tiny_assets.model_dir), str(tiny_assets.speech_manifest)
-    decode(model_dir, manifest, "speech", settings, str(tmp_path / "encoded.jsonl"))
+    decode(model_dir, [("speech", manifest, str(tmp_path / "encoded.jsonl"))], settings)
     encoded = count_encoder_batches(monkeypatch)
-    decode(model_dir, manifest, "speech", settings, str(tmp_path / "frames.jsonl"), str(frames_file[0]))
+    decode(model_dir, [("speech", manifest, str(tmp_path / "frames.jsonl"))], settings, str(frames_file[0]))
     assert encoded == []
     lines = [[json.loads(line)["raw"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
              for name in ("encoded", "frames")]
     assert lines[0] == lines[1] and len(set(lines[0])) > 1
     with pytest.raises(ValueError, match="speech input only"):
-        decode(model_dir, manifest, "text", settings, str(tmp_path / "text.jsonl"), str(frames_file[0]))
+        decode(model_dir, [("text", manifest, str(tmp_path / "text.jsonl"))], settings, str(frames_file[0]))
 
 
 def test_the_command_line_writes_a_frames_file(tiny_assets, tmp_path):  # noqa: F811

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +31,8 @@ def tiny(tiny_assets):  # noqa: F811
 def test_one_line_per_gold_utterance_in_manifest_order(tiny_assets, tmp_path, modality):  # noqa: F811
     out = tmp_path / "predictions.jsonl"
     # 8 utterances in batches of 3: the last batch is partial, and batches are formed longest first.
-    summary = decode(str(tiny_assets.model_dir), str(tiny_assets.speech_manifest), modality, settings(), str(out))
+    summary = decode(str(tiny_assets.model_dir), [(modality, str(tiny_assets.speech_manifest), str(out))],
+                     settings())[modality]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     gold = read_manifest(tiny_assets.speech_manifest)
     assert [line["id"] for line in lines] == gold["id"].tolist()
@@ -39,6 +41,19 @@ def test_one_line_per_gold_utterance_in_manifest_order(tiny_assets, tmp_path, mo
         assert isinstance(line["raw"], str) and isinstance(line["parsed"], bool)
     assert summary["utterances"] == len(gold)
     assert summary["parse_failures"] == sum(not line["parsed"] for line in lines)
+
+
+def test_one_job_decodes_each_input_as_a_job_of_its_own_would(tiny_assets, tmp_path):  # noqa: F811
+    model_dir, manifest = str(tiny_assets.model_dir), str(tiny_assets.speech_manifest)
+    together = [("speech", manifest, str(tmp_path / "speech.jsonl")), ("text", manifest, str(tmp_path / "text.jsonl"))]
+    summaries = decode(model_dir, together, settings())
+    assert set(summaries) == {"speech", "text"}
+    for modality, _, out in together:
+        alone = tmp_path / f"alone.{modality}.jsonl"
+        decode(model_dir, [(modality, manifest, str(alone))], settings())
+        assert Path(out).read_text() == alone.read_text()
+    with pytest.raises(ValueError, match="decoded once"):
+        decode(model_dir, [together[0], together[0]], settings())
 
 
 def one_at_a_time(model, processor, items, decoding) -> list[str]:

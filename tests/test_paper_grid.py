@@ -99,7 +99,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "mix_training_set": trained,
         "finetune_model": trained,
         **({"mix_prefix_set": len(prefixes), "finetune_prefix": len(prefixes)} if prefixes else {}),
-        "decode_test_set": runs * modalities,
+        "decode_test_set": runs,
         "score_predictions": runs * modalities,
         "aggregate_metrics": 1,
         "compare_schemes": 1,

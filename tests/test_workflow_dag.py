@@ -87,14 +87,17 @@ def test_default_grid_plans_every_run_once_with_its_name(workflow_copy):
     prepare(workflow_copy)
     jobs = planned_jobs(workflow_copy)
     runs = {wildcards.removeprefix("run=") for rule, wildcards in jobs if rule == "finetune_model"}
-    expected = {"slurp-en_text_only_b0_s0", "slurp-en_oracle_b100_s0"}
     mixing = ("direct_mixing", "curriculum", "behaviour_imitation", "interleaving", "mtbi")
-    expected |= {f"slurp-en_{scheme}_b{b}_s0" for scheme in mixing for b in (1, 5, 25)}
-    expected |= {f"xsid-en2de_direct_mixing_b{b}_s0" for b in ("0", "10shot")}
-    expected |= {"xsid-de_oracle_b100_s0"}
+    expected = set()
+    for seed in (0, 1, 2):  # three seeds by default, for means and spreads over seeds
+        expected |= {f"slurp-en_text_only_b0_s{seed}", f"slurp-en_oracle_b100_s{seed}"}
+        expected |= {f"slurp-en_{scheme}_b{b}_s{seed}" for scheme in mixing for b in (1, 5, 25)}
+        expected |= {f"xsid-en2de_direct_mixing_b{b}_s{seed}" for b in ("0", "10shot")}
+        expected |= {f"xsid-de_oracle_b100_s{seed}"}
     assert runs == expected
     counts = Counter(rule for rule, _ in jobs)
-    assert counts["decode_test_set"] == counts["score_predictions"] == 3 * len(expected)  # speech, text, cascade
+    assert counts["decode_test_set"] == len(expected)  # one job decodes speech, text and cascade input
+    assert counts["score_predictions"] == 3 * len(expected)
     assert counts["aggregate_metrics"] == counts["make_tables"] == counts["make_figures"] == 1
     assert "build_demo_model" not in counts and "pretrain_demo_model" not in counts
 

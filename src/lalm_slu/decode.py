@@ -124,27 +124,40 @@ def decode_manifest(model, processor, manifest, modality: str, settings: dict, i
     return predictions
 
 
-def decode(model_dir: str, manifest_path: str, modality: str, settings: dict, out_path: str,
-           audio_frames: str | None = None) -> dict:
-    """`audio_frames`: a file of the manifest's precomputed frames (audio_frames.encode_manifest); it must come
+def decode(model_dir: str, inputs: list[tuple[str, str, str]], settings: dict, audio_frames: str | None = None) -> dict:
+    """Decode each (modality, manifest, predictions jsonl) of `inputs` with one loaded model: a run's test set is
+    decoded from speech, text and the cascade's transcripts in one process, which starts and loads the model once.
+    `audio_frames`: a file of the speech manifest's precomputed frames (audio_frames.encode_manifest); it must come
     from this model's audio tower and projector, as it does when fine-tuning froze them."""
-    started = time.time()
+    modalities = [modality for modality, _, _ in inputs]
+    for modality in modalities:
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, not {modality!r}")
+    if len(set(modalities)) != len(modalities):
+        raise ValueError(f"each modality is decoded once, not {modalities}")
+    if audio_frames is not None and "speech" not in modalities:
+        raise ValueError("precomputed audio frames are for speech input only")
     device, dtype = device_and_dtype(settings)
     with STAGES.stage("model_load"):
         model, processor = load_model_and_processor(model_dir, dtype=dtype, device=device)
     with STAGES.stage("data"):
-        manifest = read_manifest(manifest_path)
         frames = None if audio_frames is None else load_frames(audio_frames, model)
-    predictions = decode_manifest(model, processor, manifest, modality, settings, settings["instruction"], frames)
-    with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        for prediction in predictions:
-            handle.write(json.dumps(prediction, ensure_ascii=False) + "\n")
-    failures = sum(not p["parsed"] for p in predictions)
-    summary = {
-        "utterances": len(predictions),
-        "parse_failures": failures,
-        "parse_failure_rate": round(failures / max(1, len(predictions)), 4),
-        "wall_time_s": round(time.time() - started, 2),
-    }
-    log.info("decoded %s (%s): %s", manifest_path, modality, summary)
-    return summary
+    summaries = {}
+    for modality, manifest_path, out_path in inputs:
+        started = time.time()
+        with STAGES.stage("data"):
+            manifest = read_manifest(manifest_path)
+        predictions = decode_manifest(model, processor, manifest, modality, settings, settings["instruction"],
+                                      frames if modality == "speech" else None)
+        with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+            for prediction in predictions:
+                handle.write(json.dumps(prediction, ensure_ascii=False) + "\n")
+        failures = sum(not p["parsed"] for p in predictions)
+        summaries[modality] = {
+            "utterances": len(predictions),
+            "parse_failures": failures,
+            "parse_failure_rate": round(failures / max(1, len(predictions)), 4),
+            "wall_time_s": round(time.time() - started, 2),
+        }
+        log.info("decoded %s (%s): %s", manifest_path, modality, summaries[modality])
+    return summaries

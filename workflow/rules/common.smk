@@ -771,17 +771,28 @@ def work_dir(wildcards):
 
 
 def decode_inputs(wildcards):
+    """The run's model and one manifest per configured modality (`manifest_<modality>`)."""
     corpus, lang = parse_testset(wildcards.testset)
-    inputs = {
-        "model": f"results/runs/{wildcards.run}/model",
-        "manifest": speech_manifest_path(corpus, lang, "test"),
-    }
-    if wildcards.modality == "speech" and shares_audio_frames(RUNS[wildcards.run]):
+    modalities = config["decode"]["modalities"]
+    inputs = {"model": f"results/runs/{wildcards.run}/model"}
+    for modality in modalities:
+        # The cascade reads the base model's transcripts of the test speech, made once for every run.
+        inputs[f"manifest_{modality}"] = (
+            cascade_manifest_path(wildcards.testset)
+            if modality == "cascade"
+            else speech_manifest_path(corpus, lang, "test")
+        )
+    if "speech" in modalities and shares_audio_frames(RUNS[wildcards.run]):
         inputs["audio_frames"] = audio_frames_path(corpus, lang, "test")
-    if wildcards.modality == "cascade":
-        # The base model's transcripts of the test speech, made once for every run.
-        inputs["manifest"] = cascade_manifest_path(wildcards.testset)
     return inputs
+
+
+def decode_input_arguments(wildcards, input, output):
+    """--input MODALITY MANIFEST OUT for each configured modality (output follows the modalities' order)."""
+    arguments = []
+    for modality, predictions in zip(config["decode"]["modalities"], output):
+        arguments += ["--input", modality, input[f"manifest_{modality}"], predictions]
+    return arguments
 
 
 def cascade_manifest_path(testset):

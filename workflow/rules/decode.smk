@@ -1,12 +1,16 @@
+# One job per run and test set decodes every configured input (speech, text, cascade) with one loaded model.
 rule decode_test_set:
     input:
         unpack(decode_inputs),
     output:
-        "results/runs/{run}/predictions/{testset}.{modality}.jsonl",
+        expand(
+            "results/runs/{{run}}/predictions/{{testset}}.{modality}.jsonl",
+            modality=config["decode"]["modalities"],
+        ),
     log:
-        "logs/decode_test_set/{run}/{testset}.{modality}.log",
+        "logs/decode_test_set/{run}/{testset}.log",
     benchmark:
-        "results/benchmarks/decode_test_set/{run}/{testset}.{modality}.tsv"
+        "results/benchmarks/decode_test_set/{run}/{testset}.tsv"
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("decode", "threads")
@@ -16,12 +20,13 @@ rule decode_test_set:
         gpu=resource("decode", "gpu"),
     params:
         settings=decode_settings,
+        decode_inputs=decode_input_arguments,
         audio_frames=audio_frames_argument,
         code=code_version("decode"),
     shell:
-        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu decode --model {input.model:q} --manifest {input.manifest:q}"
-        " --modality {wildcards.modality:q} --settings {params.settings:q}"
-        " --out {output:q} {params.audio_frames:q} --threads {threads} > {log:q} 2>&1"
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu decode --model {input.model:q}"
+        " {params.decode_inputs:q} --settings {params.settings:q}"
+        " {params.audio_frames:q} --threads {threads} > {log:q} 2>&1"
 
 
 # The cascade baseline's first step: the base model transcribes each test set once, for every run.
