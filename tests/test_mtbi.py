@@ -78,6 +78,26 @@ def test_imitation_targets_come_from_the_text_path(tiny_assets, monkeypatch):  #
     assert targets.set_index(["id", "task"]).loc[("u2", "transcribe"), "target"] == "answer to play some jazz"
 
 
+def test_each_task_is_answered_by_its_own_model_from_the_transcript(monkeypatch, tmp_path):
+    utterances = [Utterance(f"u{i}", "tiny", "en", "train", text, "alarm", "set", [])
+                  for i, text in enumerate(["wake me up", "play jazz"])]  # fmt: skip
+    manifest = write_manifest(utterances, tmp_path / "speech.parquet")
+    loaded = []
+    monkeypatch.setattr(imitation, "load_model_and_processor", lambda path, **_: loaded.append(path) or (path, None))
+    monkeypatch.setattr(imitation, "answer_transcripts",
+                        lambda model, _, texts, instruction, __: [f"{model}: {t}" for t in texts])  # fmt: skip
+    tasks = [{"task": "slu", "instruction": "Give the JSON.", "model": "phase1"},
+             {"task": "transcribe", "instruction": "Write down what is said.", "model": "base"}]  # fmt: skip
+    out = tmp_path / "targets.parquet"
+    imitation.write_imitation_targets({"phase1": "ft", "base": "base"}, [(str(manifest), ["u1", "u0"])], tasks,
+                                      SETTINGS, str(out))  # fmt: skip
+    targets = pd.read_parquet(out).set_index(["id", "task"])["target"]
+    assert targets[("u1", "slu")] == "ft: play jazz" and targets[("u0", "transcribe")] == "base: wake me up"
+    assert sorted(loaded) == ["base", "ft"]  # each model loaded once
+    with pytest.raises(ValueError, match="'base' model"):
+        imitation.write_imitation_targets({"phase1": "ft"}, [(str(manifest), ["u0"])], tasks, SETTINGS, str(out))
+
+
 @pytest.fixture(scope="module")
 def timed_clip(tmp_path_factory):
     """One eSpeak utterance with its word times, in a speech manifest."""
@@ -182,6 +202,28 @@ def test_targets_are_remade_when_the_instructions_change(planned_imitation, tmp_
     pending = copy_.pending()
     assert PHASE_ONE not in pending
     assert {p for p in pending if p.startswith("results/imitation_targets/")}  # new target files
+
+
+def test_targets_are_remade_when_a_tasks_answering_model_changes(planned_imitation, tmp_path):
+    copy_ = planned_imitation.clone(tmp_path / "w")
+    config = imitation_config()
+    for scheme in ("behaviour_imitation", "mtbi"):
+        config["schemes"][scheme]["imitation"] = copy.deepcopy(config["schemes"][scheme]["imitation"])
+        config["schemes"][scheme]["imitation"]["tasks"][1]["model"] = "phase1"
+    write_config(copy_, config)
+    pending = copy_.pending()
+    assert PHASE_ONE not in pending
+    assert {p for p in pending if p.startswith("results/imitation_targets/")}  # new target files
+
+
+def test_transcript_tasks_read_the_base_model_and_are_remade_when_it_changes(planned_imitation, tmp_path):
+    copy_ = planned_imitation.clone(tmp_path / "w")
+    commands = copy_.snakemake("--dry-run", "--printshellcmds", "--forceall").stdout.splitlines()
+    targets = [line for line in commands if "python -m lalm_slu imitation-targets " in line]
+    assert targets and all("--base-model models/demo " in line for line in targets)
+    assert not targets_pending(copy_)
+    (copy_.root / "models/demo/config.json").write_text("{}")  # a newer base model
+    assert len(targets_pending(copy_)) == 2
 
 
 def test_targets_are_kept_when_only_phase_two_changes(planned_imitation, tmp_path):

@@ -4,7 +4,9 @@ For every utterance of the paired-speech pool and every configured task (an inst
 transcribe, quote, ...), the phase-1 model's text path answers from the transcript alone. Phase 2 then trains the
 speech of the same utterance to give those answers (MTBI's "equivalent responses to paired speech and text",
 BLSP's "the LLM's own response to the transcript"). Only `id`, `lang` and `text` of the manifests are read: a
-speech item's SLU label never reaches its target.
+speech item's SLU label never reaches its target. Each task names the model that answers it (`model`): "phase1"
+(the text-only SLU fine-tune) or "base" (the model before SLU fine-tuning, whose transcript-level skills the
+SLU fine-tune has overwritten); both read the transcript as text.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 TARGET_COLUMNS = ("id", "lang", "manifest", "task", "instruction", "target")
 # The only manifest columns imitation reads.
 TRANSCRIPT_COLUMNS = ("id", "lang", "text")
+# Which model answers a task: the phase-1 SLU fine-tune (default) or the base model before SLU fine-tuning.
+ANSWERING_MODELS = ("phase1", "base")
 
 
 def pool_transcripts(manifest_path: str, ids: list[str]) -> pd.DataFrame:
@@ -56,20 +60,39 @@ def imitation_targets(model, processor, pool: pd.DataFrame, tasks: list[dict], s
     return targets[list(TARGET_COLUMNS)]
 
 
-def write_imitation_targets(model_dir: str, pools: list[tuple[str, list[str]]], tasks: list[dict], settings: dict,
-                            out_path: str) -> dict:
-    """Targets for every (manifest, ids) pool, from the phase-1 model at `model_dir`, to a parquet file."""
+def task_models(tasks: list[dict]) -> list[str]:
+    """The answering models the tasks name, in ANSWERING_MODELS order; an unknown one is an error."""
+    named = {task.get("model", "phase1") for task in tasks}
+    unknown = named - set(ANSWERING_MODELS)
+    if unknown:
+        raise ValueError(f"imitation tasks name unknown models {sorted(unknown)}; choose from {ANSWERING_MODELS}")
+    return [name for name in ANSWERING_MODELS if name in named]
+
+
+def write_imitation_targets(model_dirs: dict[str, str], pools: list[tuple[str, list[str]]], tasks: list[dict],
+                            settings: dict, out_path: str) -> dict:
+    """Targets for every (manifest, ids) pool to a parquet file; `model_dirs`: answering model -> its directory."""
     started = time.time()
     if not tasks:
         raise ValueError("behaviour imitation needs at least one task")
     device, dtype = device_and_dtype(settings)
-    model, processor = load_model_and_processor(model_dir, dtype=dtype, device=device)
     pool = pd.concat([pool_transcripts(path, ids) for path, ids in pools], ignore_index=True)
-    targets = imitation_targets(model, processor, pool, tasks, settings)
+    frames = []
+    for name in task_models(tasks):
+        if name not in model_dirs:
+            raise ValueError(f"imitation tasks need the {name!r} model; none given")
+        model, processor = load_model_and_processor(model_dirs[name], dtype=dtype, device=device)
+        own = [task for task in tasks if task.get("model", "phase1") == name]
+        frames.append(imitation_targets(model, processor, pool, own, settings))
+        del model, processor  # one model in memory at a time
+    order = {task["task"]: rank for rank, task in enumerate(tasks)}
+    targets = pd.concat(frames, ignore_index=True)
+    targets = targets.sort_values("task", key=lambda tasks_: tasks_.map(order), kind="stable").reset_index(drop=True)
     with atomic_output(out_path) as tmp:
         targets.to_parquet(tmp, index=False)
     summary = {"utterances": len(pool), "tasks": [t["task"] for t in tasks], "targets": len(targets),
+               "models": {t["task"]: t.get("model", "phase1") for t in tasks},
                "empty_targets": int((targets["target"].str.strip() == "").sum()),
                "wall_time_s": round(time.time() - started, 2)}
-    log.info("imitation targets from %s: %s", model_dir, summary)
+    log.info("imitation targets from %s: %s", model_dirs, summary)
     return summary

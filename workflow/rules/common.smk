@@ -1050,6 +1050,9 @@ def imitation_pool_inputs(wildcards):
         pool["target_speech"] = inputs["target_speech"]
         pool["target_speech_ids"] = inputs["target_speech_ids"]
     pool.update(label_free_inputs(run))
+    # Transcript-level tasks may be answered by the base model (before SLU fine-tuning).
+    if any(task.get("model") == "base" for task in scheme_block(run)["imitation"]["tasks"]):
+        pool["base_model"] = config["model"]["path"]
     return pool
 
 
@@ -1060,17 +1063,20 @@ def imitation_pool_arguments(wildcards, input):
     for manifest, ids in pairs:
         if manifest in input.keys():
             arguments += ["--pool", input[manifest], input[ids]]
+    if "base_model" in input.keys():
+        arguments += ["--base-model", input.base_model]
     return arguments
 
 
 def imitation_tasks(wildcards):
-    """The instructions the phase-1 model answers from each transcript (null instruction: the SLU prompt)."""
+    """The instructions, and the model (phase1 or base) that answers each from the transcript (null: the SLU prompt)."""
     tasks = scheme_block(IMITATION_POOLS[wildcards.pool])["imitation"]["tasks"]
     return json.dumps(
         [
             {
                 "task": task["task"],
                 "instruction": task["instruction"] or config["prompt"]["instruction"],
+                "model": task.get("model", "phase1"),
             }
             for task in tasks
         ]

@@ -1,6 +1,6 @@
-# Behaviour imitation's targets: the phase-1 (text_only) model reads each transcript of the run's paired-speech
-# pool and answers every configured instruction; phase 2 trains the speech to give the same answers. Remade only
-# when the phase-1 model, the pool or the instructions change.
+# Behaviour imitation's targets: the phase-1 (text_only) model, or for transcript-level tasks the base model,
+# reads each transcript of the run's paired-speech pool and answers every configured instruction; phase 2 trains
+# the speech to give the same answers. Remade only when an answering model, the pool or the instructions change.
 
 
 rule imitation_targets:

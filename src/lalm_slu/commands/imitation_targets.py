@@ -1,4 +1,4 @@
-"""Behaviour imitation's targets: the phase-1 model's text-path answers for the paired-speech pool
+"""Behaviour imitation's targets: the phase-1 (or base) model's text-path answers for the paired-speech pool
 (see lalm_slu/imitation.py)."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from lalm_slu.budgets import read_budget_ids
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True, help="the phase-1 (text-only) fine-tuned model")
+    parser.add_argument("--base-model", help='the model before SLU fine-tuning, for tasks with "model": "base"')
     parser.add_argument("--pool", nargs=2, action="append", required=True, metavar=("MANIFEST", "IDS"),
                         help="a manifest and the id list of its utterances in the paired-speech pool (repeatable)")
-    parser.add_argument("--tasks", required=True, help='JSON list of {"task": name, "instruction": text}')
+    parser.add_argument("--tasks", required=True,
+                        help='JSON list of {"task": name, "instruction": text, "model": "phase1" or "base"}')
     parser.add_argument("--settings", required=True, help="JSON: num_beams, batch_size, max_new_tokens, device")
     parser.add_argument("--out", required=True, help="targets parquet")
     parser.add_argument("--threads", type=int, default=None,
@@ -25,5 +27,6 @@ def run(args):
 
     set_threads(args.threads)
     pools = [(manifest, read_budget_ids(ids)) for manifest, ids in args.pool]
-    print(json.dumps(write_imitation_targets(args.model, pools, json.loads(args.tasks), json.loads(args.settings),
+    models = {"phase1": args.model, **({"base": args.base_model} if args.base_model else {})}
+    print(json.dumps(write_imitation_targets(models, pools, json.loads(args.tasks), json.loads(args.settings),
                                              args.out)))
