@@ -116,6 +116,29 @@ def test_word_times_start_where_the_words_audio_starts(voice):
         assert first_sound == pytest.approx(next_start, abs=ESPEAK_FRAME_S)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["wake me up. then play some jazz please", "Set an alarm. Wake me at seven. Is it raining? Yes it is."],
+)
+def test_every_word_of_several_sentences_gets_its_own_time_within_the_audio(text):
+    from lalm_slu.speech.tts import ESpeakSynthesizer
+
+    audio, times = ESpeakSynthesizer().synthesize_timed(text, Voice("en-us+m3", 160, 50))
+    duration = len(audio) / 16_000
+    assert [word for word, _, _ in times] == text.split()
+    # Every word is spoken: it starts inside the audio and lasts at least one eSpeak step.
+    assert all(0 <= start < end <= duration + 1e-3 for _, start, end in times)
+    assert all(end - start >= ESPEAK_FRAME_S for _, start, end in times)
+
+
+def test_an_event_between_words_or_inside_the_previous_word_goes_to_the_word_it_starts():
+    from lalm_slu.speech.tts import word_times
+
+    # "a b. c d" (1-based positions 1, 3, 6, 8): c's event on the space before it (5), d's inside c (6).
+    times = word_times("a b. c d", [(1, 0), (3, 100), (5, 200), (6, 300)], 100, 5.0)
+    assert [start for _, start, _ in times] == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_the_speech_manifest_holds_each_words_times(tmp_path):
     utterances = make_utterances(3)
     main(["synthesize-speech", "--manifest", str(write_manifest_for(utterances, tmp_path)), "--out-manifest",

@@ -7,6 +7,7 @@ float32 (eSpeak speaks at 22.05 kHz; resampled with soxr).
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import re
 import threading
@@ -122,12 +123,22 @@ def word_times(text: str, events: list[tuple[int, int]], native_rate: int, durat
     """[word, start_s, end_s] per whitespace word of `text`, from eSpeak NG's word events (text position, sample).
     A word starts at the first event inside it (eSpeak may split a written word, e.g. "twenty-three", into
     several) and ends where the next word starts (a pause after it is its own), the last at the end of the audio.
-    A word without an event (nothing eSpeak speaks) gets the start of the next one, and no duration."""
+    A word without an event (nothing eSpeak speaks) gets the start of the next one, and no duration. An event
+    between words belongs to the next word: after a sentence-final period eSpeak may put the next sentence's
+    first word event on the space before it."""
     spans = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", text)]
-    starts: list[float | None] = []
-    for begin, end, _ in spans:
-        inside = [sample for position, sample in events if begin < position <= end]
-        starts.append(min(inside) / native_rate if inside else None)
+    word_ends = [end for _, end, _ in spans]
+    samples: list[list[int]] = [[] for _ in spans]
+    for position, sample in events:
+        index = bisect.bisect_right(word_ends, position - 1)  # the word holding 0-based char position - 1, or the next
+        if index < len(spans):
+            samples[index].append(sample)
+    for index in range(1, len(spans)):
+        # eSpeak sometimes puts a word's event inside the word before ("it is." -> both on "it"): a speakable word
+        # without an event takes the previous word's later event.
+        if not samples[index] and len(samples[index - 1]) > 1 and re.search(r"\w", spans[index][2]):
+            samples[index].append(samples[index - 1].pop(samples[index - 1].index(max(samples[index - 1]))))
+    starts: list[float | None] = [min(inside) / native_rate if inside else None for inside in samples]
     for index in range(len(starts) - 1, -1, -1):
         if starts[index] is None:
             starts[index] = starts[index + 1] if index + 1 < len(starts) else duration_s
