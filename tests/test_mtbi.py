@@ -98,6 +98,41 @@ def test_each_task_is_answered_by_its_own_model_from_the_transcript(monkeypatch,
         imitation.write_imitation_targets({"phase1": "ft"}, [(str(manifest), ["u0"])], tasks, SETTINGS, str(out))
 
 
+def test_label_free_speech_enlarges_the_imitation_pool_and_its_labels_are_never_used(monkeypatch, tmp_path):
+    from lalm_slu.records import json_columns
+
+    def manifest(name, texts):
+        utterances = [Utterance(f"{name}{i}", name, "en", "train", text, "alarm", "set", [], audio=f"{name}{i}.flac",
+                                duration_s=1.0) for i, text in enumerate(texts)]  # fmt: skip
+        return write_manifest(utterances, tmp_path / f"{name}.parquet")
+
+    budget = manifest("b", ["wake me up", "play jazz", "stop"])
+    label_free = manifest("asr", ["turn it down", "what time is it", "hello there"])
+    write_budget_ids(["b0", "b2"], tmp_path / "b.ids")
+    write_budget_ids(["asr0", "asr2"], tmp_path / "asr.ids")
+    monkeypatch.setattr(imitation, "load_model_and_processor", lambda path, **_: (path, None))
+    monkeypatch.setattr(imitation, "answer_transcripts",
+                        lambda model, _, texts, instruction, __: [f"{instruction} {t}" for t in texts])  # fmt: skip
+
+    def mixture(with_label_free):
+        pools = [(str(budget), ["b0", "b2"])] + [(str(label_free), ["asr0", "asr2"])] * with_label_free
+        imitation.write_imitation_targets({"phase1": "ft"}, pools, TASKS, SETTINGS, str(tmp_path / "t.parquet"))
+        extra = ["--label-free-speech", str(label_free), str(tmp_path / "asr.ids")] * with_label_free
+        main(["mix-training-set", "--scheme", "behaviour_imitation", "--text-manifest", str(budget),
+              "--speech-manifest", str(budget), "--speech-ids", str(tmp_path / "b.ids"), *extra,
+              "--imitation-targets", str(tmp_path / "t.parquet"), "--seed", "0", "--out", str(tmp_path / "m.parquet")])  # fmt: skip
+        return pd.read_parquet(tmp_path / "m.parquet")
+
+    labelled_only, enlarged = mixture(False), mixture(True)
+    added = set(zip(enlarged["manifest"], enlarged["id"])) - set(zip(labelled_only["manifest"], labelled_only["id"]))
+    assert added == {(str(label_free), "asr0"), (str(label_free), "asr2")}
+    assert len(enlarged) == len(labelled_only) + 2 * len(TASKS) and set(enlarged["modality"]) == {"speech"}
+    # The same label-free utterances with poisoned labels: the same mixture, no label in any target.
+    json_columns(poisoned(read_manifest(label_free))).to_parquet(label_free, index=False)
+    pd.testing.assert_frame_equal(mixture(True), enlarged)
+    assert not enlarged["target"].str.contains("poison|alarm").any()
+
+
 @pytest.fixture(scope="module")
 def timed_clip(tmp_path_factory):
     """One eSpeak utterance with its word times, in a speech manifest."""
