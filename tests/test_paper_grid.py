@@ -88,6 +88,14 @@ def expected_jobs(config: dict) -> dict[str, int]:
                     for budget in budgets_of(scheme, entry["target_speech_budgets"]):
                         runs += with_and_without_text
                         budget_files.add((corpus, target, split, seed, budget))
+                        if scheme in ("behaviour_imitation", "mtbi"):
+                            # Phase 1: a text-only run of source and target text, per target-text setting.
+                            for text in entry.get("target_text", [True]):
+                                phase_one_runs.add((corpus, source, target, seed, text))
+                                imitation_pools.add((corpus, source, target, seed, text, budget))
+                            budget_files |= {(corpus, source, "train", seed, "0"), (corpus, target, split, seed, "0")}
+                        if scheme in ("interleaving", "mtbi") and config["corpora"][corpus].get("speech") == "recorded":
+                            aligned |= {(corpus, source, "train"), (corpus, target, split)}
                     if scheme == "curriculum":
                         prefixes |= {(corpus, source, target, seed, text) for text in entry.get("target_text", [True])}
                         budget_files.add((corpus, target, split, seed, "0"))
@@ -166,6 +174,20 @@ def test_a_fresh_checkout_plans_the_model_download_and_every_fine_tuning_job_wai
     # Behaviour imitation's phase 2 starts from its text_only run's model, which waits for the download.
     phase_one = re.compile(r"results/runs/[^,]*_text_only_b0_s\d+/model")
     assert all(model in fields["input"].split(", ") or phase_one.search(fields["input"]) for fields in finetunes)
+
+
+def test_mtbi_schemes_are_planned_for_slurp_italic_speech_massive_and_cross_lingual_transfer(tmp_path):
+    workdir = scratch_workflow(tmp_path, PAPER_CONFIG)
+    jobs = planned_jobs(workdir)
+    finetuned = {fields["wildcards"].removeprefix("run=") for rule, fields in jobs if rule == "finetune_model"}
+    for scheme in ("behaviour_imitation", "interleaving", "mtbi"):
+        for data in ("slurp-en", "italic-it", "speechmassive-fr", "speechmassive-de", "speechmassive-fr2de"):
+            assert any(run.startswith(f"{data}_{scheme}_") for run in finetuned), (data, scheme)
+    for target in ("es", "vi"):
+        assert any(run.startswith(f"speechmassive-fr2{target}_behaviour_imitation_") for run in finetuned)
+    # Cross-lingual imitation targets come from a text-only phase 1 on source and target text.
+    pools = [fields["wildcards"] for rule, fields in jobs if rule == "imitation_targets"]
+    assert any("speechmassive-fr2de_text_only" in pool for pool in pools)
 
 
 def test_paper_grid_has_every_scheme_seed_and_corpus_of_the_paper():
