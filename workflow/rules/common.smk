@@ -814,7 +814,9 @@ def cascade_wer_paths():
     """The cascade transcripts' WER per test set, for the tables' notes (none without a cascade input)."""
     if "cascade" not in config["decode"]["modalities"]:
         return []
-    return [f"results/cascade/{testset}.wer.json" for testset in sorted(test_manifests())]
+    return [
+        f"results/cascade/{testset}.wer.json" for testset in sorted(test_manifests())
+    ]
 
 
 def audio_frames_argument(wildcards, input):
@@ -1051,7 +1053,9 @@ def imitation_pool_inputs(wildcards):
         pool["target_speech_ids"] = inputs["target_speech_ids"]
     pool.update(label_free_inputs(run))
     # Transcript-level tasks may be answered by the base model (before SLU fine-tuning).
-    if any(task.get("model") == "base" for task in scheme_block(run)["imitation"]["tasks"]):
+    if any(
+        task.get("model") == "base" for task in scheme_block(run)["imitation"]["tasks"]
+    ):
         pool["base_model"] = config["model"]["path"]
     return pool
 
