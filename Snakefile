@@ -6,6 +6,8 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
+# The demo model's recipe first: config.yaml and --configfile override it key by key.
+configfile: "workflow/configs/demo_model.yaml"
 configfile: "config.yaml"
 
 

@@ -24,8 +24,6 @@ REPORT = {"results/metrics.csv", "results/comparisons.csv", "results/tables", "r
 
 def micro_config(source_dir="data/tiny"):
     default = yaml.safe_load((REPO / "config.yaml").read_text())
-    voices = default["speech"]["tts"]["voices"]
-    voices["fr"] = {"train": [{"name": "fr+m1"}, {"name": "fr+f2"}], "test": [{"name": "fr+m3"}]}
     return {
         "corpora": {
             "tiny": {
@@ -35,7 +33,7 @@ def micro_config(source_dir="data/tiny"):
                 "max_utterances": {"train": 30, "dev": 10, "test": 8},
             }
         },
-        "speech": {"tts": {"chunk_size": 8, "voices": voices}},
+        "speech": {"tts": {"chunk_size": 8, "voices": MICRO_VOICES}},
         "grid": {
             "monolingual": [{"corpus": "tiny", "lang": "en", "schemes": ["text_only", "direct_mixing"], "budgets": [10, 50]}],
             "crosslingual": [
@@ -47,11 +45,18 @@ def micro_config(source_dir="data/tiny"):
         "decode": {"modalities": ["speech"]},
         "prompt": default["prompt"],
         "schemes": default["schemes"],
+        "demo_model": {"train_data": [], "eval_data": []},  # the recipe names corpora this grid lacks
     }
+
+
+# The shipped voice table with French voices added (the micro corpus speaks en, de and fr).
+MICRO_VOICES = "voices.tsv"
+FRENCH_VOICES = "fr\ttrain\tfr+m1\t160\t50\nfr\ttrain\tfr+f2\t160\t50\nfr\ttest\tfr+m3\t160\t50\n"
 
 
 def write_config(copy, config):
     (copy.root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (copy.root / MICRO_VOICES).write_text((REPO / "workflow/configs/voices.tsv").read_text() + FRENCH_VOICES)
 
 
 def run_outputs(run, testset):

@@ -16,6 +16,7 @@ PACKAGE_SRC = Path(workflow.basedir) / "src"
 # Planning uses this checkout's package (plain-Python modules only), whatever is installed.
 sys.path.insert(0, str(PACKAGE_SRC))
 from lalm_slu.code_version import code_version as package_code_version
+from lalm_slu.speech.voice_table import read_voice_table
 from lalm_slu.schemes import (
     BUDGET_FREE_PHASES,
     IMITATION_SCHEMES,
@@ -27,6 +28,15 @@ from lalm_slu.schemes import (
 OPTION_PLACEHOLDERS = ("lang", "locale")
 # The readers of SLURP's release text, and where each is told its folder.
 RELEASE_TEXT_FOLDER = {"slurp_release": "source", "slurp_hub": "options.annotations"}
+VOICE_SCHEMA = str(Path(workflow.basedir) / "workflow/schemas/voices.schema.yaml")
+
+
+def tts_voice_table():
+    """The voice table (config speech.tts.voices) as {lang: {split: [voice records]}}, rows checked."""
+    try:
+        return read_voice_table(config["speech"]["tts"]["voices"], VOICE_SCHEMA)
+    except (OSError, ValueError) as error:
+        raise WorkflowError(f"config speech.tts.voices: {error}") from None
 
 
 # ---------------------------------------------------------------- config checks
@@ -180,7 +190,7 @@ def check_corpus(config, name, corpus):
             f"config {key}.audio_root: required when speech is recorded"
         )
     if corpus["speech"] == "tts":
-        voices = config["speech"]["tts"]["voices"]
+        voices = tts_voice_table()
         for lang in corpus["languages"]:
             if lang not in voices:
                 raise WorkflowError(
@@ -596,7 +606,7 @@ def corpus_setting(name):
 
 def tts_voices_json(wildcards):
     """Test speech uses the held-out voices; train and dev speech the training voices."""
-    voices = config["speech"]["tts"]["voices"][wildcards.lang]
+    voices = tts_voice_table()[wildcards.lang]
     return json.dumps(voices["test" if wildcards.split == "test" else "train"])
 
 
@@ -865,7 +875,7 @@ def demo_max_utterance_arguments(wildcards):
 def pretrain_voices_json(wildcards):
     """Voice records per language of the pretraining data: training voices speak, test voices evaluate."""
     languages = {ref["lang"] for ref in config["demo_model"]["train_data"]}
-    voices = config["speech"]["tts"]["voices"]
+    voices = tts_voice_table()
     return json.dumps(
         {lang: voices[lang] for lang in sorted(languages)}, sort_keys=True
     )
