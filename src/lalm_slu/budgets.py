@@ -15,9 +15,7 @@ on every machine and Python version.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,46 +23,7 @@ import numpy as np
 
 from lalm_slu.outputs import write_text_atomic
 from lalm_slu.records import DataError
-
-_BUDGET_PATTERN = re.compile(r"^(?:(?P<percent>\d+)|(?P<shots>[1-9]\d*)shot)$")
-
-
-@dataclass(frozen=True)
-class SpeechBudget:
-    """`percent` of the pool, or a fixed number of utterances (`shots`)."""
-
-    amount: int
-    unit: str  # "percent" or "shot"
-
-    @classmethod
-    def parse(cls, text: str | int) -> "SpeechBudget":
-        match = _BUDGET_PATTERN.match(str(text).strip())
-        if match is None:
-            raise ValueError(f"speech budget {text!r} is neither a percentage 0-100 nor '<N>shot'")
-        if match["percent"] is not None:
-            percent = int(match["percent"])
-            if percent > 100:
-                raise ValueError(f"speech budget {text!r} is above 100 %")
-            return cls(percent, "percent")
-        return cls(int(match["shots"]), "shot")
-
-    @property
-    def label(self) -> str:
-        """The budget as written in config, file names and run names: `25` or `10shot`."""
-        return f"{self.amount}shot" if self.unit == "shot" else str(self.amount)
-
-    def size(self, pool_size: int) -> int:
-        """Utterances this budget allows from a pool of `pool_size`.
-
-        Percentages round half up, but a non-zero percentage always grants at least one
-        utterance (otherwise a 1 % budget of a small demo split would silently be text-only).
-        """
-        if self.unit == "shot":
-            return min(self.amount, pool_size)
-        if self.amount == 0 or pool_size == 0:
-            return 0
-        return max(1, (self.amount * pool_size + 50) // 100)
-
+from lalm_slu.speech_budget import SpeechBudget
 
 def stable_seed(*parts: object) -> int:
     """A 64-bit seed from any values, identical on every machine."""

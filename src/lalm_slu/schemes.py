@@ -13,6 +13,8 @@ MIXTURE_PHASES = {
     "behaviour_imitation": (2,),
     "mtbi": (2,),
 }
+# Schemes whose speech budget is fixed, whatever budgets the grid lists: text_only uses no speech, oracle all of it.
+FIXED_BUDGETS = {"text_only": "0", "oracle": "100"}
 # Schemes whose phase 1 is the text_only run (their training starts from its model).
 IMITATION_SCHEMES = ("behaviour_imitation", "mtbi")
 # Schemes with interleaved speech-text items.

@@ -1,12 +1,11 @@
-# Grid expansion, run names, paths, input functions, code versions and config checks.
+# Paths, input functions and code versions; config checks and grid expansion are lalm_slu.config_checks and
+# lalm_slu.grid, wrapped here where Snakemake's config is needed.
 # Plain Python only: nothing heavy is imported, only the package's plain-Python modules.
 
 import hashlib
 import json
 import re
 import sys
-from dataclasses import dataclass, field, replace
-from itertools import product
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -17,17 +16,23 @@ PACKAGE_SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(PACKAGE_SRC))
 from lalm_slu.code_version import code_version as package_code_version
 from lalm_slu.speech.voice_table import read_voice_table
+from lalm_slu import grid
+from lalm_slu.config_checks import ConfigError, check_config
+from lalm_slu.grid import (
+    expand_grid,
+    expand_prefixes,
+    parse_testset,
+    phase_one_run,
+    prefix_of,
+    run_settings,
+    run_testsets,
+)
 from lalm_slu.schemes import (
     BUDGET_FREE_PHASES,
     IMITATION_SCHEMES,
     INTERLEAVING_SCHEMES,
-    phase_mismatch,
 )
 
-# What a string in corpora.*.options may contain, filled in per language.
-OPTION_PLACEHOLDERS = ("lang", "locale")
-# The readers of SLURP's release text, and where each is told its folder.
-RELEASE_TEXT_FOLDER = {"slurp_release": "source", "slurp_hub": "options.annotations"}
 VOICE_SCHEMA = str(Path(workflow.basedir) / "workflow/schemas/voices.schema.yaml")
 
 
@@ -39,412 +44,34 @@ def tts_voice_table():
         raise WorkflowError(f"config speech.tts.voices: {error}") from None
 
 
-# ---------------------------------------------------------------- config checks
+# ---------------------------------------------------------------- config checks and runs
 
 
-def check_scheme_settings(key, entry):
-    unused = set(entry["scheme_settings"]) - set(entry["schemes"])
-    if unused:
-        raise WorkflowError(
-            f"config {key}.scheme_settings: {sorted(unused)} not among the entry's schemes {entry['schemes']}"
-        )
+def planned(plan, *args):
+    """A planning step of the package; its config error stops the workflow before any job."""
+    try:
+        return plan(*args)
+    except ConfigError as error:
+        raise WorkflowError(f"config {error}") from None
 
 
-def check_config(config):
-    """Cross-field rules the JSON schema cannot express; each error names its key."""
-    corpora = config["corpora"]
-
-    def check_language(key, corpus, lang):
-        if corpus not in corpora:
-            raise WorkflowError(
-                f"config {key}: unknown corpus {corpus!r} (corpora: {sorted(corpora)})"
-            )
-        if lang not in corpora[corpus]["languages"]:
-            raise WorkflowError(
-                f"config {key}: {lang!r} is not a language of corpus {corpus!r} "
-                f"(corpora.{corpus}.languages: {corpora[corpus]['languages']})"
-            )
-
-    for index, entry in enumerate(config["grid"]["monolingual"]):
-        key = f"grid.monolingual[{index}]"
-        check_language(f"{key}.lang", entry["corpus"], entry["lang"])
-        check_scheme_settings(key, entry)
-        mixing = {
-            "direct_mixing",
-            "curriculum",
-            *INTERLEAVING_SCHEMES,
-            *IMITATION_SCHEMES,
-        } & set(entry["schemes"])
-        if mixing and not entry["budgets"]:
-            raise WorkflowError(
-                f"config {key}.budgets: schemes {sorted(mixing)} need at least one budget"
-            )
-    for index, entry in enumerate(config["grid"]["crosslingual"]):
-        key = f"grid.crosslingual[{index}]"
-        check_language(f"{key}.source", entry["corpus"], entry["source"])
-        check_scheme_settings(key, entry)
-        for target in entry["targets"]:
-            check_language(f"{key}.targets", entry["corpus"], target)
-            if target == entry["source"]:
-                raise WorkflowError(
-                    f"config {key}.targets: {target!r} is also the source language"
-                )
-    for key in ("train_data", "eval_data"):
-        for index, ref in enumerate(config["demo_model"][key]):
-            check_language(
-                f"demo_model.{key}[{index}].lang", ref["corpus"], ref["lang"]
-            )
-    for name, corpus in corpora.items():
-        check_corpus(config, name, corpus)
-    check_alignment_models(config)
-
-
-def check_alignment_models(config):
-    """Recorded speech an interleaving scheme trains on needs a CTC model for its word times."""
-    models = config["alignment"]["models"]
-    for kind, language_keys in (
-        ("monolingual", ("lang",)),
-        ("crosslingual", ("source", "targets")),
-    ):
-        for index, entry in enumerate(config["grid"][kind]):
-            if not set(entry["schemes"]) & set(INTERLEAVING_SCHEMES):
-                continue
-            if config["corpora"][entry["corpus"]]["speech"] != "recorded":
-                continue
-            languages = [entry[key] for key in language_keys]
-            languages = [
-                lang
-                for item in languages
-                for lang in (item if isinstance(item, list) else [item])
-            ]
-            for lang in languages:
-                if lang not in models:
-                    raise WorkflowError(
-                        f"config alignment.models: no CTC model for {lang!r}, whose recorded speech "
-                        f"grid.{kind}[{index}] interleaves (word times by forced alignment)"
-                    )
-
-
-def check_release_text_folder(key, corpus):
-    if corpus["reader"] not in RELEASE_TEXT_FOLDER:
-        raise WorkflowError(
-            f"config {key}.download_release_text: only the SLURP readers "
-            f"{sorted(RELEASE_TEXT_FOLDER)} read release text (reader {corpus['reader']!r})"
-        )
-    if not isinstance(corpus["source"], str) and corpus["reader"] == "slurp_release":
-        raise WorkflowError(
-            f"config {key}.source: one folder (not one per language) to download the release text into"
-        )
-
-
-def check_corpus(config, name, corpus):
-    key = f"corpora.{name}"
-    source = corpus["source"]
-    if isinstance(source, dict):
-        missing = [lang for lang in corpus["languages"] if lang not in source]
-        if missing:
-            raise WorkflowError(f"config {key}.source: no path for languages {missing}")
-    for option, value in corpus["options"].items():
-        if not isinstance(value, str):
-            continue
-        try:
-            value.format(**{name: "" for name in OPTION_PLACEHOLDERS})
-        except (KeyError, IndexError, ValueError) as error:
-            raise WorkflowError(
-                f"config {key}.options.{option}: {value!r} is not a valid template "
-                f"(placeholders: {', '.join(f'{{{p}}}' for p in OPTION_PLACEHOLDERS)}): {error}"
-            )
-    unknown = sorted(set(corpus["locales"]) - set(corpus["languages"]))
-    if unknown:
-        raise WorkflowError(
-            f"config {key}.locales: {unknown} are not in {key}.languages"
-        )
-    if corpus["reader"] == "speech_massive_hub":
-        # The hub names its configs by locale (fr-FR), not by language code.
-        missing = [
-            lang for lang in corpus["languages"] if lang not in corpus["locales"]
-        ]
-        if missing and "config" not in corpus["options"]:
-            raise WorkflowError(
-                f"config {key}.locales: no hub locale for languages {missing} (e.g. fr: fr-FR)"
-            )
-    audio_dir = corpus["options"].get("audio_dir")
-    if (
-        isinstance(audio_dir, str)
-        and len(corpus["languages"]) > 1
-        and "{lang}" not in audio_dir
-    ):
-        # Corpora such as Speech-MASSIVE reuse utterance ids across languages.
-        raise WorkflowError(
-            f"config {key}.options.audio_dir: {audio_dir!r} would be shared by languages "
-            f"{corpus['languages']}; put {{lang}} in the path"
-        )
-    if corpus["download_release_text"]:
-        check_release_text_folder(key, corpus)
-    if corpus["download"] and "cache_dir" not in corpus["options"]:
-        raise WorkflowError(
-            f"config {key}.options.cache_dir: required with download (the hub cache)"
-        )
-    if corpus["speech"] == "recorded" and not corpus["audio_root"]:
-        raise WorkflowError(
-            f"config {key}.audio_root: required when speech is recorded"
-        )
-    if corpus["speech"] == "tts":
-        voices = tts_voice_table()
-        for lang in corpus["languages"]:
-            if lang not in voices:
-                raise WorkflowError(
-                    f"config speech.tts.voices: no voices for language {lang!r} "
-                    f"(needed by {key}, which is synthesized)"
-                )
-            shared = {v["name"] for v in voices[lang]["train"]} & {
-                v["name"] for v in voices[lang]["test"]
-            }
-            if shared:
-                raise WorkflowError(
-                    f"config speech.tts.voices.{lang}: train and test share voices "
-                    f"{sorted(shared)}; test speakers must be held out"
-                )
-
-
-check_config(config)
-
-
-def check_scheme_phases(config):
-    """Every scheme the grid runs has its block, and a scheme's phases are its mixture's, in every place a
-    scheme block is given."""
-    blocks = [
-        (f"schemes.{name}", name, block) for name, block in config["schemes"].items()
-    ]
-    for kind in ("monolingual", "crosslingual"):
-        for index, entry in enumerate(config["grid"][kind]):
-            for name in entry["schemes"]:
-                if name not in config["schemes"]:
-                    raise WorkflowError(
-                        f"config schemes.{name}: missing (grid.{kind}[{index}] runs it); give its "
-                        "trainable_modules and phases"
-                    )
-            for name, override in entry.get("scheme_settings", {}).items():
-                if "phases" in override:
-                    blocks.append(
-                        (f"grid.{kind}[{index}].scheme_settings.{name}", name, override)
-                    )
-    for key, name, block in blocks:
-        problem = phase_mismatch(name, block["phases"])
-        if problem:
-            raise WorkflowError(f"config {key}.phases: {problem}")
-
-
-check_scheme_phases(config)
+planned(check_config, config, tts_voice_table())
 # Plain Python: a fine-tuning job too big for its GPUs is refused here, before any job runs.
 from lalm_slu.memory_plan import check_memory_plan
 
 check_memory_plan(config)
 
-
-# ---------------------------------------------------------------- runs
-
-
-@dataclass(frozen=True)
-class Run:
-    """One fine-tuning run: its data, scheme, speech budget and seed."""
-
-    corpus: str
-    source: str  # training language (monolingual) or source language
-    target: str | None  # target language of a cross-lingual run
-    scheme: str
-    budget: str  # speech budget label: "25" (percent) or "10shot"
-    seed: int
-    source_split: str = "train"  # training split of the (source) language
-    target_split: str | None = None  # target-language training split (cross-lingual)
-    target_text: bool = True  # cross-lingual: whether the target-language text is used
-    # The entry's replacements of config["schemes"][scheme] keys; not part of the run's identity.
-    scheme_settings: dict = field(default_factory=dict, hash=False, compare=False)
-    # False: trained only as another run's phase 1 (behaviour imitation's text_only run), not decoded or scored.
-    evaluated: bool = field(default=True, hash=False, compare=False)
-
-    @property
-    def name(self):
-        return run_name(
-            self.corpus,
-            self.source,
-            self.target,
-            self.scheme,
-            self.budget,
-            self.seed,
-            self.target_text,
-        )
-
-    @property
-    def test_lang(self):
-        return self.target or self.source
-
-
-def run_name(corpus, source, target, scheme, budget, seed, target_text=True):
-    """The one place run names are made: slurp-en_curriculum_b5_s0,
-    xsid-en2de_direct_mixing_b10shot_s0, xsid-en2de-notext_curriculum_b0_s0."""
-    return f"{run_data(corpus, source, target, target_text)}_{scheme}_b{budget}_s{seed}"
-
-
-def run_data(corpus, source, target, target_text=True):
-    """slurp-en, xsid-en2de, xsid-en2de-notext: the corpus and languages part of a run name."""
-    languages = source if target is None else f"{source}2{target}"
-    if not target_text:
-        languages += "-notext"
-    return f"{corpus}-{languages}"
-
-
-def scheme_budgets(scheme, budgets):
-    """text_only never uses speech and oracle always uses all of it."""
-    if scheme == "text_only":
-        return ["0"]
-    if scheme == "oracle":
-        return ["100"]
-    return [str(budget) for budget in budgets]
-
-
-def grid_runs(config):
-    for seed in config["grid"]["seeds"]:
-        for entry in config["grid"]["monolingual"]:
-            for scheme in entry["schemes"]:
-                for budget in scheme_budgets(scheme, entry["budgets"]):
-                    yield Run(
-                        entry["corpus"],
-                        entry["lang"],
-                        None,
-                        scheme,
-                        budget,
-                        seed,
-                        source_split=entry["train_split"],
-                        scheme_settings=entry["scheme_settings"].get(scheme, {}),
-                    )
-        for entry in config["grid"]["crosslingual"]:
-            for target, scheme, target_text in product(
-                entry["targets"], entry["schemes"], entry["target_text"]
-            ):
-                for budget in scheme_budgets(scheme, entry["target_speech_budgets"]):
-                    yield Run(
-                        entry["corpus"],
-                        entry["source"],
-                        target,
-                        scheme,
-                        budget,
-                        seed,
-                        target_split=entry["target_text_split"],
-                        target_text=target_text,
-                        scheme_settings=entry["scheme_settings"].get(scheme, {}),
-                    )
-
-
-def expand_grid(config):
-    runs = {}
-    for run in grid_runs(config):
-        if runs.get(run.name, run) != run:
-            raise WorkflowError(
-                f"config grid: two different runs would both be named {run.name!r} "
-                "(the same corpus and language listed twice with different splits?)"
-            )
-        runs[run.name] = run
-    return with_phase_one_runs(runs)
-
-
-def phase_one_run(run):
-    """Behaviour imitation's phase 1: text-only fine-tuning on the same data and seed (the grid's text_only run
-    when it has one)."""
-    return Run(
-        run.corpus,
-        run.source,
-        run.target,
-        "text_only",
-        "0",
-        run.seed,
-        source_split=run.source_split,
-        target_split=run.target_split,
-        target_text=run.target_text,
-        evaluated=False,
-    )
-
-
-def with_phase_one_runs(runs):
-    """The grid's runs plus the phase-1 runs its imitation schemes continue from (trained, not evaluated)."""
-    extra = {}
-    for run in runs.values():
-        if run.scheme in IMITATION_SCHEMES:
-            first = phase_one_run(run)
-            extra.setdefault(first.name, first)
-    return {**extra, **runs}
+RUNS = planned(expand_grid, config)
+EVALUATED_RUNS = {name: run for name, run in RUNS.items() if run.evaluated}
+PREFIXES = planned(expand_prefixes, config, RUNS)
 
 
 def scheme_block(run):
-    return {**config["schemes"][run.scheme], **run.scheme_settings}
+    return grid.scheme_block(config, run)
 
 
 def start_model(run):
-    """The model a run's training starts from: its phase-1 run's for imitation schemes, else model.path."""
-    if run.scheme in IMITATION_SCHEMES:
-        return f"results/runs/{phase_one_run(run).name}/model"
-    return config["model"]["path"]
-
-
-RUNS = expand_grid(config)
-EVALUATED_RUNS = {name: run for name, run in RUNS.items() if run.evaluated}
-
-
-# ---------------------------------------------------------------- shared first phases (prefixes)
-
-
-def prefix_of(run):
-    """The name of the job that trains the run's budget-free first phases (schemes.BUDGET_FREE_PHASES), shared by
-    every budget of its seed and data: slurp-en_curriculum_phase1_s0. None: the run trains all of its phases.
-    """
-    phases = BUDGET_FREE_PHASES.get(run.scheme)
-    if phases is None:
-        return None
-    data = run_data(run.corpus, run.source, run.target, run.target_text)
-    return f"{data}_{run.scheme}_phase{phases}_s{run.seed}"
-
-
-def run_settings(run, phases=None):
-    """Everything training needs besides the data; `phases`: only the first ones (a prefix)."""
-    scheme = {
-        "name": run.scheme,
-        **config["schemes"][run.scheme],
-        **run.scheme_settings,
-    }
-    scheme["phases"] = scheme["phases"][:phases]
-    return {
-        # What the weights are; where they came from (hub_id, revision) or how planning sized them does not
-        # identify the run.
-        "model": {
-            **{key: config["model"][key] for key in ("path", "lora")},
-            "path": start_model(run),
-        },
-        "training": {**config["training"], "seed": run.seed},
-        "scheme": scheme,
-        "prompt": config["prompt"],
-    }
-
-
-def expand_prefixes(runs):
-    """Prefix name -> the run it stands for: its data and seed with no speech budget (the first phases hold none)."""
-    prefixes = {}
-    for run in runs.values():
-        name = prefix_of(run)
-        if name is None:
-            continue
-        prefix, phases = replace(run, budget="0"), BUDGET_FREE_PHASES[run.scheme]
-        if name in prefixes and run_settings(prefixes[name], phases) != run_settings(
-            prefix, phases
-        ):
-            raise WorkflowError(
-                f"config grid: runs sharing first phases {name!r} have different settings for them "
-                "(scheme_settings of two entries for the same data?)"
-            )
-        prefixes[name] = prefix
-    return prefixes
-
-
-PREFIXES = expand_prefixes(RUNS)
+    return grid.start_model(config, run)
 
 
 def job_run(wildcards):
@@ -452,20 +79,6 @@ def job_run(wildcards):
     if "prefix" in wildcards.keys():
         return PREFIXES[wildcards.prefix]
     return RUNS[wildcards.run]
-
-
-def testset_name(corpus, lang):
-    return f"{corpus}-{lang}"
-
-
-def run_testsets(run):
-    """Test sets of a run: the test split of its (target) language."""
-    return [testset_name(run.corpus, run.test_lang)]
-
-
-def parse_testset(testset):
-    corpus, lang = testset.split("-", 1)
-    return corpus, lang
 
 
 def alternatives(values):
@@ -741,7 +354,7 @@ def finetune_settings(wildcards):
     """run_settings as one JSON string (a prefix: its first phases only)."""
     run = job_run(wildcards)
     phases = BUDGET_FREE_PHASES[run.scheme] if "prefix" in wildcards.keys() else None
-    return json.dumps(run_settings(run, phases), sort_keys=True)
+    return json.dumps(run_settings(config, run, phases), sort_keys=True)
 
 
 def finetune_processes():
