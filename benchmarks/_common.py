@@ -19,11 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
+from lalm_slu.batches import ChatItem  # noqa: E402
+from lalm_slu.config_file import load_config  # noqa: E402
 from lalm_slu.corpora.common import BadRecordPolicy  # noqa: E402
 from lalm_slu.corpora.slurp import read_slurp_release  # noqa: E402
-from lalm_slu.modeling import ChatItem, answer_loss  # noqa: E402
+from lalm_slu.loss import answer_loss  # noqa: E402
 from lalm_slu.records import Utterance  # noqa: E402
 from lalm_slu.slu_json import format_target  # noqa: E402
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice  # noqa: E402
@@ -38,7 +39,7 @@ VOICES = [
     Voice("en-us+f4", 180, 55),
 ]
 # The demo's own settings, so that benchmarks measure what the pipeline runs.
-DEMO_CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+DEMO_CONFIG = load_config(REPO / "config.yaml")
 INSTRUCTION = DEMO_CONFIG["prompt"]["instruction"]
 
 
@@ -74,7 +75,7 @@ def with_speech(utterances: list[Utterance], work: Path) -> list[Utterance]:
 
 
 def chat_items(utterances: list[Utterance], modality: str, with_answer: bool = True) -> list[ChatItem]:
-    from lalm_slu.modeling import load_audio
+    from lalm_slu.speech.audio import load_audio
 
     items = []
     for utt in utterances:

@@ -49,8 +49,8 @@ def timed_stock_generate(model, processor, manifest, modality: str, settings: di
     """One `generate(**batch)` call per utterance, as transformers documents it."""
     import torch
 
-    from lalm_slu.modeling import ChatItem, Collator
-    from lalm_slu.modeling import load_audio
+    from lalm_slu.batches import ChatItem, Collator
+    from lalm_slu.speech.audio import load_audio
 
     collator = Collator(processor, for_generation=True)
     beams = settings["num_beams"]
@@ -77,7 +77,8 @@ def finetune_briefly(model, processor, utterances, batch_size: int = 16) -> None
     """Text-only SLU fine-tuning as the trainer does it, on sentences the measurement does not use."""
     import torch
 
-    from lalm_slu.modeling import Collator, set_trainable
+    from lalm_slu.batches import Collator
+    from lalm_slu.trainable import set_trainable
 
     set_trainable(model, ["language_model", "lm_head"])
     params = [p for p in model.parameters() if p.requires_grad]
@@ -101,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = set_threads(args.threads)
 
-    from lalm_slu.modeling import load_model_and_processor
+    from lalm_slu.model_loading import load_model_and_processor
     from lalm_slu.records import manifest_frame
 
     work = scratch_dir()

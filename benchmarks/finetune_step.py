@@ -39,7 +39,7 @@ def configured_precision() -> str:
     """The precision the demo config trains in on a CPU, resolved as the trainer resolves it."""
     import torch
 
-    from lalm_slu.modeling import device_and_dtype
+    from lalm_slu.model_loading import device_and_dtype
 
     _, dtype = device_and_dtype({"device": "cpu", "precision": DEMO_CONFIG["training"].get("precision", "auto")})
     return {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
@@ -58,14 +58,10 @@ def seconds_per_step(path: str, items, batches: list[list[int]], warmup: int, pr
     too. Without it, each step runs the encoder on its clips."""
     import torch
 
-    from lalm_slu.modeling import (
-        Collator,
-        FrozenAudioCache,
-        clip_frames,
-        device_and_dtype,
-        load_model_and_processor,
-        set_trainable,
-    )
+    from lalm_slu.audio_encoding import FrozenAudioCache, clip_frames
+    from lalm_slu.batches import Collator
+    from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
+    from lalm_slu.trainable import set_trainable
 
     model, processor = load_model_and_processor(path)
     set_trainable(model, TRAINABLE, bool(DEMO_CONFIG["training"].get("freeze_token_embeddings")))
@@ -110,7 +106,7 @@ def seconds_per_step(path: str, items, batches: list[list[int]], warmup: int, pr
 
 def trainer_batches(utterances, modality: str, batch_size: int, path: str) -> list[list[int]]:
     """The trainer's own batching of these utterances for one epoch (seeded, grouped by sequence length)."""
-    from lalm_slu.modeling import load_model_and_processor
+    from lalm_slu.model_loading import load_model_and_processor
     from lalm_slu.slu_json import format_target
     from lalm_slu.train import TrainItem, micro_batches, sequence_lengths
 

@@ -25,9 +25,11 @@ sys.path.insert(0, str(REPO / "src"))
 import torch  # noqa: E402
 from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration  # noqa: E402
 
+from lalm_slu.batches import IGNORE_INDEX, audio_token_count  # noqa: E402
 from lalm_slu.distributed import ProcessGroup, parallelize  # noqa: E402
-from lalm_slu.modeling import IGNORE_INDEX, audio_token_count, make_encoder_length_aware, set_trainable  # noqa: E402
+from lalm_slu.length_aware_encoder import make_encoder_length_aware  # noqa: E402
 from lalm_slu.train import AnswerLoss, training_precision  # noqa: E402
+from lalm_slu.trainable import set_trainable  # noqa: E402
 
 ARCHITECTURE = REPO / "workflow" / "architectures" / "Qwen2-Audio-7B-Instruct.json"
 RESULT = REPO / "benchmarks" / "results" / "gpu_finetune_step.json"

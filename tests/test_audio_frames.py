@@ -12,17 +12,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny_model import INSTRUCTION, tiny_assets  # noqa: F401 - session fixture
 
-from lalm_slu import modeling
+from lalm_slu.audio_encoding import clip_frames, merge_audio
 from lalm_slu.audio_frames import encode_manifest, load_frames
+from lalm_slu.batches import audio_features, audio_token_count
 from lalm_slu.decode import decode
-from lalm_slu.modeling import (
-    audio_token_count,
-    clip_frames,
-    load_audio,
-    load_model_and_processor,
-    merge_audio,
-)
+from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.records import DataError, read_manifest
+from lalm_slu.speech.audio import load_audio
 from lalm_slu.train import finetune
 from test_train import LLM_ONLY, count_encoder_batches, make_settings, mixed_rows, weights, write_mixture
 
@@ -51,7 +47,7 @@ def test_every_clip_gets_its_own_frames_one_per_audio_token(tiny, tiny_assets, f
     hop = processor.feature_extractor.hop_length
     for row in manifest.itertuples():
         alone = clip_frames(model, processor, [load_audio(row.audio)])[0]
-        mel_frames = modeling.audio_features(processor, [load_audio(row.audio)])[1].sum()
+        mel_frames = audio_features(processor, [load_audio(row.audio)])[1].sum()
         assert len(frames[row.audio]) == audio_token_count(int(mel_frames)) == len(alone)
         assert abs(len(alone) - row.duration_s * 16_000 / hop / 4) <= 1  # one frame per 40 ms of audio
         # Encoded in batches of 3 (longest first) or alone: the same up to float summation order.

@@ -11,7 +11,7 @@ from tiny_model import INSTRUCTION, tiny_assets  # noqa: F401 - session fixture
 
 from lalm_slu.cascade import extract_transcript, transcribe_test_set
 from lalm_slu.decode import decode_manifest
-from lalm_slu.modeling import load_model_and_processor
+from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.records import read_manifest
 
 

@@ -9,9 +9,11 @@ import pytest
 import torch
 from tiny_model import INSTRUCTION, tiny_assets  # noqa: F401 - session fixture
 
+from lalm_slu.batches import ChatItem, Collator
 from lalm_slu.decode import decode, decode_manifest, generate_batch
-from lalm_slu.modeling import ChatItem, Collator, load_audio, load_model_and_processor
+from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.records import read_manifest
+from lalm_slu.speech.audio import load_audio
 
 
 def settings(**overrides) -> dict:

@@ -26,7 +26,7 @@ from lalm_slu.memory_plan import (
     read_architecture,
     trainable_parameters,
 )
-from lalm_slu.modeling import set_trainable
+from lalm_slu.trainable import set_trainable
 
 DEMO_CONFIG = REPO / "models/demo-qwen2-audio/config.json"
 ARCHITECTURE_7B = REPO / "workflow/architectures/Qwen2-Audio-7B-Instruct.json"

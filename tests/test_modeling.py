@@ -12,25 +12,15 @@ from tiny_model import INSTRUCTION, tiny_assets  # noqa: F401 - session fixture
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
-from lalm_slu import modeling
-from lalm_slu.modeling import (
-    IGNORE_INDEX,
-    ChatItem,
-    Collator,
-    LengthAwareQwen2AudioEncoder,
-    ModelNotAvailableError,
-    answer_loss,
-    audio_features,
-    encoded_audio,
-    encoded_audio_from_layer,
-    is_right_padded,
-    load_audio,
-    load_model_and_processor,
-    make_encoder_length_aware,
-    render_prompt,
-    set_trainable,
-)
+from lalm_slu import model_loading
+from lalm_slu.audio_encoding import encoded_audio, encoded_audio_from_layer
+from lalm_slu.batches import IGNORE_INDEX, ChatItem, Collator, audio_features, render_prompt
+from lalm_slu.length_aware_encoder import LengthAwareQwen2AudioEncoder, make_encoder_length_aware
+from lalm_slu.loss import answer_loss, is_right_padded
+from lalm_slu.model_loading import ModelNotAvailableError, load_model_and_processor
 from lalm_slu.records import read_manifest
+from lalm_slu.speech.audio import load_audio
+from lalm_slu.trainable import set_trainable
 
 HUB_ID = "Qwen/Qwen2-Audio-7B-Instruct"
 
@@ -143,8 +133,8 @@ def test_demo_directory_and_hub_id_go_through_the_same_loader(tiny_assets, monke
         return real_model(cls, str(tiny_assets.model_dir), *args, **kwargs)
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(modeling.AutoProcessor, "from_pretrained", classmethod(processor_from))
-    monkeypatch.setattr(modeling.Qwen2AudioForConditionalGeneration, "from_pretrained", classmethod(model_from))
+    monkeypatch.setattr(model_loading.AutoProcessor, "from_pretrained", classmethod(processor_from))
+    monkeypatch.setattr(model_loading.Qwen2AudioForConditionalGeneration, "from_pretrained", classmethod(model_from))
     for name in (HUB_ID, str(tiny_assets.model_dir)):
         seen.clear()
         model, _ = load_model_and_processor(name)
@@ -170,7 +160,7 @@ def test_offline_hub_id_in_the_cache_resolves_unchanged(tmp_path, monkeypatch, n
     (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    assert modeling.resolve_model_source(HUB_ID) == HUB_ID
+    assert model_loading.resolve_model_source(HUB_ID) == HUB_ID
 
 
 def test_saved_model_reloads_with_the_stock_loaders_to_identical_logits(tiny, clips, tmp_path):

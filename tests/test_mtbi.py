@@ -16,10 +16,11 @@ from tiny_model import tiny_assets  # noqa: F401 - session fixture
 
 import lalm_slu.decode as decode
 import lalm_slu.imitation as imitation
+from lalm_slu.batches import AUDIO_SPAN, Collator, audio_features, audio_token_count
 from lalm_slu.budgets import write_budget_ids
 from lalm_slu.cli import main
 from lalm_slu.mixtures import Interleave, MixturePart, build_mixture
-from lalm_slu.modeling import AUDIO_SPAN, Collator, audio_features, audio_token_count, load_model_and_processor
+from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.records import Utterance, read_manifest, write_manifest
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice
 from lalm_slu.train import load_items, sequence_lengths, to_chat_items

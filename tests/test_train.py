@@ -18,9 +18,12 @@ from safetensors.torch import load_file
 from tiny_model import INSTRUCTION, subprocess_env, tiny_assets  # noqa: F401 - session fixture
 from transformers import Qwen2AudioForConditionalGeneration
 
-from lalm_slu import modeling, train
-from lalm_slu.modeling import ChatItem, Collator, LengthAwareQwen2AudioEncoder, load_model_and_processor
+from lalm_slu import train
+from lalm_slu.batches import ChatItem, Collator
+from lalm_slu.length_aware_encoder import LengthAwareQwen2AudioEncoder
+from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.records import DataError, read_manifest, write_manifest
+from lalm_slu.speech.audio import load_audio
 from lalm_slu.train import finetune, load_items, micro_batches, sequence_lengths, to_chat_items
 
 IDS = [f"u{i}" for i in range(8)]
@@ -386,7 +389,7 @@ def test_lora_output_is_an_adapter_that_reloads_to_the_trained_logits(tiny_asset
     clip = read_manifest(tiny_assets.speech_manifest).iloc[0]
     probe = Collator(processor)(
         [
-            ChatItem(INSTRUCTION, "{}", audio=modeling.load_audio(clip["audio"])),
+            ChatItem(INSTRUCTION, "{}", audio=load_audio(clip["audio"])),
             ChatItem(INSTRUCTION, "{}", text=clip["text"]),
         ]
     )

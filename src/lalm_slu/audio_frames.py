@@ -18,16 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from tqdm import tqdm
 
-from lalm_slu.modeling import (
-    audio_parts_fingerprint,
-    base_model,
-    clip_frames,
-    device_and_dtype,
-    load_audio,
-    load_model_and_processor,
-)
+from lalm_slu.audio_encoding import audio_parts_fingerprint, clip_frames
+from lalm_slu.model_loading import base_model, device_and_dtype, load_model_and_processor
 from lalm_slu.outputs import atomic_output
 from lalm_slu.records import DataError, read_manifest
+from lalm_slu.speech.audio import load_audio
 
 log = logging.getLogger(__name__)
 FORMAT = "lalm-slu audio frames 1"

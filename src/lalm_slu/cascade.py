@@ -12,11 +12,13 @@ import logging
 import re
 import time
 
+from lalm_slu.batches import ChatItem
 from lalm_slu.decode import answers_longest_first
 from lalm_slu.metrics import word_error_rate
-from lalm_slu.modeling import ChatItem, device_and_dtype, load_audio, load_model_and_processor
+from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
 from lalm_slu.outputs import atomic_output, write_text_atomic
 from lalm_slu.records import json_columns, read_manifest
+from lalm_slu.speech.audio import load_audio
 
 log = logging.getLogger(__name__)
 

@@ -14,18 +14,14 @@ import time
 import torch
 from tqdm import tqdm
 
+from lalm_slu.audio_encoding import prompt_embeddings
 from lalm_slu.audio_frames import FrameStore, load_frames
-from lalm_slu.modeling import (
-    ChatItem,
-    Collator,
-    device_and_dtype,
-    load_audio,
-    load_model_and_processor,
-    prompt_embeddings,
-)
+from lalm_slu.batches import ChatItem, Collator
+from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
 from lalm_slu.outputs import atomic_output
 from lalm_slu.records import read_manifest
 from lalm_slu.slu_json import parse_prediction
+from lalm_slu.speech.audio import load_audio
 from lalm_slu.stages import STAGES
 
 log = logging.getLogger(__name__)

@@ -99,7 +99,7 @@ def has_trainable(module: nn.Module) -> bool:
 
 def parallelize(root: nn.Module, model, compute_dtype: torch.dtype, group: ProcessGroup) -> None:
     """Shard `root` (the training forward, holding `model`) in place; see the module docstring."""
-    from lalm_slu.modeling import base_model
+    from lalm_slu.model_loading import base_model
 
     inner = base_model(model)
     llm, tower, projector = inner.model.language_model, inner.model.audio_tower, inner.model.multi_modal_projector

@@ -16,8 +16,9 @@ import time
 
 import pandas as pd
 
+from lalm_slu.batches import ChatItem
 from lalm_slu.decode import answers_longest_first
-from lalm_slu.modeling import ChatItem, device_and_dtype, load_model_and_processor
+from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
 from lalm_slu.outputs import atomic_output
 from lalm_slu.records import DataError, read_manifest
 

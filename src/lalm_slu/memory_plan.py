@@ -52,7 +52,7 @@ ANSWER_TOKENS_PER_ITEM = 64
 DEFAULT_SEQUENCE_TOKENS = 512
 MODEL_PARTS = ("audio_tower", "multi_modal_projector", "language_model", "lm_head")
 AUDIO_PARTS = ("audio_tower", "multi_modal_projector")
-# The encoder's positional table is a fixed sinusoid table, never trained (modeling.set_trainable).
+# The encoder's positional table is a fixed sinusoid table, never trained (trainable.set_trainable).
 NEVER_TRAINED = ("audio_tower.embed_positions.weight",)
 TOKEN_EMBEDDINGS = "language_model.embed_tokens.weight"
 

@@ -32,7 +32,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lalm_slu.audio_encoding import FrozenAudioCache, merge_audio, projected_audio
 from lalm_slu.audio_frames import load_frames
+from lalm_slu.batches import (
+    SAMPLE_RATE,
+    ChatItem,
+    Collator,
+    answer_turn,
+    audio_features,
+    audio_token_count,
+    interleaved_text,
+    render_prompt,
+    span_audio,
+)
 from lalm_slu.code_version import code_version
 from lalm_slu.distributed import (
     ProcessGroup,
@@ -43,32 +55,14 @@ from lalm_slu.distributed import (
     resume_checkpoint,
     save_checkpoint,
 )
+from lalm_slu.loss import answer_loss
 from lalm_slu.memory_plan import check_job_fits
-from lalm_slu.modeling import (
-    SAMPLE_RATE,
-    ChatItem,
-    Collator,
-    FrozenAudioCache,
-    answer_loss,
-    answer_turn,
-    audio_features,
-    audio_token_count,
-    base_model,
-    count_parameters,
-    device_and_dtype,
-    interleaved_text,
-    load_audio,
-    load_model_and_processor,
-    projected_audio,
-    render_prompt,
-    set_trainable,
-    span_audio,
-    merge_audio,
-    top_level,
-)
+from lalm_slu.model_loading import base_model, device_and_dtype, load_model_and_processor
 from lalm_slu.records import DataError, read_manifest
 from lalm_slu.slu_json import format_target
+from lalm_slu.speech.audio import load_audio
 from lalm_slu.stages import STAGES
+from lalm_slu.trainable import count_parameters, set_trainable, top_level
 
 log = logging.getLogger(__name__)
 

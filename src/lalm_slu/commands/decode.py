@@ -20,7 +20,7 @@ def add_arguments(parser):
 
 def run(args):
     from lalm_slu.decode import MODALITIES, decode
-    from lalm_slu.modeling import set_threads
+    from lalm_slu.model_loading import set_threads
 
     for modality, _, _ in args.input:
         if modality not in MODALITIES:

@@ -16,7 +16,7 @@ def add_arguments(parser):
 
 def run(args):
     from lalm_slu.audio_frames import encode_manifest
-    from lalm_slu.modeling import set_threads
+    from lalm_slu.model_loading import set_threads
 
     set_threads(args.threads)
     print(json.dumps(encode_manifest(args.model, args.manifest, args.out, json.loads(args.settings))))

@@ -21,7 +21,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from lalm_slu.modeling import set_threads
+    from lalm_slu.model_loading import set_threads
     from lalm_slu.train import finetune
 
     set_threads(args.threads)

@@ -23,7 +23,7 @@ def add_arguments(parser):
 
 def run(args):
     from lalm_slu.imitation import write_imitation_targets
-    from lalm_slu.modeling import set_threads
+    from lalm_slu.model_loading import set_threads
 
     set_threads(args.threads)
     pools = [(manifest, read_budget_ids(ids)) for manifest, ids in args.pool]

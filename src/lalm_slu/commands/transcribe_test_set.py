@@ -18,7 +18,7 @@ def add_arguments(parser):
 
 def run(args):
     from lalm_slu.cascade import transcribe_test_set
-    from lalm_slu.modeling import set_threads
+    from lalm_slu.model_loading import set_threads
 
     set_threads(args.threads)
     print(json.dumps(transcribe_test_set(args.model, args.manifest, json.loads(args.settings), args.out, args.wer)))

@@ -28,24 +28,15 @@ import soundfile
 import torch
 from tqdm import tqdm
 
+from lalm_slu.audio_encoding import encoded_audio, encoded_audio_from_layer, merge_audio, projected_audio
+from lalm_slu.batches import ChatItem, Collator, audio_features, audio_token_count
 from lalm_slu.demo_model.build import check_kept_layers, keep_language_model_layers, save_model
-from lalm_slu.modeling import (
-    ChatItem,
-    Collator,
-    answer_loss,
-    audio_features,
-    audio_token_count,
-    encoded_audio,
-    encoded_audio_from_layer,
-    load_model_and_processor,
-    merge_audio,
-    projected_audio,
-    set_trainable,
-    top_level,
-)
+from lalm_slu.loss import answer_loss
 from lalm_slu.metrics import word_error_rate
+from lalm_slu.model_loading import load_model_and_processor
+from lalm_slu.speech.audio import load_audio
 from lalm_slu.speech.tts import Voice
-from lalm_slu.modeling import load_audio
+from lalm_slu.trainable import set_trainable, top_level
 
 log = logging.getLogger(__name__)
 

@@ -98,8 +98,9 @@ def align_manifest(model_dir: str, manifest_path: str, out_path: str, settings: 
     """A speech manifest with `word_times` filled by forced alignment with the CTC model at `model_dir`."""
     from transformers import AutoModelForCTC, AutoProcessor
 
-    from lalm_slu.modeling import device_and_dtype, load_audio
+    from lalm_slu.model_loading import device_and_dtype
     from lalm_slu.records import read_manifest, utterances_from_frame, write_manifest
+    from lalm_slu.speech.audio import load_audio
 
     started = time.time()
     device, _ = device_and_dtype(settings)

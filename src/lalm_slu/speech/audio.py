@@ -3,7 +3,8 @@
 Every file is read with soundfile, downmixed to mono, resampled with soxr, and rejected (with the
 file named) when it cannot be read, holds no samples, holds samples that are not finite numbers or lie
 outside [-1, 1] (float files only: no repair would be faithful), is silent, or is longer than allowed.
-Whether a rejected file stops the run or is dropped and counted is the caller's choice.
+Whether a rejected file stops the run or is dropped and counted is the caller's choice. `load_audio` reads such a
+file back for a model (16 kHz mono, or an error naming the file).
 """
 
 from __future__ import annotations
@@ -55,6 +56,17 @@ def read_mono_16k(source: str | os.PathLike | bytes, name: str | os.PathLike) ->
     if rate != TARGET_RATE and len(mono):
         mono = soxr.resample(mono, rate, TARGET_RATE, quality="HQ").astype(np.float32)
     return mono
+
+
+def load_audio(path: str) -> np.ndarray:
+    """A 16 kHz mono clip as float32; anything else is an error naming the file."""
+    try:
+        audio, rate = soundfile.read(path, dtype="float32")
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        raise DataError(f"cannot read audio: {error}", path) from error
+    if rate != TARGET_RATE or audio.ndim != 1:
+        raise DataError(f"expected 16 kHz mono audio, got {rate} Hz with shape {audio.shape}", path)
+    return audio
 
 
 def check_sample_values(samples: np.ndarray, name) -> None:

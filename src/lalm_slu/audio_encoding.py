@@ -1,0 +1,148 @@
+"""Audio frames: clips through the audio tower and projector, and frames merged into the LLM's input embeddings
+(computed per batch, or kept per clip while the audio parts are frozen)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from transformers import Qwen2AudioForConditionalGeneration
+
+from lalm_slu.batches import audio_features, audio_token_count
+from lalm_slu.model_loading import base_model
+
+
+def _encoder_attention_mask(tower, lengths: torch.Tensor, positions: int, batch_size: int) -> torch.Tensor:
+    from transformers.masking_utils import create_bidirectional_mask
+
+    valid = torch.arange(positions, device=lengths.device)[None, :] < lengths[:, None]
+    return create_bidirectional_mask(
+        config=tower.config,
+        inputs_embeds=torch.zeros(batch_size, positions, 1, dtype=tower.dtype, device=lengths.device),
+        attention_mask=valid.long(),
+    )
+
+
+def _clip_frames(hidden: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The first `counts[i]` frames of each batch row, concatenated in batch order."""
+    return hidden[torch.arange(hidden.shape[1], device=hidden.device)[None, :] < counts[:, None]]
+
+
+def encoded_audio(model: Qwen2AudioForConditionalGeneration, features: torch.Tensor,
+                  feature_mask: torch.Tensor, before_layer: int | None = None) -> torch.Tensor:
+    """Audio-tower frames of every clip of a batch, each clip's own frames only, concatenated in batch order
+    (one frame per `<|AUDIO|>` token). With `before_layer`: the hidden states entering that encoder layer
+    instead, one per encoder position of each clip (twice as many, before pooling)."""
+    tower = base_model(model).model.audio_tower
+    encoder_lengths, token_counts = tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
+    positions = (features.shape[-1] - 2) // 2 + 1
+    mask = _encoder_attention_mask(tower, encoder_lengths.to(features.device), positions, features.shape[0])
+    if before_layer is None:
+        return _clip_frames(tower(features, attention_mask=mask).last_hidden_state, token_counts)
+    hidden = tower.run_layers(tower.embed_features(features), mask, stop=before_layer)
+    return _clip_frames(hidden, encoder_lengths)
+
+
+def encoded_audio_from_layer(model: Qwen2AudioForConditionalGeneration, clip_states: list[torch.Tensor],
+                             start_layer: int) -> torch.Tensor:
+    """The audio tower's frames from the hidden states entering layer `start_layer` (one tensor per clip, as
+    `encoded_audio(..., before_layer=start_layer)` splits them): the upper layers, pooling and layer norm. A
+    clip's frames depend only on its own positions, so they equal the full tower's."""
+    tower = base_model(model).model.audio_tower
+    lengths = torch.tensor([len(states) for states in clip_states], device=clip_states[0].device)
+    hidden = torch.nn.utils.rnn.pad_sequence(clip_states, batch_first=True)
+    mask = _encoder_attention_mask(tower, lengths, hidden.shape[1], hidden.shape[0])
+    hidden = tower.pool(tower.run_layers(hidden, mask, start=start_layer))
+    return _clip_frames(hidden, (lengths - 2) // 2 + 1)
+
+
+def projected_audio(model: Qwen2AudioForConditionalGeneration, features: torch.Tensor,
+                    feature_mask: torch.Tensor) -> torch.Tensor:
+    """Projected audio frames of every clip of a batch, concatenated in batch order: what
+    Qwen2AudioModel.forward scatters into the `<|AUDIO|>` slots (the projector acts frame by frame)."""
+    return base_model(model).model.multi_modal_projector(encoded_audio(model, features, feature_mask))
+
+
+def clip_frames(model: Qwen2AudioForConditionalGeneration, processor, waveforms: list[np.ndarray],
+                length_aware: bool = True) -> list[torch.Tensor]:
+    """Projected audio frames of each clip, one tensor per clip (one row per `<|AUDIO|>` token), the clips
+    encoded together as one batch."""
+    features, mask = audio_features(processor, waveforms, length_aware)
+    device = base_model(model).device
+    with torch.no_grad():
+        frames = projected_audio(model, features.to(device), mask.to(device))
+    return list(frames.detach().split([audio_token_count(int(n)) for n in mask.sum(-1)]))
+
+
+def audio_parts_fingerprint(model) -> str:
+    """sha256 of the audio tower's and the projector's weights (as float32, whatever the loading dtype): frames
+    computed by one model stand for another's only if these agree."""
+    inner = base_model(model).model
+    digest = hashlib.sha256()
+    for part in (inner.audio_tower, inner.multi_modal_projector):
+        for name, tensor in sorted(part.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def merge_audio(model, input_ids: torch.Tensor, audio: torch.Tensor | None) -> torch.Tensor:
+    """Token embeddings of `input_ids` with the `<|AUDIO|>` slots filled by `audio` frames, in order."""
+    embeddings = base_model(model).model.get_input_embeddings()(input_ids)
+    if audio is None:
+        return embeddings
+    audio_slots = (input_ids == base_model(model).config.audio_token_id).unsqueeze(-1)
+    slots = int(audio_slots.sum())
+    if slots != audio.shape[0]:
+        # masked_scatter would silently fill the slots from the wrong frames.
+        raise ValueError(f"{audio.shape[0]} audio frames for {slots} <|AUDIO|> tokens in the batch")
+    return embeddings.masked_scatter(audio_slots, audio.to(embeddings.device, embeddings.dtype))
+
+
+def prompt_embeddings(model: Qwen2AudioForConditionalGeneration, batch: dict,
+                      audio: torch.Tensor | None = None) -> torch.Tensor:
+    """The LLM's input embeddings of a prompt batch with its audio features merged in, exactly as
+    Qwen2AudioModel.forward merges them (or with `audio`, the batch's frames already computed, in order).
+    Generating from these encodes each clip once: `generate(**batch)` copies the audio features to every beam
+    and runs the encoder num_beams times per clip."""
+    if audio is None and "input_features" in batch:
+        audio = projected_audio(model, batch["input_features"], batch["feature_attention_mask"])
+    return merge_audio(model, batch["input_ids"], audio)
+
+
+class FrozenAudioCache:
+    """Projected audio frames per clip, kept for a training run. Valid only while the audio tower and the
+    projector are frozen: then a clip's frames are the same at every epoch. Frames come precomputed for the
+    whole grid (`add`, from `audio_frames.load_frames`) or, for a clip without them, from encoding it alone at
+    its first visit, so that its frames never depend on the batch it came in and a resumed run computes
+    exactly what the uninterrupted one did."""
+
+    def __init__(self, processor, length_aware: bool = True):
+        self.processor = processor
+        self.length_aware = length_aware
+        self.frames: dict[str, torch.Tensor] = {}
+
+    def add(self, frames: dict[str, torch.Tensor]) -> None:
+        self.frames.update(frames)
+
+    def batch_frames(self, model, clips: list[tuple[str, np.ndarray]]) -> torch.Tensor | None:
+        """The frames of a batch's clips, in order (None for a batch without speech). `clips` are the (key,
+        waveform) of the batch's speech items. The audio parts must be plain (unsharded) modules: a clip seen
+        for the first time is encoded outside the training forward, by this process alone."""
+        for key, waveform in clips:
+            if key not in self.frames:
+                self.frames[key] = clip_frames(model, self.processor, [waveform], self.length_aware)[0]
+        return torch.cat([self.frames[key] for key, _ in clips]) if clips else None
+
+    def input_embeddings(self, model, batch: dict, clips: list[tuple[str, np.ndarray]]) -> dict:
+        """`batch` (from Collator) with its audio replaced by cached frames: inputs_embeds instead of
+        input_ids and features."""
+        return with_audio_frames(model, batch, self.batch_frames(model, clips))
+
+
+def with_audio_frames(model, batch: dict, frames: torch.Tensor | None) -> dict:
+    """`batch` with its audio given as frames already computed: inputs_embeds instead of input_ids and features."""
+    out = {k: v for k, v in batch.items() if k not in ("input_ids", "input_features", "feature_attention_mask")}
+    out["inputs_embeds"] = merge_audio(model, batch["input_ids"], frames)
+    return out

@@ -1,0 +1,78 @@
+"""Loading the audio LLM (the demo model or the 7B model, one path): device, dtype, threads, model and processor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+from lalm_slu.length_aware_encoder import make_encoder_length_aware
+
+
+class ModelNotAvailableError(RuntimeError):
+    pass
+
+
+def device_and_dtype(settings: dict) -> tuple[str, torch.dtype]:
+    """The device and dtype that `settings` (device, precision: auto/fp32/bf16/fp16) ask for on this machine."""
+    device = "cuda" if torch.cuda.is_available() and settings.get("device", "auto") != "cpu" else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        device = f"cuda:{torch.cuda.current_device()}"
+    precision = settings.get("precision", "auto")
+    if precision == "auto":
+        precision = "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return device, dtype
+
+
+def set_threads(threads: int | None) -> None:
+    """CPU threads of this process's torch operations (None: torch's default)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def resolve_model_source(name_or_path: str) -> str:
+    """A local directory, or a hub id that must already be cached when running offline."""
+    if os.path.isdir(name_or_path):
+        return str(Path(name_or_path).resolve())
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+        if not isinstance(cached, str):
+            raise ModelNotAvailableError(
+                f"model {name_or_path!r} is not a local directory and is not in the Hugging Face cache "
+                f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); this node is offline "
+                "(HF_HUB_OFFLINE=1): download it on a login node first (see docs/SLURM.md)."
+            )
+    return name_or_path
+
+
+def load_model_and_processor(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """The same calls a user makes for `Qwen/Qwen2-Audio-7B-Instruct`, plus the length-aware encoder.
+
+    A directory holding a peft adapter (a LoRA fine-tuning output) loads its base model, then the adapter
+    merged in, so decoding is the same code for full and LoRA fine-tuning."""
+    source = resolve_model_source(name_or_path)
+    adapter_config = Path(source) / "adapter_config.json"
+    if adapter_config.exists():
+        import json
+
+        from peft import PeftModel
+
+        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        model, _ = load_model_and_processor(base, dtype=dtype, device="cpu")
+        model = PeftModel.from_pretrained(model, source).merge_and_unload()
+        return model.to(device), AutoProcessor.from_pretrained(source)
+    processor = AutoProcessor.from_pretrained(source)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(source, dtype=dtype)
+    make_encoder_length_aware(model)
+    return model.to(device), processor
+
+
+def base_model(model) -> Qwen2AudioForConditionalGeneration:
+    """The Qwen2AudioForConditionalGeneration under a peft wrapper, if any."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
