@@ -9,6 +9,8 @@ import pytest
 import yaml
 from conftest import BIN, REPO, subprocess_env
 
+from lalm_slu.config_file import load_config
+
 RULE_FILES = sorted((REPO / "workflow/rules").glob("*.smk"))
 # The speech splits the default grid uses (as job wildcards).
 DEFAULT_GRID_SPEECH = {
@@ -110,7 +112,7 @@ def test_only_needed_speech_is_synthesized(workflow_copy):
 
 
 def test_recorded_corpora_are_ingested_not_synthesized(workflow_copy):
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = load_config(REPO / "config.yaml")
     config["corpora"]["slurp"].update(speech="recorded", audio_root="data/slurp/audio")
     config["alignment"]["models"]["en"] = {"hub_id": "facebook/wav2vec2-base-960h"}
     prepare(workflow_copy, config)
