@@ -2,6 +2,9 @@
 # runs start from config model.path, the shipped copy, so `rule all` never rebuilds it.
 
 
+include: "demo_model_inputs.smk"
+
+
 use rule prepare_corpus as prepare_demo_model_text with:
     output:
         train="results/demo_model/manifests/{corpus}/{lang}/train.parquet",
