@@ -228,24 +228,15 @@ def test_targets_are_remade_when_the_phase_one_model_changes(planned_imitation, 
     assert PHASE_ONE in pending and len(targets_pending(copy_)) == 2
 
 
-def test_targets_are_remade_when_the_instructions_change(planned_imitation, tmp_path):
+@pytest.mark.parametrize("key, value", [("instruction", "Repeat what is said."), ("model", "phase1")],
+                         ids=["instruction", "answering_model"])
+def test_targets_are_remade_when_a_tasks_instruction_or_answering_model_changes(planned_imitation, tmp_path, key,
+                                                                                 value):
     copy_ = planned_imitation.clone(tmp_path / "w")
     config = imitation_config()
     for scheme in ("behaviour_imitation", "mtbi"):
         config["schemes"][scheme]["imitation"] = copy.deepcopy(config["schemes"][scheme]["imitation"])
-        config["schemes"][scheme]["imitation"]["tasks"][1]["instruction"] = "Repeat what is said."
-    write_config(copy_, config)
-    pending = copy_.pending()
-    assert PHASE_ONE not in pending
-    assert {p for p in pending if p.startswith("results/imitation_targets/")}  # new target files
-
-
-def test_targets_are_remade_when_a_tasks_answering_model_changes(planned_imitation, tmp_path):
-    copy_ = planned_imitation.clone(tmp_path / "w")
-    config = imitation_config()
-    for scheme in ("behaviour_imitation", "mtbi"):
-        config["schemes"][scheme]["imitation"] = copy.deepcopy(config["schemes"][scheme]["imitation"])
-        config["schemes"][scheme]["imitation"]["tasks"][1]["model"] = "phase1"
+        config["schemes"][scheme]["imitation"]["tasks"][1][key] = value
     write_config(copy_, config)
     pending = copy_.pending()
     assert PHASE_ONE not in pending
