@@ -1,9 +1,16 @@
-"""Demo-model pretraining: a few steps lower the loss, and an interrupted run resumes to the same state."""
+"""Demo-model pretraining on the fine-tuning loop: a few steps lower the loss, a killed stage resumes to the
+uninterrupted state, a stage of other settings never resumes another's checkpoint."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -13,14 +20,14 @@ from lalm_slu.demo_model.pretrain import (
     INSTRUCTION_TASKS,
     PretrainConfig,
     batch_plan,
-    lr_at,
     pretrain,
+    schedule,
     synthesize_clips,
     tasks_of_step,
 )
 from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.speech.tts import Voice
-from tiny_model import TINY_ARCHITECTURE
+from tiny_model import TINY_ARCHITECTURE, checkpoint_step, kill_process_tree, subprocess_env
 
 SENTENCES = [
     "wake me up at five am",
@@ -68,36 +75,108 @@ def test_a_few_steps_lower_the_loss(tiny_setup, tmp_path):
     assert set(summary["final_wer"]) == {"en"}
 
 
+def trained_weights(monkeypatch) -> dict:
+    """Records the trainable weights (fp32) a pretraining run ends with, keyed by its output directory."""
+    import lalm_slu.demo_model.pretrain as module
+
+    ended = {}
+    real_save = module.save_model
+
+    def recording_save(model, processor, out_dir):
+        ended[out_dir] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return real_save(model, processor, out_dir)
+
+    monkeypatch.setattr(module, "save_model", recording_save)
+    return ended
+
+
+PRETRAIN_SCRIPT = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)
+from lalm_slu.demo_model.pretrain import Clip, PretrainConfig, pretrain
+args = json.loads(open(sys.argv[1]).read())
+clips = [Clip(**clip) for clip in args["clips"]]
+pretrain(args["model_dir"], args["out"], args["work"], clips, args["texts"], {"en": clips[:1]},
+         PretrainConfig(**args["config"]))
+"""
+
+
+def pretrain_command(tmp_path, model_dir, clips, out: str, config: dict) -> list[str]:
+    """A pretraining run in its own process, as the workflow's job runs it."""
+    args = tmp_path / f"{out}.json"
+    args.write_text(json.dumps({"model_dir": str(model_dir), "out": str(tmp_path / out), "work": str(tmp_path / f"{out}-work"),
+                                "clips": [asdict(c) for c in clips], "texts": SENTENCES, "config": config}))
+    return [sys.executable, "-c", PRETRAIN_SCRIPT, str(args)]
+
+
 @pytest.mark.slow
-def test_interrupted_pretraining_resumes_to_the_same_state(tiny_setup, tmp_path):
+def test_pretraining_killed_mid_stage_resumes_to_the_uninterrupted_state(tiny_setup, tmp_path):
+    model_dir, clips = tiny_setup
+    # Both segments (transcription with alignment, then instructions), a checkpoint every step.
+    config = dict(steps=5, instruction_steps=4, instruction_warmup_steps=1, alignment_start_step=2, batch_size=4,
+                  learning_rate=3e-3, warmup_steps=1, checkpoint_every=1, eval_every=1000, threads=1, seed=3)
+    reference = subprocess.run(pretrain_command(tmp_path, model_dir, clips, "reference", config), env=subprocess_env(),
+                               capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-5000:]
+
+    command = pretrain_command(tmp_path, model_dir, clips, "out", config)
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(command, env=subprocess_env(), stdout=log, stderr=log)
+        while process.poll() is None and checkpoint_step(tmp_path / "out-work") < 6:  # inside the second segment
+            time.sleep(0.005)
+        kill_process_tree(process.pid)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()
+    assert not (tmp_path / "out" / "pretraining_summary.json").exists()
+
+    rerun = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-5000:]
+    assert "resumed from" in rerun.stderr
+    expected = load_file(str(tmp_path / "reference" / "model.safetensors"))
+    actual = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "reference" / "pretraining_loss.csv"),
+                                  pd.read_csv(tmp_path / "out" / "pretraining_loss.csv"))
+    assert not (tmp_path / "out-work" / "checkpoints").exists()  # deleted once the stage's model is written
+
+
+@pytest.mark.slow
+def test_a_stopped_session_continues_and_a_changed_setting_starts_over(tiny_setup, tmp_path, monkeypatch, caplog):
     model_dir, clips = tiny_setup
     evaluation = {"en": clips[:1]}
-    pretrain(model_dir, tmp_path / "a_out", tmp_path / "a_work", clips, SENTENCES, evaluation, _config())
-    first = pretrain(model_dir, tmp_path / "b_out", tmp_path / "b_work", clips, SENTENCES, evaluation,
+    ended = trained_weights(monkeypatch)
+    pretrain(model_dir, tmp_path / "a", tmp_path / "a_work", clips, SENTENCES, evaluation, _config())
+    first = pretrain(model_dir, tmp_path / "b", tmp_path / "b_work", clips, SENTENCES, evaluation,
                      _config(stop_after_steps=3))
     assert first == {"steps_done": 3, "finished": False}
-    assert not (tmp_path / "b_out").exists()
-    pretrain(model_dir, tmp_path / "b_out", tmp_path / "b_work", clips, SENTENCES, evaluation, _config())
-    uninterrupted = load_file(str(tmp_path / "a_work" / "checkpoint" / "trainable.safetensors"))
-    resumed = load_file(str(tmp_path / "b_work" / "checkpoint" / "trainable.safetensors"))
-    assert uninterrupted.keys() == resumed.keys()
-    for name in uninterrupted:
-        assert torch.equal(uninterrupted[name], resumed[name]), name
-    history_a = json.loads((tmp_path / "a_out" / "pretraining_summary.json").read_text())
-    assert history_a["steps"] == 6
+    assert not (tmp_path / "b").exists()
+    # A session with another checkpoint interval continues the same stage.
+    pretrain(model_dir, tmp_path / "b", tmp_path / "b_work", clips, SENTENCES, evaluation, _config(checkpoint_every=3))
+    assert all(torch.equal(ended[tmp_path / "a"][n], ended[tmp_path / "b"][n]) for n in ended[tmp_path / "a"])
+
+    pretrain(model_dir, tmp_path / "c", tmp_path / "c_work", clips, SENTENCES, evaluation,
+             _config(stop_after_steps=3))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        summary = pretrain(model_dir, tmp_path / "c", tmp_path / "c_work", clips, SENTENCES, evaluation,
+                           _config(learning_rate=1e-3))
+    assert "written for other settings" in caplog.text
+    losses = pd.read_csv(tmp_path / "c" / "pretraining_loss.csv")
+    assert summary["finished"] and losses["step"].tolist() == list(range(1, 7))  # all six steps trained anew
+    assert losses["lr"].max() == pytest.approx(1e-3)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tower", [[], ["audio_tower.layers.3", "audio_tower.layer_norm"]], ids=["frozen", "top"])
-def test_cached_encoder_frames_train_like_the_encoder_run_at_every_step(tiny_setup, tmp_path, tower):
+def test_cached_encoder_frames_train_like_the_encoder_run_at_every_step(tiny_setup, tmp_path, tower, monkeypatch):
     model_dir, clips = tiny_setup
     evaluation = {"en": clips[:1]}
-    weights = {}
+    ended = trained_weights(monkeypatch)
     trainable = PretrainConfig().trainable + tower
     for cached in (True, False):
         cfg = _config(steps=4, alignment_start_step=0, cache_encoder_frames=cached, trainable=trainable)
         pretrain(model_dir, tmp_path / f"{cached}_out", tmp_path / f"{cached}_work", clips, SENTENCES, evaluation, cfg)
-        weights[cached] = load_file(str(tmp_path / f"{cached}_work" / "checkpoint" / "trainable.safetensors"))
+    weights = {cached: ended[tmp_path / f"{cached}_out"] for cached in (True, False)}
     initial = load_model_and_processor(str(model_dir))[0].state_dict()
     for name, value in weights[True].items():
         # AdamW moves every weight by ~lr per step whatever its gradient's size, so float noise in a
@@ -144,9 +223,12 @@ def test_instruction_stage_follows_transcription_with_its_own_schedule_and_task_
     drawn = [task for step in range(10, 20) for task in tasks_of_step(cfg, step, 16)]
     assert set(drawn) == {"transcribe", "count_words"}
     assert tasks_of_step(cfg, 12, 16) == tasks_of_step(cfg, 12, 16)  # a pure function of (seed, step)
-    assert lr_at(9, cfg) < 1.5e-4  # near the end of the first cosine (floor 1e-4)
-    assert lr_at(10, cfg) == pytest.approx(1e-4)  # warm-up restarts: 1/4 of the new peak
-    assert lr_at(13, cfg) == pytest.approx(4e-4)
+    transcription, instructions = schedule(cfg)
+    assert transcription.lr_at(9) < 1.5e-4  # near the end of the first cosine (floor 1e-4)
+    assert instructions.lr_at(0) == pytest.approx(1e-4)  # warm-up restarts: 1/4 of the new peak
+    assert instructions.lr_at(3) == pytest.approx(4e-4)
+    assert 4e-5 < instructions.lr_at(9) < 8e-5  # its own cosine, towards its own floor
+    assert [s.name for s in schedule(PretrainConfig(steps=0, instruction_steps=5))] == ["instructions"]
     with pytest.raises(ValueError, match="unknown tasks \\['summarize'\\]"):
         tasks_of_step(PretrainConfig(steps=0, instruction_steps=1, instruction_tasks={"summarize": 1.0}), 0, 1)
 

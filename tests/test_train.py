@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,10 +14,16 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_model import INSTRUCTION, subprocess_env, tiny_assets  # noqa: F401 - session fixture
+from tiny_model import (  # noqa: F401 - tiny_assets: session fixture
+    INSTRUCTION,
+    checkpoint_step,
+    kill_process_tree,
+    subprocess_env,
+    tiny_assets,
+)
 from transformers import Qwen2AudioForConditionalGeneration
 
-from lalm_slu import train
+from lalm_slu import train, training_loop
 from lalm_slu.batches import ChatItem, Collator
 from lalm_slu.length_aware_encoder import LengthAwareQwen2AudioEncoder
 from lalm_slu.model_loading import load_model_and_processor
@@ -216,14 +221,14 @@ def curriculum_run(tiny_assets, tmp_path_factory):  # noqa: F811
     mixture = write_mixture(root / "mixture.parquet", tiny_assets.speech_manifest, rows)
     settings = make_settings(tiny_assets.model_dir, CURRICULUM, trainable=["multi_modal_projector", *LLM_ONLY])
     saves = []
-    real_save = train.save_checkpoint
+    real_save = training_loop.save_checkpoint
 
     def recording_save(root_dir, step, root, optimizer, state, group):
         saves.append((dict(state["position"]), trainable_weights(root)))
         return real_save(root_dir, step, root, optimizer, state, group)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "save_checkpoint", recording_save)
+        patch.setattr(training_loop, "save_checkpoint", recording_save)
         finetune(mixture, settings, root / "out", root / "work")
     return mixture, settings, root / "out", saves
 
@@ -240,7 +245,7 @@ def test_curriculum_phase_two_restarts_warm_up_at_its_own_learning_rate(curricul
 
 def test_curriculum_phase_two_starts_from_phase_one_final_weights(curriculum_run, tiny_assets):  # noqa: F811
     mixture, settings, out_dir, saves = curriculum_run
-    end_of_phase1 = [state for position, state in saves if position["phase_index"] == 1]
+    end_of_phase1 = [state for position, state in saves if position["segment"] == 1]
     assert len(end_of_phase1) == 1
     history = pd.read_csv(out_dir / "loss.csv")
     logged = history[history["phase"] == 2]["loss"].iloc[0]
@@ -357,7 +362,7 @@ def test_a_checkpoint_job_of_several_phases_outputs_the_end_of_its_last_one(shar
     mixture, settings, _ = shared_first_phase
     finetune(mixture, first_phase_job(settings, phases=2), tmp_path / "both", tmp_path / "both-work", output="checkpoint")
     state = json.loads((tmp_path / "both" / "state.json").read_text())
-    assert state["position"] == {"phase_index": 2, "epoch": 0, "step_in_epoch": 0, "global_step": 9}
+    assert state["position"] == {"segment": 2, "step": 0, "global_step": 9}
     # A run whose phases are all in the checkpoint has nothing left to train: it writes the inline weights.
     finetune(mixture, settings, tmp_path / "continued", tmp_path / "continued-work", start_from=tmp_path / "both")
     finetune(mixture, settings, tmp_path / "inline", tmp_path / "inline-work")
@@ -485,34 +490,6 @@ def test_a_mixture_whose_phases_are_not_the_schemes_is_refused_before_training(t
     with pytest.raises(DataError, match=rf"{mixture}: the mixture has phases \[1, 2\], scheme 'test' trains "
                                         r"phases \[1\]"):
         finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
-
-
-def kill_process_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants at once, as Slurm ends a job (torchrun's workers run in
-    sessions of their own, so killing torchrun's process group would leave them training)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited meanwhile
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, pending = [], [pid]
-    while pending:
-        tree.append(pending.pop())
-        pending.extend(children.get(tree[-1], []))
-    for member in tree:
-        try:
-            os.kill(member, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def checkpoint_step(work_dir: Path) -> int:
-    """The step of the newest complete checkpoint (0: none yet)."""
-    steps = [int(p.name.removeprefix("step-")) for p in (work_dir / "checkpoints").glob("step-*")
-             if p.name.removeprefix("step-").isdigit()]
-    return max(steps, default=0)
 
 
 def trainable_weights(root) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,3 +129,31 @@ def tiny_assets(tmp_path_factory) -> TinyAssets:
     torch.set_num_threads(1)
     # Shared by every module importing this fixture (each gets its own fixture instance, the build is cached).
     return build_tiny_assets(tmp_path_factory.getbasetemp() / "tiny-qwen2-audio")
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, as Slurm ends a job (torchrun's workers run in
+    sessions of their own, so killing torchrun's process group would leave them training)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, pending = [], [pid]
+    while pending:
+        tree.append(pending.pop())
+        pending.extend(children.get(tree[-1], []))
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def checkpoint_step(work_dir: Path) -> int:
+    """The step of the newest complete checkpoint (0: none yet)."""
+    steps = [int(p.name.removeprefix("step-")) for p in (work_dir / "checkpoints").glob("step-*")
+             if p.name.removeprefix("step-").isdigit()]
+    return max(steps, default=0)

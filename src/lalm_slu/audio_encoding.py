@@ -6,11 +6,14 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import soundfile
 import torch
+from tqdm import tqdm
 from transformers import Qwen2AudioForConditionalGeneration
 
 from lalm_slu.batches import audio_features, audio_token_count
 from lalm_slu.model_loading import base_model
+from lalm_slu.speech.audio import load_audio
 
 
 def _encoder_attention_mask(tower, lengths: torch.Tensor, positions: int, batch_size: int) -> torch.Tensor:
@@ -112,28 +115,62 @@ def prompt_embeddings(model: Qwen2AudioForConditionalGeneration, batch: dict,
 
 
 class FrozenAudioCache:
-    """Projected audio frames per clip, kept for a training run. Valid only while the audio tower and the
-    projector are frozen: then a clip's frames are the same at every epoch. Frames come precomputed for the
-    whole grid (`add`, from `audio_frames.load_frames`) or, for a clip without them, from encoding it alone at
-    its first visit, so that its frames never depend on the batch it came in and a resumed run computes
-    exactly what the uninterrupted one did."""
+    """Per clip, the output of the audio path's frozen lower part, kept for a training run. Valid only while that
+    part is frozen: then a clip's output is the same at every step. `trained_from` says where training starts:
+    None (nothing in the audio path trains: projected frames are kept), "projector" (the tower's frames are kept)
+    or a tower layer index k (the hidden states entering layer k are kept; the layers from k, pooling and the
+    projector run per batch, with gradients). Entries come precomputed (`add`, from `audio_frames.load_frames`;
+    `precompute`) or, for a clip without one, from encoding it alone at its first visit, so that its entry never
+    depends on the batch it came in and a resumed run computes exactly what the uninterrupted one did."""
 
-    def __init__(self, processor, length_aware: bool = True):
+    def __init__(self, processor, length_aware: bool = True, trained_from: str | int | None = None):
         self.processor = processor
         self.length_aware = length_aware
+        self.trained_from = trained_from
         self.frames: dict[str, torch.Tensor] = {}
 
     def add(self, frames: dict[str, torch.Tensor]) -> None:
         self.frames.update(frames)
 
+    def precompute(self, model, clips: list[tuple[str, str]], batch_size: int = 16) -> None:
+        """Encode every (key, audio file) clip not kept yet, in batches of similar length: one pass before the
+        first step instead of one clip at a time during training."""
+        todo = {key: path for key, path in clips if key not in self.frames}
+        order = sorted(todo, key=lambda key: soundfile.info(todo[key]).frames)
+        for start in tqdm(range(0, len(order), batch_size), desc="encoding clips", mininterval=30):
+            keys = order[start : start + batch_size]
+            self.frames.update(zip(keys, self._frozen_outputs(model, [load_audio(todo[key]) for key in keys])))
+
+    def _frozen_outputs(self, model, waveforms: list[np.ndarray]) -> list[torch.Tensor]:
+        if self.trained_from is None:
+            return clip_frames(model, self.processor, waveforms, self.length_aware)
+        features, mask = audio_features(self.processor, waveforms, self.length_aware)
+        device = base_model(model).device
+        features, mask = features.to(device), mask.to(device)
+        encoder_lengths, token_counts = base_model(model).model.audio_tower._get_feat_extract_output_lengths(mask.sum(-1))
+        with torch.no_grad():
+            if self.trained_from == "projector":
+                states, counts = encoded_audio(model, features, mask), token_counts
+            else:
+                states, counts = encoded_audio(model, features, mask, before_layer=self.trained_from), encoder_lengths
+        return [clip.clone() for clip in states.split(counts.tolist())]
+
     def batch_frames(self, model, clips: list[tuple[str, np.ndarray]]) -> torch.Tensor | None:
-        """The frames of a batch's clips, in order (None for a batch without speech). `clips` are the (key,
-        waveform) of the batch's speech items. The audio parts must be plain (unsharded) modules: a clip seen
+        """The projected frames of a batch's clips, in order (None for a batch without speech). `clips` are the
+        (key, waveform) of the batch's speech items. The frozen part must be plain (unsharded) modules: a clip seen
         for the first time is encoded outside the training forward, by this process alone."""
         for key, waveform in clips:
             if key not in self.frames:
-                self.frames[key] = clip_frames(model, self.processor, [waveform], self.length_aware)[0]
-        return torch.cat([self.frames[key] for key, _ in clips]) if clips else None
+                self.frames[key] = self._frozen_outputs(model, [waveform])[0]
+        if not clips:
+            return None
+        kept = [self.frames[key] for key, _ in clips]
+        if self.trained_from is None:
+            return torch.cat(kept)
+        projector = base_model(model).model.multi_modal_projector
+        if self.trained_from == "projector":
+            return projector(torch.cat(kept))
+        return projector(encoded_audio_from_layer(model, kept, self.trained_from))
 
     def input_embeddings(self, model, batch: dict, clips: list[tuple[str, np.ndarray]]) -> dict:
         """`batch` (from Collator) with its audio replaced by cached frames: inputs_embeds instead of

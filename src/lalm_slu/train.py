@@ -1,8 +1,8 @@
 """Fine-tuning on one mixture file: every scheme (text-only, direct mixing, curriculum, oracle, cross-lingual).
 
-One loop, top to bottom: items → length-grouped micro-batches → accumulation → AdamW + warm-up/cosine per phase
-→ checkpoint. A scheme is only config: which modules train, and the phases (each with epochs, LR, warm-up)
-whose items come from the mixture's `phase` column. The same loop runs in 1 or N processes (lalm_slu.distributed:
+Items → length-grouped micro-batches → accumulation → AdamW + warm-up/cosine per phase → checkpoint, on the
+loop that pretraining shares (lalm_slu.training_loop). A scheme is only config: which modules train, and the
+phases (each with epochs, LR, warm-up) whose items come from the mixture's `phase` column. The same loop runs in 1 or N processes (lalm_slu.distributed:
 FSDP2 with fp32 master weights, sharded checkpoints). Checkpoints live in a work directory that is not a
 Snakemake output, so an interrupted or killed job resumes where it stopped on re-run; it is deleted once the
 final model is written.
@@ -22,7 +22,6 @@ import math
 import os
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from lalm_slu.audio_encoding import FrozenAudioCache, merge_audio, projected_audio
 from lalm_slu.audio_frames import load_frames
@@ -39,7 +37,6 @@ from lalm_slu.batches import (
     ChatItem,
     Collator,
     answer_turn,
-    audio_features,
     audio_token_count,
     interleaved_text,
     render_prompt,
@@ -52,8 +49,6 @@ from lalm_slu.distributed import (
     full_state_dict,
     load_checkpoint,
     parallelize,
-    resume_checkpoint,
-    save_checkpoint,
 )
 from lalm_slu.loss import answer_loss
 from lalm_slu.memory_plan import check_job_fits
@@ -63,6 +58,7 @@ from lalm_slu.slu_json import format_target
 from lalm_slu.speech.audio import load_audio
 from lalm_slu.stages import STAGES
 from lalm_slu.trainable import count_parameters, set_trainable, top_level
+from lalm_slu.training_loop import Segment, TrainingLoop, warmup_steps
 
 log = logging.getLogger(__name__)
 
@@ -199,15 +195,6 @@ def item_audio(item: TrainItem) -> np.ndarray:
     return audio if item.span_s is None else span_audio(audio, *item.span_s)
 
 
-def cosine_lr(step: int, total: int, peak: float, warmup_ratio: float) -> float:
-    """Linear warm-up then cosine decay to zero (transformers' get_cosine_schedule_with_warmup)."""
-    warmup = int(math.ceil(total * warmup_ratio))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def model_identity(name_or_path: str) -> str:
     """What the base model is, cheaply: for a local directory every file's name, size and first and last MiB
     (a 7B model's shards are not read through); for a hub id, the id (its revision lives in the settings)."""
@@ -269,7 +256,7 @@ def continue_from(path: Path, root, optimizer, mixture_path, settings: dict, gro
         raise ValueError(f"{path} does not say which phases it was trained for; it cannot start {mixture_path}")
     trained = len(made_for["phases"])
     position = saved["position"]
-    if (position["phase_index"], position["epoch"], position["step_in_epoch"]) != (trained, 0, 0):
+    if (position["segment"], position["step"]) != (trained, 0):
         raise ValueError(f"{path} was saved at {position}, not at the end of its {trained} phase(s)")
     expected = prefix_identity(mixture_path, settings, trained)
     for key, value in expected.items():
@@ -423,79 +410,57 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
             f"× processes={group.world_size}"
         )
 
-    checkpoints = work_dir / CHECKPOINTS
-    run_fingerprint = fingerprint(mixture_path, settings)
-    position = {"phase_index": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0}
-    history: list[dict] = []
-    made_for = prefix_identity(mixture_path, settings, len(scheme["phases"]))
-    with STAGES.stage("checkpoints"):
-        resumed = resume_checkpoint(checkpoints, root, optimizer, run_fingerprint, group)
-        if resumed is None and start_from is not None:
-            resumed = continue_from(Path(start_from), root, optimizer, mixture_path, settings, group)
-    if resumed is not None:
-        position, history = resumed["position"], resumed["history"]
-        log.info("resumed at %s", position)
-
-    def checkpoint() -> Path:
-        state = {"fingerprint": run_fingerprint, "position": position, "history": history, "made_for": made_for}
+    phases = scheme["phases"]
+    loop = TrainingLoop(root, optimizer, group, work_dir / CHECKPOINTS, fingerprint(mixture_path, settings),
+                        max_grad_norm=float(training.get("max_grad_norm", 1.0)),
+                        checkpoint_every=int(training.get("checkpoint_every_steps", 50)),
+                        made_for=prefix_identity(mixture_path, settings, len(phases)))
+    if not loop.resume() and start_from is not None:
         with STAGES.stage("checkpoints"):
-            return save_checkpoint(checkpoints, position["global_step"], root, optimizer, state, group)
+            loop.restore(continue_from(Path(start_from), root, optimizer, mixture_path, settings, group))
 
     # Every phase's items are checked before any training, so a bad row fails at once, not after phase 1.
     with STAGES.stage("data"):
-        phase_items = {int(phase["phase"]): load_items(mixture_path, int(phase["phase"])) for phase in scheme["phases"]}
+        phase_items = {int(phase["phase"]): load_items(mixture_path, int(phase["phase"])) for phase in phases}
     mixture_phases = sorted(int(p) for p in pd.read_parquet(mixture_path, columns=["phase"])["phase"].unique())
     if mixture_phases != sorted(phase_items):
         raise DataError(f"the mixture has phases {mixture_phases}, scheme {scheme.get('name')!r} trains phases "
                         f"{sorted(phase_items)}", mixture_path)
 
-    for phase_index, phase in enumerate(scheme["phases"]):
-        if phase_index < position["phase_index"]:
-            continue
+    segments, epoch_plans = [], []
+    for phase in phases:
         items = phase_items[int(phase["phase"])]
-        with STAGES.stage("tokenization"):
-            lengths = sequence_lengths(items, processor, instruction) if training.get("group_by_length", True) else None
-        epochs = int(phase["epochs"])
         steps_per_epoch = math.ceil(len(items) / global_batch)
-        total_steps = steps_per_epoch * epochs
+        total_steps = steps_per_epoch * int(phase["epochs"])
+        segments.append(Segment(f"phase {phase['phase']}", total_steps, float(phase["learning_rate"]),
+                                warmup_steps(total_steps, float(phase["warmup_ratio"]))))
+        epoch_plans.append({"steps_per_epoch": steps_per_epoch, "lengths": None, "epoch": None, "batches": None})
         modalities = pd.Series([it.modality for it in items]).value_counts().to_dict()
-        log.info("phase %s: %d items %s, %d epochs × %d steps, lr %s, warm-up %s, %d process(es)", phase["phase"],
-                 len(items), modalities, epochs, steps_per_epoch, phase["learning_rate"], phase["warmup_ratio"],
-                 group.world_size)
-        progress = tqdm(total=total_steps, desc=f"phase {phase['phase']}", mininterval=20, disable=not group.is_main)
-        start_epoch = position["epoch"] if phase_index == position["phase_index"] else 0
-        for epoch in range(start_epoch, epochs):
-            batches = micro_batches(items, lengths, per_device, seed, int(phase["phase"]), epoch)
-            first = position["step_in_epoch"] if (phase_index, epoch) == (position["phase_index"], position["epoch"]) else 0
-            progress.n = epoch * steps_per_epoch + first
-            for step in range(first, steps_per_epoch):
-                group_batches = batches[step * accumulation * group.world_size : (step + 1) * accumulation * group.world_size]
-                loss_sum, n_items, speech_items = _optimizer_step_gradients(
-                    root, group_batches, items, instruction, collator, audio_cache, group,
-                    touch_audio=not audio_frozen, trains_audio_tower="audio_tower" in trained_parts,
-                    where=f"phase {phase['phase']} epoch {epoch} step {step}",
-                )
-                lr = cosine_lr(epoch * steps_per_epoch + step, total_steps, float(phase["learning_rate"]),
-                               float(phase["warmup_ratio"]))
-                with STAGES.stage("steps"):
-                    torch.nn.utils.clip_grad_norm_(params, float(training.get("max_grad_norm", 1.0)))
-                    for param_group in optimizer.param_groups:
-                        param_group["lr"] = lr
-                    optimizer.step()
-                position = {"phase_index": phase_index, "epoch": epoch, "step_in_epoch": step + 1,
-                            "global_step": position["global_step"] + 1}
-                history.append({"step": position["global_step"], "phase": int(phase["phase"]), "epoch": epoch,
-                                "loss": round(loss_sum / n_items, 6), "lr": lr,
-                                "text_items": int(n_items) - speech_items, "speech_items": speech_items})
-                progress.update(1)
-                if position["global_step"] % int(training.get("checkpoint_every_steps", 50)) == 0:
-                    checkpoint()
-            position = {**position, "epoch": epoch + 1, "step_in_epoch": 0}
-        progress.close()
-        position = {**position, "phase_index": phase_index + 1, "epoch": 0, "step_in_epoch": 0}
-        if phase_index + 1 < len(scheme["phases"]):  # after the last, the output is written at once
-            checkpoint()
+        log.info("phase %s: %d items %s, %s epochs × %d steps, lr %s, warm-up %s, %d process(es)", phase["phase"],
+                 len(items), modalities, phase["epochs"], steps_per_epoch, phase["learning_rate"],
+                 phase["warmup_ratio"], group.world_size)
 
+    def gradients(phase_index: int, step: int) -> dict:
+        phase, plan = phases[phase_index], epoch_plans[phase_index]
+        items = phase_items[int(phase["phase"])]
+        if plan["lengths"] is None and training.get("group_by_length", True):
+            with STAGES.stage("tokenization"):
+                plan["lengths"] = sequence_lengths(items, processor, instruction)
+        epoch, step_in_epoch = divmod(step, plan["steps_per_epoch"])
+        if plan["epoch"] != epoch:
+            plan["epoch"] = epoch
+            plan["batches"] = micro_batches(items, plan["lengths"], per_device, seed, int(phase["phase"]), epoch)
+        span = accumulation * group.world_size
+        loss_sum, n_items, speech_items = _optimizer_step_gradients(
+            root, plan["batches"][step_in_epoch * span : (step_in_epoch + 1) * span], items, instruction, collator,
+            audio_cache, group, touch_audio=not audio_frozen, trains_audio_tower="audio_tower" in trained_parts,
+            where=f"phase {phase['phase']} epoch {epoch} step {step_in_epoch}",
+        )
+        return {"phase": int(phase["phase"]), "epoch": epoch, "loss": round(loss_sum / n_items, 6),
+                "text_items": int(n_items) - speech_items, "speech_items": speech_items}
+
+    loop.run(segments, gradients)
+    history, position = loop.history, loop.position
     summary = {
         "wall_time_s": round(time.time() - started, 2),
         "optimizer_steps": position["global_step"],
@@ -509,11 +474,11 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
     if start_from is not None:
         summary["continued_from"] = str(start_from)
     if output == "checkpoint":
-        final = checkpoint()  # the end of the last phase is saved only here, as this job's output
+        final = loop.checkpoint()  # the end of the last phase is saved only here, as this job's output
         if group.is_main:
             _move_checkpoint(final, out_dir)
             if not training.get("keep_checkpoint", False):
-                shutil.rmtree(checkpoints, ignore_errors=True)
+                shutil.rmtree(loop.checkpoint_dir, ignore_errors=True)
         group.barrier()
         return summary
     with STAGES.stage("output"):
@@ -522,7 +487,7 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
             _write_output(out_dir, model, processor, weights, output_dtype(training, model_cfg["path"]), settings,
                           history, summary)
         if not training.get("keep_checkpoint", False):
-            shutil.rmtree(checkpoints, ignore_errors=True)  # ~43 GB per 7B run; the final model is written
+            shutil.rmtree(loop.checkpoint_dir, ignore_errors=True)  # ~43 GB per 7B run; the final model is written
     group.barrier()
     return summary
 
@@ -539,8 +504,6 @@ def _optimizer_step_gradients(root, group_batches, items, instruction, collator,
     root.train()
     if not trains_audio_tower:
         base_model(root.model).model.audio_tower.eval()
-    for param in root.parameters():
-        param.grad = None
     loss_sum = 0.0
     for round_index in range(rounds):
         padding = round_index >= len(mine)

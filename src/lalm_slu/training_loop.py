@@ -1,0 +1,124 @@
+"""The one training loop, shared by fine-tuning (train.py) and the demo model's pretraining
+(demo_model/pretrain.py): optimizer steps over schedule segments, each with a linear warm-up and cosine decay,
+gradient clipping, and checkpoints (lalm_slu.distributed: sharded, fingerprinted, atomic) from which a killed job
+resumes exactly. What a step trains on is the caller's: a `gradients(segment, step)` function that accumulates one
+optimizer step's gradients and returns what to record of it."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from lalm_slu.distributed import ProcessGroup, resume_checkpoint, save_checkpoint
+from lalm_slu.stages import STAGES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of optimizer steps under one learning-rate schedule: linear warm-up to `learning_rate`, then
+    cosine decay to `min_lr_ratio` of it (0: transformers' get_cosine_schedule_with_warmup)."""
+
+    name: str
+    steps: int
+    learning_rate: float
+    warmup_steps: int
+    min_lr_ratio: float = 0.0
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.learning_rate * (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
+        cosine = self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.learning_rate * self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine
+
+
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+    """A warm-up given as a fraction of the segment's steps, as the paper gives it."""
+    return int(math.ceil(total_steps * warmup_ratio))
+
+
+class TrainingLoop:
+    """Optimizer steps over `segments`, with the position (segment, step in it, global step) and the per-step
+    history saved in every checkpoint. A checkpoint is resumed only if written under the same `fingerprint`
+    (settings, data, base weights and code); `made_for` is stored beside it for jobs that continue from it."""
+
+    def __init__(self, root: torch.nn.Module, optimizer: torch.optim.Optimizer, group: ProcessGroup,
+                 checkpoint_dir: Path, fingerprint: str, max_grad_norm: float, checkpoint_every: int,
+                 made_for: dict | None = None):
+        self.root, self.optimizer, self.group = root, optimizer, group
+        self.params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.fingerprint, self.made_for = fingerprint, made_for
+        self.max_grad_norm, self.checkpoint_every = float(max_grad_norm), int(checkpoint_every)
+        self.position = {"segment": 0, "step": 0, "global_step": 0}
+        self.history: list[dict] = []
+
+    def resume(self) -> bool:
+        """Load this run's newest sound checkpoint, if any (see distributed.resume_checkpoint)."""
+        with STAGES.stage("checkpoints"):
+            state = resume_checkpoint(self.checkpoint_dir, self.root, self.optimizer, self.fingerprint, self.group)
+        if state is None:
+            return False
+        self.restore(state)
+        return True
+
+    def restore(self, state: dict) -> None:
+        self.position, self.history = state["position"], state["history"]
+        log.info("at %s", self.position)
+
+    def checkpoint(self) -> Path:
+        state = {"fingerprint": self.fingerprint, "position": self.position, "history": self.history,
+                 "made_for": self.made_for}
+        with STAGES.stage("checkpoints"):
+            return save_checkpoint(self.checkpoint_dir, self.position["global_step"], self.root, self.optimizer,
+                                   state, self.group)
+
+    def run(self, segments: list[Segment], gradients: Callable[[int, int], dict],
+            after_step: Callable[[dict], None] | None = None, stop_after_steps: int | None = None) -> bool:
+        """Train from the current position to the end of `segments` (True), or for `stop_after_steps` steps of
+        this session (False; checkpointed, a re-run continues). `gradients(segment_index, step)` leaves one
+        optimizer step's gradients on the parameters and returns the step's record (loss and the like);
+        `after_step(record)` may add to the record (an evaluation) before it is checkpointed."""
+        session_steps = 0
+        for index, segment in enumerate(segments):
+            if index < self.position["segment"]:
+                continue
+            first = self.position["step"] if index == self.position["segment"] else 0
+            progress = tqdm(total=segment.steps, initial=first, desc=segment.name, mininterval=20,
+                            disable=not self.group.is_main)
+            for step in range(first, segment.steps):
+                self.optimizer.zero_grad(set_to_none=True)
+                record = gradients(index, step)
+                lr = segment.lr_at(step)
+                with STAGES.stage("steps"):
+                    torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+                    for param_group in self.optimizer.param_groups:
+                        param_group["lr"] = lr
+                    self.optimizer.step()
+                global_step = self.position["global_step"] + 1
+                self.position = {"segment": index, "step": step + 1, "global_step": global_step}
+                self.history.append({"step": global_step, **record, "lr": lr})
+                progress.update(1)
+                if after_step is not None:
+                    after_step(self.history[-1])
+                session_steps += 1
+                stopping = stop_after_steps is not None and session_steps >= stop_after_steps
+                if global_step % self.checkpoint_every == 0 or stopping:
+                    self.checkpoint()
+                if stopping and (step + 1 < segment.steps or index + 1 < len(segments)):
+                    progress.close()
+                    log.info("stopped after step %d as asked; a re-run continues", global_step)
+                    return False
+            progress.close()
+            self.position = {"segment": index + 1, "step": 0, "global_step": self.position["global_step"]}
+            if index + 1 < len(segments):  # after the last, the caller writes its output at once
+                self.checkpoint()
+        return True
