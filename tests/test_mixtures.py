@@ -5,11 +5,22 @@ import pandas as pd
 import pytest
 from conftest import make_utterances
 
+from lalm_slu.batches import AUDIO_SPAN
 from lalm_slu.budgets import write_budget_ids
 from lalm_slu.cli import main
-from lalm_slu.mixtures import MIXTURE_COLUMNS, SCHEMES, MixtureError, MixturePart, build_mixture
-from lalm_slu.records import write_manifest
+from lalm_slu.mixtures import (
+    LISTING_COLUMNS,
+    MIXTURE_COLUMNS,
+    SCHEMES,
+    ManifestCache,
+    MixtureError,
+    MixturePart,
+    build_mixture,
+    with_item_data,
+)
+from lalm_slu.records import DataError, read_manifest, write_manifest
 from lalm_slu.schemes import BUDGET_FREE_PHASES
+from lalm_slu.slu_json import format_target
 
 
 def part(lang="en", size=20, speech=5, scarce=True):
@@ -27,7 +38,7 @@ def items(frame, phase=None, modality=None, lang=None):
 
 def test_text_only_is_every_utterance_as_text_in_one_phase():
     mixture = build_mixture("text_only", [part(speech=0)], seed=0)
-    assert list(mixture.columns) == list(MIXTURE_COLUMNS)
+    assert list(mixture.columns) == list(LISTING_COLUMNS)
     assert len(mixture) == 20 and set(mixture["modality"]) == {"text"} and set(mixture["phase"]) == {1}
     assert set(mixture["manifest"]) == {"text-en.parquet"}
 
@@ -135,7 +146,39 @@ def test_schemes_match_the_config_schema():
 
 
 def with_audio(utterances, audio_for):
-    return [replace(u, audio=f"audio/{u.id}.flac" if u.id in audio_for else None) for u in utterances]
+    """The utterances, those in `audio_for` with a clip (and an entity, so that targets differ in more than intent)."""
+    return [replace(u, audio=f"audio/{u.id}.flac", duration_s=1.25 + index / 7,
+                    entities=[{"type": "number", "filler": u.text.split()[-1]}]) if u.id in audio_for else u
+            for index, u in enumerate(utterances)]  # fmt: skip
+
+
+def timed(utterances):
+    """Speech with word times that are not whole samples (the span's length is counted in samples)."""
+    return [replace(u, word_times=[[word, 0.31 * i + 0.01003, 0.31 * i + 0.27777] for i, word in enumerate(
+        u.text.split())]) for u in with_audio(utterances, {u.id for u in utterances})]  # fmt: skip
+
+
+def assert_items_match_their_manifests(mixture):
+    """Every row's item data is its manifest row's: transcript, SLU label, clip and its duration (interleaved: the
+    transcript around the spoken span, and the span's times and length)."""
+    for row in mixture.itertuples(index=False):
+        utt = read_manifest(row.manifest).set_index("id").loc[row.id]
+        assert row.target == format_target(utt["scenario"], utt["action"], utt["entities"])
+        assert pd.isna(row.instruction)
+        if row.modality == "text":
+            assert row.text == utt["text"]
+            assert pd.isna(row.audio) and pd.isna(row.duration_s) and pd.isna(row.span_start_s)
+            continue
+        assert row.audio == utt["audio"]
+        if row.modality == "speech":
+            assert row.text == utt["text"] and row.duration_s == utt["duration_s"] and pd.isna(row.span_start)
+            continue
+        times, start, end = utt["word_times"], row.span_start, row.span_end
+        words = [word for word, _, _ in times]
+        assert row.text == " ".join(words[:start] + [AUDIO_SPAN] + words[end:])
+        assert (row.span_start_s, row.span_end_s) == (times[start][1], times[end - 1][2])
+        samples = round(row.span_end_s * 16_000) - round(row.span_start_s * 16_000)
+        assert row.duration_s == samples / 16_000 != row.span_end_s - row.span_start_s
 
 
 def test_mix_training_set_command_writes_a_crosslingual_mixture(tmp_path):
@@ -162,6 +205,22 @@ def test_mix_training_set_command_writes_a_crosslingual_mixture(tmp_path):
     phase2_speech = items(mixture, phase=2, modality="speech")
     assert sorted(phase2_speech.loc[phase2_speech["lang"] == "de", "id"]) == ["de0001", "de0005"]
     assert set(items(mixture, phase=1, modality="speech")["lang"]) == {"en"}
+    assert set(mixture.loc[mixture["modality"] == "text", "manifest"]) == {str(paths["en_text"]), str(paths["de_text"])}
+    assert_items_match_their_manifests(mixture)
+
+
+def test_mix_training_set_command_carries_each_interleaved_items_span(tmp_path):
+    en = make_utterances(12)
+    text = write_manifest(en, tmp_path / "text.parquet")
+    speech = write_manifest(timed(en), tmp_path / "speech.parquet")
+    write_budget_ids([u.id for u in en[:8]], tmp_path / "ids.txt")
+    main(["mix-training-set", "--scheme", "interleaving", "--text-manifest", str(text), "--speech-manifest",
+          str(speech), "--speech-ids", str(tmp_path / "ids.txt"), "--seed", "1", "--out", str(tmp_path / "mix.parquet"),
+          "--interleave", '{"fraction": 0.5, "min_span_words": 1, "max_span_words": 3}'])  # fmt: skip
+    mixture = pd.read_parquet(tmp_path / "mix.parquet")
+    assert list(mixture.columns) == list(MIXTURE_COLUMNS)
+    assert mixture["modality"].value_counts().to_dict() == {"text": 12, "speech": 4, "interleaved": 4}
+    assert_items_match_their_manifests(mixture)
 
 
 def test_mix_training_set_command_keeps_only_the_first_phases_when_asked(tmp_path):
@@ -187,3 +246,41 @@ def test_mix_training_set_command_names_the_speech_manifest_when_audio_is_missin
                    "--seed", "0", "--out", str(tmp_path / "mix.parquet")])  # fmt: skip
     assert status == 1
     assert re.search(r"speech.parquet: utterance 'utt0002' .*has no audio", capsys.readouterr().err)
+
+
+def bad_rows(manifest):
+    """One listed item of each kind that cannot be trained on, and what its error says."""
+    row = {"lang": "en", "phase": 1, "manifest": str(manifest), "span_start": None, "span_end": None}
+    return {
+        "unknown id": ({**row, "id": "zz9", "modality": "text"}, "id 'zz9' of a mixture item not found"),
+        "speech without audio": ({**row, "id": "utt0001", "modality": "speech"}, "speech item 'utt0001' has no audio"),
+        "span outside the words": ({**row, "id": "utt0000", "modality": "interleaved", "span_start": 3, "span_end": 9},
+                                   r"span \[3, 9\) outside its 7 timed words"),
+        "unknown modality": ({**row, "id": "utt0000", "modality": "video"}, "unknown modality 'video'"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["unknown id", "speech without audio", "span outside the words", "unknown modality"])
+def test_an_item_that_cannot_be_trained_on_fails_at_mixing_naming_its_manifest(tmp_path, case):
+    en = make_utterances(2)
+    manifest = write_manifest(timed(en[:1]) + en[1:], tmp_path / "speech.parquet")
+    good = {"id": "utt0000", "lang": "en", "modality": "speech", "phase": 1, "manifest": str(manifest),
+            "span_start": None, "span_end": None}  # fmt: skip
+    bad, message = bad_rows(manifest)[case]
+    listing = pd.DataFrame([good, bad]).astype({"span_start": "Int64", "span_end": "Int64"})
+    with pytest.raises(DataError, match=f"^{re.escape(str(manifest))}: .*{message}"):
+        with_item_data(listing, ManifestCache())
+    assert len(with_item_data(listing.iloc[:1], ManifestCache())) == 1
+
+
+def test_mix_training_set_command_names_the_speech_manifest_when_a_clip_has_no_duration(tmp_path, capsys):
+    en = make_utterances(4)
+    text = write_manifest(en, tmp_path / "text.parquet")
+    speech = write_manifest([replace(u, duration_s=None) if u.id == "utt0002" else u
+                             for u in with_audio(en, {u.id for u in en})], tmp_path / "speech.parquet")  # fmt: skip
+    write_budget_ids(["utt0000", "utt0002"], tmp_path / "ids.txt")
+    status = main(["mix-training-set", "--scheme", "direct_mixing", "--text-manifest", str(text),
+                   "--speech-manifest", str(speech), "--speech-ids", str(tmp_path / "ids.txt"),
+                   "--seed", "0", "--out", str(tmp_path / "mix.parquet")])  # fmt: skip
+    assert status == 1 and not (tmp_path / "mix.parquet").exists()
+    assert re.search(r"speech.parquet: speech item 'utt0002' has audio but no duration_s", capsys.readouterr().err)

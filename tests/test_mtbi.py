@@ -19,7 +19,7 @@ import lalm_slu.imitation as imitation
 from lalm_slu.batches import AUDIO_SPAN, Collator, audio_features, audio_token_count
 from lalm_slu.budgets import write_budget_ids
 from lalm_slu.cli import main
-from lalm_slu.mixtures import Interleave, MixturePart, build_mixture
+from lalm_slu.mixtures import Interleave, ManifestCache, MixturePart, build_mixture, with_item_data
 from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.records import Utterance, read_manifest, write_manifest
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice
@@ -42,7 +42,8 @@ def imitation_mixture(tmp_path, model, speech_manifest, ids, name):
     targets = imitation.imitation_targets(*model, pool, TASKS, SETTINGS)
     frame = read_manifest(speech_manifest)
     part = MixturePart("en", str(speech_manifest), str(speech_manifest), tuple(frame["id"]), tuple(ids), True)
-    return targets, build_mixture("behaviour_imitation", [part], 0, imitation=targets)
+    listing = build_mixture("behaviour_imitation", [part], 0, imitation=targets)
+    return targets, with_item_data(listing, ManifestCache())
 
 
 def test_imitation_targets_never_read_the_speech_labels(tiny_assets, tmp_path):  # noqa: F811
@@ -148,9 +149,9 @@ def timed_clip(tmp_path_factory):
 
 def test_an_interleaved_item_speaks_exactly_its_span(tiny_assets, timed_clip, tmp_path):  # noqa: F811
     manifest, audio, times = timed_clip
-    mixture = pd.DataFrame({"id": ["u0"], "lang": ["en"], "modality": ["interleaved"], "phase": [1],
+    listing = pd.DataFrame({"id": ["u0"], "lang": ["en"], "modality": ["interleaved"], "phase": [1],
                             "manifest": [str(manifest)], "span_start": [2], "span_end": [5]})  # "up at seven"
-    mixture.to_parquet(tmp_path / "mixture.parquet", index=False)
+    with_item_data(listing, ManifestCache()).to_parquet(tmp_path / "mixture.parquet", index=False)
     (item,) = load_items(tmp_path / "mixture.parquet", 1)
     assert item.text == f"wake me {AUDIO_SPAN} tomorrow morning"
     assert item.span_s == (times[2][1], times[4][2])
@@ -273,8 +274,12 @@ def test_the_mix_command_builds_an_imitation_mixture_from_targets_alone(tiny_ass
     main(["mix-training-set", "--scheme", "behaviour_imitation", "--text-manifest", str(tiny_assets.text_manifest),
           "--speech-manifest", str(tiny_assets.speech_manifest), "--speech-ids", str(tmp_path / "ids.txt"),
           "--imitation-targets", str(tmp_path / "targets.parquet"), "--seed", "0", "--out", str(tmp_path / "m.parquet")])
-    mixture = pd.read_parquet(tmp_path / "m.parquet")
+    mixture = pd.read_parquet(tmp_path / "m.parquet").set_index("id")
     assert sorted(mixture["target"]) == ["a", "b"] and set(mixture["phase"]) == {2}
+    assert set(mixture["instruction"]) == {"Write down what is said."}
+    speech = read_manifest(tiny_assets.speech_manifest).set_index("id").loc[["u1", "u3"]]
+    for column in ("text", "audio", "duration_s"):
+        assert mixture[column].sort_index().tolist() == speech[column].tolist()
 
 
 def test_an_mtbi_phase_two_trains_only_the_projector_on_imitation_and_interleaved_items(
@@ -289,10 +294,10 @@ def test_an_mtbi_phase_two_trains_only_the_projector_on_imitation_and_interleave
             ("interleaved", 0, 2, "Write down what is said.", "wake me up"),
             ("interleaved", 3, 6, None, None),  # the SLU label under the prompt's instruction
             ("speech", None, None, None, "an answer")]  # fmt: skip
-    mixture = pd.DataFrame(rows, columns=["modality", "span_start", "span_end", "instruction", "target"])
-    mixture = mixture.assign(id="u0", lang="en", phase=2, manifest=str(manifest))
-    mixture = mixture.astype({"span_start": "Int64", "span_end": "Int64"})
-    mixture.to_parquet(tmp_path / "mixture.parquet", index=False)
+    listing = pd.DataFrame(rows, columns=["modality", "span_start", "span_end", "instruction", "target"])
+    listing = listing.assign(id="u0", lang="en", phase=2, manifest=str(manifest))
+    listing = listing.astype({"span_start": "Int64", "span_end": "Int64"})
+    with_item_data(listing, ManifestCache()).to_parquet(tmp_path / "mixture.parquet", index=False)
     settings = make_settings(tiny_assets.model_dir, [(2, 2, 1e-3, 0.0)], trainable=["multi_modal_projector"],
                              cache_frozen_audio=True)
     summary = finetune(tmp_path / "mixture.parquet", settings, tmp_path / "out", tmp_path / "work")

@@ -1,8 +1,14 @@
-"""Training mixtures: which utterance is seen as text or as speech, in which phase.
+"""Training mixtures: which utterance is seen as text or as speech, in which phase, and what training needs of it.
 
-A mixture has one row per training item: `id`, `lang`, `modality` (text|speech), `phase`
-(1, or 2 for the curriculum's second phase) and `manifest` (the manifest the item is read
-from). Training reads nothing else.
+A mixture has one row per training item, in training order within each phase (MIXTURE_COLUMNS): `id`, `lang`,
+`modality` (text|speech|interleaved), `phase` (the scheme's phase numbers, schemes.MIXTURE_PHASES) and `manifest`
+(the manifest the item came from, for provenance), then the item itself, taken from its manifest row when the
+mixture is made: `text` (the transcript; interleaved: with its spoken span replaced by batches.AUDIO_SPAN),
+`target` (an imitation item's own, else the utterance's SLU label as slu_json.format_target writes it),
+`instruction` (an imitation item's own, else null: the prompt's), `audio` and `duration_s` (the clip and its
+length; interleaved: the span's length in whole samples; null for text), `span_start_s`/`span_end_s` (an
+interleaved item's spoken span of the clip, by the manifest's word times) and `span_start`/`span_end` (the same
+span as word indices). Training reads nothing else: it opens no manifest.
 
 The data of a run come in parts, one per language. A part knows all its training ids and
 the ids whose speech may be used; a *scarce* part's speech is the budgeted resource.
@@ -28,18 +34,25 @@ seeded shuffle of a fixed listing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from lalm_slu.records import DataError, read_manifest
 from lalm_slu.schemes import IMITATION_SCHEMES, INTERLEAVING_SCHEMES, MIXTURE_PHASES
+from lalm_slu.slu_json import format_target
 
 SCHEMES = tuple(MIXTURE_PHASES)
-MIXTURE_COLUMNS = ("id", "lang", "modality", "phase", "manifest")
-# What some schemes' items need besides (null where an item does not): an imitation item's instruction and target
-# (else the prompt's instruction and the utterance's SLU label); the words [span_start, span_end) an interleaved
-# item speaks.
-ITEM_COLUMNS = ("instruction", "target", "span_start", "span_end")
+# Which item, seen how, when, and from which manifest: what build_mixture lists.
+LISTING_COLUMNS = ("id", "lang", "modality", "phase", "manifest")
+# The item itself (with_item_data), null where it does not apply; a listing already holds an imitation item's
+# instruction and target and an interleaved item's span_start/span_end.
+ITEM_COLUMNS = ("text", "target", "instruction", "audio", "duration_s", "span_start_s", "span_end_s", "span_start",
+                "span_end")
+MIXTURE_COLUMNS = LISTING_COLUMNS + ITEM_COLUMNS
+ITEM_DTYPES = {"duration_s": "float64", "span_start_s": "float64", "span_end_s": "float64", "span_start": "Int64",
+               "span_end": "Int64"}
 MODALITIES = ("text", "speech", "interleaved")
 
 
@@ -84,9 +97,10 @@ class MixtureError(ValueError):
 def build_mixture(scheme: str, parts: list[MixturePart], seed: int, interleave: Interleave | None = None,
                   word_counts: dict[tuple[str, str], int] | None = None,
                   imitation: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The training items of one run, as a frame with MIXTURE_COLUMNS (and ITEM_COLUMNS for the schemes that need
-    them). `interleave` and `word_counts` ((manifest, id) -> words with times) for interleaving schemes;
-    `imitation`: the imitation targets (lalm_slu.imitation.TARGET_COLUMNS) for imitation schemes."""
+    """The training items of one run, listed: a frame with LISTING_COLUMNS (and the instruction and target, or
+    span_start/span_end, of the schemes that give them), to be completed by with_item_data. `interleave` and
+    `word_counts` ((manifest, id) -> words with times) for interleaving schemes; `imitation`: the imitation targets
+    (lalm_slu.imitation.TARGET_COLUMNS) for imitation schemes."""
     if scheme not in SCHEMES:
         raise MixtureError(f"unknown scheme {scheme!r} (expected one of {SCHEMES})")
     if not parts:
@@ -132,7 +146,7 @@ def _label_items(scheme: str, parts: list[MixturePart], seed: int) -> pd.DataFra
         frame = pd.DataFrame([items[index] for index in order], columns=["id", "lang", "modality", "manifest"])
         frame.insert(3, "phase", phase)
         frames.append(frame)
-    mixture = pd.concat(frames, ignore_index=True)[list(MIXTURE_COLUMNS)]
+    mixture = pd.concat(frames, ignore_index=True)[list(LISTING_COLUMNS)]
     return mixture.astype({"id": str, "lang": str, "modality": str, "phase": "int64", "manifest": str})
 
 
@@ -148,7 +162,7 @@ def _imitation_items(parts: list[MixturePart], imitation: pd.DataFrame, seed: in
     order = np.random.default_rng(seed).permutation(len(rows))
     mixture = rows.iloc[order].reset_index(drop=True)
     mixture = mixture.assign(modality="speech", phase=MIXTURE_PHASES["behaviour_imitation"][0])
-    mixture = mixture[[*MIXTURE_COLUMNS, "instruction", "target"]]
+    mixture = mixture[[*LISTING_COLUMNS, "instruction", "target"]]
     return mixture.astype({"lang": str, "phase": "int64", "instruction": str, "target": str})
 
 
@@ -175,6 +189,70 @@ def _interleave(mixture: pd.DataFrame, interleave: Interleave, word_counts: dict
         start = int(rng.integers(0, words - length + 1))
         mixture.loc[index, ["modality", "span_start", "span_end"]] = ["interleaved", start, start + length]
     return mixture
+
+
+class ManifestCache(dict):
+    """Manifest frames by path, each read (read_manifest) once, when first asked for."""
+
+    def __missing__(self, path: str) -> pd.DataFrame:
+        self[path] = read_manifest(path)
+        return self[path]
+
+
+def with_item_data(listing: pd.DataFrame, manifests: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The mixture of a listing (build_mixture): its rows, in order, with MIXTURE_COLUMNS, each item's data taken
+    from its row of `manifests[manifest]` (e.g. a ManifestCache). Raises DataError naming the manifest for an item
+    that cannot be trained on."""
+    utterances: dict[str, dict[str, dict]] = {}
+    data = []
+    for row in listing.itertuples(index=False):
+        if row.manifest not in utterances:
+            frame = manifests[row.manifest]
+            utterances[row.manifest] = dict(zip(frame["id"].astype(str), frame.to_dict("records")))
+        utt = utterances[row.manifest].get(row.id)
+        if utt is None:
+            raise DataError(f"id {row.id!r} of a mixture item not found", row.manifest)
+        data.append(_item_data(row, utt))
+    items = pd.DataFrame(data, columns=list(ITEM_COLUMNS)).astype(ITEM_DTYPES)
+    return pd.concat([listing[list(LISTING_COLUMNS)].reset_index(drop=True), items], axis=1)
+
+
+def _item_data(row, utt: dict) -> tuple:
+    """ITEM_COLUMNS of one listed item, from its manifest row `utt`."""
+    given = getattr(row, "target", None)
+    # An imitation item learns its own target (the phase-1 model's answer); others the utterance's SLU label.
+    target = format_target(utt["scenario"], utt["action"], utt["entities"]) if _absent(given) else given
+    instruction = getattr(row, "instruction", None)
+    instruction = None if _absent(instruction) else instruction
+    if row.modality == "text":
+        return utt["text"], target, instruction, None, None, None, None, None, None
+    if row.modality not in ("speech", "interleaved"):
+        raise DataError(f"unknown modality {row.modality!r} for id {row.id!r}", row.manifest)
+    audio = utt["audio"]
+    if _absent(audio) or not audio:
+        raise DataError(f"speech item {row.id!r} has no audio", row.manifest)
+    if row.modality == "speech":
+        if _absent(utt["duration_s"]):
+            raise DataError(f"speech item {row.id!r} has audio but no duration_s", row.manifest)
+        return utt["text"], target, instruction, audio, float(utt["duration_s"]), None, None, None, None
+    times = utt["word_times"]
+    start, end = getattr(row, "span_start", None), getattr(row, "span_end", None)
+    if _absent(start) or _absent(end) or not times or not 0 <= start < end <= len(times):
+        raise DataError(f"interleaved item {row.id!r}: span [{start}, {end}) outside its {len(times or [])} timed "
+                        "words", row.manifest)
+    start, end = int(start), int(end)
+    begin_s, end_s = float(times[start][1]), float(times[end - 1][2])
+    # The batch code imports torch: only mixtures with interleaved items pay for it.
+    from lalm_slu.batches import SAMPLE_RATE, interleaved_text
+
+    text = interleaved_text([word for word, _, _ in times], start, end)
+    # The span's length as its audio is cut: whole samples from each end.
+    samples = int(round(end_s * SAMPLE_RATE)) - int(round(begin_s * SAMPLE_RATE))
+    return text, target, instruction, audio, samples / SAMPLE_RATE, begin_s, end_s, start, end
+
+
+def _absent(value) -> bool:
+    return value is None or (not isinstance(value, str) and pd.isna(value))
 
 
 def _check_part(part: MixturePart) -> None:

@@ -188,16 +188,16 @@ def run_audio_frames(config: dict, run: Run) -> list[str]:
 
 
 def finetune_inputs(config: dict, run: Run, prefix: str | None = None) -> dict:
-    """A fine-tuning job's mixture, manifests, start model and frames; `prefix`: the job trains that prefix."""
+    """A fine-tuning job's mixture, start model and frames; `prefix`: the job trains that prefix. The mixture holds
+    all the job reads of its items; their audio exists once it does (the speech manifests it is made from come with
+    their audio)."""
     if prefix is not None:
         mixture, start_from = f"results/prefixes/{prefix}/mixture.parquet", []
     else:
         mixture = f"results/mixtures/{run.name}.parquet"
         start_from = [prefix_checkpoint_path(prefix_of(run))] if prefix_of(run) else []
-    inputs = mixture_inputs(config, run)
     return {
         "mixture": mixture,
-        "manifests": [inputs[key] for key in inputs if not key.endswith("speech_ids")],
         "model": start_model(config, run),
         "audio_frames": run_audio_frames(config, run),
         "start_from": start_from,

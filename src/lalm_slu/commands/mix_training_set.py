@@ -1,4 +1,5 @@
-"""Write one run's training mixture (see lalm_slu.mixtures for the schemes).
+"""Write one run's training mixture (see lalm_slu.mixtures for the schemes and the columns): its items listed, then
+each item's data taken from its manifest, so that training reads the mixture alone.
 
 Monolingual: --text-manifest/--speech-manifest/--speech-ids describe the one (scarce) part.
 Cross-lingual: those describe the source language, whose speech ids are all its utterances,
@@ -13,8 +14,16 @@ import logging
 import pandas as pd
 
 from lalm_slu.budgets import read_budget_ids
-from lalm_slu.mixtures import SCHEMES, Interleave, MixtureError, MixturePart, build_mixture
-from lalm_slu.records import DataError, read_manifest, write_manifest
+from lalm_slu.mixtures import (
+    SCHEMES,
+    Interleave,
+    ManifestCache,
+    MixtureError,
+    MixturePart,
+    build_mixture,
+    with_item_data,
+)
+from lalm_slu.records import DataError, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +54,21 @@ def run(args):
     crosslingual = all(target_args)
     if args.no_target_text and not crosslingual:
         raise SystemExit("--no-target-text needs the --target-* arguments")
-    parts = [load_part(args.text_manifest, args.speech_manifest, args.speech_ids, scarce=not crosslingual)]
+    manifests = ManifestCache()
+    parts = [load_part(manifests, args.text_manifest, args.speech_manifest, args.speech_ids, scarce=not crosslingual)]
     if crosslingual:
-        parts.append(load_part(*target_args, scarce=True, use_text=not args.no_target_text))
+        parts.append(load_part(manifests, *target_args, scarce=True, use_text=not args.no_target_text))
     if args.label_free_speech:
         manifest, ids = args.label_free_speech
-        parts.append(load_part(manifest, manifest, ids, scarce=False, use_text=False))
+        parts.append(load_part(manifests, manifest, manifest, ids, scarce=False, use_text=False))
     interleave = Interleave.from_settings(json.loads(args.interleave)) if args.interleave else None
-    word_counts = timed_word_counts({part.speech_manifest for part in parts}) if interleave else None
+    word_counts = timed_word_counts(manifests, {part.speech_manifest for part in parts}) if interleave else None
     imitation = pd.read_parquet(args.imitation_targets) if args.imitation_targets else None
     try:
-        mixture = build_mixture(args.scheme, parts, args.seed, interleave, word_counts, imitation)
+        listing = build_mixture(args.scheme, parts, args.seed, interleave, word_counts, imitation)
     except MixtureError as error:
         raise DataError(str(error), args.out) from None
+    mixture = with_item_data(listing, manifests)
     if args.phases is not None:
         mixture = mixture[mixture["phase"].isin(sorted(mixture["phase"].unique())[: args.phases])]
     write_manifest(mixture, args.out)  # atomic parquet, like every manifest
@@ -67,11 +78,11 @@ def run(args):
     log.info("wrote %d items (%s) to %s", len(mixture), args.scheme, args.out)
 
 
-def timed_word_counts(speech_manifests) -> dict[tuple[str, str], int]:
+def timed_word_counts(manifests: ManifestCache, speech_manifests) -> dict[tuple[str, str], int]:
     """(manifest, id) -> number of words with times, for every utterance that has them."""
     counts = {}
     for path in speech_manifests:
-        manifest = read_manifest(path)
+        manifest = manifests[path]
         for uid, times in zip(manifest["id"].astype(str), manifest["word_times"]):
             if times:
                 counts[(str(path), uid)] = len(times)
@@ -79,10 +90,11 @@ def timed_word_counts(speech_manifests) -> dict[tuple[str, str], int]:
 
 
 def load_part(
-    text_manifest: str, speech_manifest: str, speech_ids_path: str, scarce: bool, use_text: bool = True
+    manifests: ManifestCache, text_manifest: str, speech_manifest: str, speech_ids_path: str, scarce: bool,
+    use_text: bool = True,
 ) -> MixturePart:
-    text = read_manifest(text_manifest)
-    speech = read_manifest(speech_manifest)
+    text = manifests[str(text_manifest)]
+    speech = manifests[str(speech_manifest)]
     speech_ids = read_budget_ids(speech_ids_path)
     langs = sorted(set(text["lang"]))
     if len(langs) > 1:
