@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -22,18 +23,20 @@ from lalm_slu.audio_encoding import audio_parts_fingerprint, clip_frames
 from lalm_slu.model_loading import base_model, device_and_dtype, load_model_and_processor
 from lalm_slu.outputs import atomic_output
 from lalm_slu.records import DataError, read_manifest
+from lalm_slu.settings import AudioFrameSettings
 from lalm_slu.speech.audio import load_audio
 
 log = logging.getLogger(__name__)
 FORMAT = "lalm-slu audio frames 1"
 
 
-def encode_manifest(model_path: str, manifest_path: str, out_path: str, settings: dict) -> dict:
+def encode_manifest(model_path: str, manifest_path: str, out_path: str, settings: Mapping) -> dict:
     """Frames of every clip of a speech manifest. `settings`: batch_size, length_aware, and the device and
     precision keys of the training settings (frames are computed as training would compute them)."""
     started = time.time()
-    device, dtype = device_and_dtype(settings)
-    length_aware = bool(settings.get("length_aware", True))
+    encoding = AudioFrameSettings.from_dict(settings, "encode-audio settings")
+    device, dtype = device_and_dtype(encoding)
+    length_aware = encoding.length_aware
     model, processor = load_model_and_processor(model_path, dtype=dtype, device=device)
     model.eval()
     manifest = read_manifest(manifest_path)
@@ -41,7 +44,7 @@ def encode_manifest(model_path: str, manifest_path: str, out_path: str, settings
     if missing:
         raise DataError(f"{len(missing)} utterances have no audio (e.g. {missing[:3]})", manifest_path)
     clips = manifest.sort_values("duration_s", ascending=False, kind="stable")["audio"].drop_duplicates().tolist()
-    batch_size = int(settings.get("batch_size", 16))
+    batch_size = encoding.batch_size
     frames: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(clips), batch_size), desc="encode audio", mininterval=20):
         paths = clips[start : start + batch_size]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 
 import torch
 from tqdm import tqdm
@@ -20,6 +21,7 @@ from lalm_slu.batches import ChatItem, Collator
 from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
 from lalm_slu.outputs import atomic_output
 from lalm_slu.records import read_manifest
+from lalm_slu.settings import DecodingSettings, GenerationSettings
 from lalm_slu.slu_json import parse_prediction
 from lalm_slu.speech.audio import load_audio
 from lalm_slu.stages import STAGES
@@ -29,11 +31,22 @@ log = logging.getLogger(__name__)
 MODALITIES = ("speech", "text", "cascade")
 
 
-def generate_batch(model, processor, collator: Collator, items: list[ChatItem], settings: dict,
+def generation_settings(settings: GenerationSettings | Mapping) -> GenerationSettings:
+    """The typed view of `settings`. A dict (from the cascade's transcription, imitation targets, the demo model's
+    WER check) may carry keys of its own job besides generation's, such as its instruction: only generation's
+    keys are read from it."""
+    if isinstance(settings, GenerationSettings):
+        return settings
+    known = GenerationSettings.properties()
+    return GenerationSettings.from_dict({k: v for k, v in settings.items() if k in known}, "generation settings")
+
+
+def generate_batch(model, processor, collator: Collator, items: list[ChatItem], settings: GenerationSettings | Mapping,
                    audio: torch.Tensor | None = None) -> list[str]:
     """Answers to `items`; `audio`: their clips' frames already computed (concatenated in order), if any."""
+    settings = generation_settings(settings)
     batch = {k: v.to(model.device) for k, v in collator(items).items()}
-    beams = int(settings.get("num_beams", 1))
+    beams = settings.num_beams
     with torch.no_grad():
         embeddings = prompt_embeddings(model, batch, audio)
         cache = prompt_cache(model, embeddings, batch["attention_mask"], beams)
@@ -43,7 +56,7 @@ def generate_batch(model, processor, collator: Collator, items: list[ChatItem], 
             inputs_embeds=embeddings,
             attention_mask=batch["attention_mask"],
             past_key_values=cache,
-            max_new_tokens=int(settings.get("max_new_tokens", 96)),
+            max_new_tokens=settings.max_new_tokens,
             num_beams=beams,
             do_sample=False,
             length_penalty=1.0,
@@ -52,12 +65,14 @@ def generate_batch(model, processor, collator: Collator, items: list[ChatItem], 
     return [t.strip() for t in processor.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
 
-def answers_longest_first(model, processor, lengths: list[float], make_batch, settings: dict, desc: str) -> list[str]:
+def answers_longest_first(model, processor, lengths: list[float], make_batch, settings: GenerationSettings | Mapping,
+                          desc: str) -> list[str]:
     """Raw answers for items 0..n-1, generated in batches of `settings.batch_size`, longest first (the first batch
     shows at once whether memory suffices), returned in item order. `make_batch(indices)` gives the batch's
     ChatItems and its precomputed audio frames (or None)."""
+    settings = generation_settings(settings)
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batch_size = int(settings.get("batch_size", 16))
+    batch_size = settings.batch_size
     collator = Collator(processor, for_generation=True)
     model.eval()
     raw: dict[int, str] = {}
@@ -86,8 +101,8 @@ def prompt_cache(model, embeddings: torch.Tensor, attention_mask: torch.Tensor, 
     return cache
 
 
-def decode_manifest(model, processor, manifest, modality: str, settings: dict, instruction: str,
-                    frames: FrameStore | None = None) -> list[dict]:
+def decode_manifest(model, processor, manifest, modality: str, settings: GenerationSettings | Mapping,
+                    instruction: str, frames: FrameStore | None = None) -> list[dict]:
     """Predictions for every row of `manifest` (a DataFrame), in its order. `frames`: the clips' precomputed
     frames (speech only), valid for this model's audio tower and projector."""
     if modality not in MODALITIES:
@@ -120,11 +135,13 @@ def decode_manifest(model, processor, manifest, modality: str, settings: dict, i
     return predictions
 
 
-def decode(model_dir: str, inputs: list[tuple[str, str, str]], settings: dict, audio_frames: str | None = None) -> dict:
+def decode(model_dir: str, inputs: list[tuple[str, str, str]], settings: Mapping,
+           audio_frames: str | None = None) -> dict:
     """Decode each (modality, manifest, predictions jsonl) of `inputs` with one loaded model: a run's test set is
     decoded from speech, text and the cascade's transcripts in one process, which starts and loads the model once.
     `audio_frames`: a file of the speech manifest's precomputed frames (audio_frames.encode_manifest); it must come
     from this model's audio tower and projector, as it does when fine-tuning froze them."""
+    decoding = DecodingSettings.from_dict(settings, "decode settings")
     modalities = [modality for modality, _, _ in inputs]
     for modality in modalities:
         if modality not in MODALITIES:
@@ -133,7 +150,7 @@ def decode(model_dir: str, inputs: list[tuple[str, str, str]], settings: dict, a
         raise ValueError(f"each modality is decoded once, not {modalities}")
     if audio_frames is not None and "speech" not in modalities:
         raise ValueError("precomputed audio frames are for speech input only")
-    device, dtype = device_and_dtype(settings)
+    device, dtype = device_and_dtype(decoding)
     with STAGES.stage("model_load"):
         model, processor = load_model_and_processor(model_dir, dtype=dtype, device=device)
     with STAGES.stage("data"):
@@ -143,7 +160,7 @@ def decode(model_dir: str, inputs: list[tuple[str, str, str]], settings: dict, a
         started = time.time()
         with STAGES.stage("data"):
             manifest = read_manifest(manifest_path)
-        predictions = decode_manifest(model, processor, manifest, modality, settings, settings["instruction"],
+        predictions = decode_manifest(model, processor, manifest, modality, decoding, decoding.instruction,
                                       frames if modality == "speech" else None)
         with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
             for prediction in predictions:

@@ -11,6 +11,7 @@ import json
 from lalm_slu.config_checks import ConfigError
 from lalm_slu.grid import Run, run_settings, scheme_block
 from lalm_slu.schemes import BUDGET_FREE_PHASES, IMITATION_SCHEMES, INTERLEAVING_SCHEMES
+from lalm_slu.settings import AudioFrameSettings, TrainingSettings
 
 SPLITS = ("train", "dev", "test")
 
@@ -114,14 +115,14 @@ def mixture_scheme_arguments(config: dict, run: Run, inputs) -> list[str]:
 
 def audio_frames_settings(config: dict) -> str:
     """Frames are computed as training computes them: same device, precision and audio length handling."""
-    training = config["training"]
-    settings = {
-        "batch_size": config["audio_frames"]["batch_size"],
-        "length_aware": training.get("length_aware", True),
-        "device": training.get("device", "auto"),
-        "precision": training.get("precision", "auto"),
-    }
-    return json.dumps(settings, sort_keys=True)
+    training = TrainingSettings.from_dict(config["training"], "config training")
+    settings = AudioFrameSettings(
+        batch_size=config["audio_frames"]["batch_size"],
+        length_aware=training.length_aware,
+        device=training.device,
+        precision=training.precision,
+    )
+    return json.dumps(settings.to_dict(), sort_keys=True)
 
 
 def prefix_phases(run: Run) -> int:

@@ -43,6 +43,8 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lalm_slu.settings import TrainingSettings
+
 GIB = 2**30
 OVERHEAD_GIB = 4.0
 COMPUTE_BYTES = {"fp32": 4, "bf16": 2}
@@ -370,14 +372,14 @@ def scheme_modules(config: dict) -> dict[tuple[str, ...], list[str]]:
 
 
 def training_shape(config: dict, modules: tuple[str, ...], **overrides) -> TrainingShape:
-    training = config.get("training", {})
+    training = TrainingSettings.from_dict(config.get("training", {}), "config training")
     shape = TrainingShape(
         trainable_modules=modules,
-        precision=training.get("precision", "auto"),
+        precision=training.precision,
         gpus=max(1, config.get("resources", {}).get("finetune", {}).get("gpu", 0)),
-        per_device_batch_size=training["per_device_batch_size"],
-        gradient_checkpointing=bool(training.get("gradient_checkpointing", False)),
-        freeze_token_embeddings=bool(training.get("freeze_token_embeddings", False)),
+        per_device_batch_size=training.per_device_batch_size,
+        gradient_checkpointing=training.gradient_checkpointing,
+        freeze_token_embeddings=training.freeze_token_embeddings,
         lora=bool(config.get("model", {}).get("lora")),
     )
     return replace(shape, **{key: value for key, value in overrides.items() if value is not None})
@@ -424,16 +426,17 @@ def refusal(
 def check_job_fits(settings: dict, processes: int, card_gb: float) -> MemoryPlan:
     """The fine-tuning job's own check, before it loads anything: its settings (as the trainer gets them) on
     `processes` GPUs of `card_gb` each. The planning-time check cannot see the cards a job lands on."""
-    training, scheme = settings["training"], settings["scheme"]
+    training = TrainingSettings.from_dict(settings["training"], "fine-tuning settings: training")
+    scheme = settings["scheme"]
     config_json = Path(settings["model"]["path"]) / "config.json"
     arch = read_architecture(config_json)
     shape = TrainingShape(
         trainable_modules=tuple(scheme["trainable_modules"]),
-        precision=training.get("precision", "auto"),
+        precision=training.precision,
         gpus=processes,
-        per_device_batch_size=int(training["per_device_batch_size"]),
-        gradient_checkpointing=bool(training.get("gradient_checkpointing", False)),
-        freeze_token_embeddings=bool(training.get("freeze_token_embeddings", False)),
+        per_device_batch_size=training.per_device_batch_size,
+        gradient_checkpointing=training.gradient_checkpointing,
+        freeze_token_embeddings=training.freeze_token_embeddings,
         lora=bool(settings["model"].get("lora")),
     )
     plan = plan_memory(arch, shape)

@@ -1,0 +1,161 @@
+"""Typed views of the settings a job reads from JSON: training (a fine-tuning job's `training`, or the config's
+block), generation and decoding (the decode job's --settings) and audio frames (encode-audio's --settings).
+
+The schema (workflow/schemas/config.schema.yaml) is the one source of their defaults: a key that a mapping leaves
+out takes the schema's default, and is an error where the schema has none. A key the schema does not know is an
+error naming it, so a misspelt setting never falls back to a default unseen. Plain Python (yaml)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
+
+
+@functools.cache
+def config_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def block_properties(block: str) -> dict[str, dict]:
+    """The schema's properties of one top-level config block."""
+    return config_schema()["properties"][block]["properties"]
+
+
+def typed_value(value, prop: dict, key: str, source: str):
+    """`value` as the schema's type of `key` (JSON may carry 16.0 for an integer), checked against its enum."""
+    kinds = prop.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not kinds or (value is None and "null" in kinds):
+        typed = value
+    elif "integer" in kinds and number and float(value).is_integer():
+        typed = int(value)
+    elif "number" in kinds and number:
+        typed = float(value)
+    elif ("boolean" in kinds and isinstance(value, bool)) or ("string" in kinds and isinstance(value, str)):
+        typed = value
+    else:
+        raise ValueError(f"{source}: {key} must be of type {' or '.join(kinds)}, not {value!r}")
+    if "enum" in prop and typed not in prop["enum"]:
+        raise ValueError(f"{source}: {key} must be one of {', '.join(map(str, prop['enum']))}, not {typed!r}")
+    return typed
+
+
+class SchemaView:
+    """A frozen dataclass whose fields are schema properties (`properties()`); `OPTIONAL` keys may be left out,
+    as None, though the schema gives them no default."""
+
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def properties(cls) -> dict[str, dict]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping, source: str):
+        """The view of `mapping`; `source` (a file, a config block, a job's settings) names it in errors."""
+        properties = cls.properties()
+        unknown = sorted(set(mapping) - set(properties))
+        if unknown:
+            raise ValueError(f"{source}: unknown setting{'s' * (len(unknown) > 1)} {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(properties))})")
+        values, missing = {}, []
+        for key, prop in properties.items():
+            if key in mapping:
+                values[key] = typed_value(mapping[key], prop, key, source)
+            elif "default" in prop:
+                values[key] = typed_value(prop["default"], prop, key, "the schema's default")
+            elif key in cls.OPTIONAL:
+                values[key] = None
+            else:
+                missing.append(key)
+        if missing:
+            raise ValueError(f"{source}: missing setting{'s' * (len(missing) > 1)} {', '.join(missing)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainingSettings(SchemaView):
+    """The config's `training` block, and `seed`: the run's seed, which grid.run_settings adds to a fine-tuning
+    job's training settings (None in the config's block, which belongs to no run)."""
+
+    per_device_batch_size: int
+    global_batch_size: int
+    precision: str
+    device: str
+    length_aware: bool
+    group_by_length: bool
+    freeze_token_embeddings: bool
+    cache_frozen_audio: bool
+    weight_decay: float
+    max_grad_norm: float
+    gradient_checkpointing: bool
+    checkpoint_every_steps: int
+    keep_checkpoint: bool
+    output_dtype: str
+    seed: int | None
+
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"seed"})
+
+    @classmethod
+    def properties(cls) -> dict[str, dict]:
+        # A run's seed is one of the grid's seeds: their schema types it.
+        seed = config_schema()["properties"]["grid"]["properties"]["seeds"]["items"]
+        return {**block_properties("training"), "seed": seed}
+
+
+@dataclass(frozen=True)
+class GenerationSettings(SchemaView):
+    """How a model generates: the config's `decode` block less its modalities (which inputs a run decodes, not
+    how). Transcription and imitation targets generate with these too."""
+
+    num_beams: int
+    batch_size: int
+    max_new_tokens: int
+    precision: str
+    device: str
+
+    @classmethod
+    def properties(cls) -> dict[str, dict]:
+        return {key: prop for key, prop in block_properties("decode").items() if key != "modalities"}
+
+
+@dataclass(frozen=True)
+class DecodingSettings(GenerationSettings):
+    """The decode job's settings: generation's and the prompt's instruction."""
+
+    instruction: str
+
+    @classmethod
+    def properties(cls) -> dict[str, dict]:
+        return {**super().properties(), "instruction": block_properties("prompt")["instruction"]}
+
+
+@dataclass(frozen=True)
+class AudioFrameSettings(SchemaView):
+    """The encode-audio job's settings: its batch size, and training's audio length handling, device and
+    precision (frames are computed as training would compute them)."""
+
+    batch_size: int
+    length_aware: bool
+    device: str
+    precision: str
+
+    @classmethod
+    def properties(cls) -> dict[str, dict]:
+        training = block_properties("training")
+        return {
+            "batch_size": block_properties("audio_frames")["batch_size"],
+            **{key: training[key] for key in ("length_aware", "device", "precision")},
+        }
