@@ -28,6 +28,7 @@ from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration  #
 from lalm_slu.batches import IGNORE_INDEX, audio_token_count  # noqa: E402
 from lalm_slu.distributed import ProcessGroup, parallelize  # noqa: E402
 from lalm_slu.length_aware_encoder import make_encoder_length_aware  # noqa: E402
+from lalm_slu.settings import TrainingSettings  # noqa: E402
 from lalm_slu.train import AnswerLoss, training_precision  # noqa: E402
 from lalm_slu.trainable import set_trainable  # noqa: E402
 
@@ -101,7 +102,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
 
-    device, dtype = training_precision({"precision": args.precision})
+    device, dtype = training_precision(TrainingSettings.from_dict({"precision": args.precision}, "--precision"))
     group = ProcessGroup(device)
     config = build_config(args.llm_layers, args.tiny)
     torch.manual_seed(0)

@@ -11,6 +11,7 @@ from lalm_slu.settings import (
     AudioFrameSettings,
     DecodingSettings,
     GenerationSettings,
+    LoraSettings,
     TrainingSettings,
 )
 
@@ -31,6 +32,10 @@ def test_each_view_has_a_field_for_every_key_of_its_schema_block():
     assert field_names(GenerationSettings) == set(block("decode")) - {"modalities"}
     assert field_names(DecodingSettings) == field_names(GenerationSettings) | {"instruction"}
     assert field_names(AudioFrameSettings) == {"batch_size", "length_aware", "device", "precision"}
+    lora = next(o for o in block("model")["lora"]["oneOf"] if o.get("type") == "object")["properties"]
+    assert field_names(LoraSettings) == set(lora)
+    assert LoraSettings.from_dict({"rank": 4}, "test").to_dict() == {**{k: p["default"] for k, p in lora.items()},
+                                                                     "rank": 4}
 
 
 def test_left_out_keys_take_the_schema_s_defaults():

@@ -26,8 +26,9 @@ from transformers import Qwen2AudioForConditionalGeneration
 from lalm_slu import train, training_loop
 from lalm_slu.batches import ChatItem, Collator
 from lalm_slu.length_aware_encoder import LengthAwareQwen2AudioEncoder
+from lalm_slu.mixtures import ManifestCache, with_item_data
 from lalm_slu.model_loading import load_model_and_processor
-from lalm_slu.records import DataError, read_manifest, write_manifest
+from lalm_slu.records import DataError, read_manifest
 from lalm_slu.speech.audio import load_audio
 from lalm_slu.train import finetune, load_items, micro_batches, sequence_lengths, to_chat_items
 
@@ -36,11 +37,11 @@ LLM_ONLY = ["language_model", "lm_head"]
 
 
 def write_mixture(path: Path, manifest: Path, rows: list[tuple[str, str, int]]) -> Path:
-    """rows: (id, modality, phase); every id comes from `manifest`."""
-    frame = pd.DataFrame(rows, columns=["id", "modality", "phase"])
-    frame.insert(1, "lang", "en")
-    frame["manifest"] = str(manifest)
-    frame.to_parquet(path, index=False)
+    """rows: (id, modality, phase); every id comes from `manifest`, its data joined as the mixing job joins it."""
+    listing = pd.DataFrame(rows, columns=["id", "modality", "phase"])
+    listing.insert(1, "lang", "en")
+    listing["manifest"] = str(manifest)
+    with_item_data(listing, ManifestCache()).to_parquet(path, index=False)
     return path
 
 
@@ -449,36 +450,31 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     assert not (tmp_path / "out").exists()
 
 
-def test_mixture_id_missing_from_its_manifest_fails_naming_both_files(tiny_assets, tmp_path):  # noqa: F811
-    mixture = write_mixture(
-        tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [("u0", "text", 1), ("nope", "text", 1)]
-    )
-    with pytest.raises(DataError, match=rf"{mixture}: id 'nope' not found in manifest {tiny_assets.speech_manifest}"):
+def test_a_mixture_of_an_older_format_is_refused_naming_what_it_lacks(tiny_assets, tmp_path):  # noqa: F811
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [("u0", "text", 1)])
+    pd.read_parquet(mixture)[["id", "lang", "modality", "phase", "manifest"]].to_parquet(mixture, index=False)
+    with pytest.raises(DataError, match=rf"{mixture}: mixture lacks columns \['audio', .*re-run its mixing job"):
         load_items(mixture, 1)
 
 
-def test_speech_item_without_audio_fails_naming_the_mixture(tiny_assets, tmp_path):  # noqa: F811
-    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.text_manifest, [("u0", "speech", 1)])
-    with pytest.raises(DataError, match=rf"{mixture}: speech item 'u0' has no audio in {tiny_assets.text_manifest}"):
-        load_items(mixture, 1)
-
-
-def test_speech_item_whose_audio_file_is_gone_fails_naming_manifest_and_file(tiny_assets, tmp_path):  # noqa: F811
-    manifest = read_manifest(tiny_assets.speech_manifest)
-    manifest.loc[manifest["id"] == "u1", "audio"] = str(tmp_path / "deleted.flac")
-    manifest["entities"] = manifest["entities"].map(json.dumps)
-    manifest["recordings"] = manifest["recordings"].map(json.dumps)
-    moved = write_manifest(manifest, tmp_path / "speech.parquet")
-    mixture = write_mixture(tmp_path / "mixture.parquet", moved, [("u0", "speech", 1), ("u1", "speech", 1)])
-    with pytest.raises(DataError, match=rf"{moved}: audio file {tmp_path / 'deleted.flac'} of speech item 'u1'"):
+def test_speech_item_whose_audio_file_is_gone_fails_naming_mixture_and_file(tiny_assets, tmp_path):  # noqa: F811
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest,
+                            [("u0", "speech", 1), ("u1", "speech", 1)])
+    frame = pd.read_parquet(mixture)
+    frame.loc[frame["id"] == "u1", "audio"] = str(tmp_path / "deleted.flac")
+    frame.to_parquet(mixture, index=False)
+    with pytest.raises(DataError, match=rf"{mixture}: audio file {tmp_path / 'deleted.flac'} of speech item 'u1'"):
         load_items(mixture, 1)
 
 
 def test_bad_row_in_a_later_phase_fails_before_any_training(tiny_assets, tmp_path):  # noqa: F811
-    rows = [(i, "text", 1) for i in IDS] + [("nope", "speech", 2)]
+    rows = [(i, "text", 1) for i in IDS] + [("u0", "speech", 2)]
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, rows)
+    frame = pd.read_parquet(mixture)
+    frame.loc[frame["phase"] == 2, "audio"] = str(tmp_path / "gone.flac")
+    frame.to_parquet(mixture, index=False)
     settings = make_settings(tiny_assets.model_dir, CURRICULUM, checkpoint_every_steps=1)
-    with pytest.raises(DataError, match=rf"{mixture}: id 'nope'"):
+    with pytest.raises(DataError, match=rf"{mixture}: audio file .*gone.flac of speech item 'u0'"):
         finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
     assert not (tmp_path / "work" / "checkpoints").exists()
 

@@ -42,6 +42,8 @@ def typed_value(value, prop: dict, key: str, source: str):
         typed = float(value)
     elif ("boolean" in kinds and isinstance(value, bool)) or ("string" in kinds and isinstance(value, str)):
         typed = value
+    elif "array" in kinds and isinstance(value, (list, tuple)):
+        typed = list(value)
     else:
         raise ValueError(f"{source}: {key} must be of type {' or '.join(kinds)}, not {value!r}")
     if "enum" in prop and typed not in prop["enum"]:
@@ -159,3 +161,18 @@ class AudioFrameSettings(SchemaView):
             "batch_size": block_properties("audio_frames")["batch_size"],
             **{key: training[key] for key in ("length_aware", "device", "precision")},
         }
+
+
+@dataclass(frozen=True)
+class LoraSettings(SchemaView):
+    """The config's `model.lora` block: adapters on the language model."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    target_modules: list[str]
+
+    @classmethod
+    def properties(cls) -> dict[str, dict]:
+        lora = block_properties("model")["lora"]
+        return next(option["properties"] for option in lora["oneOf"] if option.get("type") == "object")

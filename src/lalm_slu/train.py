@@ -38,7 +38,6 @@ from lalm_slu.batches import (
     Collator,
     answer_turn,
     audio_token_count,
-    interleaved_text,
     render_prompt,
     span_audio,
 )
@@ -53,9 +52,10 @@ from lalm_slu.distributed import (
 from lalm_slu.loss import answer_loss
 from lalm_slu.memory_plan import check_job_fits
 from lalm_slu.model_loading import base_model, device_and_dtype, load_model_and_processor
-from lalm_slu.records import DataError, read_manifest
-from lalm_slu.slu_json import format_target
+from lalm_slu.mixtures import MIXTURE_COLUMNS, MODALITIES
+from lalm_slu.records import DataError
 from lalm_slu.speech.audio import load_audio
+from lalm_slu.settings import LoraSettings, TrainingSettings
 from lalm_slu.stages import STAGES
 from lalm_slu.trainable import count_parameters, set_trainable, top_level
 from lalm_slu.training_loop import Segment, TrainingLoop, warmup_steps
@@ -85,60 +85,26 @@ class TrainItem:
 
 
 def load_items(mixture_path: str | Path, phase: int) -> list[TrainItem]:
-    """The mixture's items of one phase, joined with their manifests (the only data training reads)."""
+    """The mixture's items of one phase. A mixture carries everything an item needs (mixtures.MIXTURE_COLUMNS);
+    only the audio files are checked here, since they may have gone since mixing."""
     mixture = pd.read_parquet(mixture_path)
-    required = {"id", "lang", "modality", "phase", "manifest"}
-    if missing := required - set(mixture.columns):
-        raise DataError(f"mixture lacks columns {sorted(missing)}", mixture_path)
-    rows = mixture[mixture["phase"] == phase]
-    manifests: dict[str, pd.DataFrame] = {}
+    if missing := set(MIXTURE_COLUMNS) - set(mixture.columns):
+        raise DataError(f"mixture lacks columns {sorted(missing)} (made by an older lalm-slu? re-run its mixing job)",
+                        mixture_path)
     items = []
-    for row in rows.itertuples(index=False):
-        if row.manifest not in manifests:
-            manifests[row.manifest] = read_manifest(row.manifest).set_index("id", drop=False)
-        frame = manifests[row.manifest]
-        if row.id not in frame.index:
-            raise DataError(f"id {row.id!r} not found in manifest {row.manifest}", mixture_path)
-        utt = frame.loc[row.id]
-        # An imitation item carries its own instruction and target (the phase-1 model's answer); others learn the
-        # utterance's SLU label under the prompt's instruction.
-        given = getattr(row, "target", None)
-        target = format_target(utt["scenario"], utt["action"], utt["entities"]) if _absent(given) else given
-        instruction = None if _absent(getattr(row, "instruction", None)) else row.instruction
-        if row.modality in ("speech", "interleaved"):
-            if not utt["audio"]:
-                raise DataError(f"speech item {row.id!r} has no audio in {row.manifest}", mixture_path)
-            if not os.path.isfile(utt["audio"]):
-                raise DataError(f"audio file {utt['audio']} of speech item {row.id!r} not found", row.manifest)
-        if row.modality == "speech":
-            items.append(TrainItem(row.id, "speech", utt["text"], target, utt["audio"], float(utt["duration_s"]),
-                                   instruction))
-        elif row.modality == "interleaved":
-            items.append(interleaved_item(row, utt, target, instruction, mixture_path))
-        elif row.modality == "text":
-            items.append(TrainItem(row.id, "text", utt["text"], target, None, None))
-        else:
+    for row in mixture[mixture["phase"] == phase].itertuples(index=False):
+        if row.modality not in MODALITIES:
             raise DataError(f"unknown modality {row.modality!r} for id {row.id!r}", mixture_path)
+        instruction = None if pd.isna(row.instruction) else row.instruction
+        if row.modality == "text":
+            items.append(TrainItem(row.id, "text", row.text, row.target, None, None))
+            continue
+        if pd.isna(row.audio) or not os.path.isfile(row.audio):
+            raise DataError(f"audio file {row.audio} of {row.modality} item {row.id!r} not found", mixture_path)
+        span = None if row.modality == "speech" else (float(row.span_start_s), float(row.span_end_s))
+        items.append(TrainItem(row.id, row.modality, row.text, row.target, row.audio, float(row.duration_s),
+                               instruction, span))
     return items
-
-
-def _absent(value) -> bool:
-    return value is None or (not isinstance(value, str) and pd.isna(value))
-
-
-def interleaved_item(row, utt, target: str, instruction: str | None, mixture_path) -> TrainItem:
-    """The mixture row's words [span_start, span_end) spoken (their audio, by the manifest's word times), the
-    others written."""
-    times = utt["word_times"]
-    start, end = int(row.span_start), int(row.span_end)
-    if not times or not 0 <= start < end <= len(times):
-        raise DataError(f"interleaved item {row.id!r}: span [{start}, {end}) outside its {len(times or [])} timed "
-                        "words", mixture_path)
-    begin_s, end_s = float(times[start][1]), float(times[end - 1][2])
-    text = interleaved_text([word for word, _, _ in times], start, end)
-    samples = int(round(end_s * SAMPLE_RATE)) - int(round(begin_s * SAMPLE_RATE))
-    return TrainItem(row.id, "interleaved", text, target, utt["audio"], samples / SAMPLE_RATE, instruction,
-                     (begin_s, end_s))
 
 
 def sequence_lengths(items: list[TrainItem], processor, instruction: str) -> list[int]:
@@ -301,18 +267,20 @@ def silent_audio_frames(model) -> torch.Tensor:
                                                                                         device=device))
 
 
-def training_precision(training: dict) -> tuple[str, torch.dtype]:
-    """Device and compute dtype. Weights that train are always kept and updated in fp32: in bf16 AdamW loses
-    most updates at the paper's learning rates (a weight moves only if |w| < ~512 × lr)."""
-    if training.get("precision", "auto") == "fp16":
-        raise ValueError("training.precision: fp16 is not supported for training (no loss scaling); use bf16")
+def training_precision(training: TrainingSettings) -> tuple[str, torch.dtype]:
+    """Device and compute dtype (the schema offers no fp16: no loss scaling). Weights that train are always kept
+    and updated in fp32: in bf16 AdamW loses most updates at the paper's learning rates (a weight moves only if
+    |w| < ~512 × lr)."""
     return device_and_dtype(training)
 
 
-def output_dtype(training: dict, model_path: str) -> torch.dtype:
+def output_dtype(training: TrainingSettings, model_path: str) -> torch.dtype:
     """The dtype of the written weights: the base model's own (`original`) or fp32."""
-    if training.get("output_dtype", "original") == "fp32":
-        return torch.float32
+    return torch.float32 if training.output_dtype == "fp32" else stored_dtype(model_path)
+
+
+def stored_dtype(model_path: str) -> torch.dtype:
+    """The dtype a model's weights are stored in (its config says), fp32 when it does not say."""
     config_file = Path(model_path) / "config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     stored = config.get("dtype") or config.get("torch_dtype")
@@ -324,11 +292,12 @@ def apply_lora(model, lora: dict, trainable_modules: list[str]):
     (peft would otherwise freeze everything but the adapters)."""
     from peft import LoraConfig, get_peft_model
 
-    targets = "|".join(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"]))
+    lora = LoraSettings.from_dict(lora, "fine-tuning settings: model.lora")
+    targets = "|".join(lora.target_modules)
     config = LoraConfig(
-        r=int(lora.get("rank", 8)),
-        lora_alpha=float(lora.get("alpha", 16)),
-        lora_dropout=float(lora.get("dropout", 0.0)),
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
         # Only the LLM: the audio tower has q/k/v projections with the same names.
         target_modules=rf".*language_model.*\.({targets})",
         modules_to_save=[m for m in trainable_modules if top_level(m) in AUDIO_PARTS] or None,
@@ -350,32 +319,35 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
     if output not in ("model", "checkpoint"):
         raise ValueError(f"output must be 'model' or 'checkpoint', not {output!r}")
     started = time.time()
-    device, dtype = training_precision(settings["training"])
+    training = TrainingSettings.from_dict(settings["training"], "fine-tuning settings: training")
+    if training.seed is None:
+        raise ValueError("fine-tuning settings: training: missing setting seed (the run's seed)")
+    device, dtype = training_precision(training)
     group = ProcessGroup(device)
     try:
-        return _finetune(mixture_path, settings, Path(out_dir), Path(work_dir), audio_frames, group, dtype, started,
-                         start_from, output)
+        return _finetune(mixture_path, settings, training, Path(out_dir), Path(work_dir), audio_frames, group, dtype,
+                         started, start_from, output)
     finally:
         group.close()
 
 
-def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frames, group: ProcessGroup,
-              dtype: torch.dtype, started: float, start_from, output: str) -> dict:
-    model_cfg, training, scheme = settings["model"], settings["training"], settings["scheme"]
+def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path, work_dir: Path, audio_frames,
+              group: ProcessGroup, dtype: torch.dtype, started: float, start_from, output: str) -> dict:
+    model_cfg, scheme = settings["model"], settings["scheme"]
     instruction = settings["prompt"]["instruction"]
     if group.device.type == "cuda":
         card = torch.cuda.get_device_properties(group.device).total_memory / 2**30
         check_job_fits(settings, group.world_size, card)  # before minutes of loading, not at the first OOM
-    seed = int(training.get("seed", 0))
+    seed = training.seed
     torch.manual_seed(seed)
     # Loaded as stored (bf16 for the 7B model); `parallelize` upcasts what trains to fp32 one unit at a time.
     with STAGES.stage("model_load"):
-        model, processor = load_model_and_processor(model_cfg["path"], dtype=output_dtype({}, model_cfg["path"]))
-    counts = set_trainable(model, scheme["trainable_modules"], bool(training.get("freeze_token_embeddings")))
+        model, processor = load_model_and_processor(model_cfg["path"], dtype=stored_dtype(model_cfg["path"]))
+    counts = set_trainable(model, scheme["trainable_modules"], training.freeze_token_embeddings)
     lora = model_cfg.get("lora")
     if lora:
         model = apply_lora(model, lora, scheme["trainable_modules"])
-    if training.get("gradient_checkpointing"):
+    if training.gradient_checkpointing:
         # Non-reentrant: the form that composes with FSDP2's hooks.
         base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     parameter_counts = {"per_module": counts, **count_parameters(model)}
@@ -390,19 +362,18 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
         parallelize(root, model, dtype, group)
     params = [p for p in root.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        params, lr=float(scheme["phases"][0]["learning_rate"]), weight_decay=float(training.get("weight_decay", 0.0)),
+        params, lr=float(scheme["phases"][0]["learning_rate"]), weight_decay=training.weight_decay,
         betas=(0.9, 0.999),
     )
-    length_aware = bool(training.get("length_aware", True))
+    length_aware = training.length_aware
     collator = Collator(processor, length_aware=length_aware)
     audio_cache = None
-    if audio_frozen and (training.get("cache_frozen_audio") or audio_frames):
+    if audio_frozen and (training.cache_frozen_audio or audio_frames):
         audio_cache = FrozenAudioCache(processor, length_aware)
         with STAGES.stage("data"):
             for path in audio_frames:
                 audio_cache.add(load_frames(path, model, length_aware).frames)
-    per_device = int(training["per_device_batch_size"])
-    global_batch = int(training["global_batch_size"])
+    per_device, global_batch = training.per_device_batch_size, training.global_batch_size
     accumulation = global_batch // (per_device * group.world_size)
     if accumulation < 1 or accumulation * per_device * group.world_size != global_batch:
         raise ValueError(
@@ -412,8 +383,8 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
 
     phases = scheme["phases"]
     loop = TrainingLoop(root, optimizer, group, work_dir / CHECKPOINTS, fingerprint(mixture_path, settings),
-                        max_grad_norm=float(training.get("max_grad_norm", 1.0)),
-                        checkpoint_every=int(training.get("checkpoint_every_steps", 50)),
+                        max_grad_norm=training.max_grad_norm,
+                        checkpoint_every=training.checkpoint_every_steps,
                         made_for=prefix_identity(mixture_path, settings, len(phases)))
     if not loop.resume() and start_from is not None:
         with STAGES.stage("checkpoints"):
@@ -443,7 +414,7 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
     def gradients(phase_index: int, step: int) -> dict:
         phase, plan = phases[phase_index], epoch_plans[phase_index]
         items = phase_items[int(phase["phase"])]
-        if plan["lengths"] is None and training.get("group_by_length", True):
+        if plan["lengths"] is None and training.group_by_length:
             with STAGES.stage("tokenization"):
                 plan["lengths"] = sequence_lengths(items, processor, instruction)
         epoch, step_in_epoch = divmod(step, plan["steps_per_epoch"])
@@ -477,7 +448,7 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
         final = loop.checkpoint()  # the end of the last phase is saved only here, as this job's output
         if group.is_main:
             _move_checkpoint(final, out_dir)
-            if not training.get("keep_checkpoint", False):
+            if not training.keep_checkpoint:
                 shutil.rmtree(loop.checkpoint_dir, ignore_errors=True)
         group.barrier()
         return summary
@@ -486,7 +457,7 @@ def _finetune(mixture_path, settings, out_dir: Path, work_dir: Path, audio_frame
         if group.is_main:
             _write_output(out_dir, model, processor, weights, output_dtype(training, model_cfg["path"]), settings,
                           history, summary)
-        if not training.get("keep_checkpoint", False):
+        if not training.keep_checkpoint:
             shutil.rmtree(loop.checkpoint_dir, ignore_errors=True)  # ~43 GB per 7B run; the final model is written
     group.barrier()
     return summary
