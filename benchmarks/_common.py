@@ -26,6 +26,7 @@ from lalm_slu.corpora.common import BadRecordPolicy  # noqa: E402
 from lalm_slu.corpora.slurp import read_slurp_release  # noqa: E402
 from lalm_slu.loss import answer_loss  # noqa: E402
 from lalm_slu.records import Utterance  # noqa: E402
+from lalm_slu.settings import TrainingSettings  # noqa: E402
 from lalm_slu.slu_json import format_target  # noqa: E402
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice  # noqa: E402
 
@@ -40,6 +41,7 @@ VOICES = [
 ]
 # The demo's own settings, so that benchmarks measure what the pipeline runs.
 DEMO_CONFIG = load_config(REPO / "config.yaml")
+DEMO_TRAINING = TrainingSettings.from_dict(DEMO_CONFIG["training"], "config.yaml training")
 INSTRUCTION = DEMO_CONFIG["prompt"]["instruction"]
 
 

@@ -18,6 +18,7 @@ if any output differs among the three.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -34,10 +35,12 @@ from _common import (
     write_result,
 )
 
+from lalm_slu.settings import GenerationSettings
+
 TARGET_SPEEDUP = 3.0
 
 
-def timed_decode(model, processor, manifest, modality: str, settings: dict) -> tuple[list[str], float]:
+def timed_decode(model, processor, manifest, modality: str, settings: GenerationSettings) -> tuple[list[str], float]:
     from lalm_slu.decode import decode_manifest
 
     started = time.perf_counter()
@@ -45,7 +48,8 @@ def timed_decode(model, processor, manifest, modality: str, settings: dict) -> t
     return [p["raw"] for p in predictions], time.perf_counter() - started
 
 
-def timed_stock_generate(model, processor, manifest, modality: str, settings: dict) -> tuple[list[str], float]:
+def timed_stock_generate(model, processor, manifest, modality: str,
+                         settings: GenerationSettings) -> tuple[list[str], float]:
     """One `generate(**batch)` call per utterance, as transformers documents it."""
     import torch
 
@@ -53,7 +57,7 @@ def timed_stock_generate(model, processor, manifest, modality: str, settings: di
     from lalm_slu.speech.audio import load_audio
 
     collator = Collator(processor, for_generation=True)
-    beams = settings["num_beams"]
+    beams = settings.num_beams
     outputs = []
     started = time.perf_counter()
     for row in manifest.itertuples():
@@ -62,7 +66,7 @@ def timed_stock_generate(model, processor, manifest, modality: str, settings: di
         with torch.no_grad():
             generated = model.generate(
                 **batch,
-                max_new_tokens=settings["max_new_tokens"],
+                max_new_tokens=settings.max_new_tokens,
                 num_beams=beams,
                 do_sample=False,
                 length_penalty=1.0,
@@ -94,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--utterances", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=DEMO_CONFIG["decode"]["batch_size"])
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--max-new-tokens", type=int, default=DEMO_CONFIG["decode"]["max_new_tokens"])
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--modalities", nargs="+", default=["speech", "text"], choices=["speech", "text"])
     parser.add_argument("--finetune-steps", type=int, default=60, help="text-only steps before measuring")
@@ -114,11 +118,14 @@ def main() -> None:
     measured, all_identical = {}, True
     for modality in args.modalities:
         for beams in args.beams:
-            settings = {"num_beams": beams, "max_new_tokens": args.max_new_tokens}
-            batched, batched_s = timed_decode(
-                model, processor, manifest, modality, {**settings, "batch_size": args.batch_size}
+            settings = GenerationSettings.from_dict(
+                {"num_beams": beams, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size},
+                "decode_throughput arguments",
             )
-            single, single_s = timed_decode(model, processor, manifest, modality, {**settings, "batch_size": 1})
+            batched, batched_s = timed_decode(model, processor, manifest, modality, settings)
+            single, single_s = timed_decode(
+                model, processor, manifest, modality, dataclasses.replace(settings, batch_size=1)
+            )
             stock, stock_s = timed_stock_generate(model, processor, manifest, modality, settings)
             differing = sum(a != b or a != c for a, b, c in zip(batched, single, stock))
             answer_tokens = [len(processor.tokenizer(text)["input_ids"]) for text in batched]

@@ -14,11 +14,12 @@ Writes benchmarks/results/finetune_step.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 from _common import (
-    DEMO_CONFIG,
+    DEMO_TRAINING,
     INSTRUCTION,
     chat_items,
     model_path,
@@ -41,7 +42,7 @@ def configured_precision() -> str:
 
     from lalm_slu.model_loading import device_and_dtype
 
-    _, dtype = device_and_dtype({"device": "cpu", "precision": DEMO_CONFIG["training"].get("precision", "auto")})
+    _, dtype = device_and_dtype(dataclasses.replace(DEMO_TRAINING, device="cpu"))
     return {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
 
 
@@ -61,15 +62,16 @@ def seconds_per_step(path: str, items, batches: list[list[int]], warmup: int, pr
     from lalm_slu.audio_encoding import FrozenAudioCache, clip_frames
     from lalm_slu.batches import Collator
     from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
+    from lalm_slu.settings import TrainingSettings
     from lalm_slu.trainable import set_trainable
 
     model, processor = load_model_and_processor(path)
-    set_trainable(model, TRAINABLE, bool(DEMO_CONFIG["training"].get("freeze_token_embeddings")))
+    set_trainable(model, TRAINABLE, DEMO_TRAINING.freeze_token_embeddings)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     collator = Collator(processor)
     cache = FrozenAudioCache(processor) if precomputed_audio else None
-    _, dtype = device_and_dtype({"device": "cpu", "precision": precision})
+    _, dtype = device_and_dtype(TrainingSettings.from_dict({"device": "cpu", "precision": precision}, "finetune_step"))
 
     def make_batch(indices):
         batch = collator([items[i] for i in indices])
@@ -167,7 +169,7 @@ def main() -> None:
             "demo_precision": demo_precision,
             "instruction_tokens": instruction_tokens(path),
             "trainable": TRAINABLE,
-            "freeze_token_embeddings": bool(DEMO_CONFIG["training"].get("freeze_token_embeddings")),
+            "freeze_token_embeddings": DEMO_TRAINING.freeze_token_embeddings,
             "threads": threads,
         },
         measured,

@@ -11,7 +11,7 @@ import argparse
 import statistics
 import time
 
-from _common import DEMO_CONFIG, chat_items, model_path, optimizer_step, scratch_dir, set_threads, slurp_sentences, \
+from _common import DEMO_TRAINING, chat_items, model_path, optimizer_step, scratch_dir, set_threads, slurp_sentences, \
     write_result
 from finetune_step import TRAINABLE, trainer_batches
 
@@ -47,7 +47,7 @@ def main() -> None:
     items = chat_items(utterances, "text")
     batches = trainer_batches(utterances, "text", args.batch_size, path)[: args.steps]
     model, processor = load_model_and_processor(path)
-    set_trainable(model, TRAINABLE, bool(DEMO_CONFIG["training"].get("freeze_token_embeddings")))
+    set_trainable(model, TRAINABLE, DEMO_TRAINING.freeze_token_embeddings)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     collator = Collator(processor)

@@ -13,6 +13,7 @@ from lalm_slu.cascade import extract_transcript, transcribe_test_set
 from lalm_slu.decode import decode_manifest
 from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.records import read_manifest
+from lalm_slu.settings import GenerationSettings
 
 
 def test_the_answer_pattern_extracts_the_transcript():
@@ -42,7 +43,7 @@ def test_a_cascade_decode_reads_the_transcripts_as_text(tiny_assets):  # noqa: F
     model, processor = load_model_and_processor(str(tiny_assets.model_dir))
     manifest = read_manifest(tiny_assets.speech_manifest)
     manifest["text"] = ["play some jazz"] * len(manifest)  # what a cascade manifest holds: transcripts as text
-    decoding = {"num_beams": 1, "batch_size": 4, "max_new_tokens": 6}
+    decoding = GenerationSettings.from_dict({"num_beams": 1, "batch_size": 4, "max_new_tokens": 6}, "test settings")
     cascade = decode_manifest(model, processor, manifest, "cascade", decoding, INSTRUCTION)
     text = decode_manifest(model, processor, manifest, "text", decoding, INSTRUCTION)
     assert [p["raw"] for p in cascade] == [p["raw"] for p in text]

@@ -13,6 +13,7 @@ from lalm_slu.batches import ChatItem, Collator
 from lalm_slu.decode import decode, decode_manifest, generate_batch
 from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.records import read_manifest
+from lalm_slu.settings import DecodingSettings
 from lalm_slu.speech.audio import load_audio
 
 
@@ -21,6 +22,11 @@ def settings(**overrides) -> dict:
         num_beams=1, batch_size=3, max_new_tokens=12, instruction=INSTRUCTION, device="cpu", precision="fp32"
     )
     return {**base, **overrides}
+
+
+def settings_view(**overrides) -> DecodingSettings:
+    """settings() as the decode job reads them."""
+    return DecodingSettings.from_dict(settings(**overrides), "test settings")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +74,7 @@ def one_at_a_time(model, processor, items, decoding) -> list[str]:
 def test_batched_decoding_equals_one_utterance_at_a_time(tiny, tiny_assets, modality, num_beams):  # noqa: F811
     model, processor = tiny
     manifest = read_manifest(tiny_assets.speech_manifest)
-    decoding = settings(num_beams=num_beams, batch_size=4)
+    decoding = settings_view(num_beams=num_beams, batch_size=4)
     batched = [p["raw"] for p in decode_manifest(model, processor, manifest, modality, decoding, INSTRUCTION)]
     items = [
         (
@@ -100,7 +106,7 @@ def test_generated_text_is_what_stock_generate_returns_after_the_prompt(tiny, ti
         )
     expected = processor.tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     collator = Collator(processor, for_generation=True)
-    actual = generate_batch(model, processor, collator, items, settings(num_beams=num_beams))
+    actual = generate_batch(model, processor, collator, items, settings_view(num_beams=num_beams))
     assert actual == [text.strip() for text in expected]
 
 
@@ -115,7 +121,7 @@ def test_beam_search_computes_each_prompt_once_then_one_position_per_beam(tiny, 
         lambda _module, _args, kwargs: shapes.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True
     )
     try:
-        generate_batch(model, processor, collator, items, settings(num_beams=3))
+        generate_batch(model, processor, collator, items, settings_view(num_beams=3))
     finally:
         hook.remove()
     assert shapes[0] == (3, prompt_length - 1)
@@ -126,10 +132,10 @@ def test_speech_decoding_of_a_manifest_without_audio_fails_clearly(tiny, tiny_as
     model, processor = tiny
     manifest = read_manifest(tiny_assets.text_manifest)
     with pytest.raises(ValueError, match=r"8 utterances have no audio \(e\.g\. \['u0', 'u1', 'u2'\]\)"):
-        decode_manifest(model, processor, manifest, "speech", settings(), INSTRUCTION)
+        decode_manifest(model, processor, manifest, "speech", settings_view(), INSTRUCTION)
 
 
 def test_unknown_modality_is_refused(tiny, tiny_assets):  # noqa: F811
     model, processor = tiny
     with pytest.raises(ValueError, match="modality must be one of"):
-        decode_manifest(model, processor, read_manifest(tiny_assets.text_manifest), "video", settings(), INSTRUCTION)
+        decode_manifest(model, processor, read_manifest(tiny_assets.text_manifest), "video", settings_view(), INSTRUCTION)

@@ -22,12 +22,16 @@ from lalm_slu.cli import main
 from lalm_slu.mixtures import Interleave, ManifestCache, MixturePart, build_mixture, with_item_data
 from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.records import Utterance, read_manifest, write_manifest
+from lalm_slu.settings import GenerationSettings, ImitationTask
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice
 from lalm_slu.train import load_items, sequence_lengths, to_chat_items
 
 TASKS = [{"task": "slu", "instruction": "Give the scenario, action and entities as JSON."},
          {"task": "transcribe", "instruction": "Write down what is said."}]  # fmt: skip
 SETTINGS = {"max_new_tokens": 6, "batch_size": 4, "device": "cpu", "precision": "fp32"}
+# TASKS and SETTINGS as the imitation-targets job reads its --tasks and --settings.
+TASK_VIEWS = [ImitationTask.from_dict(task, "test tasks") for task in TASKS]
+GENERATION = GenerationSettings.from_dict(SETTINGS, "test settings")
 
 
 def poisoned(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -39,7 +43,7 @@ def poisoned(manifest: pd.DataFrame) -> pd.DataFrame:
 def imitation_mixture(tmp_path, model, speech_manifest, ids, name):
     write_budget_ids(ids, tmp_path / f"{name}.ids")
     pool = imitation.pool_transcripts(str(speech_manifest), ids)
-    targets = imitation.imitation_targets(*model, pool, TASKS, SETTINGS)
+    targets = imitation.imitation_targets(*model, pool, TASK_VIEWS, GENERATION)
     frame = read_manifest(speech_manifest)
     part = MixturePart("en", str(speech_manifest), str(speech_manifest), tuple(frame["id"]), tuple(ids), True)
     listing = build_mixture("behaviour_imitation", [part], 0, imitation=targets)
@@ -74,7 +78,7 @@ def test_imitation_targets_come_from_the_text_path(tiny_assets, monkeypatch):  #
 
     monkeypatch.setattr(decode, "generate_batch", generate)
     pool = imitation.pool_transcripts(str(tiny_assets.speech_manifest), ["u0", "u2"])
-    targets = imitation.imitation_targets(*model, pool, TASKS, SETTINGS)
+    targets = imitation.imitation_targets(*model, pool, TASK_VIEWS, GENERATION)
     assert all(item.audio is None for item in seen)
     assert {item.text for item in seen} == {"wake me up at seven am", "play some jazz"}
     assert targets.set_index(["id", "task"]).loc[("u2", "transcribe"), "target"] == "answer to play some jazz"

@@ -2,20 +2,30 @@
 or value the schema does not allow is an error naming it."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from lalm_slu import job_arguments
+from lalm_slu.config_file import load_config
+from lalm_slu.grid import expand_grid
+from lalm_slu.schemes import IMITATION_SCHEMES
 from lalm_slu.settings import (
+    AlignmentSettings,
     AudioFrameSettings,
+    CascadeSettings,
     DecodingSettings,
     GenerationSettings,
+    ImitationTask,
     LoraSettings,
     TrainingSettings,
 )
 
-SCHEMA = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+REPO = Path(__file__).parents[1]
+SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+IMITATION_TASK = SCHEMA["$defs"]["imitation"]["properties"]["tasks"]["items"]["properties"]
 
 
 def block(name: str) -> dict:
@@ -36,6 +46,9 @@ def test_each_view_has_a_field_for_every_key_of_its_schema_block():
     assert field_names(LoraSettings) == set(lora)
     assert LoraSettings.from_dict({"rank": 4}, "test").to_dict() == {**{k: p["default"] for k, p in lora.items()},
                                                                      "rank": 4}
+    assert field_names(CascadeSettings) == field_names(GenerationSettings) | set(block("cascade"))
+    assert field_names(ImitationTask) == set(IMITATION_TASK)
+    assert field_names(AlignmentSettings) == set(block("alignment")["settings"]["properties"])
 
 
 def test_left_out_keys_take_the_schema_s_defaults():
@@ -51,6 +64,36 @@ def test_left_out_keys_take_the_schema_s_defaults():
         batch_size=block("audio_frames")["batch_size"]["default"],
         **{key: block("training")[key]["default"] for key in ("length_aware", "device", "precision")},
     )
+
+
+def test_the_cascade_s_own_keys_replace_generation_s():
+    cascade, decode = block("cascade"), block("decode")
+    transcription = CascadeSettings.from_dict({"num_beams": 2}, "test")
+    assert transcription.max_new_tokens == cascade["max_new_tokens"]["default"] != decode["max_new_tokens"]["default"]
+    assert transcription.instruction == cascade["instruction"]["default"] and transcription.answer_pattern is None
+    assert transcription.num_beams == 2
+
+
+def test_an_imitation_task_needs_its_name_and_instruction_and_defaults_its_answering_model():
+    task = ImitationTask.from_dict({"task": "slu", "instruction": "Answer."}, "test")
+    assert task.model == IMITATION_TASK["model"]["default"]
+    with pytest.raises(ValueError, match="test: missing setting instruction"):
+        ImitationTask.from_dict({"task": "slu"}, "test")
+
+
+def test_each_job_s_settings_json_is_accepted_by_its_view():
+    # What job_arguments (and speech.smk's settings_json) hand the commands, from the demo's config.
+    config = load_config(REPO / "config.yaml")
+    imitation_run = next(run for run in expand_grid(config).values() if run.scheme in IMITATION_SCHEMES)
+    DecodingSettings.from_dict(json.loads(job_arguments.decode_settings(config)), "decode")
+    AudioFrameSettings.from_dict(json.loads(job_arguments.audio_frames_settings(config)), "encode-audio")
+    assert CascadeSettings.from_dict(json.loads(job_arguments.cascade_settings(config)), "transcribe").to_dict() == {
+        **GenerationSettings.from_dict(job_arguments.decode_block(config), "decode").to_dict(), **config["cascade"]
+    }
+    GenerationSettings.from_dict(json.loads(job_arguments.imitation_decode_settings(config, imitation_run)), "imitate")
+    for task in json.loads(job_arguments.imitation_tasks(config, imitation_run)):
+        assert ImitationTask.from_dict(task, "imitate").to_dict() == task
+    AlignmentSettings.from_dict(json.loads(job_arguments.settings_json(config, "alignment", "settings")), "align")
 
 
 def test_given_keys_are_converted_to_the_schema_s_types():
@@ -79,6 +122,8 @@ def test_an_unknown_key_is_an_error_naming_it_and_its_source():
         (GenerationSettings, {"device": "cuda"}, "device must be one of auto, cpu, not 'cuda'"),
         (TrainingSettings, {"per_device_batch_size": 2.5}, "per_device_batch_size must be of type integer"),
         (TrainingSettings, {"length_aware": "false"}, "length_aware must be of type boolean"),
+        (ImitationTask, {"task": "slu", "instruction": "x", "model": "phase2"}, "model must be one of phase1, base"),
+        (AlignmentSettings, {"device": "cuda"}, "device must be one of auto, cpu, not 'cuda'"),
     ],
 )
 def test_a_value_the_schema_does_not_allow_is_an_error_naming_its_key(view, settings, message):

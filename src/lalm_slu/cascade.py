@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Mapping
 
 from lalm_slu.batches import ChatItem
 from lalm_slu.decode import answers_longest_first
@@ -18,6 +19,7 @@ from lalm_slu.metrics import word_error_rate
 from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
 from lalm_slu.outputs import atomic_output, write_text_atomic
 from lalm_slu.records import json_columns, read_manifest
+from lalm_slu.settings import CascadeSettings
 from lalm_slu.speech.audio import load_audio
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,8 @@ def extract_transcript(answer: str, pattern: str | None) -> str:
     return answer.strip()
 
 
-def transcribe_manifest(model, processor, manifest, settings: dict) -> list[str]:
-    """The base model's raw answers to `settings["instruction"]` for every clip of `manifest`, in its order."""
+def transcribe_manifest(model, processor, manifest, settings: CascadeSettings) -> list[str]:
+    """The base model's raw answers to `settings.instruction` for every clip of `manifest`, in its order."""
     rows = manifest.to_dict("records")
     missing = [row["id"] for row in rows if not row["audio"]]
     if missing:
@@ -42,19 +44,22 @@ def transcribe_manifest(model, processor, manifest, settings: dict) -> list[str]
     durations = [float(row["duration_s"] or 0.0) for row in rows]
 
     def batch(indices):
-        return [ChatItem(settings["instruction"], audio=load_audio(rows[i]["audio"])) for i in indices], None
+        return [ChatItem(settings.instruction, audio=load_audio(rows[i]["audio"])) for i in indices], None
 
     return answers_longest_first(model, processor, durations, batch, settings, "transcribe")
 
 
-def transcribe_test_set(model_dir: str, manifest_path: str, settings: dict, out_manifest: str, out_wer: str) -> dict:
-    """Write the cascade manifest (transcripts as `text`) and the transcripts' WER against the gold text."""
+def transcribe_test_set(model_dir: str, manifest_path: str, settings: Mapping, out_manifest: str,
+                        out_wer: str) -> dict:
+    """Write the cascade manifest (transcripts as `text`) and the transcripts' WER against the gold text.
+    `settings`: the job's --settings JSON (lalm_slu.settings.CascadeSettings)."""
     started = time.time()
-    device, dtype = device_and_dtype(settings)
+    transcription = CascadeSettings.from_dict(settings, "transcribe-test-set --settings")
+    device, dtype = device_and_dtype(transcription)
     model, processor = load_model_and_processor(model_dir, dtype=dtype, device=device)
     manifest = read_manifest(manifest_path)
-    answers = transcribe_manifest(model, processor, manifest, settings)
-    transcripts = [extract_transcript(answer, settings.get("answer_pattern")) for answer in answers]
+    answers = transcribe_manifest(model, processor, manifest, transcription)
+    transcripts = [extract_transcript(answer, transcription.answer_pattern) for answer in answers]
     cascade = manifest.copy()
     cascade["reference_text"] = cascade["text"]
     cascade["asr_answer"] = answers
@@ -65,8 +70,8 @@ def transcribe_test_set(model_dir: str, manifest_path: str, settings: dict, out_
         "utterances": len(cascade),
         "wer": round(word_error_rate(list(manifest["text"]), transcripts), 4),
         "empty_transcripts": int(sum(not t for t in transcripts)),
-        "instruction": settings["instruction"],
-        "answer_pattern": settings.get("answer_pattern"),
+        "instruction": transcription.instruction,
+        "answer_pattern": transcription.answer_pattern,
         "wall_time_s": round(time.time() - started, 2),
     }
     write_text_atomic(out_wer, json.dumps(summary, indent=2) + "\n")

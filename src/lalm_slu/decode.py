@@ -31,20 +31,9 @@ log = logging.getLogger(__name__)
 MODALITIES = ("speech", "text", "cascade")
 
 
-def generation_settings(settings: GenerationSettings | Mapping) -> GenerationSettings:
-    """The typed view of `settings`. A dict (from the cascade's transcription, imitation targets, the demo model's
-    WER check) may carry keys of its own job besides generation's, such as its instruction: only generation's
-    keys are read from it."""
-    if isinstance(settings, GenerationSettings):
-        return settings
-    known = GenerationSettings.properties()
-    return GenerationSettings.from_dict({k: v for k, v in settings.items() if k in known}, "generation settings")
-
-
-def generate_batch(model, processor, collator: Collator, items: list[ChatItem], settings: GenerationSettings | Mapping,
+def generate_batch(model, processor, collator: Collator, items: list[ChatItem], settings: GenerationSettings,
                    audio: torch.Tensor | None = None) -> list[str]:
     """Answers to `items`; `audio`: their clips' frames already computed (concatenated in order), if any."""
-    settings = generation_settings(settings)
     batch = {k: v.to(model.device) for k, v in collator(items).items()}
     beams = settings.num_beams
     with torch.no_grad():
@@ -65,12 +54,11 @@ def generate_batch(model, processor, collator: Collator, items: list[ChatItem], 
     return [t.strip() for t in processor.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
 
-def answers_longest_first(model, processor, lengths: list[float], make_batch, settings: GenerationSettings | Mapping,
+def answers_longest_first(model, processor, lengths: list[float], make_batch, settings: GenerationSettings,
                           desc: str) -> list[str]:
     """Raw answers for items 0..n-1, generated in batches of `settings.batch_size`, longest first (the first batch
     shows at once whether memory suffices), returned in item order. `make_batch(indices)` gives the batch's
     ChatItems and its precomputed audio frames (or None)."""
-    settings = generation_settings(settings)
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batch_size = settings.batch_size
     collator = Collator(processor, for_generation=True)
@@ -101,7 +89,7 @@ def prompt_cache(model, embeddings: torch.Tensor, attention_mask: torch.Tensor, 
     return cache
 
 
-def decode_manifest(model, processor, manifest, modality: str, settings: GenerationSettings | Mapping,
+def decode_manifest(model, processor, manifest, modality: str, settings: GenerationSettings,
                     instruction: str, frames: FrameStore | None = None) -> list[dict]:
     """Predictions for every row of `manifest` (a DataFrame), in its order. `frames`: the clips' precomputed
     frames (speech only), valid for this model's audio tower and projector."""

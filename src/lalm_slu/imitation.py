@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 import pandas as pd
 
@@ -21,13 +22,14 @@ from lalm_slu.decode import answers_longest_first
 from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
 from lalm_slu.outputs import atomic_output
 from lalm_slu.records import DataError, read_manifest
+from lalm_slu.settings import GenerationSettings, ImitationTask
 
 log = logging.getLogger(__name__)
 
 TARGET_COLUMNS = ("id", "lang", "manifest", "task", "instruction", "target")
 # The only manifest columns imitation reads.
 TRANSCRIPT_COLUMNS = ("id", "lang", "text")
-# Which model answers a task: the phase-1 SLU fine-tune (default) or the base model before SLU fine-tuning.
+# The order in which the answering models are loaded (ImitationTask.model; the schema names them).
 ANSWERING_MODELS = ("phase1", "base")
 
 
@@ -41,7 +43,8 @@ def pool_transcripts(manifest_path: str, ids: list[str]) -> pd.DataFrame:
     return pool.assign(manifest=str(manifest_path))
 
 
-def answer_transcripts(model, processor, transcripts: list[str], instruction: str, settings: dict) -> list[str]:
+def answer_transcripts(model, processor, transcripts: list[str], instruction: str,
+                       settings: GenerationSettings) -> list[str]:
     """The model's answers to `instruction` for each transcript, read as text (the text path), in order."""
 
     def batch(indices):
@@ -50,49 +53,51 @@ def answer_transcripts(model, processor, transcripts: list[str], instruction: st
     return answers_longest_first(model, processor, [len(t) for t in transcripts], batch, settings, "imitate")
 
 
-def imitation_targets(model, processor, pool: pd.DataFrame, tasks: list[dict], settings: dict) -> pd.DataFrame:
-    """One row per pool utterance × task (TARGET_COLUMNS). `tasks`: [{"task": name, "instruction": text}]."""
+def imitation_targets(model, processor, pool: pd.DataFrame, tasks: list[ImitationTask],
+                      settings: GenerationSettings) -> pd.DataFrame:
+    """One row per pool utterance × task (TARGET_COLUMNS)."""
     frames = []
     for task in tasks:
-        answers = answer_transcripts(model, processor, list(pool["text"]), task["instruction"], settings)
-        frames.append(pool[["id", "lang", "manifest"]].assign(task=task["task"], instruction=task["instruction"],
+        answers = answer_transcripts(model, processor, list(pool["text"]), task.instruction, settings)
+        frames.append(pool[["id", "lang", "manifest"]].assign(task=task.task, instruction=task.instruction,
                                                               target=answers))
     targets = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(TARGET_COLUMNS))
     return targets[list(TARGET_COLUMNS)]
 
 
-def task_models(tasks: list[dict]) -> list[str]:
-    """The answering models the tasks name, in ANSWERING_MODELS order; an unknown one is an error."""
-    named = {task.get("model", "phase1") for task in tasks}
-    unknown = named - set(ANSWERING_MODELS)
-    if unknown:
-        raise ValueError(f"imitation tasks name unknown models {sorted(unknown)}; choose from {ANSWERING_MODELS}")
+def task_models(tasks: list[ImitationTask]) -> list[str]:
+    """The answering models the tasks name, in ANSWERING_MODELS order."""
+    named = {task.model for task in tasks}
     return [name for name in ANSWERING_MODELS if name in named]
 
 
-def write_imitation_targets(model_dirs: dict[str, str], pools: list[tuple[str, list[str]]], tasks: list[dict],
-                            settings: dict, out_path: str) -> dict:
-    """Targets for every (manifest, ids) pool to a parquet file; `model_dirs`: answering model -> its directory."""
+def write_imitation_targets(model_dirs: dict[str, str], pools: list[tuple[str, list[str]]], tasks: list[Mapping],
+                            settings: Mapping, out_path: str) -> dict:
+    """Targets for every (manifest, ids) pool to a parquet file; `model_dirs`: answering model -> its directory.
+    `tasks` and `settings`: the job's --tasks and --settings JSON (ImitationTask, GenerationSettings)."""
     started = time.time()
     if not tasks:
         raise ValueError("behaviour imitation needs at least one task")
-    device, dtype = device_and_dtype(settings)
+    typed_tasks = [ImitationTask.from_dict(task, f"imitation-targets --tasks[{index}]")
+                   for index, task in enumerate(tasks)]
+    generation = GenerationSettings.from_dict(settings, "imitation-targets --settings")
+    device, dtype = device_and_dtype(generation)
     pool = pd.concat([pool_transcripts(path, ids) for path, ids in pools], ignore_index=True)
     frames = []
-    for name in task_models(tasks):
+    for name in task_models(typed_tasks):
         if name not in model_dirs:
             raise ValueError(f"imitation tasks need the {name!r} model; none given")
         model, processor = load_model_and_processor(model_dirs[name], dtype=dtype, device=device)
-        own = [task for task in tasks if task.get("model", "phase1") == name]
-        frames.append(imitation_targets(model, processor, pool, own, settings))
+        own = [task for task in typed_tasks if task.model == name]
+        frames.append(imitation_targets(model, processor, pool, own, generation))
         del model, processor  # one model in memory at a time
-    order = {task["task"]: rank for rank, task in enumerate(tasks)}
+    order = {task.task: rank for rank, task in enumerate(typed_tasks)}
     targets = pd.concat(frames, ignore_index=True)
     targets = targets.sort_values("task", key=lambda tasks_: tasks_.map(order), kind="stable").reset_index(drop=True)
     with atomic_output(out_path) as tmp:
         targets.to_parquet(tmp, index=False)
-    summary = {"utterances": len(pool), "tasks": [t["task"] for t in tasks], "targets": len(targets),
-               "models": {t["task"]: t.get("model", "phase1") for t in tasks},
+    summary = {"utterances": len(pool), "tasks": [t.task for t in typed_tasks], "targets": len(targets),
+               "models": {t.task: t.model for t in typed_tasks},
                "empty_targets": int((targets["target"].str.strip() == "").sum()),
                "wall_time_s": round(time.time() - started, 2)}
     log.info("imitation targets from %s: %s", model_dirs, summary)

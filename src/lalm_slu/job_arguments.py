@@ -11,7 +11,7 @@ import json
 from lalm_slu.config_checks import ConfigError
 from lalm_slu.grid import Run, run_settings, scheme_block
 from lalm_slu.schemes import BUDGET_FREE_PHASES, IMITATION_SCHEMES, INTERLEAVING_SCHEMES
-from lalm_slu.settings import AudioFrameSettings, TrainingSettings
+from lalm_slu.settings import AudioFrameSettings, ImitationTask, TrainingSettings
 
 SPLITS = ("train", "dev", "test")
 
@@ -237,12 +237,11 @@ def imitation_pool_arguments(inputs) -> list[str]:
 def imitation_tasks(config: dict, run: Run) -> str:
     """The instructions, and the model (phase1 or base) that answers each from the transcript (null: the SLU prompt)."""
     tasks = [
-        {
-            "task": task["task"],
-            "instruction": task["instruction"] or config["prompt"]["instruction"],
-            "model": task.get("model", "phase1"),
-        }
-        for task in scheme_block(config, run)["imitation"]["tasks"]
+        ImitationTask.from_dict(
+            {**task, "instruction": task["instruction"] or config["prompt"]["instruction"]},
+            f"{run.scheme}'s imitation.tasks[{index}]",
+        ).to_dict()
+        for index, task in enumerate(scheme_block(config, run)["imitation"]["tasks"])
     ]
     return json.dumps(tasks)
 

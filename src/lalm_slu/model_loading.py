@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -16,17 +15,19 @@ class ModelNotAvailableError(RuntimeError):
     pass
 
 
-def device_and_dtype(settings) -> tuple[str, torch.dtype]:
-    """The device and dtype that `settings` (device, precision: auto/fp32/bf16/fp16) ask for on this machine:
-    a typed view (lalm_slu.settings) or a dict, as the jobs not yet on the typed views pass."""
-    if isinstance(settings, Mapping):
-        requested_device, precision = settings.get("device", "auto"), settings.get("precision", "auto")
-    else:
-        requested_device, precision = settings.device, settings.precision
+def resolve_device(requested_device: str) -> str:
+    """The device that `requested_device` (auto or cpu) means on this machine: this process's GPU, if any."""
     device = "cuda" if torch.cuda.is_available() and requested_device != "cpu" else "cpu"
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         device = f"cuda:{torch.cuda.current_device()}"
+    return device
+
+
+def device_and_dtype(settings) -> tuple[str, torch.dtype]:
+    """The device and dtype that a settings view (lalm_slu.settings) with `device` and `precision`
+    (auto/fp32/bf16/fp16) asks for on this machine."""
+    device, precision = resolve_device(settings.device), settings.precision
     if precision == "auto":
         precision = "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -1,5 +1,7 @@
 """Typed views of the settings a job reads from JSON: training (a fine-tuning job's `training`, or the config's
-block), generation and decoding (the decode job's --settings) and audio frames (encode-audio's --settings).
+block), generation and decoding (the decode job's --settings), audio frames (encode-audio's --settings), the
+cascade's transcription (transcribe-test-set's --settings), imitation tasks (imitation-targets' --tasks) and
+alignment (align-words' --settings).
 
 The schema (workflow/schemas/config.schema.yaml) is the one source of their defaults: a key that a mapping leaves
 out takes the schema's default, and is an error where the schema has none. A key the schema does not know is an
@@ -142,6 +144,44 @@ class DecodingSettings(GenerationSettings):
     @classmethod
     def properties(cls) -> dict[str, dict]:
         return {**super().properties(), "instruction": block_properties("prompt")["instruction"]}
+
+
+@dataclass(frozen=True)
+class CascadeSettings(GenerationSettings):
+    """The transcribe-test-set job's settings: the config's `cascade` block over generation's (its own
+    max_new_tokens replaces decode's)."""
+
+    instruction: str
+    answer_pattern: str | None
+
+    @classmethod
+    def properties(cls) -> dict[str, dict]:
+        return {**super().properties(), **block_properties("cascade")}
+
+
+@dataclass(frozen=True)
+class ImitationTask(SchemaView):
+    """One item of a scheme's `imitation.tasks`, as the imitation-targets job receives it (a null instruction is
+    already the prompt's)."""
+
+    task: str
+    instruction: str | None
+    model: str
+
+    @classmethod
+    def properties(cls) -> dict[str, dict]:
+        return config_schema()["$defs"]["imitation"]["properties"]["tasks"]["items"]["properties"]
+
+
+@dataclass(frozen=True)
+class AlignmentSettings(SchemaView):
+    """The align-words job's settings: the config's `alignment.settings` block."""
+
+    device: str
+
+    @classmethod
+    def properties(cls) -> dict[str, dict]:
+        return block_properties("alignment")["settings"]["properties"]
 
 
 @dataclass(frozen=True)

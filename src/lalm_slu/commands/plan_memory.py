@@ -3,9 +3,9 @@
     lalm-slu plan-memory --configfile workflow/configs/paper.yaml --gpus 1 4 8 --gpu-memory-gb 80
 
 The configfiles are read as Snakemake reads them: ./config.yaml first, each --configfile on top
-(mappings merged key by key, everything else replaced). The model's shape comes from --config-json,
-else the downloaded model's config.json, else the config's model.architecture copy. The formulas are
-in lalm_slu.memory_plan.
+(mappings merged key by key, everything else replaced); training keys they leave out take the schema's
+defaults, as a fine-tuning job's do. The model's shape comes from --config-json, else the downloaded
+model's config.json, else the config's model.architecture copy. The formulas are in lalm_slu.memory_plan.
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ def run(args: argparse.Namespace) -> int:
     if not module_sets:
         raise SystemExit("plan-memory: nothing trains: give --trainable-modules, or a config whose grid names schemes")
     card = args.gpu_memory_gb or config.get("resources", {}).get("finetune", {}).get("gpu_memory_gb")
-    config.setdefault("training", {}).setdefault("per_device_batch_size", 1)
     for modules, schemes in module_sets.items():
         shape = training_shape(
             config,

@@ -38,6 +38,7 @@ from lalm_slu.distributed import ProcessGroup
 from lalm_slu.loss import answer_loss
 from lalm_slu.metrics import word_error_rate
 from lalm_slu.model_loading import load_model_and_processor
+from lalm_slu.settings import GenerationSettings
 from lalm_slu.speech.audio import load_audio
 from lalm_slu.speech.tts import Voice
 from lalm_slu.train import CHECKPOINTS, model_identity
@@ -245,11 +246,12 @@ def transcribe(model, processor, clips: list[Clip], batch_size: int = 16, max_ne
 
     collator = Collator(processor, for_generation=True)
     model.eval()
-    settings = {"max_new_tokens": max_new_tokens, "num_beams": 1}
+    greedy = GenerationSettings.from_dict({"num_beams": 1, "batch_size": batch_size, "max_new_tokens": max_new_tokens},
+                                          "the demo model's transcription")
     out = []
     for start in range(0, len(clips), batch_size):
         items = [ChatItem(TRANSCRIBE_INSTRUCTION, audio=load_audio(c.audio)) for c in clips[start : start + batch_size]]
-        out += generate_batch(model, processor, collator, items, settings)
+        out += generate_batch(model, processor, collator, items, greedy)
     return out
 
 

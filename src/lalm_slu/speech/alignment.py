@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Mapping
 
 import torch
 
@@ -94,16 +95,18 @@ def word_times_from_path(text: str, owners: list[int], path: list[int], frame_s:
     return [[word, round(min(start, duration_s), 4), round(min(end, duration_s), 4)] for word, start, end in times]
 
 
-def align_manifest(model_dir: str, manifest_path: str, out_path: str, settings: dict) -> dict:
-    """A speech manifest with `word_times` filled by forced alignment with the CTC model at `model_dir`."""
+def align_manifest(model_dir: str, manifest_path: str, out_path: str, settings: Mapping) -> dict:
+    """A speech manifest with `word_times` filled by forced alignment with the CTC model at `model_dir`.
+    `settings`: the job's --settings JSON (lalm_slu.settings.AlignmentSettings)."""
     from transformers import AutoModelForCTC, AutoProcessor
 
-    from lalm_slu.model_loading import device_and_dtype
+    from lalm_slu.model_loading import resolve_device
     from lalm_slu.records import read_manifest, utterances_from_frame, write_manifest
+    from lalm_slu.settings import AlignmentSettings
     from lalm_slu.speech.audio import load_audio
 
     started = time.time()
-    device, _ = device_and_dtype(settings)
+    device = resolve_device(AlignmentSettings.from_dict(settings, "align-words --settings").device)
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForCTC.from_pretrained(model_dir).to(device).eval()
     vocabulary = processor.tokenizer.get_vocab()
