@@ -36,8 +36,9 @@ class Segment:
         if step < self.warmup_steps:
             return self.learning_rate * (step + 1) / self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
-        cosine = self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
-        return self.learning_rate * self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        # With no floor this is bit for bit peak × 0.5 × (1 + cos) (halving is exact), as fine-tuning had it.
+        return self.learning_rate * (self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine)
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
