@@ -428,7 +428,8 @@ def _pretrain(model_dir: Path, out_dir: Path, work_dir: Path, train_clips, train
         summary["continued_from"] = json.loads(earlier.read_text())
     (out_dir / "pretraining_summary.json").write_text(json.dumps(summary, indent=2))
     write_model_card(out_dir, summary)
-    pd.DataFrame(loop.history)[["step", "loss", "lr"]].to_csv(out_dir / "pretraining_loss.csv", index=False,
-                                                               float_format="%.6g")
+    losses = pd.DataFrame(loop.history)[["step", "loss", "lr"]]
+    losses["lr"] = losses["lr"].map("{:.6g}".format)
+    losses.to_csv(out_dir / "pretraining_loss.csv", index=False)
     shutil.rmtree(loop.checkpoint_dir, ignore_errors=True)  # the stage's model is written
     return summary
