@@ -103,6 +103,7 @@ class TrainingSettings(SchemaView):
     freeze_token_embeddings: bool
     cache_frozen_audio: bool
     weight_decay: float
+    optimizer: str
     max_grad_norm: float
     gradient_checkpointing: bool
     checkpoint_every_steps: int
