@@ -1,6 +1,6 @@
 """Seconds per fine-tuning optimizer step at batch 16: text items, and speech items with encoder and projector
 frozen (the language model trains), on the demo model with the trainer's length-aware step and answer-only
-loss. Batches are drawn as the trainer draws them (`train.micro_batches`, grouped by sequence length), and also at
+loss. Batches are drawn as the trainer draws them (`training_data.micro_batches`, grouped by sequence length), and also at
 random for comparison. Speech is measured as the demo grid trains it, from frames the frozen encoder computed once
 per split (`audio_frames.precompute`; the encoding's own cost is timed beside it), and with the encoder run in
 every step (precomputing off, or a scheme that trains the audio path).
@@ -110,7 +110,7 @@ def trainer_batches(utterances, modality: str, batch_size: int, path: str) -> li
     """The trainer's own batching of these utterances for one epoch (seeded, grouped by sequence length)."""
     from lalm_slu.model_loading import load_model_and_processor
     from lalm_slu.slu_json import format_target
-    from lalm_slu.train import TrainItem, micro_batches, sequence_lengths
+    from lalm_slu.training_data import TrainItem, micro_batches, sequence_lengths
 
     items = [
         TrainItem(u.id, modality, u.text, format_target(u.scenario, u.action, u.entities), u.audio,
@@ -157,7 +157,7 @@ def main() -> None:
             "model": model_kind,
             "batch_size": args.batch_size,
             "steps": args.steps,
-            "batching": "text / speech: the trainer's (train.micro_batches, grouped by sequence length); "
+            "batching": "text / speech: the trainer's (training_data.micro_batches, grouped by sequence length); "
             "*_random_batches: utterances in drawn order",
             "speech": "the trainer's batches, from frames the frozen encoder and projector computed beforehand "
             "(audio_frames.precompute, as the demo grid trains); encoding_median_s_per_batch_of_clips: what "

@@ -24,7 +24,7 @@ from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.records import Utterance, read_manifest, write_manifest
 from lalm_slu.settings import GenerationSettings, ImitationTask
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice
-from lalm_slu.train import load_items, sequence_lengths, to_chat_items
+from lalm_slu.training_data import load_items, sequence_lengths, to_chat_items
 
 TASKS = [{"task": "slu", "instruction": "Give the scenario, action and entities as JSON."},
          {"task": "transcribe", "instruction": "Write down what is said."}]  # fmt: skip

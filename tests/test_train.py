@@ -23,14 +23,15 @@ from tiny_model import (  # noqa: F401 - tiny_assets: session fixture
 )
 from transformers import Qwen2AudioForConditionalGeneration
 
-from lalm_slu import train, training_loop
+from lalm_slu import train, training_data, training_loop
 from lalm_slu.batches import ChatItem, Collator
 from lalm_slu.length_aware_encoder import LengthAwareQwen2AudioEncoder
 from lalm_slu.mixtures import ManifestCache, with_item_data
 from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.records import DataError, read_manifest
 from lalm_slu.speech.audio import load_audio
-from lalm_slu.train import finetune, load_items, micro_batches, sequence_lengths, to_chat_items
+from lalm_slu.train import finetune
+from lalm_slu.training_data import load_items, micro_batches, sequence_lengths, to_chat_items
 
 IDS = [f"u{i}" for i in range(8)]
 LLM_ONLY = ["language_model", "lm_head"]
@@ -110,7 +111,7 @@ def test_sequence_lengths_are_the_collators_unpadded_lengths(tiny_assets, tmp_pa
 
 
 def test_length_grouping_batches_similar_lengths_and_keeps_every_item_once():
-    items = [train.TrainItem(f"u{i}", "text", "", "", None, None) for i in range(64)]
+    items = [training_data.TrainItem(f"u{i}", "text", "", "", None, None) for i in range(64)]
     lengths = list(np.random.default_rng(0).integers(10, 200, size=64))
     grouped = micro_batches(items, lengths, 8, seed=0, phase=1, epoch=0)
     drawn = micro_batches(items, None, 8, seed=0, phase=1, epoch=0)

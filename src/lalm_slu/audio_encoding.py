@@ -32,17 +32,29 @@ def _clip_frames(hidden: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[1], device=hidden.device)[None, :] < counts[:, None]]
 
 
+def frame_index(token_counts: list[int], mel_frames: int) -> torch.Tensor:
+    """Flat positions (row × frames per row + frame) of each clip's own tower frames in a batch whose features
+    are `mel_frames` wide: what `_clip_frames` selects, computed on the host from the clips' token counts."""
+    width = audio_token_count(mel_frames)
+    return torch.cat([row * width + torch.arange(count) for row, count in enumerate(token_counts)])
+
+
 def encoded_audio(model: Qwen2AudioForConditionalGeneration, features: torch.Tensor,
-                  feature_mask: torch.Tensor, before_layer: int | None = None) -> torch.Tensor:
+                  feature_mask: torch.Tensor, before_layer: int | None = None,
+                  frames_at: torch.Tensor | None = None) -> torch.Tensor:
     """Audio-tower frames of every clip of a batch, each clip's own frames only, concatenated in batch order
     (one frame per `<|AUDIO|>` token). With `before_layer`: the hidden states entering that encoder layer
-    instead, one per encoder position of each clip (twice as many, before pooling)."""
+    instead, one per encoder position of each clip (twice as many, before pooling). `frames_at`: the clips'
+    frame positions (`frame_index`), made with the batch, so that selecting them waits for nothing."""
     tower = base_model(model).model.audio_tower
     encoder_lengths, token_counts = tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
     positions = (features.shape[-1] - 2) // 2 + 1
     mask = _encoder_attention_mask(tower, encoder_lengths.to(features.device), positions, features.shape[0])
     if before_layer is None:
-        return _clip_frames(tower(features, attention_mask=mask).last_hidden_state, token_counts)
+        hidden = tower(features, attention_mask=mask).last_hidden_state
+        if frames_at is None:
+            return _clip_frames(hidden, token_counts)
+        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, frames_at.to(hidden.device))
     hidden = tower.run_layers(tower.embed_features(features), mask, stop=before_layer)
     return _clip_frames(hidden, encoder_lengths)
 
@@ -61,10 +73,11 @@ def encoded_audio_from_layer(model: Qwen2AudioForConditionalGeneration, clip_sta
 
 
 def projected_audio(model: Qwen2AudioForConditionalGeneration, features: torch.Tensor,
-                    feature_mask: torch.Tensor) -> torch.Tensor:
+                    feature_mask: torch.Tensor, frames_at: torch.Tensor | None = None) -> torch.Tensor:
     """Projected audio frames of every clip of a batch, concatenated in batch order: what
     Qwen2AudioModel.forward scatters into the `<|AUDIO|>` slots (the projector acts frame by frame)."""
-    return base_model(model).model.multi_modal_projector(encoded_audio(model, features, feature_mask))
+    return base_model(model).model.multi_modal_projector(
+        encoded_audio(model, features, feature_mask, frames_at=frames_at))
 
 
 def clip_frames(model: Qwen2AudioForConditionalGeneration, processor, waveforms: list[np.ndarray],
@@ -90,17 +103,31 @@ def audio_parts_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def merge_audio(model, input_ids: torch.Tensor, audio: torch.Tensor | None) -> torch.Tensor:
-    """Token embeddings of `input_ids` with the `<|AUDIO|>` slots filled by `audio` frames, in order."""
+def merge_audio(model, input_ids: torch.Tensor, audio: torch.Tensor | None,
+                slots_at: torch.Tensor | None = None) -> torch.Tensor:
+    """Token embeddings of `input_ids` with the `<|AUDIO|>` slots filled by `audio` frames, in order. `slots_at`:
+    the slots' flat positions, ascending, made with the batch (`audio_slot_index`): filling them waits for
+    nothing, where counting the slots on the device would."""
     embeddings = base_model(model).model.get_input_embeddings()(input_ids)
     if audio is None:
         return embeddings
+    if slots_at is not None:
+        if slots_at.shape[0] != audio.shape[0]:  # both sizes are known on the host
+            raise ValueError(f"{audio.shape[0]} audio frames for {slots_at.shape[0]} <|AUDIO|> tokens in the batch")
+        flat = embeddings.reshape(-1, embeddings.shape[-1])
+        filled = flat.index_copy(0, slots_at.to(flat.device), audio.to(flat.device, flat.dtype))
+        return filled.reshape(embeddings.shape)
     audio_slots = (input_ids == base_model(model).config.audio_token_id).unsqueeze(-1)
     slots = int(audio_slots.sum())
     if slots != audio.shape[0]:
         # masked_scatter would silently fill the slots from the wrong frames.
         raise ValueError(f"{audio.shape[0]} audio frames for {slots} <|AUDIO|> tokens in the batch")
     return embeddings.masked_scatter(audio_slots, audio.to(embeddings.device, embeddings.dtype))
+
+
+def audio_slot_index(input_ids: torch.Tensor, audio_token_id: int) -> torch.Tensor:
+    """Flat positions of the `<|AUDIO|>` tokens of a (host) batch, ascending: `merge_audio`'s `slots_at`."""
+    return (input_ids.reshape(-1) == audio_token_id).nonzero(as_tuple=True)[0]
 
 
 def prompt_embeddings(model: Qwen2AudioForConditionalGeneration, batch: dict,

@@ -9,21 +9,41 @@ from lalm_slu.batches import IGNORE_INDEX
 from lalm_slu.model_loading import base_model
 
 
-def answer_loss(model, batch: dict) -> torch.Tensor:
-    """Mean cross-entropy over the labelled (answer) tokens — the value `model(**batch).loss` returns — with the
-    vocabulary projection computed only at those positions. The stock forward projects every prompt position
-    too, on logits the loss never reads: a quarter of a demo text step (0.66 → 0.50 s)."""
+def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat positions (row × width + column) of the hidden states that predict an answer token, ascending, and
+    those tokens. Computed where the labels are (the collating process, for training batches), so that the loss
+    gathers with an index instead of a boolean mask, which would wait for the device to count it."""
+    targets = labels[:, 1:]
+    rows, columns = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    return rows * labels.shape[1] + columns, targets[rows, columns]
+
+
+def answer_loss(model, batch: dict, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the labelled (answer) tokens — with "mean", the value `model(**batch).loss` returns; with
+    "sum", their sum, for a caller that divides by the tokens of a whole optimizer step — with the vocabulary
+    projection computed only at those positions. The stock forward projects every prompt position too, on logits
+    the loss never reads: a quarter of a demo text step (0.66 → 0.50 s).
+
+    `batch` holds `input_ids` or `inputs_embeds`, `attention_mask`, and either `labels` or the host-computed
+    `answer_positions`/`answer_targets` (`answer_positions`) plus `right_padded`, which keep the device from
+    synchronising with the host."""
     inner = base_model(model)
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
-    if is_right_padded(inputs.get("attention_mask")):
+    if "answer_positions" in batch:
+        positions, targets = batch["answer_positions"], batch["answer_targets"]
+    else:
+        positions, targets = answer_positions(batch["labels"])
+    right_padded = batch.get("right_padded")
+    if right_padded is None:
+        right_padded = is_right_padded(batch.get("attention_mask"))
+    inputs = {key: batch[key] for key in ("input_ids", "inputs_embeds", "attention_mask") if key in batch}
+    if right_padded:
         # Causal attention already hides a right-padded row's padding from its real tokens, and padded
         # positions carry no label: without the mask, attention takes its faster causal-only path.
         inputs["attention_mask"] = None
     hidden = inner.model(**inputs, use_cache=False).last_hidden_state
-    targets = batch["labels"][:, 1:].to(hidden.device)
-    answer = targets != IGNORE_INDEX
-    logits = inner.lm_head(hidden[:, :-1][answer])
-    return nn.functional.cross_entropy(logits.float(), targets[answer])
+    chosen = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions.to(hidden.device))
+    logits = inner.lm_head(chosen)
+    return nn.functional.cross_entropy(logits.float(), targets.to(hidden.device), reduction=reduction)
 
 
 def is_right_padded(attention_mask: torch.Tensor | None) -> bool:

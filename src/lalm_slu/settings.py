@@ -103,6 +103,7 @@ class TrainingSettings(SchemaView):
     freeze_token_embeddings: bool
     cache_frozen_audio: bool
     weight_decay: float
+    data_workers: int | None
     optimizer: str
     max_grad_norm: float
     gradient_checkpointing: bool

@@ -28,19 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from lalm_slu.audio_encoding import FrozenAudioCache, merge_audio, projected_audio
 from lalm_slu.audio_frames import load_frames
-from lalm_slu.batches import (
-    SAMPLE_RATE,
-    ChatItem,
-    Collator,
-    answer_turn,
-    audio_token_count,
-    render_prompt,
-    span_audio,
-)
+from lalm_slu.batches import Collator
 from lalm_slu.code_version import code_version
 from lalm_slu.distributed import (
     ProcessGroup,
@@ -52,12 +45,11 @@ from lalm_slu.distributed import (
 from lalm_slu.loss import answer_loss
 from lalm_slu.memory_plan import check_job_fits
 from lalm_slu.model_loading import base_model, device_and_dtype, load_model_and_processor
-from lalm_slu.mixtures import MIXTURE_COLUMNS, MODALITIES
 from lalm_slu.records import DataError
-from lalm_slu.speech.audio import load_audio
 from lalm_slu.settings import LoraSettings, TrainingSettings
 from lalm_slu.stages import STAGES
 from lalm_slu.trainable import count_parameters, set_trainable, top_level
+from lalm_slu.training_data import MicroBatch, StepLoader, load_items, micro_batches, sequence_lengths
 from lalm_slu.training_loop import Segment, TrainingLoop, warmup_steps
 
 log = logging.getLogger(__name__)
@@ -65,100 +57,6 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 # The parts that turn audio into LLM inputs: training either invalidates cached audio frames.
 AUDIO_PARTS = ("audio_tower", "multi_modal_projector")
-
-
-@dataclass
-class TrainItem:
-    id: str
-    modality: str  # text, speech or interleaved
-    text: str  # interleaved: the transcript with its spoken span replaced by AUDIO_SPAN
-    target: str
-    audio_path: str | None
-    duration_s: float | None  # speech items: the clip's; interleaved: the span's
-    instruction: str | None = None  # the item's own instruction (imitation tasks); None: the prompt's
-    span_s: tuple[float, float] | None = None  # interleaved: the spoken span of the clip
-
-    @property
-    def audio_key(self) -> str | None:
-        """What identifies the item's audio (a frame cache key): the clip, or the clip's span."""
-        return self.audio_path if self.span_s is None else f"{self.audio_path}#{self.span_s[0]}-{self.span_s[1]}"
-
-
-def load_items(mixture_path: str | Path, phase: int) -> list[TrainItem]:
-    """The mixture's items of one phase. A mixture carries everything an item needs (mixtures.MIXTURE_COLUMNS);
-    only the audio files are checked here, since they may have gone since mixing."""
-    mixture = pd.read_parquet(mixture_path)
-    if missing := set(MIXTURE_COLUMNS) - set(mixture.columns):
-        raise DataError(f"mixture lacks columns {sorted(missing)} (made by an older lalm-slu? re-run its mixing job)",
-                        mixture_path)
-    items = []
-    for row in mixture[mixture["phase"] == phase].itertuples(index=False):
-        if row.modality not in MODALITIES:
-            raise DataError(f"unknown modality {row.modality!r} for id {row.id!r}", mixture_path)
-        instruction = None if pd.isna(row.instruction) else row.instruction
-        if row.modality == "text":
-            items.append(TrainItem(row.id, "text", row.text, row.target, None, None))
-            continue
-        if pd.isna(row.audio) or not os.path.isfile(row.audio):
-            raise DataError(f"audio file {row.audio} of {row.modality} item {row.id!r} not found", mixture_path)
-        span = None if row.modality == "speech" else (float(row.span_start_s), float(row.span_end_s))
-        items.append(TrainItem(row.id, row.modality, row.text, row.target, row.audio, float(row.duration_s),
-                               instruction, span))
-    return items
-
-
-def sequence_lengths(items: list[TrainItem], processor, instruction: str) -> list[int]:
-    """Tokens of each item's training sequence as the Collator builds it: prompt, audio tokens (from the clip's
-    duration) and answer. Grouping by this, not by transcript or clip length alone, also groups by answer length,
-    which varies as much (1,000 demo text items: 217 → 184 padded tokens per item)."""
-    tokenizer = processor.tokenizer
-    no_audio = np.zeros(0, dtype=np.float32)
-    sequences = [
-        render_prompt(processor, ChatItem(it.instruction or instruction, text=None if it.modality == "speech" else it.text,
-                                          audio=None if it.modality == "text" else no_audio))
-        + answer_turn(it.target)
-        for it in items
-    ]
-    lengths = [len(ids) for ids in tokenizer(sequences, add_special_tokens=False)["input_ids"]]
-    hop = processor.feature_extractor.hop_length
-    # The audio placeholder (one token) becomes one token per encoder frame pair.
-    return [
-        n - 1 + audio_token_count(math.ceil(it.duration_s * SAMPLE_RATE / hop)) if it.modality != "text" else n
-        for n, it in zip(lengths, items)
-    ]
-
-
-def micro_batches(items: list[TrainItem], lengths: list[int] | None, batch_size: int, seed: int, phase: int,
-                  epoch: int) -> list[list[int]]:
-    """Seeded order for one epoch. With `lengths` (sequence_lengths), group by length: sort inside windows of 50
-    batches, then shuffle the batches."""
-    rng = np.random.default_rng([seed, phase, epoch])
-    order = rng.permutation(len(items))
-    if lengths is not None:
-        window = batch_size * 50
-        grouped = []
-        for start in range(0, len(order), window):
-            chunk = order[start : start + window]
-            grouped += sorted(chunk.tolist(), key=lambda i: (items[i].modality, lengths[i]))
-        order = np.array(grouped, dtype=np.int64)
-    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    if lengths is not None:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
-
-
-def to_chat_items(items: list[TrainItem], instruction: str) -> list[ChatItem]:
-    return [
-        ChatItem(it.instruction or instruction, it.target, text=None if it.modality == "speech" else it.text,
-                 audio=None if it.modality == "text" else item_audio(it))
-        for it in items
-    ]
-
-
-def item_audio(item: TrainItem) -> np.ndarray:
-    """A speech item's clip, or an interleaved item's span of it."""
-    audio = load_audio(item.audio_path)
-    return audio if item.span_s is None else span_audio(audio, *item.span_s)
 
 
 def model_identity(name_or_path: str) -> str:
@@ -242,18 +140,24 @@ class AnswerLoss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict, audio_frames: torch.Tensor | None = None, touch_audio: bool = False) -> torch.Tensor:
-        """`audio_frames`: the batch's frames, precomputed (else from its features, if it has speech).
-        `touch_audio`: run the audio path even without speech (see `silent_audio_frames`)."""
+    def forward(self, batch: dict, audio_frames: torch.Tensor | None = None, touch_audio: bool = False,
+                reduction: str = "mean") -> torch.Tensor:
+        """`batch`: a Collator batch, or a MicroBatch's (host-computed positions: no device synchronisation).
+        `audio_frames`: the batch's frames, precomputed (else from its features, if it has speech).
+        `touch_audio`: run the audio path even without speech (see `silent_audio_frames`). `reduction`: the
+        answer tokens' cross-entropy "mean" or "sum"."""
         frames = audio_frames
         if frames is None and "input_features" in batch:
-            frames = projected_audio(self.model, batch["input_features"], batch["feature_attention_mask"])
+            frames = projected_audio(self.model, batch["input_features"], batch["feature_attention_mask"],
+                                     batch.get("audio_frames_at"))
         silent = silent_audio_frames(self.model) if frames is None and touch_audio else None
-        embeddings = merge_audio(self.model, batch["input_ids"], frames)
+        embeddings = merge_audio(self.model, batch["input_ids"], frames, batch.get("audio_slots"))
         if silent is not None:
             embeddings = embeddings + 0.0 * silent.sum()
-        return answer_loss(self.model, {"inputs_embeds": embeddings, "attention_mask": batch["attention_mask"],
-                                        "labels": batch["labels"]})
+        inputs = {"inputs_embeds": embeddings, "attention_mask": batch["attention_mask"]}
+        inputs.update({key: batch[key] for key in ("labels", "answer_positions", "answer_targets", "right_padded")
+                       if key in batch})
+        return answer_loss(self.model, inputs, reduction)
 
 
 def silent_audio_frames(model) -> torch.Tensor:
@@ -263,8 +167,10 @@ def silent_audio_frames(model) -> torch.Tensor:
     Added with zero weight: no gradient."""
     mel_bins = base_model(model).config.audio_config.num_mel_bins
     device = next(base_model(model).model.multi_modal_projector.parameters()).device
-    return projected_audio(model, torch.zeros(1, mel_bins, 4, device=device), torch.ones(1, 4, dtype=torch.long,
-                                                                                        device=device))
+    # Its one frame is at position 0: given, so that selecting it waits for nothing.
+    return projected_audio(model, torch.zeros(1, mel_bins, 4, device=device),
+                           torch.ones(1, 4, dtype=torch.long, device=device),
+                           frames_at=torch.zeros(1, dtype=torch.long, device=device))
 
 
 def optimizer_implementation(training: TrainingSettings, device: torch.device) -> str:
@@ -279,6 +185,14 @@ def build_optimizer(params, learning_rate: float, training: TrainingSettings, de
     implementation = optimizer_implementation(training, device)
     return torch.optim.AdamW(params, lr=learning_rate, weight_decay=training.weight_decay, betas=(0.9, 0.999),
                              fused=implementation == "fused", foreach=implementation == "foreach")
+
+
+def data_workers(training: TrainingSettings, device: torch.device) -> int:
+    """Processes collating micro-batches ahead of the step (`training.data_workers`; auto: 4 beside a GPU, none on
+    CPU, where they would take the cores the step computes on)."""
+    if training.data_workers is not None:
+        return training.data_workers
+    return 4 if device.type == "cuda" else 0
 
 
 def training_precision(training: TrainingSettings) -> tuple[str, torch.dtype]:
@@ -378,6 +292,8 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
     optimizer = build_optimizer(params, float(scheme["phases"][0]["learning_rate"]), training, group.device)
     length_aware = training.length_aware
     collator = Collator(processor, length_aware=length_aware)
+    audio_token_id = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
+    workers = data_workers(training, group.device)
     audio_cache = None
     if audio_frozen and (training.cache_frozen_audio or audio_frames):
         audio_cache = FrozenAudioCache(processor, length_aware)
@@ -416,7 +332,8 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
         total_steps = steps_per_epoch * int(phase["epochs"])
         segments.append(Segment(f"phase {phase['phase']}", total_steps, float(phase["learning_rate"]),
                                 warmup_steps(total_steps, float(phase["warmup_ratio"]))))
-        epoch_plans.append({"steps_per_epoch": steps_per_epoch, "lengths": None, "epoch": None, "batches": None})
+        epoch_plans.append({"steps_per_epoch": steps_per_epoch, "lengths": None, "epoch": None, "batches": None,
+                            "loader": None})
         modalities = pd.Series([it.modality for it in items]).value_counts().to_dict()
         log.info("phase %s: %d items %s, %s epochs × %d steps, lr %s, warm-up %s, %d process(es)", phase["phase"],
                  len(items), modalities, phase["epochs"], steps_per_epoch, phase["learning_rate"],
@@ -429,17 +346,27 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
             with STAGES.stage("tokenization"):
                 plan["lengths"] = sequence_lengths(items, processor, instruction)
         epoch, step_in_epoch = divmod(step, plan["steps_per_epoch"])
-        if plan["epoch"] != epoch:
-            plan["epoch"] = epoch
-            plan["batches"] = micro_batches(items, plan["lengths"], per_device, seed, int(phase["phase"]), epoch)
         span = accumulation * group.world_size
-        loss_sum, n_items, speech_items = _optimizer_step_gradients(
-            root, plan["batches"][step_in_epoch * span : (step_in_epoch + 1) * span], items, instruction, collator,
-            audio_cache, group, touch_audio=not audio_frozen, trains_audio_tower="audio_tower" in trained_parts,
+        if plan["epoch"] != epoch or plan["loader"].next != step_in_epoch:
+            if plan["epoch"] != epoch:
+                plan["epoch"] = epoch
+                plan["batches"] = micro_batches(items, plan["lengths"], per_device, seed, int(phase["phase"]), epoch)
+            plan["loader"] = StepLoader(items, plan["batches"], range(step_in_epoch, plan["steps_per_epoch"]), span,
+                                        group.rank, group.world_size, instruction, collator, audio_token_id, workers,
+                                        pin_memory=group.device.type == "cuda")
+        step_batches = plan["batches"][step_in_epoch * span : (step_in_epoch + 1) * span]
+        step_items = sum(len(batch) for batch in step_batches)
+        speech_items = sum(items[i].modality == "speech" for batch in step_batches for i in batch)
+        audio_items = sum(items[i].modality != "text" for batch in step_batches for i in batch)
+        with STAGES.stage("collation"):  # waiting for the loader: audio, chat template, tokenization, features
+            mine = plan["loader"].next_step(step_in_epoch)
+        loss, tokens = _optimizer_step_gradients(
+            root, mine, audio_cache, group, touch_audio=not audio_frozen and audio_items > 0,
+            trains_audio_tower="audio_tower" in trained_parts,
             where=f"phase {phase['phase']} epoch {epoch} step {step_in_epoch}",
         )
-        return {"phase": int(phase["phase"]), "epoch": epoch, "loss": round(loss_sum / n_items, 6),
-                "text_items": int(n_items) - speech_items, "speech_items": speech_items}
+        return {"phase": int(phase["phase"]), "epoch": epoch, "loss": round(loss, 6), "answer_tokens": tokens,
+                "text_items": step_items - speech_items, "speech_items": speech_items}
 
     loop.run(segments, gradients)
     history, position = loop.history, loop.position
@@ -474,40 +401,41 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
     return summary
 
 
-def _optimizer_step_gradients(root, group_batches, items, instruction, collator, audio_cache, group,
-                              touch_audio: bool, trains_audio_tower: bool, where: str):
-    """Accumulate one optimizer step's gradients over this process's micro-batches. Every process runs the same
-    number of forward/backward passes (FSDP2 gathers and reduces in each): one short of a batch repeats its first
-    with zero weight. Returns the step's summed loss, item count and speech items (over all processes)."""
-    mine = group_batches[group.rank :: group.world_size]
-    rounds = math.ceil(len(group_batches) / group.world_size)
-    step_items = sum(len(b) for b in group_batches)
-    speech_items = sum(items[i].modality == "speech" for batch_ids in group_batches for i in batch_ids)
+def _optimizer_step_gradients(root, micro_batches: list[MicroBatch], audio_cache, group: ProcessGroup,
+                              touch_audio: bool, trains_audio_tower: bool, where: str) -> tuple[float, int]:
+    """Accumulate one optimizer step's gradients over this process's micro-batches: the gradient of the mean
+    cross-entropy over the answer tokens of the whole step, all micro-batches and processes (as transformers ≥ 4.46
+    and torchtitan normalise), not an average of per-batch means. The device is waited for once, at the end, for
+    the step's loss, token count and finite check together. Returns the step's mean loss and answer tokens."""
+    device, world_size = group.device, group.world_size
     root.train()
     if not trains_audio_tower:
         base_model(root.model).model.audio_tower.eval()
-    loss_sum = 0.0
-    for round_index in range(rounds):
-        padding = round_index >= len(mine)
-        batch_ids = group_batches[0] if padding else mine[round_index]
-        batch_items = [items[i] for i in batch_ids]
-        with STAGES.stage("collation"):  # audio loading, chat template, tokenization, features
-            chats = to_chat_items(batch_items, instruction)
-            batch = {k: v.to(group.device) for k, v in collator(chats).items()}
+    own_tokens = sum(mb.answer_tokens for mb in micro_batches if not mb.padding)
+    step_tokens = torch.tensor(float(own_tokens), device=device)
+    if world_size > 1:
+        dist.all_reduce(step_tokens)  # queued on the device: nothing waits for it here
+    loss_sum = torch.zeros((), device=device)
+    non_finite = torch.zeros((), device=device)
+    for micro_batch in micro_batches:
         with STAGES.stage("steps"):
+            batch = micro_batch.to(device, with_features=audio_cache is None)
             frames = None
             if audio_cache is not None:
-                clips = [(it.audio_key, c.audio) for it, c in zip(batch_items, chats) if c.audio is not None]
-                frames = audio_cache.batch_frames(root.model, clips)
-            loss = root(batch, frames, touch_audio=touch_audio and speech_items > 0)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at {where}; the last good checkpoint is kept")
-            # Each micro-batch weighs its share of the step's items; FSDP2 averages over processes.
-            weight = 0.0 if padding else len(batch_ids) * group.world_size / step_items
-            (loss * weight).backward()
-        if not padding:
-            loss_sum += float(loss.detach()) * len(batch_ids)
-    return group.all_sum(loss_sum), step_items, speech_items
+                frames = audio_cache.batch_frames(root.model, list(zip(micro_batch.audio_keys, micro_batch.waveforms)))
+            loss = root(batch, frames, touch_audio=touch_audio, reduction="sum") / step_tokens
+            non_finite += (~torch.isfinite(loss)).float()
+            # FSDP2 averages gradients over processes: × processes makes it the sum of each one's share.
+            (loss * (0.0 if micro_batch.padding else world_size)).backward()
+            if not micro_batch.padding:
+                loss_sum += loss.detach()
+    totals = torch.stack([loss_sum, non_finite])
+    if world_size > 1:
+        dist.all_reduce(totals)
+    loss_value, non_finite_count, tokens = torch.cat([totals, step_tokens.reshape(1)]).tolist()  # the one wait
+    if non_finite_count:
+        raise FloatingPointError(f"non-finite loss at {where}; the last good checkpoint is kept")
+    return loss_value, int(tokens)
 
 
 def _move_checkpoint(checkpoint: Path, out_dir: Path) -> None:
