@@ -263,12 +263,15 @@ def test_curriculum_phase_two_starts_from_phase_one_final_weights(curriculum_run
     collator = Collator(processor)
 
     def first_step_loss():
+        """The mean over the step's answer tokens, all its micro-batches together."""
+        total, tokens = 0.0, 0
         with torch.no_grad():
-            total = sum(
-                float(model(**collator(to_chat_items([items[i] for i in ids], INSTRUCTION))).loss) * len(ids)
-                for ids in first_step
-            )
-        return total / sum(len(ids) for ids in first_step)
+            for ids in first_step:
+                batch = collator(to_chat_items([items[i] for i in ids], INSTRUCTION))
+                answer_tokens = int((batch["labels"][:, 1:] != -100).sum())
+                total += float(model(**batch).loss) * answer_tokens
+                tokens += answer_tokens
+        return total / tokens
 
     from_base_weights = first_step_loss()
     model.load_state_dict(end_of_phase1[0], strict=False)
@@ -438,8 +441,8 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     real_loss = train.answer_loss
     calls = []
 
-    def nan_on_fifth_micro_batch(model, batch):
-        loss = real_loss(model, batch)
+    def nan_on_fifth_micro_batch(model, batch, reduction="mean"):
+        loss = real_loss(model, batch, reduction)
         calls.append(1)
         return loss * float("nan") if len(calls) == 5 else loss  # 2 micro-batches per step: step 3's first
 

@@ -16,15 +16,27 @@ from lalm_slu.model_loading import base_model
 from lalm_slu.speech.audio import load_audio
 
 
-def _encoder_attention_mask(tower, lengths: torch.Tensor, positions: int, batch_size: int) -> torch.Tensor:
+def _encoder_attention_mask(tower, lengths: torch.Tensor, positions: int, batch_size: int,
+                            padded: bool | None = None) -> torch.Tensor | None:
+    """`padded`: whether some clip is shorter than the batch, when the caller knows it on the host; None leaves
+    it to transformers, which asks the device (it then skips the mask when nothing is padded, as here)."""
     from transformers.masking_utils import create_bidirectional_mask
 
+    if padded is False:
+        return None
     valid = torch.arange(positions, device=lengths.device)[None, :] < lengths[:, None]
     return create_bidirectional_mask(
         config=tower.config,
         inputs_embeds=torch.zeros(batch_size, positions, 1, dtype=tower.dtype, device=lengths.device),
         attention_mask=valid.long(),
+        allow_is_bidirectional_skip=padded is None,
     )
+
+
+def encoder_padding(feature_lengths: list[int], mel_frames: int) -> bool:
+    """Whether some clip of a batch `mel_frames` wide has fewer encoder positions than the batch (host lengths)."""
+    positions = (mel_frames - 2) // 2 + 1
+    return any((length - 1) // 2 + 1 < positions for length in feature_lengths)
 
 
 def _clip_frames(hidden: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -41,15 +53,16 @@ def frame_index(token_counts: list[int], mel_frames: int) -> torch.Tensor:
 
 def encoded_audio(model: Qwen2AudioForConditionalGeneration, features: torch.Tensor,
                   feature_mask: torch.Tensor, before_layer: int | None = None,
-                  frames_at: torch.Tensor | None = None) -> torch.Tensor:
+                  frames_at: torch.Tensor | None = None, padded: bool | None = None) -> torch.Tensor:
     """Audio-tower frames of every clip of a batch, each clip's own frames only, concatenated in batch order
     (one frame per `<|AUDIO|>` token). With `before_layer`: the hidden states entering that encoder layer
-    instead, one per encoder position of each clip (twice as many, before pooling). `frames_at`: the clips'
-    frame positions (`frame_index`), made with the batch, so that selecting them waits for nothing."""
+    instead, one per encoder position of each clip (twice as many, before pooling). `frames_at` (the clips'
+    frame positions, `frame_index`) and `padded` (`encoder_padding`), made with the batch on the host, let the
+    encoder run without waiting for the device."""
     tower = base_model(model).model.audio_tower
     encoder_lengths, token_counts = tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
     positions = (features.shape[-1] - 2) // 2 + 1
-    mask = _encoder_attention_mask(tower, encoder_lengths.to(features.device), positions, features.shape[0])
+    mask = _encoder_attention_mask(tower, encoder_lengths.to(features.device), positions, features.shape[0], padded)
     if before_layer is None:
         hidden = tower(features, attention_mask=mask).last_hidden_state
         if frames_at is None:
@@ -73,11 +86,12 @@ def encoded_audio_from_layer(model: Qwen2AudioForConditionalGeneration, clip_sta
 
 
 def projected_audio(model: Qwen2AudioForConditionalGeneration, features: torch.Tensor,
-                    feature_mask: torch.Tensor, frames_at: torch.Tensor | None = None) -> torch.Tensor:
+                    feature_mask: torch.Tensor, frames_at: torch.Tensor | None = None,
+                    padded: bool | None = None) -> torch.Tensor:
     """Projected audio frames of every clip of a batch, concatenated in batch order: what
     Qwen2AudioModel.forward scatters into the `<|AUDIO|>` slots (the projector acts frame by frame)."""
     return base_model(model).model.multi_modal_projector(
-        encoded_audio(model, features, feature_mask, frames_at=frames_at))
+        encoded_audio(model, features, feature_mask, frames_at=frames_at, padded=padded))
 
 
 def clip_frames(model: Qwen2AudioForConditionalGeneration, processor, waveforms: list[np.ndarray],

@@ -115,12 +115,16 @@ def parallelize(root: nn.Module, model, compute_dtype: torch.dtype, group: Proce
     policy = MixedPrecisionPolicy(
         param_dtype=None if compute_dtype == torch.float32 else compute_dtype, reduce_dtype=torch.float32
     )
+    # The last units of the forward are the first of the backward: kept gathered in between, they are not
+    # gathered twice (torchtitan does the same for its last block and output head).
+    kept_gathered = {id(llm.layers[-1]), id(inner.lm_head)}
     for unit in [*units, root]:
         # Upcast one unit at a time: a 7B model never exists in fp32 on the host.
         for param in unit.parameters():
             if param not in replicated and not isinstance(param, DTensor):
                 param.data = param.data.float()
-        fully_shard(unit, mesh=group.mesh, mp_policy=policy, ignored_params=replicated)
+        fully_shard(unit, mesh=group.mesh, mp_policy=policy, ignored_params=replicated,
+                    reshard_after_forward=id(unit) not in kept_gathered)
     for module in root.modules():
         for name, buffer in module._buffers.items():
             if buffer is not None and buffer.device != group.device:

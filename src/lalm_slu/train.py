@@ -149,7 +149,7 @@ class AnswerLoss(nn.Module):
         frames = audio_frames
         if frames is None and "input_features" in batch:
             frames = projected_audio(self.model, batch["input_features"], batch["feature_attention_mask"],
-                                     batch.get("audio_frames_at"))
+                                     batch.get("audio_frames_at"), batch.get("audio_padded"))
         silent = silent_audio_frames(self.model) if frames is None and touch_audio else None
         embeddings = merge_audio(self.model, batch["input_ids"], frames, batch.get("audio_slots"))
         if silent is not None:
@@ -170,7 +170,7 @@ def silent_audio_frames(model) -> torch.Tensor:
     # Its one frame is at position 0: given, so that selecting it waits for nothing.
     return projected_audio(model, torch.zeros(1, mel_bins, 4, device=device),
                            torch.ones(1, 4, dtype=torch.long, device=device),
-                           frames_at=torch.zeros(1, dtype=torch.long, device=device))
+                           frames_at=torch.zeros(1, dtype=torch.long, device=device), padded=False)
 
 
 def optimizer_implementation(training: TrainingSettings, device: torch.device) -> str:

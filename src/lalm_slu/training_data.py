@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lalm_slu.audio_encoding import audio_slot_index, frame_index
+from lalm_slu.audio_encoding import audio_slot_index, encoder_padding, frame_index
 from lalm_slu.batches import SAMPLE_RATE, ChatItem, Collator, answer_turn, audio_token_count, render_prompt, span_audio
 from lalm_slu.loss import answer_positions, is_right_padded
 from lalm_slu.mixtures import MIXTURE_COLUMNS, MODALITIES
@@ -129,14 +129,15 @@ class MicroBatch:
     answer_tokens: int
     items: int
     padding: bool  # a round this process runs only to keep FSDP2's collectives paired: weight 0
+    audio_padded: bool = False  # some clip has fewer encoder positions than the batch (encoder_padding)
     audio_keys: list[str] = field(default_factory=list)  # of its clips, in batch order (frame cache keys)
     waveforms: list[np.ndarray] = field(default_factory=list)  # the same clips (a cache miss encodes them)
 
     def pin_memory(self) -> MicroBatch:
         """Called by the DataLoader's pinning thread."""
         pinned = {name: tensor.pin_memory() for name, tensor in self.tensors.items()}
-        return MicroBatch(pinned, self.right_padded, self.answer_tokens, self.items, self.padding, self.audio_keys,
-                          self.waveforms)
+        return MicroBatch(pinned, self.right_padded, self.answer_tokens, self.items, self.padding,
+                          self.audio_padded, self.audio_keys, self.waveforms)
 
     def to(self, device: torch.device, with_features: bool = True) -> dict:
         """The batch as the training forward takes it, on `device` (copies queued, not waited for).
@@ -144,7 +145,7 @@ class MicroBatch:
         skip = () if with_features else ("input_features", "feature_attention_mask", "audio_frames_at")
         batch = {name: tensor.to(device, non_blocking=True) for name, tensor in self.tensors.items()
                  if name not in skip}
-        batch["right_padded"] = self.right_padded
+        batch["right_padded"], batch["audio_padded"] = self.right_padded, self.audio_padded
         return batch
 
 
@@ -157,12 +158,15 @@ def collate_micro_batch(items: list[TrainItem], ids: list[int], instruction: str
     positions, targets = answer_positions(labels)
     tensors = {**batch, "answer_positions": positions, "answer_targets": targets}
     clips = [(item.audio_key, chat.audio) for item, chat in zip(batch_items, chats) if chat.audio is not None]
+    audio_padded = False
     if clips:
         tensors["audio_slots"] = audio_slot_index(batch["input_ids"], audio_token_id)
-        counts = [audio_token_count(int(n)) for n in batch["feature_attention_mask"].sum(-1)]
-        tensors["audio_frames_at"] = frame_index(counts, batch["input_features"].shape[-1])
+        lengths = batch["feature_attention_mask"].sum(-1).tolist()
+        width = batch["input_features"].shape[-1]
+        tensors["audio_frames_at"] = frame_index([audio_token_count(n) for n in lengths], width)
+        audio_padded = encoder_padding(lengths, width)
     return MicroBatch(tensors, is_right_padded(batch["attention_mask"]), len(positions), len(ids), padding,
-                      [key for key, _ in clips], [waveform for _, waveform in clips])
+                      audio_padded, [key for key, _ in clips], [waveform for _, waveform in clips])
 
 
 def step_rounds(step_batches: list[list[int]], rank: int, world_size: int) -> list[tuple[list[int], bool]]:
