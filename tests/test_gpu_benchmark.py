@@ -15,9 +15,15 @@ from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from gpu_finetune_step import architecture_spec, step_flops, synthetic_batch  # noqa: E402
+from gpu_finetune_step import (  # noqa: E402
+    TRAINED,
+    architecture_spec,
+    most_layers_that_fit,
+    step_flops,
+    synthetic_batch,
+)
 
-from lalm_slu.memory_plan import Architecture  # noqa: E402
+from lalm_slu.memory_plan import GIB, Architecture, TrainingShape, plan_memory  # noqa: E402
 
 # The tiny model by hand: LLM width 64, MLP 128, 2 layers, 4 heads of 16, vocabulary 1000; audio width 64, FFN 128,
 # 2 layers, 128 mel bins.
@@ -68,6 +74,20 @@ def test_step_flops_exclude_the_embedding_and_project_only_answer_tokens(checkpo
     assert counted.model == 2 * (text_model + speech_model)
     assert counted.recomputed == (2 * (text_recomputed + speech_recomputed) if checkpointing else 0)
     assert counted.hardware == counted.model + counted.recomputed
+
+
+def test_one_card_gets_the_most_7b_layers_its_memory_plan_fits():
+    spec = architecture_spec(None, tiny=False)
+    shape = TrainingShape(TRAINED, per_device_batch_size=8, gradient_checkpointing=True)
+
+    def planned_gib(layers):
+        return plan_memory(Architecture.from_config(architecture_spec(layers, tiny=False)), shape).total / GIB
+
+    layers = most_layers_that_fit(spec, shape, 79.2)  # an H100's 80 GB
+    assert 1 < layers < 32 and planned_gib(layers) <= 79.2 < planned_gib(layers + 1)
+    assert most_layers_that_fit(spec, shape, 140.0) == 32  # the whole model, where it fits
+    with pytest.raises(SystemExit, match="not even one LLM layer"):
+        most_layers_that_fit(spec, shape, 8.0)
 
 
 @pytest.mark.slow
