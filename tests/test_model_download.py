@@ -3,16 +3,20 @@ the model lands in model.path only once complete, at the commit the revision res
 
 import importlib
 import json
+import logging
 import shutil
 from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
+import yaml
 from conftest import REPO
 from huggingface_hub import errors
 
 from fixtures.hub_schema import make_model_repo
 from lalm_slu.cli import main
+from lalm_slu.commands.download_model import REVISION_FILE, is_commit
+from lalm_slu.job_arguments import model_revision_pinning
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 ARCHITECTURE_7B = REPO / "workflow/architectures/Qwen2-Audio-7B-Instruct.json"
@@ -61,18 +65,19 @@ def hub(monkeypatch, tmp_path):
     return fake
 
 
-def download(tmp_path, hub_id="Qwen/Qwen2-Audio-7B-Instruct"):
+def download(tmp_path, hub_id="Qwen/Qwen2-Audio-7B-Instruct", revision="main", *options):
     return main(
         [
             "download-model",
             "--hub-id",
             hub_id,
             "--revision",
-            "main",
+            revision,
             "--out-dir",
             str(tmp_path / "models/Qwen2-Audio-7B-Instruct"),
             "--stamp",
             str(tmp_path / "stamp.json"),
+            *options,
         ]
     )
 
@@ -86,6 +91,44 @@ def test_download_fetches_the_resolved_commit_into_the_model_folder_and_writes_a
     assert (stamp["hub_id"], stamp["revision"], stamp["commit"]) == ("Qwen/Qwen2-Audio-7B-Instruct", "main", COMMIT)
     assert "model.safetensors.index.json" in stamp["files"] and "model-00002-of-00002.safetensors" in stamp["files"]
     assert not (tmp_path / "models/Qwen2-Audio-7B-Instruct.partial").exists()
+
+
+def test_the_resolved_commit_is_recorded_inside_the_model_folder(hub, tmp_path):
+    assert download(tmp_path) == 0
+    recorded = json.loads((tmp_path / "models/Qwen2-Audio-7B-Instruct" / REVISION_FILE).read_text())
+    assert recorded == {"hub_id": "Qwen/Qwen2-Audio-7B-Instruct", "revision": "main", "commit": COMMIT}
+
+
+def test_a_branch_name_is_downloaded_with_a_warning_naming_its_commit(hub, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="lalm_slu.commands.download_model"):
+        assert download(tmp_path) == 0
+    assert "'main' is not a commit" in caplog.text and COMMIT in caplog.text
+
+
+def test_a_required_commit_refuses_a_branch_name_before_downloading_anything(hub, tmp_path):
+    with pytest.raises(SystemExit, match="revision 'main': a branch or tag moves"):
+        download(tmp_path, "Qwen/Qwen2-Audio-7B-Instruct", "main", "--require-commit")
+    assert hub.downloads == [] and sorted(path.name for path in tmp_path.iterdir()) == ["model-repo"]
+
+
+def test_a_required_commit_downloads_that_commit_without_warning(hub, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="lalm_slu.commands.download_model"):
+        assert download(tmp_path, "Qwen/Qwen2-Audio-7B-Instruct", COMMIT, "--require-commit") == 0
+    assert hub.downloads == [("Qwen/Qwen2-Audio-7B-Instruct", COMMIT)] and not caplog.records
+    assert json.loads((tmp_path / "stamp.json").read_text())["revision"] == COMMIT
+
+
+def test_only_a_full_lowercase_commit_hash_is_a_commit():
+    assert is_commit(COMMIT)
+    assert not any(is_commit(name) for name in ("main", "v1.0", "refs/pr/1", COMMIT[:7], COMMIT.upper(), COMMIT + "0"))
+
+
+def test_the_paper_config_pins_a_commit_and_the_workflow_requires_one_on_gpus():
+    paper = yaml.safe_load((REPO / "workflow/configs/paper.yaml").read_text())
+    assert is_commit(paper["model"]["revision"])
+    assert model_revision_pinning(paper) == ["--require-commit"]
+    demo = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert model_revision_pinning(demo) == []
 
 
 def test_an_interrupted_download_leaves_no_model_folder_and_the_next_one_completes(hub, tmp_path):

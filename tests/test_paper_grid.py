@@ -168,7 +168,9 @@ def test_a_fresh_checkout_plans_the_model_download_and_every_fine_tuning_job_wai
     jobs = planned_jobs(workdir)
     (download,) = [fields for rule, fields in jobs if rule == "download_model"]
     assert download["output"].split(", ")[0] == model
-    assert "download-model --hub-id Qwen/Qwen2-Audio-7B-Instruct --revision main" in download["shell"]
+    revision = paper_config()["model"]["revision"]
+    assert f"download-model --hub-id Qwen/Qwen2-Audio-7B-Instruct --revision {revision}" in download["shell"]
+    assert "--require-commit" in download["shell"]  # fine-tuning on GPUs: a branch is refused
     finetunes = [fields for rule, fields in jobs if rule == "finetune_model"]
     assert len(finetunes) == expected_jobs(paper_config())["finetune_model"]
     # Behaviour imitation's phase 2 starts from its text_only run's model, which waits for the download.

@@ -83,6 +83,12 @@ def model_revision(config: dict) -> str:
     return config["model"]["revision"] or "main"
 
 
+def model_revision_pinning(config: dict) -> list[str]:
+    """--require-commit where fine-tuning runs on GPUs (paper scale): base weights that move under a grid of runs
+    would make its runs incomparable."""
+    return ["--require-commit"] if config.get("resources", {}).get("finetune", {}).get("gpu", 0) >= 1 else []
+
+
 # ---------------------------------------------------------------- mixtures and fine-tuning
 
 

@@ -140,6 +140,7 @@ cascade_wer_paths = partial(paths.cascade_wer_paths, config, RUNS)
 settings_json = partial(arguments.settings_json, config)
 model_download_stamp = partial(paths.model_download_stamp, config)
 model_revision = partial(arguments.model_revision, config)
+model_revision_pinning = partial(arguments.model_revision_pinning, config)
 
 
 def resource(rule_name, key):

@@ -16,6 +16,7 @@ if config["model"]["hub_id"]:
         params:
             hub_id=config["model"]["hub_id"],
             revision=model_revision(),
+            pinning=model_revision_pinning(),
         shell:
             "python -m lalm_slu download-model --hub-id {params.hub_id:q} --revision {params.revision:q}"
-            " --out-dir {output.model:q} --stamp {output.stamp:q} > {log:q} 2>&1"
+            " --out-dir {output.model:q} --stamp {output.stamp:q} {params.pinning:q} > {log:q} 2>&1"

@@ -3,7 +3,9 @@ node with network (rule download_model, a localrule).
 
 The files land in OUT_DIR.partial first and the folder is renamed to OUT_DIR only when every file is
 there, so a killed download never looks like a model; run again, it resumes in OUT_DIR.partial. The
-revision is resolved to a commit first, so the stamp names exactly what was fetched.
+revision is resolved to a commit first, so the stamp and OUT_DIR/hub_revision.json name exactly what was fetched.
+A branch or tag moves: with --require-commit (the workflow passes it when fine-tuning runs on GPUs, at paper
+scale) only a commit is accepted; otherwise the download says which commit the name stood for.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -19,15 +22,30 @@ from huggingface_hub.errors import HfHubHTTPError
 
 log = logging.getLogger(__name__)
 
+# Kept inside the model folder, so that the commit travels with the weights (and is part of model_identity).
+REVISION_FILE = "hub_revision.json"
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hub-id", required=True, help="repository, e.g. Qwen/Qwen2-Audio-7B-Instruct")
     parser.add_argument("--revision", default="main", help="branch, tag or commit")
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--stamp", required=True, type=Path, help="JSON record of what was fetched")
+    parser.add_argument("--require-commit", action="store_true",
+                        help="refuse a branch or tag name: the revision must be a full 40-digit commit hash")
+
+
+def is_commit(revision: str) -> bool:
+    return COMMIT.fullmatch(revision) is not None
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.require_commit and not is_commit(args.revision):
+        raise SystemExit(
+            f"download-model: {args.hub_id} at revision {args.revision!r}: a branch or tag moves; a paper-scale run "
+            "needs model.revision set to a full 40-digit commit hash (the hub's commit history lists them)"
+        )
     if args.out_dir.exists() and any(args.out_dir.iterdir()):
         raise SystemExit(f"download-model: {args.out_dir} exists; remove it to download again")
     if args.out_dir.exists():
@@ -35,12 +53,17 @@ def run(args: argparse.Namespace) -> int:
     partial = args.out_dir.with_name(args.out_dir.name + ".partial")
     try:
         commit = huggingface_hub.model_info(args.hub_id, revision=args.revision).sha
+        if commit != args.revision:
+            log.warning("%s: revision %r is not a commit (a branch or tag moves); it is commit %s now (pin "
+                        "that in model.revision to fetch these weights again)", args.hub_id, args.revision, commit)
         log.info("fetching %s at %s (commit %s) into %s", args.hub_id, args.revision, commit, partial)
         huggingface_hub.snapshot_download(args.hub_id, revision=commit, local_dir=partial)
     except HfHubHTTPError as error:
         raise SystemExit(f"download-model: {args.hub_id} at {args.revision}: {error}") from None
     if not (partial / "config.json").is_file():
         raise SystemExit(f"download-model: {args.hub_id} has no config.json: not a transformers model")
+    resolved = {"hub_id": args.hub_id, "revision": args.revision, "commit": commit}
+    (partial / REVISION_FILE).write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
     files = sorted(
         str(path.relative_to(partial))
         for path in partial.rglob("*")
@@ -51,9 +74,7 @@ def run(args: argparse.Namespace) -> int:
     args.stamp.write_text(
         json.dumps(
             {
-                "hub_id": args.hub_id,
-                "revision": args.revision,
-                "commit": commit,
+                **resolved,
                 "path": str(args.out_dir),
                 "files": files,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
