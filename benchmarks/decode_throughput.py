@@ -142,7 +142,9 @@ def demo_job(manifest_path: str, before: str, repeats: int, batch_sizes: list[in
                                                        GenerationSettings.from_dict(settings, "demo decode"),
                                                        INSTRUCTION)
                 times.setdefault(name, []).append(time.perf_counter() - started)
-        differing = {name: sum(a != b for a, b in zip(outputs["before"], out)) for name, out in outputs.items()}
+        differing = {
+            name: sum(a != b for a, b in zip(outputs["before"], out)) for name, out in outputs.items() if name != "before"
+        }
         identical &= not any(differing.values())
         measured[modality] = {f"{name}_s": round(min(seconds), 2) for name, seconds in times.items()} | {
             "predictions_differing_from_before": differing
