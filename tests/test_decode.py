@@ -149,6 +149,23 @@ def test_unknown_modality_is_refused(tiny, tiny_assets):  # noqa: F811
         decode_manifest(model, processor, read_manifest(tiny_assets.text_manifest), "video", settings_view(), INSTRUCTION)
 
 
+@pytest.mark.parametrize("modality", ["speech", "text"])
+def test_prompt_token_counts_are_the_collator_s_unpadded_prompt_lengths(tiny, tiny_assets, modality):  # noqa: F811
+    _, processor = tiny
+    manifest = read_manifest(tiny_assets.speech_manifest)
+    placeholders = [
+        ChatItem(INSTRUCTION, audio=np.zeros(0)) if modality == "speech" else ChatItem(INSTRUCTION, text=text)
+        for text in manifest["text"]
+    ]
+    counts = token_counts(processor, placeholders, manifest["duration_s"].tolist())
+    items = [
+        ChatItem(INSTRUCTION, audio=load_audio(row.audio)) if modality == "speech" else ChatItem(INSTRUCTION, text=row.text)
+        for row in manifest.itertuples()
+    ]
+    batch = Collator(processor, for_generation=True)(items)
+    assert counts == batch["attention_mask"].sum(-1).tolist()
+
+
 def test_batches_are_formed_longest_first_up_to_the_token_budget_and_the_prompt_cap():
     prompt_tokens = [10, 40, 20, 40, 30, 5]
     # 2 beams, 10 new tokens: a batch holds its prompts × (its first, longest, prompt + 10) × 2 tokens.
