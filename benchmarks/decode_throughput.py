@@ -13,18 +13,30 @@ leave only the prompt pass to measure. So the model first takes a short text-onl
 
 Target: batched ≥ 3× one-at-a-time stock `generate`. Writes benchmarks/results/decode_throughput.json; exits 1
 if any output differs among the three.
+
+`--demo-job MANIFEST`: one demo decode job before and after a change of the decoder: the shipped base model
+decodes MANIFEST (the demo's slurp-en test speech manifest) from speech and text with the demo's decode settings,
+by decode.py as of `--before` (a commit) and as checked out, alternately, `--repeats` times each; the fastest
+time of each counts. Its results go to the same file's `demo_job` entries (the rest is kept); exits 1 if any
+prediction differs.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import json
+import subprocess
 import sys
 import time
 
 from _common import (
     DEMO_CONFIG,
+    DEMO_MODEL,
     INSTRUCTION,
+    REPO,
+    RESULTS,
     chat_items,
     model_path,
     optimizer_step,
@@ -94,8 +106,85 @@ def finetune_briefly(model, processor, utterances, batch_size: int = 16) -> None
     model.requires_grad_(False)
 
 
+def decoder_at(commit: str, work):
+    """decode.py as of `commit`, imported as a module of its own (over today's other modules)."""
+    source = subprocess.run(["git", "show", f"{commit}:src/lalm_slu/decode.py"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout
+    path = work / f"decode_{commit}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"decode_{commit}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def demo_job(manifest_path: str, before: str, repeats: int, batch_sizes: list[int], threads: int) -> None:
+    """The demo's decode job by the decoder as of `before` and as checked out (module docstring)."""
+    from lalm_slu import decode
+    from lalm_slu.model_loading import load_model_and_processor
+    from lalm_slu.records import read_manifest
+
+    old = decoder_at(before, scratch_dir())
+    model, processor = load_model_and_processor(str(DEMO_MODEL))
+    manifest = read_manifest(manifest_path)
+    demo = {key: value for key, value in DEMO_CONFIG["decode"].items() if key != "modalities"}
+    measured, identical = {}, True
+    for modality in ("speech", "text"):
+        times: dict[str, list[float]] = {}
+        outputs: dict[str, list[dict]] = {}
+        variants = {"before": (old, demo)} | {
+            f"after_batch_size_{size}": (decode, {**demo, "batch_size": size}) for size in batch_sizes
+        }
+        for _ in range(repeats):
+            for name, (module, settings) in variants.items():
+                started = time.perf_counter()
+                outputs[name] = module.decode_manifest(model, processor, manifest, modality,
+                                                       GenerationSettings.from_dict(settings, "demo decode"),
+                                                       INSTRUCTION)
+                times.setdefault(name, []).append(time.perf_counter() - started)
+        differing = {
+            name: sum(a != b for a, b in zip(outputs["before"], out)) for name, out in outputs.items() if name != "before"
+        }
+        identical &= not any(differing.values())
+        measured[modality] = {f"{name}_s": round(min(seconds), 2) for name, seconds in times.items()} | {
+            "predictions_differing_from_before": differing
+        }
+    parameters = {
+        "model": "shipped demo model (base, not fine-tuned)",
+        "manifest": manifest_path,
+        "utterances": len(manifest),
+        "settings": demo,
+        "before": before,
+        "after": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True).stdout.strip(),
+        "repeats": repeats,
+        "threads": threads,
+    }
+    merge_result({"demo_job": parameters}, {"demo_job": measured | {"all_predictions_identical": identical}},
+                 {"demo_job_predictions_identical": identical})
+    if not identical:
+        sys.exit("the decoders disagree on the demo job (see the result file)")
+
+
+def merge_result(parameters: dict, measurements: dict, targets: dict) -> None:
+    """Replace only these entries of the result file, keeping the rest."""
+    path = RESULTS / "decode_throughput.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    write_result(
+        "decode_throughput",
+        previous.get("parameters", {}) | parameters,
+        previous.get("measurements", {}) | measurements,
+        previous.get("targets", {}) | targets,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo-job", metavar="MANIFEST", help="measure the demo decode job instead (see above)")
+    parser.add_argument("--before", default="093b7df", help="--demo-job: the commit of the decoder to compare with")
+    parser.add_argument("--repeats", type=int, default=2, help="--demo-job: runs of each decoder")
+    parser.add_argument("--demo-batch-sizes", type=int, nargs="+", default=[DEMO_CONFIG["decode"]["batch_size"]],
+                        help="--demo-job: batch_size values of the decoder as checked out")
     parser.add_argument("--utterances", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=DEMO_CONFIG["decode"]["batch_size"])
     parser.add_argument("--max-new-tokens", type=int, default=DEMO_CONFIG["decode"]["max_new_tokens"])
@@ -105,6 +194,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     threads = set_threads(args.threads)
+    if args.demo_job:
+        demo_job(args.demo_job, args.before, args.repeats, args.demo_batch_sizes, threads)
+        return
 
     from lalm_slu.model_loading import load_model_and_processor
     from lalm_slu.records import manifest_frame
@@ -139,8 +231,7 @@ def main() -> None:
                 "outputs_differing": differing,
                 "mean_answer_tokens": round(sum(answer_tokens) / len(answer_tokens), 1),
             }
-    write_result(
-        "decode_throughput",
+    merge_result(
         {
             "model": f"{model_kind}, after {args.finetune_steps} text-only fine-tuning steps (batch 16, lr 1e-3)",
             "utterances": args.utterances,

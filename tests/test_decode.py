@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny_model import INSTRUCTION, tiny_assets  # noqa: F401 - session fixture
 
-from lalm_slu.batches import ChatItem, Collator
-from lalm_slu.decode import decode, decode_manifest, generate_batch
+from lalm_slu.batches import ChatItem, Collator, token_counts
+from lalm_slu.decode import batch_token_budget, decode, decode_manifest, generate_batch
+from lalm_slu.decode_batches import decode_batch_tokens, longest_first_batches
 from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.records import read_manifest
 from lalm_slu.settings import DecodingSettings
 from lalm_slu.speech.audio import load_audio
+
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_MODEL = REPO / "models/demo-qwen2-audio"
+ARCHITECTURE_7B = REPO / "workflow/architectures/Qwen2-Audio-7B-Instruct.json"
 
 
 def settings(**overrides) -> dict:
@@ -139,3 +147,109 @@ def test_unknown_modality_is_refused(tiny, tiny_assets):  # noqa: F811
     model, processor = tiny
     with pytest.raises(ValueError, match="modality must be one of"):
         decode_manifest(model, processor, read_manifest(tiny_assets.text_manifest), "video", settings_view(), INSTRUCTION)
+
+
+@pytest.mark.parametrize("modality", ["speech", "text"])
+def test_prompt_token_counts_are_the_collator_s_unpadded_prompt_lengths(tiny, tiny_assets, modality):  # noqa: F811
+    _, processor = tiny
+    manifest = read_manifest(tiny_assets.speech_manifest)
+    placeholders = [
+        ChatItem(INSTRUCTION, audio=np.zeros(0)) if modality == "speech" else ChatItem(INSTRUCTION, text=text)
+        for text in manifest["text"]
+    ]
+    counts = token_counts(processor, placeholders, manifest["duration_s"].tolist())
+    items = [
+        ChatItem(INSTRUCTION, audio=load_audio(row.audio)) if modality == "speech" else ChatItem(INSTRUCTION, text=row.text)
+        for row in manifest.itertuples()
+    ]
+    batch = Collator(processor, for_generation=True)(items)
+    assert counts == batch["attention_mask"].sum(-1).tolist()
+
+
+def test_batches_are_formed_longest_first_up_to_the_token_budget_and_the_prompt_cap():
+    prompt_tokens = [10, 40, 20, 40, 30, 5]
+    # 2 beams, 10 new tokens: a batch holds its prompts × (its first, longest, prompt + 10) × 2 tokens.
+    batches = longest_first_batches(prompt_tokens, max_prompts=3, max_tokens=200, num_beams=2, max_new_tokens=10)
+    assert batches == [[1, 3], [4, 2], [0, 5]]  # 2·50·2 = 200 fits; 3·40·2 = 240 does not
+    assert longest_first_batches(prompt_tokens, 4, None, 2, 10) == [[1, 3, 4, 2], [0, 5]]
+    # A prompt over the budget on its own still gets a batch of its own.
+    assert longest_first_batches([500, 1], 4, 100, 1, 10) == [[0], [1]]
+
+
+def test_the_7b_s_token_budget_on_an_80_gib_card_is_the_hand_computed_one():
+    layers, kv_heads, head_dim, hidden, mlp, vocab = 32, 32, 128, 4096, 11008, 156032
+    audio_width, audio_ffn = 1280, 5120
+    parameters = 8_397_094_912  # Qwen2-Audio-7B-Instruct, every weight (memory_plan.parameter_sizes)
+    beams, new_tokens, bf16 = 3, 128, 2
+    cache = 2 * layers * kv_heads * head_dim * bf16  # 0.5 MiB per token
+    prompt_pass = bf16 * max(4 * hidden + 3 * mlp, 2 * (8 * audio_width + 2 * audio_ffn)) / beams
+    logits = vocab * (bf16 + 3 * 4) / new_tokens
+    free = 0.9 * ((80 - 4) * 2**30 - bf16 * parameters)
+    expected = math.floor(free / (cache + prompt_pass + logits))
+    architecture = json.loads(ARCHITECTURE_7B.read_text())
+    assert decode_batch_tokens(architecture, 80, beams, new_tokens, bf16) == expected == 101_566
+    # Paper-sized prompts (≤ 400 tokens: a 14 s clip and the instruction) fill 64 prompts × 3 beams.
+    assert expected // ((400 + new_tokens) * beams) >= 64
+    assert decode_batch_tokens(architecture, 141, beams, new_tokens, bf16) > 2 * expected
+
+
+def test_a_card_too_small_for_the_weights_is_refused():
+    architecture = json.loads(ARCHITECTURE_7B.read_text())
+    with pytest.raises(ValueError, match="do not fit a 16 GiB card"):
+        decode_batch_tokens(architecture, 16, 3, 128, 2)
+
+
+def test_the_budget_is_the_setting_s_and_none_on_cpu_when_unset(tiny):
+    model, _ = tiny
+    assert batch_token_budget(model, settings_view(max_batch_tokens=4096)) == 4096
+    assert batch_token_budget(model, settings_view()) is None
+    with pytest.raises(ValueError, match="max_batch_tokens must be at least 1, not 0"):
+        batch_token_budget(model, settings_view(max_batch_tokens=0))
+
+
+@pytest.fixture(scope="module")
+def demo():
+    model, processor = load_model_and_processor(str(DEMO_MODEL))
+    return model.eval(), processor
+
+
+def fixed_batches(model, processor, manifest, modality: str, decoding: DecodingSettings) -> list[str]:
+    """The decoder before token budgets: batches of batch_size, longest first by clip duration or characters."""
+    rows = manifest.to_dict("records")
+    lengths = [row["duration_s"] if modality == "speech" else len(row["text"]) for row in rows]
+    order = sorted(range(len(rows)), key=lambda i: -lengths[i])
+    collator, raw = Collator(processor, for_generation=True), {}
+    for start in range(0, len(order), decoding.batch_size):
+        indices = order[start : start + decoding.batch_size]
+        items = [
+            ChatItem(INSTRUCTION, audio=load_audio(rows[i]["audio"])) if modality == "speech"
+            else ChatItem(INSTRUCTION, text=rows[i]["text"])
+            for i in indices
+        ]
+        raw.update(zip(indices, generate_batch(model, processor, collator, items, decoding)))
+    return [raw[i] for i in range(len(rows))]
+
+
+@pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam3"])
+@pytest.mark.parametrize("modality", ["speech", "text"])
+def test_token_budgeted_batches_predict_what_fixed_batches_did_on_the_demo_model(
+    demo, tiny_assets, modality, num_beams  # noqa: F811
+):
+    model, processor = demo
+    manifest = read_manifest(tiny_assets.speech_manifest)
+    fixed = fixed_batches(model, processor, manifest, modality, settings_view(num_beams=num_beams, batch_size=3))
+    # A budget of two of the longest prompt's sequences: batches of other sizes and members than the fixed ones.
+    prompts = [
+        ChatItem(INSTRUCTION, audio=np.zeros(0)) if modality == "speech"
+        else ChatItem(INSTRUCTION, text=text)
+        for text in manifest["text"]
+    ]
+    lengths = token_counts(processor, prompts, manifest["duration_s"].tolist())
+    budget = 2 * (max(lengths) + 12) * num_beams
+    sizes = [len(batch) for batch in longest_first_batches(lengths, 8, budget, num_beams, 12)]
+    assert sizes != [3, 3, 2] and sizes[0] == 2
+    budgeted_settings = settings_view(num_beams=num_beams, batch_size=8, max_batch_tokens=budget)
+    predictions = decode_manifest(model, processor, manifest, modality, budgeted_settings, INSTRUCTION)
+    budgeted = [p["raw"] for p in predictions]
+    assert budgeted == fixed
+    assert len(set(fixed)) > 1  # outputs depend on the input, so equality is not trivial

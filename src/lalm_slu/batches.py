@@ -8,6 +8,7 @@ expansion uses the processor's own formula, so prompts are token-for-token what 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,20 @@ def render_prompt(processor, item: ChatItem) -> str:
         content = [{"type": "text", "text": f"{item.text}\n{item.instruction}"}]
     messages = [{"role": "user", "content": content}]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def token_counts(processor, items: list[ChatItem], durations_s: list[float | None]) -> list[int]:
+    """Tokens of each item as the Collator renders it (its prompt, and its answer if it has one), without loading
+    audio: an item with audio (any waveform, e.g. an empty one) counts, in place of its audio placeholder, the audio
+    tokens of a clip of `durations_s[i]` seconds."""
+    sequences = [render_prompt(processor, it) + ("" if it.answer is None else answer_turn(it.answer)) for it in items]
+    lengths = [len(ids) for ids in processor.tokenizer(sequences, add_special_tokens=False)["input_ids"]]
+    hop = processor.feature_extractor.hop_length
+    # The audio placeholder (one token) becomes one token per encoder frame pair.
+    return [
+        n - 1 + audio_token_count(math.ceil(duration * SAMPLE_RATE / hop)) if it.audio is not None else n
+        for n, it, duration in zip(lengths, items, durations_s)
+    ]
 
 
 def audio_features(processor, waveforms: list[np.ndarray], length_aware: bool = True):

@@ -13,7 +13,9 @@ import re
 import time
 from collections.abc import Mapping
 
-from lalm_slu.batches import ChatItem
+import numpy as np
+
+from lalm_slu.batches import ChatItem, token_counts
 from lalm_slu.decode import answers_longest_first
 from lalm_slu.metrics import word_error_rate
 from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
@@ -41,12 +43,14 @@ def transcribe_manifest(model, processor, manifest, settings: CascadeSettings) -
     missing = [row["id"] for row in rows if not row["audio"]]
     if missing:
         raise ValueError(f"{len(missing)} utterances have no audio (e.g. {missing[:3]})")
-    durations = [float(row["duration_s"] or 0.0) for row in rows]
+    no_audio = np.zeros(0, dtype=np.float32)
+    lengths = token_counts(processor, [ChatItem(settings.instruction, audio=no_audio)] * len(rows),
+                           [float(row["duration_s"] or 0.0) for row in rows])
 
     def batch(indices):
         return [ChatItem(settings.instruction, audio=load_audio(rows[i]["audio"])) for i in indices], None
 
-    return answers_longest_first(model, processor, durations, batch, settings, "transcribe")
+    return answers_longest_first(model, processor, lengths, batch, settings, "transcribe")
 
 
 def transcribe_test_set(model_dir: str, manifest_path: str, settings: Mapping, out_manifest: str,

@@ -1,8 +1,9 @@
 """Batched, deterministic decoding of a test manifest (speech or text input) into a predictions jsonl.
 
-Length-aware batches (clips sorted by length, padded to the batch's longest, never to 30 s), left padding
-for generation, beam search from config. Every gold utterance gets exactly one output line, in manifest
-order; unparseable output is kept with parsed=false and scores as wrong.
+Batches formed longest first (prompt tokens, audio tokens counted from the clip's duration) up to a token
+budget sized for the card (lalm_slu.decode_batches) and `batch_size` prompts; clips padded to the batch's
+longest, never to 30 s; left padding for generation; beam search from config. Every gold utterance gets
+exactly one output line, in manifest order; unparseable output is kept with parsed=false and scores as wrong.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import logging
 import time
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from lalm_slu.audio_encoding import prompt_embeddings
 from lalm_slu.audio_frames import FrameStore, load_frames
-from lalm_slu.batches import ChatItem, Collator
+from lalm_slu.batches import ChatItem, Collator, token_counts
+from lalm_slu.decode_batches import decode_batch_tokens, longest_first_batches
+from lalm_slu.memory_plan import GIB
 from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
 from lalm_slu.outputs import atomic_output
 from lalm_slu.records import read_manifest
@@ -54,23 +58,40 @@ def generate_batch(model, processor, collator: Collator, items: list[ChatItem], 
     return [t.strip() for t in processor.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
 
-def answers_longest_first(model, processor, lengths: list[float], make_batch, settings: GenerationSettings,
+def batch_token_budget(model, settings: GenerationSettings) -> int | None:
+    """`settings.max_batch_tokens`; unset, what fits the GPU's memory (decode_batches.decode_batch_tokens), and on
+    CPU no budget (`batch_size` alone)."""
+    if settings.max_batch_tokens is not None:
+        if settings.max_batch_tokens < 1:
+            raise ValueError(f"decode settings: max_batch_tokens must be at least 1, not {settings.max_batch_tokens}")
+        return settings.max_batch_tokens
+    if model.device.type != "cuda":
+        return None
+    card_gib = torch.cuda.get_device_properties(model.device).total_memory / GIB
+    return decode_batch_tokens(model.config.to_dict(), card_gib, settings.num_beams, settings.max_new_tokens,
+                               model.dtype.itemsize)
+
+
+def answers_longest_first(model, processor, prompt_tokens: list[int], make_batch, settings: GenerationSettings,
                           desc: str) -> list[str]:
-    """Raw answers for items 0..n-1, generated in batches of `settings.batch_size`, longest first (the first batch
-    shows at once whether memory suffices), returned in item order. `make_batch(indices)` gives the batch's
-    ChatItems and its precomputed audio frames (or None)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batch_size = settings.batch_size
+    """Raw answers for items 0..n-1 with `prompt_tokens[i]` prompt tokens each (batches.token_counts), generated in
+    batches longest first (the first batch shows at once whether memory suffices) up to the token budget and
+    `settings.batch_size`, returned in item order. `make_batch(indices)` gives the batch's ChatItems and its
+    precomputed audio frames (or None)."""
+    budget = batch_token_budget(model, settings)
+    batches = longest_first_batches(prompt_tokens, settings.batch_size, budget, settings.num_beams,
+                                    settings.max_new_tokens)
+    log.info("%s: %d items in %d batches (token budget %s, at most %d prompts)", desc, len(prompt_tokens),
+             len(batches), budget, settings.batch_size)
     collator = Collator(processor, for_generation=True)
     model.eval()
     raw: dict[int, str] = {}
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, mininterval=20):
-        indices = order[start : start + batch_size]
+    for indices in tqdm(batches, desc=desc, mininterval=20):
         with STAGES.stage("data"):
             items, audio = make_batch(indices)
         with STAGES.stage("decoding"):  # collation (tokenization, features) included
             raw.update(zip(indices, generate_batch(model, processor, collator, items, settings, audio)))
-    return [raw[i] for i in range(len(lengths))]
+    return [raw[i] for i in range(len(prompt_tokens))]
 
 
 def prompt_cache(model, embeddings: torch.Tensor, attention_mask: torch.Tensor, beams: int):
@@ -102,17 +123,17 @@ def decode_manifest(model, processor, manifest, modality: str, settings: Generat
         missing = [r["id"] for r in rows if not r["audio"]]
         if missing:
             raise ValueError(f"{len(missing)} utterances have no audio (e.g. {missing[:3]}); synthesize or ingest first")
-        lengths = [float(r["duration_s"] or 0.0) for r in rows]
-    else:  # text, or the cascade's transcripts
-        lengths = [len(r["text"]) for r in rows]
+    no_audio = np.zeros(0, dtype=np.float32)
+    prompts = [
+        ChatItem(instruction, audio=no_audio) if modality == "speech" else ChatItem(instruction, text=row["text"])
+        for row in rows
+    ]
+    lengths = token_counts(processor, prompts, [row.get("duration_s") or 0.0 for row in rows])
 
     def batch(indices):
-        items = [
-            ChatItem(instruction, audio=load_audio(rows[i]["audio"]))
-            if modality == "speech"
-            else ChatItem(instruction, text=rows[i]["text"])
-            for i in indices
-        ]
+        if modality != "speech":
+            return [prompts[i] for i in indices], None
+        items = [ChatItem(instruction, audio=load_audio(rows[i]["audio"])) for i in indices]
         return items, None if frames is None else torch.cat([frames[rows[i]["audio"]] for i in indices])
 
     raw = answers_longest_first(model, processor, lengths, batch, settings, f"decode {modality}")

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from lalm_slu.batches import ChatItem
+from lalm_slu.batches import ChatItem, token_counts
 from lalm_slu.decode import answers_longest_first
 from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
 from lalm_slu.outputs import atomic_output
@@ -47,10 +47,13 @@ def answer_transcripts(model, processor, transcripts: list[str], instruction: st
                        settings: GenerationSettings) -> list[str]:
     """The model's answers to `instruction` for each transcript, read as text (the text path), in order."""
 
-    def batch(indices):
-        return [ChatItem(instruction, text=transcripts[i]) for i in indices], None
+    prompts = [ChatItem(instruction, text=text) for text in transcripts]
 
-    return answers_longest_first(model, processor, [len(t) for t in transcripts], batch, settings, "imitate")
+    def batch(indices):
+        return [prompts[i] for i in indices], None
+
+    lengths = token_counts(processor, prompts, [None] * len(prompts))
+    return answers_longest_first(model, processor, lengths, batch, settings, "imitate")
 
 
 def imitation_targets(model, processor, pool: pd.DataFrame, tasks: list[ImitationTask],

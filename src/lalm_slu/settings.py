@@ -128,6 +128,7 @@ class GenerationSettings(SchemaView):
 
     num_beams: int
     batch_size: int
+    max_batch_tokens: int | None
     max_new_tokens: int
     precision: str
     device: str

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from lalm_slu.audio_encoding import audio_slot_index, encoder_padding, frame_index
-from lalm_slu.batches import SAMPLE_RATE, ChatItem, Collator, answer_turn, audio_token_count, render_prompt, span_audio
+from lalm_slu.batches import ChatItem, Collator, audio_token_count, span_audio, token_counts
 from lalm_slu.loss import answer_positions, is_right_padded
 from lalm_slu.mixtures import MIXTURE_COLUMNS, MODALITIES
 from lalm_slu.records import DataError
@@ -68,21 +68,13 @@ def sequence_lengths(items: list[TrainItem], processor, instruction: str) -> lis
     """Tokens of each item's training sequence as the Collator builds it: prompt, audio tokens (from the clip's
     duration) and answer. Grouping by this, not by transcript or clip length alone, also groups by answer length,
     which varies as much (1,000 demo text items: 217 → 184 padded tokens per item)."""
-    tokenizer = processor.tokenizer
     no_audio = np.zeros(0, dtype=np.float32)
-    sequences = [
-        render_prompt(processor, ChatItem(it.instruction or instruction, text=None if it.modality == "speech" else it.text,
-                                          audio=None if it.modality == "text" else no_audio))
-        + answer_turn(it.target)
+    chat = [
+        ChatItem(it.instruction or instruction, answer=it.target, text=None if it.modality == "speech" else it.text,
+                 audio=None if it.modality == "text" else no_audio)
         for it in items
     ]
-    lengths = [len(ids) for ids in tokenizer(sequences, add_special_tokens=False)["input_ids"]]
-    hop = processor.feature_extractor.hop_length
-    # The audio placeholder (one token) becomes one token per encoder frame pair.
-    return [
-        n - 1 + audio_token_count(math.ceil(it.duration_s * SAMPLE_RATE / hop)) if it.modality != "text" else n
-        for n, it in zip(lengths, items)
-    ]
+    return token_counts(processor, chat, [it.duration_s for it in items])
 
 
 def micro_batches(items: list[TrainItem], lengths: list[int] | None, batch_size: int, seed: int, phase: int,
