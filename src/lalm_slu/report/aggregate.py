@@ -11,6 +11,7 @@ from typing import Iterable
 import pandas as pd
 
 from lalm_slu.metrics import METRIC_NAMES
+from lalm_slu.outputs import atomic_output
 from lalm_slu.records import DataError
 
 # What a run's `meta` block may carry (written by `score --meta`); other keys follow, sorted.
@@ -87,12 +88,9 @@ def aggregate_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
 
 
 def write_metrics_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
-    return path
+    with atomic_output(path) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
+    return Path(path)
 
 
 def read_metrics_csv(path: str | os.PathLike) -> pd.DataFrame:
