@@ -8,10 +8,15 @@ umask gives an ordinary file (mkstemp's own 0600 would hide results from colleag
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+# Errors of the disk rather than of what is written.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
 @contextlib.contextmanager
@@ -28,6 +33,10 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
         os.chmod(tmp, 0o666 & ~current_umask())
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno in WRITE_ERRORS or error.filename == tmp:  # a full disk: name the output, not the writer's tmp
+            raise OSError(error.errno, f"cannot write the output ({error.strerror})", str(path)) from error
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -54,6 +54,12 @@ def run(args):
     crosslingual = all(target_args)
     if args.no_target_text and not crosslingual:
         raise SystemExit("--no-target-text needs the --target-* arguments")
+    interleave = InterleavingSettings.from_json(args.interleave, "--interleave") if args.interleave else None
+    imitation = None
+    if args.imitation_targets:
+        from lalm_slu.imitation import read_imitation_targets  # imports torch: only imitation mixtures pay for it
+
+        imitation = read_imitation_targets(args.imitation_targets)
     manifests = ManifestCache()
     parts = [load_part(manifests, args.text_manifest, args.speech_manifest, args.speech_ids, scarce=not crosslingual)]
     if crosslingual:
@@ -61,9 +67,7 @@ def run(args):
     if args.label_free_speech:
         manifest, ids = args.label_free_speech
         parts.append(load_part(manifests, manifest, manifest, ids, scarce=False, use_text=False))
-    interleave = InterleavingSettings.from_json(args.interleave, "--interleave") if args.interleave else None
     word_times = timed_words(manifests, {part.speech_manifest for part in parts}) if interleave else None
-    imitation = pd.read_parquet(args.imitation_targets) if args.imitation_targets else None
     try:
         listing = build_mixture(args.scheme, parts, args.seed, interleave, word_times, imitation)
     except MixtureError as error:
