@@ -418,7 +418,8 @@ def drop(block):
      (lambda s: s["scheme"]["phases"][0].update(epochs=0), r"scheme.phases\[0\].epochs: 0 is less than the minimum"),
      (lambda s: s["scheme"].update(phases=[]), r"scheme.phases: \[\] should be non-empty"),
      (lambda s: s["scheme"].update(name="curricullum"), "scheme.name: 'curricullum' is not one of"),
-     (lambda s: s["training"].update(global_batch=16), r"training: Additional properties are not allowed \('global_batch'"),
+     (lambda s: s["training"].update(global_batch=16),
+      r"training: Additional properties are not allowed \('global_batch'"),
      (lambda s: s["training"].pop("seed"), "training: 'seed' is a required property"),
      (lambda s: s["model"].pop("path"), "model: 'path' is a required property"),
      (lambda s: s["model"].update(lora={"rank": 0}), "model.lora.rank: 0 is less than the minimum of 1")],
@@ -612,6 +613,6 @@ def test_download_model_without_network_names_the_repository_and_url(tmp_path, m
         main(["download-model", "--hub-id", "Qwen/Qwen2-Audio-7B-Instruct", "--revision", "main", "--out-dir",
               str(tmp_path / "model"), "--stamp", str(tmp_path / "stamp.json")])  # fmt: skip
     message = str(stopped.value)
-    assert "cannot fetch Qwen/Qwen2-Audio-7B-Instruct at main from https://huggingface.co/Qwen/Qwen2-Audio-7B" in message
+    assert "cannot fetch Qwen/Qwen2-Audio-7B-Instruct at main from https://huggingface.co/Qwen/Qwen2" in message
     assert "download on a node with network" in message
     assert not (tmp_path / "model").exists() and not (tmp_path / "stamp.json").exists()

@@ -90,8 +90,8 @@ def build_mixture(scheme: str, parts: list[MixturePart], seed: int, interleave: 
                   imitation: pd.DataFrame | None = None) -> pd.DataFrame:
     """The training items of one run, listed: a frame with LISTING_COLUMNS (and the instruction and target, or
     span_start/span_end, of the schemes that give them), to be completed by with_item_data. `interleave` and
-    `word_times` ((manifest, id) -> [[word, start_s, end_s], ...]) for interleaving schemes; `imitation`: the imitation targets
-    (lalm_slu.imitation.TARGET_COLUMNS) for imitation schemes."""
+    `word_times` ((manifest, id) -> [[word, start_s, end_s], ...]) for interleaving schemes; `imitation`: the
+    imitation targets (lalm_slu.imitation.TARGET_COLUMNS) for imitation schemes."""
     if scheme not in SCHEMES:
         raise MixtureError(f"unknown scheme {scheme!r} (expected one of {SCHEMES})")
     if not parts:

@@ -31,7 +31,8 @@ def espeak_voices() -> dict[str, frozenset[str]]:
     root = Path(espeakng_loader.get_data_path()) / "lang"
     voices: dict[str, set[str]] = {}
     for path in sorted(path for path in root.rglob("*") if path.is_file()):
-        fields = [line.strip().partition(" ") for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+        text = path.read_text(encoding="utf-8", errors="replace")
+        fields = [line.strip().partition(" ") for line in text.splitlines()]
         languages = {value.split()[0].lower() for key, _, value in fields if key == "language" and value.strip()}
         names = {value.strip().lower() for key, _, value in fields if key == "name" and value.strip()}
         for name in names | languages | {path.relative_to(root).as_posix().lower(), path.name.lower()}:
