@@ -285,7 +285,7 @@ def check_finetune_settings(settings, source: str = "fine-tuning settings") -> N
         raise SettingsError(f"{source}: expected an object with blocks {', '.join(FINETUNE_BLOCKS)}, not {settings!r}")
     missing = [block for block in FINETUNE_BLOCKS if block not in settings]
     unknown = sorted(set(settings) - set(FINETUNE_BLOCKS))
-    problems = [f"missing {', '.join(missing)}"] * bool(missing) + [f"unknown {', '.join(unknown)}"] * bool(unknown)
+    problems = [f"{what} {', '.join(blocks)}" for what, blocks in (("missing", missing), ("unknown", unknown)) if blocks]
     if problems:
         raise SettingsError(f"{source}: {'; '.join(problems)} (expected the blocks {', '.join(FINETUNE_BLOCKS)})")
     validator = jsonschema.Draft202012Validator(finetune_settings_schema())
