@@ -34,6 +34,10 @@ def valid_config():
         "demo_model": {"train_data": [{"corpus": "slurp", "lang": "en"}], "eval_data": []},
         "alignment": {"models": {}},
         "schemes": schemes,
+        "decode": {"modalities": ["speech", "text"]},
+        "cascade": {"instruction": "Write down what is said.", "answer_pattern": None, "max_new_tokens": 64},
+        "comparisons": {"bootstrap": 1, "seed": 0, "scheme_pairs": [["direct_mixing", "curriculum"]],
+                        "modality_pairs": []},
     }
 
 

@@ -19,10 +19,10 @@ import lalm_slu.imitation as imitation
 from lalm_slu.batches import AUDIO_SPAN, Collator, audio_features, audio_token_count
 from lalm_slu.budgets import write_budget_ids
 from lalm_slu.cli import main
-from lalm_slu.mixtures import Interleave, ManifestCache, MixturePart, build_mixture, with_item_data
+from lalm_slu.mixtures import ManifestCache, MixturePart, build_mixture, with_item_data
 from lalm_slu.model_loading import load_model_and_processor
 from lalm_slu.records import Utterance, read_manifest, write_manifest
-from lalm_slu.settings import GenerationSettings, ImitationTask
+from lalm_slu.settings import GenerationSettings, ImitationTask, InterleavingSettings
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice
 from lalm_slu.training_data import load_items, sequence_lengths, to_chat_items
 
@@ -176,8 +176,8 @@ def test_an_interleaved_item_speaks_exactly_its_span(tiny_assets, timed_clip, tm
 def test_interleaving_turns_a_fraction_of_the_speech_into_spans_of_the_configured_length():
     ids = tuple(f"u{i}" for i in range(40))
     part = MixturePart("en", "text.parquet", "speech.parquet", ids, ids[:20], True)
-    counts = {("speech.parquet", uid): 6 for uid in ids}
-    mixture = build_mixture("interleaving", [part], 3, Interleave(0.5, 2, 3), counts)
+    times = {("speech.parquet", uid): [[f"w{k}", k * 0.3, (k + 1) * 0.3] for k in range(6)] for uid in ids}
+    mixture = build_mixture("interleaving", [part], 3, InterleavingSettings(0.5, 2, 3, 0.1), times)
     direct = build_mixture("direct_mixing", [part], 3)
     assert (mixture["modality"] == "interleaved").sum() == 10 and (mixture["modality"] == "speech").sum() == 10
     assert mixture[["id", "lang", "phase", "manifest"]].equals(direct[["id", "lang", "phase", "manifest"]])

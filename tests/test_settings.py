@@ -19,6 +19,7 @@ from lalm_slu.settings import (
     DecodingSettings,
     GenerationSettings,
     ImitationTask,
+    InterleavingSettings,
     LoraSettings,
     TrainingSettings,
 )
@@ -49,6 +50,7 @@ def test_each_view_has_a_field_for_every_key_of_its_schema_block():
     assert field_names(CascadeSettings) == field_names(GenerationSettings) | set(block("cascade"))
     assert field_names(ImitationTask) == set(IMITATION_TASK)
     assert field_names(AlignmentSettings) == set(block("alignment")["settings"]["properties"])
+    assert field_names(InterleavingSettings) == set(SCHEMA["$defs"]["interleaving"]["properties"])
 
 
 def test_left_out_keys_take_the_schema_s_defaults():

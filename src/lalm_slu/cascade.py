@@ -20,7 +20,7 @@ from lalm_slu.decode import answers_longest_first
 from lalm_slu.metrics import word_error_rate
 from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
 from lalm_slu.outputs import atomic_output, write_text_atomic
-from lalm_slu.records import json_columns, read_manifest
+from lalm_slu.records import DataError, json_columns, read_manifest
 from lalm_slu.settings import CascadeSettings
 from lalm_slu.speech.audio import load_audio
 
@@ -59,9 +59,11 @@ def transcribe_test_set(model_dir: str, manifest_path: str, settings: Mapping, o
     `settings`: the job's --settings JSON (lalm_slu.settings.CascadeSettings)."""
     started = time.time()
     transcription = CascadeSettings.from_dict(settings, "transcribe-test-set --settings")
+    manifest = read_manifest(manifest_path)
+    if manifest.empty:  # its WER would read 0.0
+        raise DataError("no utterances to transcribe", manifest_path)
     device, dtype = device_and_dtype(transcription)
     model, processor = load_model_and_processor(model_dir, dtype=dtype, device=device)
-    manifest = read_manifest(manifest_path)
     answers = transcribe_manifest(model, processor, manifest, transcription)
     transcripts = [extract_transcript(answer, transcription.answer_pattern) for answer in answers]
     cascade = manifest.copy()

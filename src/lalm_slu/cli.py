@@ -13,6 +13,7 @@ import sys
 
 from lalm_slu.stages import STAGES  # first: the job's clock starts before any import  # isort: skip
 from lalm_slu.records import DataError
+from lalm_slu.settings import SettingsError
 
 COMMANDS = {
     # name: (module, one-line help)
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         result = module.run(args)
-    except (DataError, OSError) as error:
+    except (DataError, SettingsError, OSError) as error:
         # Bad input or an unwritable output is the user's to fix: the message names the file and line (or
         # key); a traceback would bury it. Exit status 1, as for any failed command.
         print(f"lalm-slu {top.command}: error: {error}", file=sys.stderr)

@@ -5,6 +5,8 @@ ConfigError as a WorkflowError ("config " + the message)."""
 
 from __future__ import annotations
 
+import re
+
 from lalm_slu.schemes import IMITATION_SCHEMES, INTERLEAVING_SCHEMES, phase_mismatch
 
 # What a string in corpora.*.options may contain, filled in per language.
@@ -30,6 +32,9 @@ def check_config(config: dict, voices: dict) -> None:
         check_corpus(config, name, corpus, voices)
     check_alignment_models(config)
     check_scheme_phases(config)
+    check_imitation_tasks(config)
+    check_cascade(config)
+    check_comparisons(config)
 
 
 def check_language(config: dict, key: str, corpus: str, lang: str) -> None:
@@ -170,3 +175,49 @@ def check_scheme_phases(config: dict) -> None:
         problem = phase_mismatch(name, block["phases"])
         if problem:
             raise ConfigError(f"{key}.phases: {problem}")
+
+
+def scheme_blocks(config: dict) -> list[tuple[str, dict]]:
+    """Every scheme block with its key: the `schemes` blocks and every grid entry's scheme_settings."""
+    blocks = [(f"schemes.{name}", block) for name, block in config["schemes"].items()]
+    for kind in ("monolingual", "crosslingual"):
+        for index, entry in enumerate(config["grid"][kind]):
+            for name, override in entry.get("scheme_settings", {}).items():
+                blocks.append((f"grid.{kind}[{index}].scheme_settings.{name}", override))
+    return blocks
+
+
+def check_imitation_tasks(config: dict) -> None:
+    """A task's name names its targets: two tasks of one scheme may not share it."""
+    for key, block in scheme_blocks(config):
+        names = [task["task"] for task in (block.get("imitation") or {}).get("tasks", [])]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"{key}.imitation.tasks: task names {repeated} given more than once")
+
+
+def check_cascade(config: dict) -> None:
+    """The cascade's answer pattern compiles and has the group that holds the transcript."""
+    pattern = config["cascade"]["answer_pattern"]
+    if pattern is None:
+        return
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as error:
+        raise ConfigError(f"cascade.answer_pattern: {pattern!r} is not a regular expression ({error})") from None
+    if groups < 1:
+        raise ConfigError(f"cascade.answer_pattern: {pattern!r} has no group; group 1 is the transcript")
+
+
+def check_comparisons(config: dict) -> None:
+    """A compared input is one the runs decode (the schema names the schemes), and a pair compares two things."""
+    modalities = config["decode"]["modalities"]
+    for index, pair in enumerate(config["comparisons"]["modality_pairs"]):
+        unknown = [name for name in pair if name not in modalities]
+        if unknown:
+            raise ConfigError(f"comparisons.modality_pairs[{index}]: {unknown} not decoded (decode.modalities: "
+                              f"{modalities})")
+    for key in ("scheme_pairs", "modality_pairs"):
+        for index, (reference, compared) in enumerate(config["comparisons"][key]):
+            if reference == compared:
+                raise ConfigError(f"comparisons.{key}[{index}]: compares {reference!r} with itself")

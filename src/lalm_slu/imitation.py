@@ -22,7 +22,7 @@ from lalm_slu.decode import answers_longest_first
 from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
 from lalm_slu.outputs import atomic_output
 from lalm_slu.records import DataError, read_manifest
-from lalm_slu.settings import GenerationSettings, ImitationTask
+from lalm_slu.settings import GenerationSettings, ImitationTask, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,22 @@ def imitation_targets(model, processor, pool: pd.DataFrame, tasks: list[Imitatio
     return targets[list(TARGET_COLUMNS)]
 
 
+def read_imitation_targets(path: str) -> pd.DataFrame:
+    """An imitation targets file (TARGET_COLUMNS, at least one row); else a DataError naming it."""
+    try:
+        targets = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise DataError("imitation targets file not found", path) from None
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"not a parquet file of imitation targets ({error})", path) from None
+    missing = [column for column in TARGET_COLUMNS if column not in targets]
+    if missing:
+        raise DataError(f"not an imitation targets file (imitation-targets'): missing columns {missing}", path)
+    if targets.empty:
+        raise DataError("imitation targets file holds no targets", path)
+    return targets
+
+
 def task_models(tasks: list[ImitationTask]) -> list[str]:
     """The answering models the tasks name, in ANSWERING_MODELS order."""
     named = {task.model for task in tasks}
@@ -83,6 +99,9 @@ def write_imitation_targets(model_dirs: dict[str, str], pools: list[tuple[str, l
         raise ValueError("behaviour imitation needs at least one task")
     typed_tasks = [ImitationTask.from_dict(task, f"imitation-targets --tasks[{index}]")
                    for index, task in enumerate(tasks)]
+    names = [task.task for task in typed_tasks]
+    if len(set(names)) != len(names):
+        raise SettingsError(f"imitation-targets --tasks: task names {names} repeat one (a name names its targets)")
     generation = GenerationSettings.from_dict(settings, "imitation-targets --settings")
     device, dtype = device_and_dtype(generation)
     pool = pd.concat([pool_transcripts(path, ids) for path, ids in pools], ignore_index=True)

@@ -20,7 +20,7 @@ the ids whose speech may be used; a *scarce* part's speech is the budgeted resou
 - oracle: every utterance as speech (phase 1); every part must allow all of its speech.
 - interleaving: direct mixing in which a seeded fraction of the speech items is *interleaved*: the transcript with
   a contiguous span of words spoken instead of written (the span's audio, cut by the manifest's word times), same
-  target as the text item.
+  target as the text item. A span's audio lasts at least the scheme's min_span_s.
 - behaviour_imitation: phase 2 only (phase 1 is the text_only run it continues from): one speech item per pool
   utterance × imitation task, whose instruction and target come from the imitation targets (the phase-1 model's
   text-path answers); no SLU label is read.
@@ -34,6 +34,7 @@ seeded shuffle of a fixed listing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,7 +42,10 @@ import numpy as np
 import pandas as pd
 from lalm_slu.records import DataError, read_manifest
 from lalm_slu.schemes import IMITATION_SCHEMES, INTERLEAVING_SCHEMES, MIXTURE_PHASES
+from lalm_slu.settings import InterleavingSettings
 from lalm_slu.slu_json import format_target
+
+log = logging.getLogger(__name__)
 
 SCHEMES = tuple(MIXTURE_PHASES)
 # Which item, seen how, when, and from which manifest: what build_mixture lists.
@@ -54,19 +58,6 @@ MIXTURE_COLUMNS = LISTING_COLUMNS + ITEM_COLUMNS
 ITEM_DTYPES = {"duration_s": "float64", "span_start_s": "float64", "span_end_s": "float64", "span_start": "Int64",
                "span_end": "Int64"}
 MODALITIES = ("text", "speech", "interleaved")
-
-
-@dataclass(frozen=True)
-class Interleave:
-    """Which speech items become interleaved, and how many of their words are spoken."""
-
-    fraction: float  # of the speech items
-    min_span_words: int
-    max_span_words: int
-
-    @classmethod
-    def from_settings(cls, settings: dict) -> "Interleave":
-        return cls(float(settings["fraction"]), int(settings["min_span_words"]), int(settings["max_span_words"]))
 
 
 @dataclass(frozen=True)
@@ -94,13 +85,13 @@ class MixtureError(ValueError):
     """A scheme and its data do not fit together."""
 
 
-def build_mixture(scheme: str, parts: list[MixturePart], seed: int, interleave: Interleave | None = None,
-                  word_counts: dict[tuple[str, str], int] | None = None,
+def build_mixture(scheme: str, parts: list[MixturePart], seed: int, interleave: InterleavingSettings | None = None,
+                  word_times: dict[tuple[str, str], list] | None = None,
                   imitation: pd.DataFrame | None = None) -> pd.DataFrame:
     """The training items of one run, listed: a frame with LISTING_COLUMNS (and the instruction and target, or
     span_start/span_end, of the schemes that give them), to be completed by with_item_data. `interleave` and
-    `word_counts` ((manifest, id) -> words with times) for interleaving schemes; `imitation`: the imitation targets
-    (lalm_slu.imitation.TARGET_COLUMNS) for imitation schemes."""
+    `word_times` ((manifest, id) -> [[word, start_s, end_s], ...]) for interleaving schemes; `imitation`: the
+    imitation targets (lalm_slu.imitation.TARGET_COLUMNS) for imitation schemes."""
     if scheme not in SCHEMES:
         raise MixtureError(f"unknown scheme {scheme!r} (expected one of {SCHEMES})")
     if not parts:
@@ -116,7 +107,7 @@ def build_mixture(scheme: str, parts: list[MixturePart], seed: int, interleave: 
     else:
         mixture = _label_items(scheme, parts, seed)
     if interleave is not None:
-        mixture = _interleave(mixture, interleave, word_counts or {}, seed)
+        mixture = _interleave(mixture, interleave, word_times or {}, seed)
     return mixture
 
 
@@ -166,29 +157,56 @@ def _imitation_items(parts: list[MixturePart], imitation: pd.DataFrame, seed: in
     return mixture.astype({"lang": str, "phase": "int64", "instruction": str, "target": str})
 
 
-def _interleave(mixture: pd.DataFrame, interleave: Interleave, word_counts: dict, seed: int) -> pd.DataFrame:
+def _interleave(mixture: pd.DataFrame, interleave: InterleavingSettings, word_times: dict, seed: int) -> pd.DataFrame:
     """A seeded `fraction` of the speech items whose words have times become interleaved, each speaking a seeded
-    span of min..max_span_words words (at most all but one word: some text stays written)."""
+    span of min..max_span_words words (at most all but one word: some text stays written). A span whose audio is
+    shorter than min_span_s is drawn again among the item's long enough spans (from a second generator, so that
+    every other item keeps its span); an item without one stays a speech item. Both are counted in the log."""
     if not 0 <= interleave.fraction <= 1 or not 1 <= interleave.min_span_words <= interleave.max_span_words:
         raise MixtureError(f"bad interleaving settings {interleave}")
-    rng = np.random.default_rng([seed, 1])
+    rng, redraw = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2])
     mixture = mixture.assign(span_start=pd.NA, span_end=pd.NA).astype({"span_start": "Int64", "span_end": "Int64"})
     candidates = [
         index for index, row in enumerate(mixture.itertuples(index=False))
-        if row.modality == "speech" and word_counts.get((row.manifest, row.id), 0) >= 2
+        if row.modality == "speech" and len(word_times.get((row.manifest, row.id)) or ()) >= 2
     ]
     speech = int((mixture["modality"] == "speech").sum())
     if interleave.fraction > 0 and speech and not candidates:
         raise MixtureError(f"none of the {speech} speech items has word times to interleave (recorded speech: "
                            "align its words first, rule align_words)")
     chosen = sorted(rng.permutation(candidates)[: round(interleave.fraction * len(candidates))].tolist())
+    redrawn = kept = 0
     for index in chosen:
-        words = word_counts[(mixture.at[index, "manifest"], mixture.at[index, "id"])]
+        times = word_times[(mixture.at[index, "manifest"], mixture.at[index, "id"])]
+        words = len(times)
         length = int(rng.integers(interleave.min_span_words, interleave.max_span_words + 1))
         length = min(length, words - 1)
         start = int(rng.integers(0, words - length + 1))
+        if span_seconds(times, start, start + length) < interleave.min_span_s:
+            spans = long_enough_spans(times, interleave)
+            if not spans:
+                kept += 1
+                continue
+            start, end = spans[int(redraw.integers(len(spans)))]
+            length, redrawn = end - start, redrawn + 1
         mixture.loc[index, ["modality", "span_start", "span_end"]] = ["interleaved", start, start + length]
+    if chosen:
+        log.info("interleaving: %d of %d spans drawn again (audio shorter than min_span_s=%g s), %d items left as "
+                 "speech (no span that long)", redrawn, len(chosen), interleave.min_span_s, kept)
     return mixture
+
+
+def span_seconds(times: list, start: int, end: int) -> float:
+    """The audio length of words [start, end) by their times."""
+    return float(times[end - 1][2]) - float(times[start][1])
+
+
+def long_enough_spans(times: list, interleave: InterleavingSettings) -> list[tuple[int, int]]:
+    """Every span [start, end) of allowed length (all but one word at most) whose audio lasts min_span_s."""
+    longest = min(interleave.max_span_words, len(times) - 1)
+    return [(start, start + length) for length in range(min(interleave.min_span_words, longest), longest + 1)
+            for start in range(len(times) - length + 1)
+            if span_seconds(times, start, start + length) >= interleave.min_span_s]
 
 
 class ManifestCache(dict):

@@ -1,16 +1,22 @@
 """How every stage writes an output file.
 
 Into a temporary file next to the output, renamed over it when complete and removed on any failure,
-so a crash or a full disk never leaves a half-written output or a stray `*.tmp`.
+so a crash or a full disk never leaves a half-written output or a stray `*.tmp`. An output gets the mode the
+umask gives an ordinary file (mkstemp's own 0600 would hide results from colleagues on a shared cluster).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+# Errors of the disk rather than of what is written.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
 @contextlib.contextmanager
@@ -24,11 +30,22 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
         raise OSError(error.errno, f"cannot write the output ({error.strerror})", str(path)) from None
     os.close(handle)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno in WRITE_ERRORS or error.filename == tmp:  # a full disk: name the output, not the writer's tmp
+            raise OSError(error.errno, f"cannot write the output ({error.strerror})", str(path)) from error
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -1,7 +1,8 @@
 """Typed views of the settings a job reads from JSON: training (a fine-tuning job's `training`, or the config's
 block), generation and decoding (the decode job's --settings), audio frames (encode-audio's --settings), the
 cascade's transcription (transcribe-test-set's --settings), imitation tasks (imitation-targets' --tasks) and
-alignment (align-words' --settings).
+alignment (align-words' --settings), interleaving (mix-training-set's --interleave); and the check of a fine-tuning
+job's whole --settings (check_finetune_settings).
 
 The schema (workflow/schemas/config.schema.yaml) is the one source of their defaults: a key that a mapping leaves
 out takes the schema's default, and is an error where the schema has none. A key the schema does not know is an
@@ -11,14 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
+
+
+class SettingsError(ValueError):
+    """Settings a job cannot run with; the message names their source and the key."""
 
 
 @functools.cache
@@ -47,9 +54,9 @@ def typed_value(value, prop: dict, key: str, source: str):
     elif "array" in kinds and isinstance(value, (list, tuple)):
         typed = list(value)
     else:
-        raise ValueError(f"{source}: {key} must be of type {' or '.join(kinds)}, not {value!r}")
+        raise SettingsError(f"{source}: {key} must be of type {' or '.join(kinds)}, not {value!r}")
     if "enum" in prop and typed not in prop["enum"]:
-        raise ValueError(f"{source}: {key} must be one of {', '.join(map(str, prop['enum']))}, not {typed!r}")
+        raise SettingsError(f"{source}: {key} must be one of {', '.join(map(str, prop['enum']))}, not {typed!r}")
     return typed
 
 
@@ -66,10 +73,12 @@ class SchemaView:
     @classmethod
     def from_dict(cls, mapping: Mapping, source: str):
         """The view of `mapping`; `source` (a file, a config block, a job's settings) names it in errors."""
+        if not isinstance(mapping, Mapping):
+            raise SettingsError(f"{source}: expected a mapping of settings, not {mapping!r}")
         properties = cls.properties()
         unknown = sorted(set(mapping) - set(properties))
         if unknown:
-            raise ValueError(f"{source}: unknown setting{'s' * (len(unknown) > 1)} {', '.join(unknown)} "
+            raise SettingsError(f"{source}: unknown setting{'s' * (len(unknown) > 1)} {', '.join(unknown)} "
                              f"(known: {', '.join(sorted(properties))})")
         values, missing = {}, []
         for key, prop in properties.items():
@@ -82,8 +91,17 @@ class SchemaView:
             else:
                 missing.append(key)
         if missing:
-            raise ValueError(f"{source}: missing setting{'s' * (len(missing) > 1)} {', '.join(missing)}")
+            raise SettingsError(f"{source}: missing setting{'s' * (len(missing) > 1)} {', '.join(missing)}")
         return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str, source: str):
+        """The view of a JSON object given as text (a job's argument)."""
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"{source}: not JSON ({error})") from None
+        return cls.from_dict(mapping, source)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -219,3 +237,61 @@ class LoraSettings(SchemaView):
     def properties(cls) -> dict[str, dict]:
         lora = block_properties("model")["lora"]
         return next(option["properties"] for option in lora["oneOf"] if option.get("type") == "object")
+
+
+@dataclass(frozen=True)
+class InterleavingSettings(SchemaView):
+    """An interleaving scheme's `interleaving` block (mix-training-set's --interleave)."""
+
+    fraction: float
+    min_span_words: int
+    max_span_words: int
+    min_span_s: float
+
+    @classmethod
+    def properties(cls) -> dict[str, dict]:
+        return config_schema()["$defs"]["interleaving"]["properties"]
+
+
+FINETUNE_BLOCKS = ("model", "training", "scheme", "prompt")
+
+
+@functools.cache
+def finetune_settings_schema() -> dict:
+    """The schema of a fine-tuning job's --settings (grid.run_settings), from the config schema's blocks."""
+    schema = config_schema()
+    blocks = schema["properties"]
+    model = blocks["model"]["properties"]
+    scheme_block = schema["$defs"]["scheme_block"]
+    return {
+        "$defs": schema["$defs"],
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(FINETUNE_BLOCKS),
+        "properties": {
+            "model": {"type": "object", "additionalProperties": False, "required": ["path"],
+                      "properties": {key: model[key] for key in ("path", "lora")}},
+            "training": {**blocks["training"], "required": ["seed"],
+                         "properties": TrainingSettings.properties()},
+            "scheme": {**scheme_block, "required": ["name", *scheme_block["required"]],
+                       "properties": {"name": {"$ref": "#/$defs/scheme"}, **scheme_block["properties"]}},
+            "prompt": blocks["prompt"],
+        },
+    }  # fmt: skip
+
+
+def check_finetune_settings(settings, source: str = "fine-tuning settings") -> None:
+    """A fine-tuning job's settings {model, training, scheme, prompt} as the schema allows them; else a
+    SettingsError naming the block and key (a missing or unknown block, a value of the wrong type)."""
+    if not isinstance(settings, Mapping):
+        raise SettingsError(f"{source}: expected an object with blocks {', '.join(FINETUNE_BLOCKS)}, not {settings!r}")
+    missing = [block for block in FINETUNE_BLOCKS if block not in settings]
+    unknown = sorted(set(settings) - set(FINETUNE_BLOCKS))
+    problems = [f"{what} {', '.join(blocks)}" for what, blocks in (("missing", missing), ("unknown", unknown)) if blocks]
+    if problems:
+        raise SettingsError(f"{source}: {'; '.join(problems)} (expected the blocks {', '.join(FINETUNE_BLOCKS)})")
+    validator = jsonschema.Draft202012Validator(finetune_settings_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(settings))
+    if error is not None:
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
+        raise SettingsError(f"{source}: {where.lstrip('.')}: {error.message}")

@@ -22,9 +22,37 @@ def run(args):
     from lalm_slu.decode import MODALITIES, decode
     from lalm_slu.model_loading import set_threads
 
-    for modality, _, _ in args.input:
+    for modality, manifest, _ in args.input:
         if modality not in MODALITIES:
             raise SystemExit(f"--input: modality must be one of {', '.join(MODALITIES)}, not {modality!r}")
+        check_input(modality, manifest)
     set_threads(args.threads)
     print(json.dumps(decode(args.model, [tuple(i) for i in args.input], json.loads(args.settings),
                             args.audio_frames)))
+
+
+# The columns transcribe-test-set adds: a manifest with them holds the base model's transcripts, not the gold text.
+CASCADE_COLUMNS = ("reference_text", "asr_answer")
+
+
+def check_input(modality: str, manifest: str) -> None:
+    """A DataError naming the manifest unless it holds utterances of the kind `modality` decodes: cascade input
+    is a cascade manifest, text input the gold text."""
+    import pyarrow.parquet
+
+    from lalm_slu.records import DataError
+
+    try:
+        metadata = pyarrow.parquet.read_metadata(manifest)
+    except FileNotFoundError:
+        raise DataError("manifest not found", manifest) from None
+    except pyarrow.ArrowInvalid as error:
+        raise DataError(f"not a parquet manifest ({error})", manifest) from None
+    if metadata.num_rows == 0:
+        raise DataError(f"no utterances to decode ({modality} input)", manifest)
+    cascade = set(CASCADE_COLUMNS) <= set(metadata.schema.names)
+    if modality == "cascade" and not cascade:
+        raise DataError("cascade input must be a cascade manifest (transcribe-test-set's, with columns "
+                        f"{', '.join(CASCADE_COLUMNS)}), not a test manifest", manifest)
+    if modality == "text" and cascade:
+        raise DataError("text input must be the gold test manifest, not a cascade manifest of transcripts", manifest)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from lalm_slu.corpora.hub import ITALIC_REVISION, SPEECH_MASSIVE_TEST_REPO, HubAccessError, load_hub
+from lalm_slu.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,9 @@ def run(args: argparse.Namespace) -> int:
     except HubAccessError as error:
         raise SystemExit(f"download: {error}") from None
     stamp = args.stamp or args.cache_dir / f"download-{args.corpus}.json"
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({
+    write_text_atomic(stamp, json.dumps({
         "corpus": args.corpus, "cache_dir": str(args.cache_dir), "fetched": fetched,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }, indent=2) + "\n", encoding="utf-8")
+    }, indent=2) + "\n")
     log.info("wrote %s", stamp)
     return 0

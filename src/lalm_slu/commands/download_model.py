@@ -17,8 +17,12 @@ import re
 import time
 from pathlib import Path
 
+import httpx2  # huggingface_hub's HTTP client
 import huggingface_hub
+from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError
+
+from lalm_slu.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         huggingface_hub.snapshot_download(args.hub_id, revision=commit, local_dir=partial)
     except HfHubHTTPError as error:
         raise SystemExit(f"download-model: {args.hub_id} at {args.revision}: {error}") from None
+    except (httpx2.HTTPError, OSError) as error:  # no network, a proxy, a refused connection
+        raise SystemExit(f"download-model: cannot fetch {args.hub_id} at {args.revision} from "
+                         f"{constants.ENDPOINT}/{args.hub_id} ({type(error).__name__}: {error}); download on a node "
+                         "with network") from None
     if not (partial / "config.json").is_file():
         raise SystemExit(f"download-model: {args.hub_id} has no config.json: not a transformers model")
     resolved = {"hub_id": args.hub_id, "revision": args.revision, "commit": commit}
@@ -70,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
         if path.is_file() and ".cache" not in path.relative_to(partial).parts
     )
     partial.rename(args.out_dir)
-    args.stamp.parent.mkdir(parents=True, exist_ok=True)
-    args.stamp.write_text(
+    write_text_atomic(
+        args.stamp,
         json.dumps(
             {
                 **resolved,
@@ -82,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
             indent=2,
         )
         + "\n",
-        encoding="utf-8",
     )
     log.info("wrote %s (%d files) and %s", args.out_dir, len(files), args.stamp)
     return 0

@@ -21,10 +21,18 @@ def add_arguments(parser):
 
 
 def run(args):
+    from lalm_slu.settings import SettingsError, check_finetune_settings
+
+    try:
+        settings = json.loads(args.settings)
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"--settings: not JSON ({error})") from None
+    check_finetune_settings(settings, "--settings")  # before minutes of loading the model
+
     from lalm_slu.model_loading import set_threads
     from lalm_slu.train import finetune
 
     set_threads(args.threads)
-    summary = finetune(args.mixture, json.loads(args.settings), args.out_dir, args.work_dir, args.audio_frames,
+    summary = finetune(args.mixture, settings, args.out_dir, args.work_dir, args.audio_frames,
                        start_from=args.start_from, output=args.output)
     print(json.dumps(summary))

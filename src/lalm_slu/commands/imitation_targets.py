@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from lalm_slu.budgets import read_budget_ids
+from lalm_slu.records import DataError
 
 
 def add_arguments(parser):
@@ -25,8 +26,10 @@ def run(args):
     from lalm_slu.imitation import write_imitation_targets
     from lalm_slu.model_loading import set_threads
 
-    set_threads(args.threads)
     pools = [(manifest, read_budget_ids(ids)) for manifest, ids in args.pool]
+    if not any(ids for _, ids in pools):  # nothing to imitate: no targets file, not an empty one
+        raise DataError("the paired-speech pool is empty (no ids in " + ", ".join(ids for _, ids in args.pool) + ")")
+    set_threads(args.threads)
     models = {"phase1": args.model, **({"base": args.base_model} if args.base_model else {})}
     print(json.dumps(write_imitation_targets(models, pools, json.loads(args.tasks), json.loads(args.settings),
                                              args.out)))

@@ -16,7 +16,6 @@ import pandas as pd
 from lalm_slu.budgets import read_budget_ids
 from lalm_slu.mixtures import (
     SCHEMES,
-    Interleave,
     ManifestCache,
     MixtureError,
     MixturePart,
@@ -24,6 +23,7 @@ from lalm_slu.mixtures import (
     with_item_data,
 )
 from lalm_slu.records import DataError, write_manifest
+from lalm_slu.settings import InterleavingSettings
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,12 @@ def run(args):
     crosslingual = all(target_args)
     if args.no_target_text and not crosslingual:
         raise SystemExit("--no-target-text needs the --target-* arguments")
+    interleave = InterleavingSettings.from_json(args.interleave, "--interleave") if args.interleave else None
+    imitation = None
+    if args.imitation_targets:
+        from lalm_slu.imitation import read_imitation_targets  # imports torch: only imitation mixtures pay for it
+
+        imitation = read_imitation_targets(args.imitation_targets)
     manifests = ManifestCache()
     parts = [load_part(manifests, args.text_manifest, args.speech_manifest, args.speech_ids, scarce=not crosslingual)]
     if crosslingual:
@@ -61,11 +67,9 @@ def run(args):
     if args.label_free_speech:
         manifest, ids = args.label_free_speech
         parts.append(load_part(manifests, manifest, manifest, ids, scarce=False, use_text=False))
-    interleave = Interleave.from_settings(json.loads(args.interleave)) if args.interleave else None
-    word_counts = timed_word_counts(manifests, {part.speech_manifest for part in parts}) if interleave else None
-    imitation = pd.read_parquet(args.imitation_targets) if args.imitation_targets else None
+    word_times = timed_words(manifests, {part.speech_manifest for part in parts}) if interleave else None
     try:
-        listing = build_mixture(args.scheme, parts, args.seed, interleave, word_counts, imitation)
+        listing = build_mixture(args.scheme, parts, args.seed, interleave, word_times, imitation)
     except MixtureError as error:
         raise DataError(str(error), args.out) from None
     mixture = with_item_data(listing, manifests)
@@ -78,15 +82,15 @@ def run(args):
     log.info("wrote %d items (%s) to %s", len(mixture), args.scheme, args.out)
 
 
-def timed_word_counts(manifests: ManifestCache, speech_manifests) -> dict[tuple[str, str], int]:
-    """(manifest, id) -> number of words with times, for every utterance that has them."""
-    counts = {}
+def timed_words(manifests: ManifestCache, speech_manifests) -> dict[tuple[str, str], list]:
+    """(manifest, id) -> [[word, start_s, end_s], ...], for every utterance that has word times."""
+    times = {}
     for path in speech_manifests:
         manifest = manifests[path]
-        for uid, times in zip(manifest["id"].astype(str), manifest["word_times"]):
-            if times:
-                counts[(str(path), uid)] = len(times)
-    return counts
+        for uid, words in zip(manifest["id"].astype(str), manifest["word_times"]):
+            if words:
+                times[(str(path), uid)] = words
+    return times
 
 
 def load_part(

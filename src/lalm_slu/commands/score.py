@@ -247,7 +247,8 @@ def score_files(
 def matched_examples(
     gold: list[GoldUtterance], predictions: PredictionFile, granularity: str = "utterance"
 ) -> tuple[list[tuple[LabelledExample, LabelledExample | None]], set[str]]:
-    """(gold, prediction-or-None) pairs in gold order, one per example, and the prediction keys gold asks for."""
+    """(gold, prediction-or-None) pairs in gold order, one per example, and the prediction keys gold asks for.
+    Predictions that hold nothing, or nothing for this gold, are a DataError: they would score as all misses."""
     if granularity == "utterance" and predictions.key_kind == "recording":
         raise DataError("predictions keyed by recording file need --granularity recording", predictions.path)
     pairs, gold_keys = [], set()
@@ -262,6 +263,11 @@ def matched_examples(
             lookup = example_key if predictions.key_kind == "recording" else utterance.key
             gold_keys.add(lookup)
             pairs.append((utterance.labels, predictions.by_key.get(lookup)))
+    if not predictions.by_key and not predictions.n_bad_lines:
+        raise DataError("holds no predictions: every utterance would score as a miss", predictions.path)
+    if predictions.by_key and not predictions.by_key.keys() & gold_keys:
+        raise DataError(f"none of its {len(predictions.by_key)} predictions is for an utterance of the gold "
+                        "(predictions of another test set?)", predictions.path)
     return pairs, gold_keys
 
 

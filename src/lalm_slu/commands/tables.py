@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
+import math
 from pathlib import Path
 
 from lalm_slu.metrics import METRIC_NAMES
+from lalm_slu.records import DataError
 from lalm_slu.report.aggregate import read_metrics_csv
 from lalm_slu.report.comparisons import comparisons_table, read_comparisons_csv
 from lalm_slu.report.findings import findings_table
@@ -52,4 +54,13 @@ def run(args) -> int:
 
 
 def _wer(path: Path) -> float:
-    return float(json.loads(path.read_text(encoding="utf-8"))["wer"])
+    """The cascade's WER from a transcribe-test-set summary: a finite number ≥ 0."""
+    try:
+        wer = json.loads(path.read_text(encoding="utf-8"))["wer"]
+    except FileNotFoundError:
+        raise DataError("WER file not found", path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise DataError(f"not a transcription summary with a 'wer' ({type(error).__name__}: {error})", path) from None
+    if isinstance(wer, bool) or not isinstance(wer, (int, float)) or not math.isfinite(wer) or wer < 0:
+        raise DataError(f"'wer' is {wer!r}, expected a finite number ≥ 0", path)
+    return float(wer)

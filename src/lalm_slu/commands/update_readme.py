@@ -6,6 +6,8 @@ import re
 import shutil
 from pathlib import Path
 
+from lalm_slu.outputs import atomic_output, write_text_atomic
+
 START, END = "<!-- demo-results:start -->", "<!-- demo-results:end -->"
 
 
@@ -43,9 +45,10 @@ def run(args):
     assets = Path(args.assets_dir)
     assets.mkdir(parents=True, exist_ok=True)
     figure_copy = assets / Path(args.figure).name
-    shutil.copyfile(args.figure, figure_copy)
+    with atomic_output(figure_copy, suffix=figure_copy.suffix) as tmp:
+        shutil.copyfile(args.figure, tmp)
     findings = None if args.findings is None else Path(args.findings).read_text(encoding="utf-8")
     table = Path(args.table)
     block = render_block(table.read_text(encoding="utf-8"), figure_copy.as_posix(), table.name, findings)
     pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
-    readme.write_text(pattern.sub(lambda _: block, text), encoding="utf-8")
+    write_text_atomic(readme, pattern.sub(lambda _: block, text))

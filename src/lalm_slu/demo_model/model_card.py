@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from string import Template
 
+from lalm_slu.outputs import write_text_atomic
 from lalm_slu.trainable import top_level
 
 TEMPLATE = Path(__file__).with_name("model_card.md")
@@ -92,6 +93,4 @@ def write_model_card(out_dir: str | Path, summary: dict) -> Path:
         "rebuild_rule": "continue_demo_model" if "continued_from" in summary else "pretrain_demo_model",
     }
     card = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(fields)
-    path = out_dir / "README.md"
-    path.write_text(card, encoding="utf-8")
-    return path
+    return write_text_atomic(out_dir / "README.md", card)

@@ -38,6 +38,7 @@ from lalm_slu.distributed import ProcessGroup
 from lalm_slu.loss import answer_loss
 from lalm_slu.metrics import word_error_rate
 from lalm_slu.model_loading import load_model_and_processor
+from lalm_slu.outputs import write_text_atomic
 from lalm_slu.settings import GenerationSettings
 from lalm_slu.speech.audio import load_audio
 from lalm_slu.speech.tts import Voice
@@ -188,7 +189,7 @@ def synthesize_clips(sentences: list[tuple[str, str, Voice]], audio_dir: Path) -
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         pool.apply(_synthesize_worker, (jobs,))
     clips = [Clip(text=t, lang=lang, audio=path) for t, lang, _, path in jobs]
-    index_path.write_text(json.dumps([asdict(c) for c in clips]))
+    write_text_atomic(index_path, json.dumps([asdict(c) for c in clips]))  # a cache later runs trust
     return clips
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from lalm_slu.metrics import METRIC_NAMES
+from lalm_slu.outputs import atomic_output
 from lalm_slu.records import DataError
 
 # What a run's `meta` block may carry (written by `score --meta`); other keys follow, sorted.
@@ -64,11 +67,26 @@ def metric_rows(path: str | os.PathLike) -> list[dict]:
         if summary.exists():
             meta["wall_time_s"] = json.loads(summary.read_text(encoding="utf-8")).get("wall_time_s")
     shared = {**meta, **{key: counts.get(key) for key in COUNT_COLUMNS}}
+    for name in (name for name in METRIC_NAMES if name in metrics):
+        check_finite(metrics[name], name, path)
     return [
         {**shared, "metric": name, **{field: metrics[name].get(field) for field in ("value", "ci_low", "ci_high")}}
         for name in METRIC_NAMES
         if name in metrics
     ]
+
+
+def check_finite(metric, name: str, path) -> None:
+    """A metric's value is a finite number and its interval, if any, finite numbers: a NaN would be averaged
+    away over seeds, unseen."""
+    if not isinstance(metric, dict):
+        raise DataError(f"metric {name!r} is {metric!r}, expected an object with a value", path)
+    for field in ("value", "ci_low", "ci_high"):
+        value = metric.get(field)
+        if value is None and field != "value":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DataError(f"metric {name!r}: {field} is {value!r}, expected a finite number", path)
 
 
 def aggregate_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -87,12 +105,9 @@ def aggregate_metrics(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
 
 
 def write_metrics_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
-    return path
+    with atomic_output(path) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
+    return Path(path)
 
 
 def read_metrics_csv(path: str | os.PathLike) -> pd.DataFrame:
@@ -107,4 +122,10 @@ def read_metrics_csv(path: str | os.PathLike) -> pd.DataFrame:
     ]
     if missing:
         raise DataError(f"not an aggregate metrics CSV: missing columns {missing}", path)
+    values = pd.to_numeric(frame["value"], errors="coerce")
+    bad = ~np.isfinite(values.to_numpy(dtype="float64"))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"value {frame['value'].iloc[row]!r} of {frame['metric'].iloc[row]} for run "
+                        f"{frame['run'].iloc[row]!r} is not a finite number", path, row + 2)  # after the header
     return frame

@@ -20,6 +20,7 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
+from lalm_slu.outputs import atomic_output, write_text_atomic
 from lalm_slu.report.summary import (
     CROSSLINGUAL_KEYS,
     MONOLINGUAL_KEYS,
@@ -79,7 +80,8 @@ def write_figures(frame: pd.DataFrame, out_dir: str | os.PathLike, metrics=FIGUR
         ):
             for suffix, metadata in SAVE_METADATA.items():
                 path = out_dir / f"{name}{suffix}"
-                figure.savefig(path, metadata=metadata)
+                with atomic_output(path, suffix=suffix) as tmp:  # savefig picks the format by the suffix
+                    figure.savefig(tmp, metadata=metadata)
                 written.append(path)
     written.append(write_index_html(out_dir, [f"{name}.png" for name in FIGURE_NAMES]))
     return written
@@ -237,13 +239,11 @@ def write_index_html(out_dir: Path, images: list[str]) -> Path:
         f"<figcaption>{html.escape(name)}</figcaption></figure>"
         for name in images
     )
-    path = out_dir / "index.html"
-    path.write_text(
+    return write_text_atomic(
+        out_dir / "index.html",
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>lalm-slu figures</title></head>\n'
         f'<body style="background:#fff">\n{body}\n</body></html>\n',
-        encoding="utf-8",
     )
-    return path
 
 
 def find_chromium() -> str | None:

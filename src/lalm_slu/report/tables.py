@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lalm_slu.outputs import write_text_atomic
 from lalm_slu.report.summary import (
     CROSSLINGUAL_KEYS,
     MONOLINGUAL_KEYS,
@@ -270,6 +271,5 @@ def write_tables(tables: list[Table], out_dir: str | os.PathLike) -> list[Path]:
         }
         for suffix, text in renderings.items():
             path = out_dir / f"{table.name}{suffix}"
-            path.write_text(text, encoding="utf-8")
-            written.append(path)
+            written.append(write_text_atomic(path, text))
     return written

@@ -95,6 +95,16 @@ def word_times_from_path(text: str, owners: list[int], path: list[int], frame_s:
     return [[word, round(min(start, duration_s), 4), round(min(end, duration_s), 4)] for word, start, end in times]
 
 
+def ctc_frames(config, samples: int) -> int | None:
+    """How many frames a wav2vec2-style convolutional front end makes of `samples` (None: not such a model)."""
+    kernels, strides = getattr(config, "conv_kernel", None), getattr(config, "conv_stride", None)
+    if kernels is None or strides is None:
+        return None
+    for kernel, stride in zip(kernels, strides):
+        samples = (samples - kernel) // stride + 1 if samples >= kernel else 0
+    return samples
+
+
 def align_manifest(model_dir: str, manifest_path: str, out_path: str, settings: Mapping) -> dict:
     """A speech manifest with `word_times` filled by forced alignment with the CTC model at `model_dir`.
     `settings`: the job's --settings JSON (lalm_slu.settings.AlignmentSettings)."""
@@ -113,9 +123,14 @@ def align_manifest(model_dir: str, manifest_path: str, out_path: str, settings: 
     blank = processor.tokenizer.pad_token_id
     delimiter = getattr(processor.tokenizer, "word_delimiter_token", "|")
     utterances = utterances_from_frame(read_manifest(manifest_path))
-    failed = 0
+    failed = too_short = 0
     for utt in utterances:
         audio = load_audio(utt.audio)
+        if ctc_frames(model.config, len(audio)) == 0:  # shorter than the model's window: no frame at all
+            log.warning("%s: %s lasts %.3f s, shorter than the CTC model's window; not aligned", utt.id, utt.audio,
+                        len(audio) / 16_000)
+            too_short += 1
+            continue
         inputs = processor(audio, sampling_rate=16_000, return_tensors="pt").input_values.to(device)
         with torch.no_grad():
             log_probs = model(inputs).logits[0].log_softmax(-1).cpu()
@@ -129,6 +144,7 @@ def align_manifest(model_dir: str, manifest_path: str, out_path: str, settings: 
         duration = len(audio) / 16_000
         utt.word_times = word_times_from_path(utt.text, owners, path, duration / log_probs.shape[0], duration)
     write_manifest(utterances, out_path)
-    summary = {"utterances": len(utterances), "not_aligned": failed, "wall_time_s": round(time.time() - started, 2)}
+    summary = {"utterances": len(utterances), "not_aligned": failed, "shorter_than_window": too_short,
+               "wall_time_s": round(time.time() - started, 2)}
     log.info("aligned %s: %s", manifest_path, summary)
     return summary

@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # records imports pandas; chunk workers start fresh, so keep 
 log = logging.getLogger(__name__)
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Below one step of 16-bit PCM: a clip without a louder sample is silence.
+SILENCE = 1 / 32768
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,15 @@ def audio_file_name(utterance_id: str) -> str:
 def plan_jobs(
     utterances: Sequence[Utterance], audio_dir: str | Path, voices: Sequence[Voice], seed: int
 ) -> list[SynthesisJob]:
-    """One job per utterance, in manifest order; each utterance's voice is picked from `voices`."""
+    """One job per utterance, in manifest order; each utterance's voice is picked from `voices`. An utterance
+    without a letter or digit to speak is a DataError."""
     if not voices:
         raise ValueError("no voices to synthesize with")
     audio_dir = Path(audio_dir)
     jobs = []
     for utt in utterances:
+        if not re.search(r"\w", utt.text):  # eSpeak would make a few milliseconds of silence of it
+            _fail(f"utterance {utt.id!r} has nothing to speak: {utt.text!r}")
         voice = pick_voice(utt.id, list(voices), seed)
         jobs.append(SynthesisJob(utt.id, utt.text, voice, str(audio_dir / audio_file_name(utt.id))))
     paths = [job.path for job in jobs]
@@ -88,8 +93,8 @@ def synthesize_chunk(jobs: Sequence[SynthesisJob], seed: int, max_duration_s: fl
     for job in jobs:
         audio, word_times = synthesizer.synthesize_timed(job.text, job.voice, seed=utterance_seed(seed, job.utterance_id))
         duration = len(audio) / TARGET_RATE
-        if duration == 0:
-            _fail(f"eSpeak NG produced no audio for utterance {job.utterance_id!r}: {job.text!r}")
+        if duration == 0 or not (abs(audio) >= SILENCE).any():
+            _fail(f"eSpeak NG produced no audible audio for utterance {job.utterance_id!r}: {job.text!r}")
         if max_duration_s is not None and duration > max_duration_s:
             _fail(
                 f"utterance {job.utterance_id!r} lasts {duration:.1f} s with voice {job.voice.key}, "
@@ -170,7 +175,7 @@ def synthesize_utterances(
 
 def voices_from_json(records: Sequence[dict]) -> list[Voice]:
     """Voices from config records `{name, rate_wpm, pitch}`, where a list of rates or pitches stands for every
-    combination; unknown variants are rejected."""
+    combination; unknown voices and variants are rejected."""
 
     def as_list(value, default):
         value = default if value is None else value
@@ -183,16 +188,14 @@ def voices_from_json(records: Sequence[dict]) -> list[Voice]:
         for pitch in as_list(r.get("pitch"), 50)
     ]
     for voice in voices:
-        check_variant(voice)
+        check_voice(voice)
     return voices
 
 
-def check_variant(voice: Voice) -> None:
-    """eSpeak NG silently ignores an unknown `+variant`; fail instead of speaking in the wrong voice."""
-    if "+" not in voice.name:
-        return
-    import espeakng_loader
+def check_voice(voice: Voice) -> None:
+    """eSpeak NG silently speaks an unknown voice or `+variant` in another voice; fail instead."""
+    from lalm_slu.speech.voice_table import unknown_voice
 
-    variant = voice.name.split("+", 1)[1]
-    if not (Path(espeakng_loader.get_data_path()) / "voices" / "!v" / variant).is_file():
-        raise ValueError(f"eSpeak NG has no voice variant {variant!r} (voice {voice.name!r})")
+    problem = unknown_voice(voice.name)
+    if problem:
+        raise ValueError(problem)

@@ -123,9 +123,10 @@ def word_times(text: str, events: list[tuple[int, int]], native_rate: int, durat
     """[word, start_s, end_s] per whitespace word of `text`, from eSpeak NG's word events (text position, sample).
     A word starts at the first event inside it (eSpeak may split a written word, e.g. "twenty-three", into
     several) and ends where the next word starts (a pause after it is its own), the last at the end of the audio.
-    A word without an event (nothing eSpeak speaks) gets the start of the next one, and no duration. An event
-    between words belongs to the next word: after a sentence-final period eSpeak may put the next sentence's
-    first word event on the space before it."""
+    An event between words belongs to the next word: after a sentence-final period eSpeak may put the next
+    sentence's first word event on the space before it. eSpeak gives no event to an unstressed word it speaks
+    joined to the word before ("in the city": "the" is spoken at the end of "in"'s span), so the words of such a
+    group share the group's span by their letters (a word with none, e.g. "?!", gets no duration)."""
     spans = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", text)]
     word_ends = [end for _, end, _ in spans]
     samples: list[list[int]] = [[] for _ in spans]
@@ -138,12 +139,31 @@ def word_times(text: str, events: list[tuple[int, int]], native_rate: int, durat
         # without an event takes the previous word's later event.
         if not samples[index] and len(samples[index - 1]) > 1 and re.search(r"\w", spans[index][2]):
             samples[index].append(samples[index - 1].pop(samples[index - 1].index(max(samples[index - 1]))))
-    starts: list[float | None] = [min(inside) / native_rate if inside else None for inside in samples]
-    for index in range(len(starts) - 1, -1, -1):
-        if starts[index] is None:
-            starts[index] = starts[index + 1] if index + 1 < len(starts) else duration_s
-    ends = [*starts[1:], duration_s]
-    return [[word, round(start, 4), round(min(end, duration_s), 4)] for (_, _, word), start, end in zip(spans, starts, ends)]
+    heads = [index for index, inside in enumerate(samples) if inside]
+    if not heads:
+        return [[word, round(duration_s, 4), round(duration_s, 4)] for _, _, word in spans]
+    times = []
+    for number, head in enumerate(heads):
+        # A group: a word with an event and the event-less words after it (before the first one: those too).
+        first = 0 if number == 0 else head
+        last = heads[number + 1] if number + 1 < len(heads) else len(spans)
+        start = min(samples[head]) / native_rate
+        end = min(samples[last]) / native_rate if last < len(spans) else duration_s
+        times += split_span([word for _, _, word in spans[first:last]], start, max(start, end), head - first)
+    return [[word, round(min(start, duration_s), 4), round(min(end, duration_s), 4)] for word, start, end in times]
+
+
+def split_span(words: list[str], start: float, end: float, head: int) -> list[list]:
+    """[word, start, end] for words spoken in one span, shared by their letters (all to the `head` word, the one
+    eSpeak timed, when none has a letter)."""
+    weights = [len(re.findall(r"\w", word)) for word in words]
+    if not sum(weights):
+        weights = [int(index == head) for index in range(len(words))]
+    total, edges = sum(weights), [start]
+    for weight in weights:
+        edges.append(edges[-1] + (end - start) * weight / total)
+    edges[-1] = end
+    return [[word, edges[index], edges[index + 1]] for index, word in enumerate(words)]
 
 
 def _load_espeak():

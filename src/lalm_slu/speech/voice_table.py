@@ -1,8 +1,10 @@
 """The TTS voice table (config speech.tts.voices): one row per eSpeak NG voice, language and split.
 
-Plain Python (csv, json schema): the workflow reads it while planning."""
+Plain Python (csv, json schema): the workflow reads it while planning, and checks each voice against the voices
+eSpeak NG's data (the espeakng-loader wheel) really holds: eSpeak NG speaks an unknown name in a fallback voice."""
 
 import csv
+import re
 from functools import cache
 from pathlib import Path
 
@@ -21,6 +23,40 @@ def parse_values(cell: str):
 
 
 @cache
+def espeak_voices() -> dict[str, frozenset[str]]:
+    """The names eSpeak NG selects a voice by, lower case (each voice file's `name`, its path under lang/, its file
+    name, the languages it declares), each with the languages of its voice."""
+    import espeakng_loader
+
+    root = Path(espeakng_loader.get_data_path()) / "lang"
+    voices: dict[str, set[str]] = {}
+    for path in sorted(path for path in root.rglob("*") if path.is_file()):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        fields = [line.strip().partition(" ") for line in text.splitlines()]
+        languages = {value.split()[0].lower() for key, _, value in fields if key == "language" and value.strip()}
+        names = {value.strip().lower() for key, _, value in fields if key == "name" and value.strip()}
+        for name in names | languages | {path.relative_to(root).as_posix().lower(), path.name.lower()}:
+            voices.setdefault(name, set()).update(languages)
+    return {name: frozenset(languages) for name, languages in voices.items()}
+
+
+def unknown_voice(name: str, lang: str | None = None) -> str | None:
+    """Why eSpeak NG cannot speak language `lang` in voice `name` (`voice` or `voice+variant`), or None if it can."""
+    import espeakng_loader
+
+    voice, _, variant = name.partition("+")
+    languages = espeak_voices().get(voice.lower())
+    if languages is None:
+        return f"eSpeak NG has no voice {voice!r} (voice {name!r}; its voices: `espeak-ng --voices`)"
+    if lang is not None and not any(code == lang or code.startswith(f"{lang}-") for code in languages):
+        return f"eSpeak NG's voice {voice!r} speaks {', '.join(sorted(languages))}, not {lang!r}"
+    if variant and not (re.fullmatch(r"[A-Za-z0-9_-]+", variant)
+                        and (Path(espeakng_loader.get_data_path()) / "voices" / "!v" / variant).is_file()):
+        return f"eSpeak NG has no voice variant {variant!r} (voice {name!r})"
+    return None
+
+
+@cache
 def read_voice_table(path, schema_path) -> dict:
     """{lang: {split: [{name, rate_wpm, pitch}, ...]}} in the table's row order (read once; do not
     modify it); a bad row, or a language without both splits, is a ValueError naming the file."""
@@ -35,6 +71,9 @@ def read_voice_table(path, schema_path) -> dict:
             if error is not None:
                 where = ".".join(map(str, error.absolute_path))
                 raise ValueError(f"{path}, line {line}{f' ({where})' if where else ''}: {error.message}")
+            problem = unknown_voice(record["voice"], record["lang"])
+            if problem:
+                raise ValueError(f"{path}, line {line} (voice): {problem}")
             splits = voices.setdefault(record["lang"], {split: [] for split in SPLITS})
             splits[record["split"]].append(
                 {"name": record["voice"], "rate_wpm": record["rate_wpm"], "pitch": record["pitch"]}
