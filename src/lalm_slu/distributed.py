@@ -114,14 +114,14 @@ class ProcessGroup:
         return [bool(value) for value in values.tolist()]
 
     def broadcast(self, value):
-        """Rank 0's `value` on every rank (any picklable object)."""
+        """Rank 0's `value` on every rank (any picklable object; over the CPU group: no device copies)."""
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self.cpu_group)
         return box[0]
 
     def gather(self, value) -> list:
         boxes = [None] * self.world_size
-        dist.all_gather_object(boxes, value)
+        dist.all_gather_object(boxes, value, group=self.cpu_group)
         return boxes
 
     def close(self) -> None:
