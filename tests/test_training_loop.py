@@ -192,3 +192,48 @@ def test_a_second_run_on_a_locked_work_directory_fails_at_once_naming_the_holder
                 pass
     with work_dir_lock(tmp_path, group):  # released when the run ends
         pass
+
+
+def _two_process_worker(rank: int, work_dir, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    group = ProcessGroup("cpu")
+    # Rank 1's clock says a checkpoint is due at every step, rank 0's never: rank 0's decides. Rank 1 alone gets
+    # the stop signal, in step 5: both stop there.
+    loop = new_loop(group, work_dir, every=100, minutes=1e-9 if rank == 1 else None)
+    saves, real_checkpoint = [], loop.checkpoint
+
+    def recording_checkpoint(wait=False):
+        saves.append(loop.position["global_step"])
+        return real_checkpoint(wait)
+
+    loop.checkpoint = recording_checkpoint
+    try:
+        loop.run(SEGMENTS, gradients_of(loop, signal_at=(1, 0) if rank == 1 else None))
+        code = 0
+    except StoppedForResubmission as stopped:
+        code = stopped.code
+    (work_dir / f"rank-{rank}.json").write_text(json.dumps({"saves": saves, "exit": code}))
+    group.close()
+
+
+@pytest.mark.slow
+def test_every_process_takes_rank_0s_wall_time_decision_and_stops_on_any_ones_signal(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = torch.multiprocessing.spawn(_two_process_worker, args=(tmp_path, port), nprocs=2, join=False)
+    deadline = time.monotonic() + 120  # processes that disagree would wait on each other
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two processes did not finish: they took different decisions")
+    outcomes = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    # The end of the first segment, then the signal's checkpoint after step 5, and the exit for resubmission.
+    assert outcomes == [{"saves": [4, 5], "exit": EXIT_RESUBMIT}] * 2
+    assert checkpoints(tmp_path) == ["step-00000005"]
