@@ -77,11 +77,12 @@ def worker(width: int, layers: int, repeats: int, out: Path) -> None:
     model, optimizer = build(group, width, layers)
     root_dir = Path(group.broadcast(tempfile.mkdtemp(prefix="checkpoint-save-", dir=os.environ.get("TMPDIR"))))
     state = {"fingerprint": "benchmark", "position": {}, "history": []}
-    times: dict[str, dict[str, list[float]]] = {m: {"blocked_s": [], "complete_s": []} for m in ("previous", "sync", "async")}
+    modes = ("previous", "sync", "async")
+    times: dict[str, dict[str, list[float]]] = {m: {"blocked_s": [], "complete_s": []} for m in modes}
     read: dict[str, int] = {}
     step = 0
     for _ in range(repeats):
-        for mode in ("previous", "sync", "async"):
+        for mode in modes:
             step += 1
             group.barrier()
             before, started = bytes_read(), time.perf_counter()

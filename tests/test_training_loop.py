@@ -162,7 +162,8 @@ def test_a_shard_changed_without_changing_size_fails_its_load_naming_the_checkpo
 
 
 @pytest.mark.parametrize("damage, problem", [
-    (lambda c: (c / "rng-0.pt").write_bytes(b"\0" * (c / "rng-0.pt").stat().st_size), "rng-0.pt does not match its sha256"),
+    (lambda c: (c / "rng-0.pt").write_bytes(b"\0" * (c / "rng-0.pt").stat().st_size),
+     "rng-0.pt does not match its sha256"),
     (lambda c: (c / "__1_0.distcp").write_bytes(b"stray"), "__1_0.distcp is not in its manifest"),
     (lambda c: (c / "__0_0.distcp").write_bytes((c / "__0_0.distcp").read_bytes()[:-10]), "__0_0.distcp has"),
     (lambda c: (c / ".metadata").unlink(), ".metadata is missing"),

@@ -339,8 +339,10 @@ def save_checkpoint(root_dir: Path, step: int, root: nn.Module, optimizer, state
         (tmp / STATE).write_text(json.dumps(state))
     group.wait_for_main()
     torch.save(torch.get_rng_state(), tmp / f"rng-{group.rank}.pt")
+    trained = {"model": get_model_state_dict(root, options=TRAINED_ONLY),
+               "optimizer": get_optimizer_state_dict(root, optimizer)}
     future = dcp.async_save(
-        {"model": get_model_state_dict(root, options=TRAINED_ONLY), "optimizer": get_optimizer_state_dict(root, optimizer)},
+        trained,
         storage_writer=FileSystemWriter(tmp, _extensions=[Sha256Trailer()]),
         process_group=group.checkpoint_group,
     )
