@@ -537,6 +537,21 @@ def test_a_checkpoint_whose_shard_changed_without_changing_size_is_refused(tiny_
     assert pd.read_csv(tmp_path / "again" / "loss.csv")["step"].tolist() == [1, 2]  # trained from the start
 
 
+def test_a_run_on_a_work_directory_another_process_holds_fails_at_once_naming_it(tiny_assets, tmp_path):  # noqa: F811
+    import fcntl
+
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
+    settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1)
+    (tmp_path / "work").mkdir()
+    with open(tmp_path / "work" / "lock", "w") as holder:  # as another fine-tuning process holds it
+        holder.write("host node7, pid 4242, started 2026-12-07T06:00:00+00:00\n")
+        holder.flush()
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(OSError, match=rf"work directory {tmp_path / 'work'} is in use by host node7, pid 4242"):
+            finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
+    assert not (tmp_path / "work" / "checkpoints").exists() and not (tmp_path / "out").exists()
+
+
 def test_the_work_checkpoints_are_deleted_once_the_final_model_is_written(tiny_assets, tmp_path):  # noqa: F811
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
     settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1)
