@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from transformers import Qwen2AudioForConditionalGeneration
 
 from lalm_slu import train, training_data, training_loop
 from lalm_slu.batches import ChatItem, Collator
+from lalm_slu.distributed import DamagedCheckpoint
 from lalm_slu.length_aware_encoder import LengthAwareQwen2AudioEncoder
 from lalm_slu.mixtures import ManifestCache, with_item_data
 from lalm_slu.model_loading import load_model_and_processor
@@ -378,9 +380,9 @@ def test_a_checkpoint_job_of_several_phases_outputs_the_end_of_its_last_one(shar
 def test_a_checkpoint_saved_inside_a_phase_cannot_start_another_run(tiny_assets, tmp_path):  # noqa: F811
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest,
                             [(i, "text", 1) for i in IDS] + [(i, "text", 2) for i in IDS])
-    settings = make_settings(tiny_assets.model_dir, CURRICULUM, checkpoint_every_steps=1, keep_checkpoint=True)
+    settings = make_settings(tiny_assets.model_dir, CURRICULUM, checkpoint_every_steps=5, keep_checkpoint=True)
     finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
-    # 4 steps of phase 1, then 2 of phase 2; steps 5 and 6 are kept, 5 inside phase 2.
+    # 4 steps of phase 1, then 2 of phase 2; the last checkpoint, kept, is step 5's, inside phase 2.
     mid_phase = tmp_path / "work" / "checkpoints" / "step-00000005"
     with pytest.raises(ValueError, match="not at the end of its 2 phase"):
         finetune(mixture, settings, tmp_path / "again", tmp_path / "again-work", start_from=mid_phase)
@@ -501,7 +503,7 @@ def trainable_weights(root) -> dict[str, torch.Tensor]:
     }
 
 
-def test_a_damaged_checkpoint_is_moved_aside_named_in_the_log_and_the_previous_one_resumed(
+def test_a_damaged_checkpoint_is_moved_aside_named_in_the_log_and_training_starts_over(
     tiny_assets, tmp_path, caplog  # noqa: F811
 ):
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
@@ -514,7 +516,7 @@ def test_a_damaged_checkpoint_is_moved_aside_named_in_the_log_and_the_previous_o
     with caplog.at_level("INFO"):
         finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
     assert f"checkpoint {newest} is damaged ({shard} has" in caplog.text
-    assert f"resumed from {newest.with_name('step-00000003')}" in caplog.text
+    assert "resumed from" not in caplog.text  # one checkpoint is kept: no older one to fall back on
     assert (newest.parent / "step-00000004.corrupt").is_dir() and not (newest.parent / "step-00000005.tmp").exists()
     expected, actual = weights(tmp_path / "reference"), weights(tmp_path / "out")
     assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
@@ -524,15 +526,34 @@ def test_a_checkpoint_whose_shard_changed_without_changing_size_is_refused(tiny_
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
     settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1, keep_checkpoint=True)
     finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
-    for checkpoint in (tmp_path / "work" / "checkpoints").glob("step-*"):
-        shard = next(checkpoint.glob("*.distcp"))
-        data = bytearray(shard.read_bytes())
-        data[-100] ^= 0xFF
-        shard.write_bytes(bytes(data))
+    checkpoint = tmp_path / "work" / "checkpoints" / "step-00000002"
+    shard = next(checkpoint.glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    # Found as the shard loads, into weights it has partly overwritten: the job stops, and its re-run starts over.
+    with pytest.raises(DamagedCheckpoint, match=rf"checkpoint {checkpoint} is damaged .*does not match its sha256"
+                                                r".*a re-run starts over"):
+        finetune(mixture, settings, tmp_path / "again", tmp_path / "work")
     with caplog.at_level("INFO"):
         finetune(mixture, settings, tmp_path / "again", tmp_path / "work")
-    assert caplog.text.count("does not match its sha256") == 2 and "resumed from" not in caplog.text
+    assert "resumed from" not in caplog.text
     assert pd.read_csv(tmp_path / "again" / "loss.csv")["step"].tolist() == [1, 2]  # trained from the start
+
+
+def test_a_run_on_a_work_directory_another_process_holds_fails_at_once_naming_it(tiny_assets, tmp_path):  # noqa: F811
+    import fcntl
+
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
+    settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1)
+    (tmp_path / "work").mkdir()
+    with open(tmp_path / "work" / "lock", "w") as holder:  # as another fine-tuning process holds it
+        holder.write("host node7, pid 4242, started 2026-12-07T06:00:00+00:00\n")
+        holder.flush()
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(OSError, match=rf"work directory {tmp_path / 'work'} is in use by host node7, pid 4242"):
+            finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
+    assert not (tmp_path / "work" / "checkpoints").exists() and not (tmp_path / "out").exists()
 
 
 def test_the_work_checkpoints_are_deleted_once_the_final_model_is_written(tiny_assets, tmp_path):  # noqa: F811
@@ -634,6 +655,41 @@ def test_rerun_after_sigkill_ends_with_the_uninterrupted_weights(
     expected, actual = weights(tmp_path / "reference"), weights(tmp_path / "out")
     assert expected.keys() == actual.keys()
     # One thread per process, same data order, optimizer state and weights restored exactly: bitwise equal.
+    assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "reference" / "loss.csv"), pd.read_csv(tmp_path / "out" / "loss.csv")
+    )
+
+
+@pytest.mark.slow
+def test_sigusr1_checkpoints_exits_for_resubmission_and_the_rerun_ends_with_the_uninterrupted_weights(
+    tiny_assets, tmp_path  # noqa: F811
+):
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
+    # 12 optimizer steps, no checkpoint by steps: the signal's is the only one.
+    settings = make_settings(tiny_assets.model_dir, [(1, 2, 2e-3, 0.2)], per_device_batch_size=1,
+                             global_batch_size=2)
+    reference = subprocess.run(run_cli(mixture, settings, tmp_path / "reference", tmp_path / "reference-work"),
+                               env=subprocess_env(), capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-5000:]
+
+    log_path = tmp_path / "signalled.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(run_cli(mixture, settings, tmp_path / "out", tmp_path / "work"),
+                                   env=subprocess_env(), stdout=log, stderr=log)
+        # The loop's progress bar: it runs, with its handler.
+        while process.poll() is None and not re.search(r"phase 1: +\d+%\|", log_path.read_text()):
+            time.sleep(0.005)
+        process.send_signal(signal.SIGUSR1)  # as Slurm's --signal=USR1@<seconds> before a time limit
+        process.wait()
+    assert process.returncode == training_loop.EXIT_RESUBMIT, log_path.read_text()[-5000:]
+    assert 0 < checkpoint_step(tmp_path / "work") < 12 and not (tmp_path / "out").exists()
+
+    rerun = subprocess.run(run_cli(mixture, settings, tmp_path / "out", tmp_path / "work"), env=subprocess_env(),
+                           capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-5000:]
+    assert "resumed from" in rerun.stderr
+    expected, actual = weights(tmp_path / "reference"), weights(tmp_path / "out")
     assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "reference" / "loss.csv"), pd.read_csv(tmp_path / "out" / "loss.csv")

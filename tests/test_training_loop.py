@@ -1,10 +1,18 @@
-"""The shared schedule: warm-up then cosine, as transformers defines it, with an optional floor."""
+"""The shared loop: its schedule (warm-up then cosine, as transformers defines it, with an optional floor) and its
+checkpoints (in the background, one kept, checked as they load, by steps, wall time or a stop signal), and the
+work directory's lock."""
+
+import json
+import os
+import signal
 
 import pytest
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from lalm_slu.training_loop import Segment, warmup_steps
+from lalm_slu import distributed
+from lalm_slu.distributed import DamagedCheckpoint, ProcessGroup, WorkDirectoryInUse, work_dir_lock
+from lalm_slu.training_loop import EXIT_RESUBMIT, Segment, StoppedForResubmission, TrainingLoop, warmup_steps
 
 
 @pytest.mark.parametrize("total, ratio", [(1, 0.0), (7, 0.04), (120, 0.02), (300, 0.25)])
@@ -23,9 +31,210 @@ def test_a_segment_without_floor_follows_transformers_cosine_with_warmup(total, 
     assert [segment.lr_at(step) for step in range(warmup, total)] == pytest.approx(expected[warmup:], rel=1e-12)
     assert [segment.lr_at(step) for step in range(warmup)] == pytest.approx(expected[1 : warmup + 1], rel=1e-12)
 
+
 def test_a_floor_keeps_the_learning_rate_above_its_share_of_the_peak():
     segment = Segment("instructions", 100, 4e-4, 10, min_lr_ratio=0.1)
     rates = [segment.lr_at(step) for step in range(100)]
     assert rates[9] == pytest.approx(4e-4)  # the end of warm-up is the peak
     assert min(rates) >= 4e-5 and rates[-1] == pytest.approx(4e-5, rel=1e-2)
     assert all(a >= b for a, b in zip(rates[9:], rates[10:]))  # then only decays
+
+
+SEGMENTS = [Segment("first", 4, 1e-2, 1), Segment("second", 3, 5e-3, 1)]
+
+
+@pytest.fixture
+def group():
+    group = ProcessGroup("cpu")
+    yield group
+    group.close()
+
+
+def new_loop(group, work_dir, every=100, minutes=None):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    return TrainingLoop(model, optimizer, group, work_dir / "checkpoints", "run", max_grad_norm=1.0,
+                        checkpoint_every=every, checkpoint_every_minutes=minutes)
+
+
+def gradients_of(loop, signal_at=None):
+    """A step on random data (the global RNG: a resumed run must have restored it) and its loss."""
+
+    def gradients(segment_index, step):
+        if (segment_index, step) == signal_at:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        inputs = torch.randn(8, 16)
+        loss = loop.root(inputs).pow(2).mean()
+        loss.backward()
+        return {"loss": float(loss.detach())}
+
+    return gradients
+
+
+def weights(loop):
+    return {name: tensor.clone() for name, tensor in loop.root.state_dict().items()}
+
+
+def checkpoints(work_dir):
+    return sorted(p.name for p in (work_dir / "checkpoints").iterdir())
+
+
+def test_only_the_newest_complete_checkpoint_is_kept_with_a_manifest_of_every_file(group, tmp_path):
+    loop = new_loop(group, tmp_path, every=1)
+    assert loop.run(SEGMENTS, gradients_of(loop))
+    assert checkpoints(tmp_path) == ["step-00000007"]
+    newest = tmp_path / "checkpoints" / "step-00000007"
+    manifest = json.loads((newest / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == sorted(p.name for p in newest.iterdir() if p.name != "manifest.json")
+    # The shards carry their items' sha256 inside; only the small files are hashed whole.
+    assert [n for n, entry in manifest["files"].items() if "sha256" not in entry] == ["__0_0.distcp"]
+
+
+def test_neither_save_nor_resume_reads_a_shard_through_a_separate_hash(group, tmp_path, monkeypatch):
+    hashed = []
+    real_sha256 = distributed._sha256
+    monkeypatch.setattr(distributed, "_sha256", lambda path: hashed.append(path.name) or real_sha256(path))
+    loop = new_loop(group, tmp_path, every=2)
+    loop.run(SEGMENTS, gradients_of(loop), stop_after_steps=3)
+    again = new_loop(group, tmp_path, every=2)
+    assert again.resume() and again.position["global_step"] == 3
+    assert hashed and not [name for name in hashed if name.endswith(".distcp")]
+
+
+def test_a_resumed_run_ends_with_the_uninterrupted_weights(group, tmp_path):
+    reference = new_loop(group, tmp_path / "reference")
+    reference.run(SEGMENTS, gradients_of(reference))
+    first = new_loop(group, tmp_path / "work", every=2)
+    assert not first.run(SEGMENTS, gradients_of(first), stop_after_steps=5)
+    second = new_loop(group, tmp_path / "work", every=2)
+    assert second.resume()
+    assert second.run(SEGMENTS, gradients_of(second))
+    assert second.history == reference.history
+    assert all(torch.equal(a, b) for a, b in zip(weights(reference).values(), weights(second).values()))
+
+
+def test_a_stop_signal_checkpoints_at_the_step_boundary_and_exits_for_resubmission(group, tmp_path):
+    reference = new_loop(group, tmp_path / "reference")
+    reference.run(SEGMENTS, gradients_of(reference))
+    loop = new_loop(group, tmp_path / "work")
+    with pytest.raises(StoppedForResubmission) as stopped:
+        loop.run(SEGMENTS, gradients_of(loop, signal_at=(0, 2)))
+    assert stopped.value.code == EXIT_RESUBMIT != 0
+    assert checkpoints(tmp_path / "work") == ["step-00000003"]  # complete: renamed into place
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler is the loop's only while it runs
+    again = new_loop(group, tmp_path / "work")
+    assert again.resume()
+    again.run(SEGMENTS, gradients_of(again))
+    assert again.history == reference.history
+    assert all(torch.equal(a, b) for a, b in zip(weights(reference).values(), weights(again).values()))
+
+
+@pytest.mark.parametrize("minutes, expected", [(None, ["step-00000004"]), (1e-9, ["step-00000007"])])
+def test_a_wall_time_interval_checkpoints_between_step_intervals(group, tmp_path, minutes, expected):
+    loop = new_loop(group, tmp_path, every=100, minutes=minutes)
+    loop.run(SEGMENTS, gradients_of(loop))
+    # By steps only, the end of the first segment is the one checkpoint; with the interval elapsed, every step.
+    assert checkpoints(tmp_path) == expected
+
+
+def damage_and_resume(group, tmp_path, damage):
+    loop = new_loop(group, tmp_path, every=1)
+    loop.run(SEGMENTS, gradients_of(loop), stop_after_steps=2)
+    checkpoint = tmp_path / "checkpoints" / "step-00000002"
+    damage(checkpoint)
+    return checkpoint, new_loop(group, tmp_path, every=1)
+
+
+def test_a_shard_changed_without_changing_size_fails_its_load_naming_the_checkpoint(group, tmp_path):
+    def flip_a_byte(checkpoint):
+        shard = checkpoint / "__0_0.distcp"
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data))
+
+    checkpoint, loop = damage_and_resume(group, tmp_path, flip_a_byte)
+    with pytest.raises(DamagedCheckpoint, match=rf"checkpoint {checkpoint} is damaged \(process 0: a stored item "
+                                                r"does not match its sha256\): moved to .*a re-run starts over"):
+        loop.resume()
+    assert checkpoints(tmp_path) == ["step-00000002.corrupt"]
+    assert not new_loop(group, tmp_path).resume()  # the re-run starts over
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda c: (c / "rng-0.pt").write_bytes(b"\0" * (c / "rng-0.pt").stat().st_size),
+     "rng-0.pt does not match its sha256"),
+    (lambda c: (c / "__1_0.distcp").write_bytes(b"stray"), "__1_0.distcp is not in its manifest"),
+    (lambda c: (c / "__0_0.distcp").write_bytes((c / "__0_0.distcp").read_bytes()[:-10]), "__0_0.distcp has"),
+    (lambda c: (c / ".metadata").unlink(), ".metadata is missing"),
+], ids=["rng_same_size", "extra_file", "truncated_shard", "missing_metadata"])
+def test_any_damaged_or_extra_file_sets_the_checkpoint_aside_before_loading(group, tmp_path, caplog, damage,
+                                                                              problem):
+    checkpoint, loop = damage_and_resume(group, tmp_path, damage)
+    before = weights(loop)
+    with caplog.at_level("WARNING"):
+        assert not loop.resume()  # starts over
+    assert f"checkpoint {checkpoint} is damaged ({checkpoint / problem}" in caplog.text
+    assert checkpoints(tmp_path) == ["step-00000002.corrupt"]
+    assert all(torch.equal(a, b) for a, b in zip(before.values(), weights(loop).values()))  # nothing was loaded
+
+
+def test_a_damaged_checkpoint_given_to_start_from_is_an_error_naming_it(group, tmp_path):
+    checkpoint, loop = damage_and_resume(group, tmp_path, lambda c: (c / "stray.txt").write_text("x"))
+    with pytest.raises(DamagedCheckpoint, match=rf"checkpoint {checkpoint} cannot be loaded: .*stray.txt is not in"):
+        distributed.load_checkpoint(checkpoint, loop.root, loop.optimizer, group)
+
+
+def test_a_second_run_on_a_locked_work_directory_fails_at_once_naming_the_holder(group, tmp_path):
+    with work_dir_lock(tmp_path, group):
+        with pytest.raises(WorkDirectoryInUse, match=rf"work directory {tmp_path} is in use by host .*, pid "
+                                                     rf"{os.getpid()}, started 20"):
+            with work_dir_lock(tmp_path, group):
+                pass
+    with work_dir_lock(tmp_path, group):  # released when the run ends
+        pass
+
+
+def _two_process_worker(rank: int, work_dir, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    group = ProcessGroup("cpu")
+    # Rank 1's clock says a checkpoint is due at every step, rank 0's never: rank 0's decides. Rank 1 alone gets
+    # the stop signal, in step 5: both stop there.
+    loop = new_loop(group, work_dir, every=100, minutes=1e-9 if rank == 1 else None)
+    saves, real_checkpoint = [], loop.checkpoint
+
+    def recording_checkpoint(wait=False):
+        saves.append(loop.position["global_step"])
+        return real_checkpoint(wait)
+
+    loop.checkpoint = recording_checkpoint
+    try:
+        loop.run(SEGMENTS, gradients_of(loop, signal_at=(1, 0) if rank == 1 else None))
+        code = 0
+    except StoppedForResubmission as stopped:
+        code = stopped.code
+    (work_dir / f"rank-{rank}.json").write_text(json.dumps({"saves": saves, "exit": code}))
+    group.close()
+
+
+@pytest.mark.slow
+def test_every_process_takes_rank_0s_wall_time_decision_and_stops_on_any_ones_signal(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = torch.multiprocessing.spawn(_two_process_worker, args=(tmp_path, port), nprocs=2, join=False)
+    deadline = time.monotonic() + 120  # processes that disagree would wait on each other
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two processes did not finish: they took different decisions")
+    outcomes = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    # The end of the first segment, then the signal's checkpoint after step 5, and the exit for resubmission.
+    assert outcomes == [{"saves": [4, 5], "exit": EXIT_RESUBMIT}] * 2
+    assert checkpoints(tmp_path) == ["step-00000005"]

@@ -126,7 +126,9 @@ class TrainingSettings(SchemaView):
     max_grad_norm: float
     gradient_checkpointing: bool
     checkpoint_every_steps: int
+    checkpoint_every_minutes: float | None
     keep_checkpoint: bool
+    collective_timeout_minutes: float
     output_dtype: str
     seed: int | None
 

@@ -41,6 +41,7 @@ from lalm_slu.distributed import (
     full_state_dict,
     load_checkpoint,
     parallelize,
+    work_dir_lock,
 )
 from lalm_slu.loss import answer_loss
 from lalm_slu.memory_plan import check_job_fits
@@ -251,10 +252,11 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
     if training.seed is None:
         raise ValueError("fine-tuning settings: training: missing setting seed (the run's seed)")
     device, dtype = training_precision(training)
-    group = ProcessGroup(device)
+    group = ProcessGroup(device, training.collective_timeout_minutes)
     try:
-        return _finetune(mixture_path, settings, training, Path(out_dir), Path(work_dir), audio_frames, group, dtype,
-                         started, start_from, output)
+        with work_dir_lock(Path(work_dir), group):
+            return _finetune(mixture_path, settings, training, Path(out_dir), Path(work_dir), audio_frames, group,
+                             dtype, started, start_from, output)
     finally:
         group.close()
 
@@ -312,7 +314,8 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
     loop = TrainingLoop(root, optimizer, group, work_dir / CHECKPOINTS, fingerprint(mixture_path, settings),
                         max_grad_norm=training.max_grad_norm,
                         checkpoint_every=training.checkpoint_every_steps,
-                        made_for=prefix_identity(mixture_path, settings, len(phases)))
+                        made_for=prefix_identity(mixture_path, settings, len(phases)),
+                        checkpoint_every_minutes=training.checkpoint_every_minutes)
     if not loop.resume() and start_from is not None:
         with STAGES.stage("checkpoints"):
             loop.restore(continue_from(Path(start_from), root, optimizer, mixture_path, settings, group))
@@ -383,12 +386,12 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
     if start_from is not None:
         summary["continued_from"] = str(start_from)
     if output == "checkpoint":
-        final = loop.checkpoint()  # the end of the last phase is saved only here, as this job's output
+        final = loop.checkpoint(wait=True)  # the end of the last phase is saved only here, as this job's output
         if group.is_main:
             _move_checkpoint(final, out_dir)
             if not training.keep_checkpoint:
                 shutil.rmtree(loop.checkpoint_dir, ignore_errors=True)
-        group.barrier()
+        group.wait_for_main()
         return summary
     with STAGES.stage("output"):
         weights = full_state_dict(root, prefix="model.")
@@ -396,8 +399,8 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
             _write_output(out_dir, model, processor, weights, output_dtype(training, model_cfg["path"]), settings,
                           history, summary)
         if not training.keep_checkpoint:
-            shutil.rmtree(loop.checkpoint_dir, ignore_errors=True)  # ~43 GB per 7B run; the final model is written
-    group.barrier()
+            shutil.rmtree(loop.checkpoint_dir, ignore_errors=True)  # 93 GB per 7B run; the final model is written
+    group.wait_for_main()
     return summary
 
 

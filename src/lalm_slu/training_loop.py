@@ -1,13 +1,21 @@
 """The one training loop, shared by fine-tuning (train.py) and the demo model's pretraining
 (demo_model/pretrain.py): optimizer steps over schedule segments, each with a linear warm-up and cosine decay,
-gradient clipping, and checkpoints (lalm_slu.distributed: sharded, fingerprinted, atomic) from which a killed job
-resumes exactly. What a step trains on is the caller's: a `gradients(segment, step)` function that accumulates one
-optimizer step's gradients and returns what to record of it."""
+gradient clipping, and checkpoints (lalm_slu.distributed: sharded, fingerprinted, atomic, written in the background)
+from which a killed job resumes exactly. What a step trains on is the caller's: a `gradients(segment, step)`
+function that accumulates one optimizer step's gradients and returns what to record of it.
+
+A checkpoint is taken every `checkpoint_every` steps and, if set, every `checkpoint_every_minutes` of wall time
+(rank 0's clock decides for all). On SIGUSR1 (Slurm's warning before a time limit, `--signal=USR1@<seconds>`) the
+loop checkpoints at the next step boundary, waits until the checkpoint is complete, and exits with status
+EXIT_RESUBMIT (75, EX_TEMPFAIL): the job failed, a retry resumes it."""
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +23,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lalm_slu.distributed import ProcessGroup, resume_checkpoint, save_checkpoint
+from lalm_slu.distributed import PendingCheckpoint, ProcessGroup, resume_checkpoint, save_checkpoint
 from lalm_slu.stages import STAGES
 
 log = logging.getLogger(__name__)
+
+STOP_SIGNAL = signal.SIGUSR1
+EXIT_RESUBMIT = 75
+
+
+class StoppedForResubmission(SystemExit):
+    """Raised once the checkpoint asked for by STOP_SIGNAL is complete: the process exits with EXIT_RESUBMIT."""
+
+    def __init__(self):
+        super().__init__(EXIT_RESUBMIT)
 
 
 @dataclass(frozen=True)
@@ -53,14 +71,18 @@ class TrainingLoop:
 
     def __init__(self, root: torch.nn.Module, optimizer: torch.optim.Optimizer, group: ProcessGroup,
                  checkpoint_dir: Path, fingerprint: str, max_grad_norm: float, checkpoint_every: int,
-                 made_for: dict | None = None):
+                 made_for: dict | None = None, checkpoint_every_minutes: float | None = None):
         self.root, self.optimizer, self.group = root, optimizer, group
         self.params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
         self.checkpoint_dir = Path(checkpoint_dir)
         self.fingerprint, self.made_for = fingerprint, made_for
         self.max_grad_norm, self.checkpoint_every = float(max_grad_norm), int(checkpoint_every)
+        self.checkpoint_every_minutes = checkpoint_every_minutes
         self.position = {"segment": 0, "step": 0, "global_step": 0}
         self.history: list[dict] = []
+        self.pending: PendingCheckpoint | None = None
+        self.last_checkpoint_time = time.monotonic()
+        self.stop_requested = False
 
     def resume(self) -> bool:
         """Load this run's newest sound checkpoint, if any (see distributed.resume_checkpoint)."""
@@ -75,19 +97,58 @@ class TrainingLoop:
         self.position, self.history = state["position"], state["history"]
         log.info("at %s", self.position)
 
-    def checkpoint(self) -> Path:
+    def checkpoint(self, wait: bool = False) -> Path:
+        """Checkpoint the current position, in the background (after the previous one is complete); `wait`: until
+        this one is complete too. Returns where it is (or will be)."""
         state = {"fingerprint": self.fingerprint, "position": self.position, "history": self.history,
                  "made_for": self.made_for}
         with STAGES.stage("checkpoints"):
-            return save_checkpoint(self.checkpoint_dir, self.position["global_step"], self.root, self.optimizer,
-                                   state, self.group)
+            self.complete_checkpoint()
+            self.pending = save_checkpoint(self.checkpoint_dir, self.position["global_step"], self.root,
+                                           self.optimizer, state, self.group)
+            self.last_checkpoint_time = time.monotonic()
+            final = self.pending.final
+            if wait:
+                self.complete_checkpoint()
+        return final
+
+    def complete_checkpoint(self) -> None:
+        """Wait for the checkpoint being written, if any, and put it in place."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            with STAGES.stage("checkpoints"):
+                pending.complete()
+
+    def _checkpoint_due(self, global_step: int) -> tuple[bool, bool]:
+        """(checkpoint now, then stop), the same on every process: the step interval, rank 0's clock, and a stop
+        signal received by any process."""
+        elapsed = time.monotonic() - self.last_checkpoint_time
+        timed = self.checkpoint_every_minutes is not None and elapsed >= 60 * self.checkpoint_every_minutes
+        timed, stop = self.group.any_of(timed and self.group.is_main, self.stop_requested)
+        return global_step % self.checkpoint_every == 0 or timed or stop, stop
+
+    def _request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+        log.warning("got signal %d: checkpointing at the end of this step, then stopping", signum)
 
     def run(self, segments: list[Segment], gradients: Callable[[int, int], dict],
             after_step: Callable[[dict], None] | None = None, stop_after_steps: int | None = None) -> bool:
         """Train from the current position to the end of `segments` (True), or for `stop_after_steps` steps of
         this session (False; checkpointed, a re-run continues). `gradients(segment_index, step)` leaves one
         optimizer step's gradients on the parameters and returns the step's record (loss and the like);
-        `after_step(record)` may add to the record (an evaluation) before it is checkpointed."""
+        `after_step(record)` may add to the record (an evaluation) before it is checkpointed. Returns (or raises)
+        only once every checkpoint it started is complete; STOP_SIGNAL raises StoppedForResubmission."""
+        handles_signal = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(STOP_SIGNAL, self._request_stop) if handles_signal else None
+        self.last_checkpoint_time = time.monotonic()
+        try:
+            return self._run(segments, gradients, after_step, stop_after_steps)
+        finally:
+            self.complete_checkpoint()  # also when a step failed: that checkpoint is sound
+            if handles_signal:
+                signal.signal(STOP_SIGNAL, previous)
+
+    def _run(self, segments, gradients, after_step, stop_after_steps) -> bool:
         session_steps = 0
         for index, segment in enumerate(segments):
             if index < self.position["segment"]:
@@ -111,9 +172,17 @@ class TrainingLoop:
                 if after_step is not None:
                     after_step(self.history[-1])
                 session_steps += 1
+                if self.pending is not None and self.pending.written():
+                    self.complete_checkpoint()
                 stopping = stop_after_steps is not None and session_steps >= stop_after_steps
-                if global_step % self.checkpoint_every == 0 or stopping:
-                    self.checkpoint()
+                due, signalled = self._checkpoint_due(global_step)
+                if due or stopping:
+                    self.checkpoint(wait=signalled)
+                if signalled:
+                    progress.close()
+                    log.warning("checkpoint at step %d complete; exiting with status %d for a resubmission",
+                                global_step, EXIT_RESUBMIT)
+                    raise StoppedForResubmission()
                 if stopping and (step + 1 < segment.steps or index + 1 < len(segments)):
                     progress.close()
                     log.info("stopped after step %d as asked; a re-run continues", global_step)
