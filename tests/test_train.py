@@ -785,3 +785,14 @@ def test_a_checkpoint_of_other_code_is_discarded_and_training_starts_over(tiny_a
     finetune(mixture, settings, tmp_path / "again", tmp_path / "work")
     # Resumed, the run would have had no step left and logged none.
     assert pd.read_csv(tmp_path / "again" / "loss.csv")["step"].tolist() == [1, 2]
+
+
+def test_a_checkpoint_written_under_another_checkpoint_interval_or_worker_count_is_resumed(tiny_assets, tmp_path):  # noqa: F811
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
+    first = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1)
+    # A resubmitted job that checkpoints more often and collates in workers continues the same run.
+    assert train.fingerprint(mixture, first) == train.fingerprint(
+        mixture, make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=7,
+                               checkpoint_every_minutes=30, data_workers=2, time_limit_margin_minutes=5))
+    assert train.fingerprint(mixture, first) != train.fingerprint(
+        mixture, make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1, seed=1))

@@ -5,6 +5,7 @@ work directory's lock."""
 import json
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -12,7 +13,15 @@ from transformers import get_cosine_schedule_with_warmup
 
 from lalm_slu import distributed
 from lalm_slu.distributed import DamagedCheckpoint, ProcessGroup, WorkDirectoryInUse, work_dir_lock
-from lalm_slu.training_loop import EXIT_RESUBMIT, Segment, StoppedForResubmission, TrainingLoop, warmup_steps
+from lalm_slu.training_loop import (
+    EXIT_RESUBMIT,
+    Segment,
+    StoppedForResubmission,
+    TrainingLoop,
+    parse_slurm_duration,
+    slurm_time_left_s,
+    warmup_steps,
+)
 
 
 @pytest.mark.parametrize("total, ratio", [(1, 0.0), (7, 0.04), (120, 0.02), (300, 0.25)])
@@ -238,3 +247,36 @@ def test_every_process_takes_rank_0s_wall_time_decision_and_stops_on_any_ones_si
     # The end of the first segment, then the signal's checkpoint after step 5, and the exit for resubmission.
     assert outcomes == [{"saves": [4, 5], "exit": EXIT_RESUBMIT}] * 2
     assert checkpoints(tmp_path) == ["step-00000005"]
+
+
+@pytest.mark.parametrize("text, seconds", [("1-02:03:04", 93784), ("02:03:04", 7384), ("3:04", 184), ("0:00", 0),
+                                           ("UNLIMITED", None), ("NOT_SET", None), ("", None)])
+def test_slurm_durations_parse_as_squeue_prints_them(text, seconds):
+    assert parse_slurm_duration(text) == seconds
+
+
+def test_under_slurm_the_time_left_comes_from_squeue_for_this_job(tmp_path, monkeypatch):
+    fake = tmp_path / "squeue"
+    fake.write_text('#!/bin/sh\n[ "$*" = "-h -j 4242 -o %L" ] && echo 1:02:03\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert slurm_time_left_s() is None  # not a Slurm job
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert slurm_time_left_s() == 3723
+
+
+def test_near_the_time_limit_the_loop_checkpoints_and_exits_for_resubmission(group, tmp_path):
+    reference = new_loop(group, tmp_path / "reference")
+    reference.run(SEGMENTS, gradients_of(reference))
+    loop = new_loop(group, tmp_path / "work")
+    loop.stop_at = time.monotonic()  # already reached: stop after the first step
+    with pytest.raises(StoppedForResubmission) as stopped:
+        loop.run(SEGMENTS, gradients_of(loop))
+    assert stopped.value.code == EXIT_RESUBMIT
+    assert checkpoints(tmp_path / "work") == ["step-00000001"]
+    again = new_loop(group, tmp_path / "work")
+    assert again.resume()
+    again.run(SEGMENTS, gradients_of(again))
+    assert again.history == reference.history
+    assert all(torch.equal(a, b) for a, b in zip(weights(reference).values(), weights(again).values()))

@@ -128,6 +128,7 @@ class TrainingSettings(SchemaView):
     checkpoint_every_steps: int
     checkpoint_every_minutes: float | None
     keep_checkpoint: bool
+    time_limit_margin_minutes: float
     collective_timeout_minutes: float
     output_dtype: str
     seed: int | None

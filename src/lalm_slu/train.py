@@ -51,7 +51,7 @@ from lalm_slu.settings import LoraSettings, TrainingSettings
 from lalm_slu.stages import STAGES
 from lalm_slu.trainable import count_parameters, set_trainable, top_level
 from lalm_slu.training_data import MicroBatch, StepLoader, load_items, micro_batches, sequence_lengths
-from lalm_slu.training_loop import Segment, TrainingLoop, warmup_steps
+from lalm_slu.training_loop import Segment, TrainingLoop, slurm_time_left_s, warmup_steps
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,24 @@ def model_identity(name_or_path: str) -> str:
     return digest.hexdigest()
 
 
+# Training settings that change how a job runs, not what it computes: a checkpoint written under other values
+# is resumed (a resubmitted job may checkpoint more often, or take more workers).
+HOW_IT_RUNS = ("checkpoint_every_steps", "checkpoint_every_minutes", "time_limit_margin_minutes",
+               "collective_timeout_minutes", "data_workers", "keep_checkpoint")
+
+
+def trained_by(settings: dict) -> dict:
+    """`settings` without the training keys of HOW_IT_RUNS."""
+    training = {key: value for key, value in settings["training"].items() if key not in HOW_IT_RUNS}
+    return {**settings, "training": training}
+
+
 def fingerprint(mixture_path, settings: dict, code: str | None = None) -> str:
     """Identifies a run: a checkpoint of another mixture, settings, base model weights (e.g. a re-pretrained demo
     model at the same path) or code is never resumed. `code`: the hash the workflow gives the fine-tuning job
     (code_version), so any edit that re-runs the job also retrains it."""
     digest = hashlib.sha256(Path(mixture_path).read_bytes())
-    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(json.dumps(trained_by(settings), sort_keys=True).encode())
     digest.update(model_identity(str(settings["model"]["path"])).encode())
     digest.update((code or code_version("finetune")).encode())
     return digest.hexdigest()[:16]
@@ -102,7 +114,7 @@ def prefix_identity(mixture_path, settings: dict, phases: int) -> dict:
     return {
         "base_model": model_identity(str(settings["model"]["path"])),
         "model": settings["model"],
-        "training": settings["training"],
+        "training": trained_by(settings)["training"],
         "trainable_modules": scheme["trainable_modules"],
         "phases": scheme["phases"][:phases],
         "prompt": settings["prompt"],
@@ -186,6 +198,17 @@ def build_optimizer(params, learning_rate: float, training: TrainingSettings, de
     implementation = optimizer_implementation(training, device)
     return torch.optim.AdamW(params, lr=learning_rate, weight_decay=training.weight_decay, betas=(0.9, 0.999),
                              fused=implementation == "fused", foreach=implementation == "foreach")
+
+
+def stop_before_time_limit(training: TrainingSettings) -> float | None:
+    """When (time.monotonic()) to checkpoint and stop for a resubmission: `time_limit_margin_minutes` before
+    the Slurm job's time limit, None outside Slurm."""
+    left = slurm_time_left_s()
+    if left is None:
+        return None
+    log.info("Slurm time left: %.0f min; stopping for a resubmission %.0f min before", left / 60,
+             training.time_limit_margin_minutes)
+    return time.monotonic() + left - 60 * training.time_limit_margin_minutes
 
 
 def data_workers(training: TrainingSettings, device: torch.device) -> int:
@@ -315,7 +338,8 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
                         max_grad_norm=training.max_grad_norm,
                         checkpoint_every=training.checkpoint_every_steps,
                         made_for=prefix_identity(mixture_path, settings, len(phases)),
-                        checkpoint_every_minutes=training.checkpoint_every_minutes)
+                        checkpoint_every_minutes=training.checkpoint_every_minutes,
+                        stop_at=stop_before_time_limit(training))
     if not loop.resume() and start_from is not None:
         with STAGES.stage("checkpoints"):
             loop.restore(continue_from(Path(start_from), root, optimizer, mixture_path, settings, group))

@@ -5,15 +5,20 @@ from which a killed job resumes exactly. What a step trains on is the caller's: 
 function that accumulates one optimizer step's gradients and returns what to record of it.
 
 A checkpoint is taken every `checkpoint_every` steps and, if set, every `checkpoint_every_minutes` of wall time
-(rank 0's clock decides for all). On SIGUSR1 (Slurm's warning before a time limit, `--signal=USR1@<seconds>`) the
-loop checkpoints at the next step boundary, waits until the checkpoint is complete, and exits with status
-EXIT_RESUBMIT (75, EX_TEMPFAIL): the job failed, a retry resumes it."""
+(rank 0's clock decides for all). Near the job's time limit (`stop_at`, from `slurm_time_left_s`) or on SIGUSR1
+(`scancel --signal=USR1`, a preemption notice) the loop checkpoints at the next step boundary, waits until the
+checkpoint is complete, and exits with status EXIT_RESUBMIT (75, EX_TEMPFAIL): the job failed, a retry resumes
+it. Slurm's own `--signal=USR1@<s>` is not used: it also reaches the Snakemake process and the torchrun agent of
+the job step, whose default action on SIGUSR1 is to exit, killing the training processes mid-checkpoint."""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +35,30 @@ log = logging.getLogger(__name__)
 
 STOP_SIGNAL = signal.SIGUSR1
 EXIT_RESUBMIT = 75
+
+
+def slurm_time_left_s() -> float | None:
+    """Seconds until this Slurm job's time limit (`squeue -o %L`), None outside Slurm, without a limit, or when
+    squeue cannot tell."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        left = subprocess.run(["squeue", "-h", "-j", job, "-o", "%L"], capture_output=True, text=True,
+                              timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        log.warning("squeue could not tell job %s's time left: no stop before its time limit", job)
+        return None
+    return parse_slurm_duration(left)
+
+
+def parse_slurm_duration(text: str) -> float | None:
+    """Seconds of a Slurm duration ([days-]hours:minutes:seconds, minutes:seconds); None for UNLIMITED/NOT_SET."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
+    if match is None:
+        return None
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 class StoppedForResubmission(SystemExit):
@@ -71,7 +100,9 @@ class TrainingLoop:
 
     def __init__(self, root: torch.nn.Module, optimizer: torch.optim.Optimizer, group: ProcessGroup,
                  checkpoint_dir: Path, fingerprint: str, max_grad_norm: float, checkpoint_every: int,
-                 made_for: dict | None = None, checkpoint_every_minutes: float | None = None):
+                 made_for: dict | None = None, checkpoint_every_minutes: float | None = None,
+                 stop_at: float | None = None):
+        """`stop_at`: a `time.monotonic()` time (rank 0's) at which to checkpoint and stop for a resubmission."""
         self.root, self.optimizer, self.group = root, optimizer, group
         self.params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -83,6 +114,7 @@ class TrainingLoop:
         self.pending: PendingCheckpoint | None = None
         self.last_checkpoint_time = time.monotonic()
         self.stop_requested = False
+        self.stop_at = stop_at
 
     def resume(self) -> bool:
         """Load this run's newest sound checkpoint, if any (see distributed.resume_checkpoint)."""
@@ -124,7 +156,11 @@ class TrainingLoop:
         signal received by any process."""
         elapsed = time.monotonic() - self.last_checkpoint_time
         timed = self.checkpoint_every_minutes is not None and elapsed >= 60 * self.checkpoint_every_minutes
-        timed, stop = self.group.any_of(timed and self.group.is_main, self.stop_requested)
+        out_of_time = self.stop_at is not None and time.monotonic() >= self.stop_at
+        if out_of_time and self.group.is_main and not self.stop_requested:
+            log.warning("the job's time limit is near: checkpointing at the end of this step, then stopping")
+        timed, stop = self.group.any_of(timed and self.group.is_main,
+                                        self.stop_requested or (out_of_time and self.group.is_main))
         return global_step % self.checkpoint_every == 0 or timed or stop, stop
 
     def _request_stop(self, signum, frame) -> None:
