@@ -223,15 +223,21 @@ def test_speech_massive_jobs_read_their_locale_into_their_own_audio_folder(tmp_p
     assert "--locales fr-FR de-DE es-ES vi-VN" in download
 
 
-def test_each_fine_tuning_job_launches_one_process_per_gpu_of_its_node(tmp_path):
+def test_each_fine_tuning_job_launches_one_process_per_gpu_its_plan_asks_and_projector_runs_ask_fewer(tmp_path):
     workdir = scratch_workflow(tmp_path, PAPER_CONFIG)
-    gpus = paper_config()["resources"]["finetune"]["gpu"]
-    assert gpus > 1
     finetunes = [fields for rule, fields in planned_jobs(workdir) if rule == "finetune_model"]
     assert finetunes
+    asked = {}
     for fields in finetunes:
-        assert f"python -m torch.distributed.run --standalone --nproc-per-node {gpus} -m lalm_slu finetune" in fields["shell"]
-        assert f"gpu={gpus}" in fields["resources"]
+        gpus = int(re.search(r"\bgpu=(\d+)", fields["resources"]).group(1))
+        assert 1 <= gpus <= paper_config()["resources"]["finetune"]["gpu"]
+        launch = "python" if gpus == 1 else f"python -m torch.distributed.run --standalone --nproc-per-node {gpus}"
+        assert f"PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True {launch} -m lalm_slu finetune" in fields["shell"]
+        assert "--signal=USR1@" in fields["resources"]
+        scheme = re.search(r'"name": "(\w+)"', fields["shell"]).group(1)
+        asked.setdefault(scheme, set()).add(gpus)
+    assert asked["mtbi"] == asked["behaviour_imitation"] == {1}  # the projector alone fits one card
+    assert asked["direct_mixing"] == {2}
 
 
 def test_a_multi_node_fine_tuning_job_runs_one_torchrun_per_node_meeting_at_the_first(tmp_path):
@@ -244,8 +250,25 @@ def test_a_multi_node_fine_tuning_job_runs_one_torchrun_per_node_meeting_at_the_
     )
     assert result.returncode == 0, result.stderr
     gpus = paper_config()["resources"]["finetune"]["gpu"]
+    threads = paper_config()["resources"]["finetune"]["threads"]
     launch = (
-        f"srun --nodes 2 --ntasks-per-node 1 python -m torch.distributed.run --nnodes 2 --nproc-per-node {gpus}"
-        ' --rdzv-backend c10d --rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):29500"'
+        f"srun --nodes 2 --ntasks 2 --ntasks-per-node 1 --cpus-per-task {gpus * threads} --kill-on-bad-exit 1"
+        f" python -m torch.distributed.run --nnodes 2 --nproc-per-node {gpus} --rdzv-backend c10d"
+        ' --rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):$((20000 + SLURM_JOB_ID % 20000))"'
     )
     assert launch in result.stdout
+
+
+def test_only_gpu_jobs_and_corpus_preparation_are_submitted_to_the_cluster(tmp_path):
+    """Scoring, mixing, budgets and the report run on the submit host: about one cluster job per GPU job."""
+    workdir = scratch_workflow(tmp_path, PAPER_CONFIG)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--dry-run", "--cores", "1", "--configfile", str(PAPER_CONFIG)],
+        cwd=workdir, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert result.returncode == 0, result.stderr
+    submitted = re.findall(r"^rule (\w+):$", result.stdout, flags=re.MULTILINE)
+    gpu_rules = {"finetune_model", "finetune_prefix", "decode_test_set", "transcribe_test_set", "imitation_targets",
+                 "align_words"}
+    assert set(submitted) == gpu_rules | {"prepare_corpus", "ingest_audio"}
+    assert sum(rule in gpu_rules for rule in submitted) / len(submitted) > 0.98

@@ -327,3 +327,20 @@ def check_plan_inputs(config: dict) -> None:
         value = config.get("training", {}).get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise PlanError(f"config training.{key}: must be a positive integer, not {value!r}")
+
+
+def gpu_job_plans(config: dict) -> dict[tuple[str, str], dict]:
+    """(rule, job name) -> {"gpu", "runtime"} for every GPU job of a GPU config (resources.finetune.gpu >= 1 and
+    gpu_memory_gb set); empty for a CPU config, whose jobs take the config's resources."""
+    finetune = config["resources"]["finetune"]
+    if finetune.get("gpu", 0) < 1 or finetune.get("gpu_memory_gb") is None:
+        return {}
+    check_plan_inputs(config)
+    arch, _ = read_plan_config(config)
+    settings, _ = plan_settings(config)
+    decode_on_gpu = config["resources"]["decode"].get("gpu", 0) > 0
+    return {
+        (cost.rule, cost.name): {"gpu": cost.gpus, "runtime": cost.runtime_minutes(settings)}
+        for cost in grid_costs(config, arch, settings)
+        if cost.rule.startswith("finetune_") or decode_on_gpu
+    }

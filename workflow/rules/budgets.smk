@@ -3,6 +3,8 @@
 
 
 rule subsample_budget:
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     input:
         manifest=budget_pool,
     output:

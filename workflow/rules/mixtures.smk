@@ -1,4 +1,6 @@
 rule mix_training_set:
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     input:
         unpack(mixture_scheme_inputs),
     output:
@@ -27,6 +29,8 @@ rule mix_training_set:
 # The items of the first phases that every budget's run of a scheme shares (schemes.BUDGET_FREE_PHASES): the same
 # rows as in each run's mixture, written without the budgeted speech.
 rule mix_prefix_set:
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     input:
         unpack(mixture_inputs),
     output:

@@ -1,4 +1,6 @@
 rule aggregate_metrics:
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     input:
         metrics_paths(),
     output:
@@ -22,6 +24,8 @@ rule aggregate_metrics:
 
 
 rule compare_schemes:
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     input:
         unpack(comparison_inputs),
     output:
@@ -51,6 +55,8 @@ rule compare_schemes:
 
 
 rule make_tables:
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     input:
         metrics="results/metrics.csv",
         comparisons="results/comparisons.csv",
@@ -78,6 +84,8 @@ rule make_tables:
 
 
 rule make_figures:
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     input:
         "results/metrics.csv",
     output:

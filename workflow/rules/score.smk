@@ -1,4 +1,6 @@
 rule score_predictions:
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     input:
         gold=gold_manifest,
         predictions="results/runs/{run}/predictions/{testset}.{modality}.jsonl",
