@@ -132,6 +132,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
     if aligned:
         expected["align_words"] = len(aligned)
         expected["download_alignment_model"] = len({lang for _, lang, _ in aligned})
+    if config["resources"]["finetune"].get("gpu", 0) >= 1 and config["resources"]["finetune"].get("gpu_memory_gb"):
+        expected["plan_gpu_hours"] = 1  # a GPU grid's cost plan, in the report
     if "cascade" in config["decode"]["modalities"]:
         expected["transcribe_test_set"] = len({(corpus, lang) for corpus, lang, split in speech_sets if split == "test"})
     return expected

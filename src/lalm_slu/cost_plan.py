@@ -296,10 +296,14 @@ def grid_costs(config: dict, arch: Architecture, settings: PlanSettings) -> list
         for testset, size in sorted(testsets.items()):
             costs.append(decode_cost(arch, settings, "transcribe_test_set", testset, "cascade", size,
                                      settings.mean_transcript_tokens, size, beams))
-    pools = {imitation_pool_name(config, run): run for run in runs.values() if run.scheme in IMITATION_SCHEMES}
-    for pool, run in sorted(pools.items()):
-        _, items = phase_items(config, run)[2]  # one answer per pool utterance and task, from the transcript
-        costs.append(decode_cost(arch, settings, "imitation_targets", pool, run.scheme, items, answer, 0, beams))
+    pools: dict[str, list[Run]] = {}
+    for run in runs.values():
+        if run.scheme in IMITATION_SCHEMES:
+            pools.setdefault(imitation_pool_name(config, run), []).append(run)
+    for pool, users in sorted(pools.items()):
+        _, items = phase_items(config, users[0])[2]  # one answer per pool utterance and task, from the transcript
+        schemes = "+".join(sorted({run.scheme for run in users}))  # the schemes sharing the targets
+        costs.append(decode_cost(arch, settings, "imitation_targets", pool, schemes, items, answer, 0, beams))
     return costs
 
 

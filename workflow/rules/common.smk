@@ -133,7 +133,13 @@ def of_input(function):
 
 
 def all_targets():
-    return ["results/metrics.csv", "results/tables", "results/figures"] if RUNS else []
+    plan = ["results/plan/gpu_hours.png"] if GPU_JOBS else []  # a GPU grid's cost plan
+    return ["results/metrics.csv", "results/tables", "results/figures", *plan] if RUNS else []
+
+
+def config_json(wildcards):
+    """The workflow's config, as the plan command reads it."""
+    return json.dumps(config, sort_keys=True)
 
 
 def parent_dir(wildcards, output):

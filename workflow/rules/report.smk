@@ -107,3 +107,25 @@ rule make_figures:
         code=code_version("figures"),
     shell:
         "python -m lalm_slu figures --metrics {input:q} --out-dir {output:q} > {log:q} 2>&1"
+
+
+# The cost plan of a GPU grid (`lalm-slu plan`): every GPU job's GPUs, time and GPU-hours, as the jobs ask them.
+rule plan_gpu_hours:
+    localrule: True
+    output:
+        figure=report("results/plan/gpu_hours.png", caption="../report/plan.rst", category="Cost plan"),
+        plan="results/plan/plan.json",
+    log:
+        "logs/plan_gpu_hours.log",
+    conda:
+        "../../envs/lalm-slu.yaml"
+    threads: resource("light", "threads")
+    resources:
+        mem_mb=resource("light", "mem_mb"),
+        runtime=resource("light", "runtime"),
+    params:
+        config=config_json,
+        code=code_version("plan"),
+    shell:
+        "python -m lalm_slu plan --config-data {params.config:q} --out {output.plan:q} --figure {output.figure:q}"
+        " > {log:q} 2>&1"

@@ -25,7 +25,10 @@ SCHEMA = Path("workflow/schemas/config.schema.yaml")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configfile", nargs="+", type=Path, default=[], help="config files laid over ./config.yaml")
+    parser.add_argument("--config-data", help="the workflow's own (validated) config as JSON, instead of files")
     parser.add_argument("--json", action="store_true", help="the plan as JSON (jobs, totals, assumptions)")
+    parser.add_argument("--out", type=Path, help="also write the plan as JSON here")
+    parser.add_argument("--figure", type=Path, help="also draw GPU-hours by scheme and rule into this PNG")
 
 
 def read_config(configfiles: list[Path]) -> dict:
@@ -99,10 +102,44 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+def draw(result: dict, path: Path) -> None:
+    """GPU-hours per scheme, stacked by rule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    schemes = list(result["by_scheme"])
+    rules = list(result["by_rule"])
+    hours = {(job["scheme"], job["rule"]): 0.0 for job in result["jobs"]}
+    for job in result["jobs"]:
+        hours[(job["scheme"], job["rule"])] += job["gpu_hours"]
+    figure, axes = plt.subplots(figsize=(8, 4))
+    bottom = [0.0] * len(schemes)
+    for rule in rules:
+        values = [hours.get((scheme, rule), 0.0) for scheme in schemes]
+        axes.bar(schemes, values, bottom=bottom, label=rule)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    axes.set_ylabel("GPU-hours (planned)")
+    axes.set_title(f"Planned GPU-hours: {result['total']['gpu_hours']:,.0f} in all")
+    axes.legend(fontsize=8)
+    plt.setp(axes.get_xticklabels(), rotation=30, ha="right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        result = plan(read_config(args.configfile))
+        config = json.loads(args.config_data) if args.config_data else read_config(args.configfile)
+        result = plan(config)
     except (PlanError, ValueError) as error:
         raise SystemExit(f"lalm-slu plan: error: {error}") from None
     print(json.dumps(result, indent=1) if args.json else render(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    if args.figure:
+        draw(result, args.figure)
     return 0
