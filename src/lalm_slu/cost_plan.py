@@ -128,13 +128,22 @@ def checkpoint_minutes(config: dict) -> float:
 # ---------------------------------------------------------------- counts
 
 
+@functools.cache
+def manifest_rows(manifest: str) -> int | None:
+    """Rows of a prepared manifest (None before it exists); grid_costs clears this per plan."""
+    if not Path(manifest).is_file():
+        return None
+    import pyarrow.parquet  # only once data exist: a fresh checkout plans in plain Python
+
+    return pyarrow.parquet.read_metadata(manifest).num_rows
+
+
 def split_size(config: dict, corpus: str, lang: str, split: str) -> int:
     """Utterances of a split: its manifest's rows once prepared, else plan.corpus_sizes."""
-    manifest = Path(manifest_path(corpus, lang, split))
-    if manifest.is_file():
-        import pyarrow.parquet  # only once data exist: a fresh checkout plans in plain Python
-
-        return pyarrow.parquet.read_metadata(manifest).num_rows
+    manifest = manifest_path(corpus, lang, split)
+    rows = manifest_rows(manifest)
+    if rows is not None:
+        return rows
     sizes = config.get("plan", {}).get("corpus_sizes", {})
     try:
         return int(sizes[corpus][lang][split])
@@ -177,6 +186,7 @@ def phase_items(config: dict, run: Run) -> dict[int, tuple[int, int]]:
 
 # Shapes are frozen dataclasses: a grid of hundreds of runs has a handful of distinct ones.
 model_sizes = functools.cache(parameter_sizes)
+model_elements = functools.cache(lambda arch: sum(model_sizes(arch).values()))
 memory_gb = functools.cache(lambda arch, shape: plan_memory(arch, shape).total / 2**30)
 fewest_gpus = functools.cache(smallest_gpu_count)
 
@@ -205,19 +215,29 @@ def item_flops(arch: Architecture, shape: TrainingShape, settings: PlanSettings,
 
 
 def load_seconds(arch: Architecture, settings: PlanSettings) -> float:
-    return WEIGHT_BYTES * sum(model_sizes(arch).values()) / (settings.filesystem_gb_per_second * 1e9)
+    return WEIGHT_BYTES * model_elements(arch) / (settings.filesystem_gb_per_second * 1e9)
+
+
+@functools.cache
+def trained_elements(arch: Architecture, shape: TrainingShape) -> tuple[int, bool]:
+    """Parameters a shape trains, and whether the LLM or its head is among them."""
+    sizes = model_sizes(arch)
+    modules = [m for m in shape.trainable_modules if not shape.lora or m.split(".")[0] in AUDIO_PARTS]
+    trained = trainable_parameters(sizes, modules, shape.freeze_token_embeddings)
+    return sum(sizes[name] for name in trained), any(name.startswith(("language_model.", "lm_head.")) for name in trained)
 
 
 def finetune_cost(config: dict, arch: Architecture, settings: PlanSettings, run: Run, rule: str, name: str,
-                  phases: slice = slice(None)) -> JobCost:
-    """A fine-tuning job training `phases` of the run's scheme (a prefix the first, a run after a prefix the rest)."""
+                  phases: slice = slice(None), shapes: dict | None = None) -> JobCost:
+    """A fine-tuning job training `phases` of the run's scheme (a prefix the first, a run after a prefix the rest);
+    `shapes` keeps the shape of each trainable-module set across a grid's jobs."""
     block = scheme_block(config, run)
     modules = tuple(block["trainable_modules"])
-    shape = finetune_shape(config, arch, modules)
-    sizes = model_sizes(arch)
-    trained = trainable_parameters(sizes, [m for m in modules if not shape.lora or m.split(".")[0] in AUDIO_PARTS],
-                                   shape.freeze_token_embeddings)
-    llm_trained = any(name.startswith(("language_model.", "lm_head.")) for name in trained)
+    shapes = {} if shapes is None else shapes
+    if modules not in shapes:
+        shapes[modules] = finetune_shape(config, arch, modules)
+    shape = shapes[modules]
+    trained, llm_trained = trained_elements(arch, shape)
     items = phase_items(config, run)
     flops = 0.0
     for phase in block["phases"][phases]:
@@ -225,11 +245,11 @@ def finetune_cost(config: dict, arch: Architecture, settings: PlanSettings, run:
         flops += phase["epochs"] * (text * item_flops(arch, shape, settings, False, llm_trained)
                                     + speech * item_flops(arch, shape, settings, True, llm_trained))
     compute = flops / (shape.gpus * settings.gpu_peak_tflops * 1e12 * settings.mfu)
-    checkpoint = CHECKPOINT_BYTES_PER_TRAINED_PARAMETER * sum(sizes[name] for name in trained)
+    checkpoint = CHECKPOINT_BYTES_PER_TRAINED_PARAMETER * trained
     checkpoints = math.floor(compute / 60 / checkpoint_minutes(config))
     # Each GPU stages its own shard, all at once.
     staging = checkpoints * checkpoint / shape.gpus / (settings.staging_gb_per_second * 1e9)
-    weights = WEIGHT_BYTES * sum(sizes.values())
+    weights = WEIGHT_BYTES * model_elements(arch)
     seconds = compute + staging + 2 * weights / (settings.filesystem_gb_per_second * 1e9)  # read once, write once
     return JobCost(rule, name, run.scheme, shape.gpus, memory_gb(arch, shape), flops, checkpoint,
                    2 * weights + checkpoints * checkpoint, seconds)
@@ -266,7 +286,7 @@ def decode_cost(arch: Architecture, settings: PlanSettings, rule: str, name: str
     seconds = ((prefill + encoder) / (settings.gpu_peak_tflops * 1e12 * settings.mfu)
                + prompts * beams * generated_tokens / settings.decode_tokens_per_second
                + load_seconds(arch, settings))
-    weights = WEIGHT_BYTES * sum(model_sizes(arch).values())
+    weights = WEIGHT_BYTES * model_elements(arch)
     memory = (weights + 4 * 2**30) / 2**30
     return JobCost(rule, name, scheme, 1, memory, prefill + encoder + generate, 0.0, weights, seconds)
 
@@ -276,14 +296,15 @@ def decode_cost(arch: Architecture, settings: PlanSettings, rule: str, name: str
 
 def grid_costs(config: dict, arch: Architecture, settings: PlanSettings) -> list[JobCost]:
     """Every GPU job of the grid, as the workflow plans it."""
-    runs = expand_grid(config)
+    runs, shapes = expand_grid(config), {}
+    manifest_rows.cache_clear()
     costs = []
     for run in runs.values():
         shared = BUDGET_FREE_PHASES.get(run.scheme, 0)  # trained by the run's prefix job
-        costs.append(finetune_cost(config, arch, settings, run, "finetune_model", run.name, slice(shared, None)))
+        costs.append(finetune_cost(config, arch, settings, run, "finetune_model", run.name, slice(shared, None), shapes))
     for name, prefix in expand_prefixes(config, runs).items():
         phases = slice(None, BUDGET_FREE_PHASES[prefix.scheme])
-        costs.append(finetune_cost(config, arch, settings, prefix, "finetune_prefix", name, phases))
+        costs.append(finetune_cost(config, arch, settings, prefix, "finetune_prefix", name, phases, shapes))
     modalities = config.get("decode", {}).get("modalities", [])
     beams, answer = config.get("decode", {}).get("num_beams", 1), settings.mean_answer_tokens
     testsets = {}
