@@ -355,7 +355,7 @@ def check_plan_inputs(config: dict) -> None:
 
 
 def gpu_job_plans(config: dict) -> dict[tuple[str, str], dict]:
-    """(rule, job name) -> {"gpu", "runtime"} for every GPU job of a GPU config (resources.finetune.gpu >= 1 and
+    """(rule, job name) -> {"gpu" (per node), "runtime"} for every GPU job of a GPU config (resources.finetune.gpu >= 1 and
     gpu_memory_gb set); empty for a CPU config, whose jobs take the config's resources."""
     finetune = config["resources"]["finetune"]
     if finetune.get("gpu", 0) < 1 or finetune.get("gpu_memory_gb") is None:
@@ -364,8 +364,11 @@ def gpu_job_plans(config: dict) -> dict[tuple[str, str], dict]:
     arch, _ = read_plan_config(config)
     settings, _ = plan_settings(config)
     decode_on_gpu = config["resources"]["decode"].get("gpu", 0) > 0
+    nodes = finetune.get("nodes", 1)
     return {
-        (cost.rule, cost.name): {"gpu": cost.gpus, "runtime": cost.runtime_minutes(settings)}
+        # gpu per node: a job's every node has the same
+        (cost.rule, cost.name): {"gpu": cost.gpus // nodes if cost.rule.startswith("finetune_") else cost.gpus,
+                                 "runtime": cost.runtime_minutes(settings)}
         for cost in grid_costs(config, arch, settings)
         if cost.rule.startswith("finetune_") or decode_on_gpu
     }
