@@ -114,3 +114,13 @@ def test_docs_slurm_shows_the_plan_s_own_figures(paper):
     table = re.search(r"<!-- plan: paper.yaml -->\n(.*?)\n<!-- /plan -->", doc, flags=re.DOTALL)
     assert table, "docs/SLURM.md has no generated plan table"
     assert table.group(1).strip() == render(settings_free).strip()
+
+
+def test_a_gpu_grid_without_counts_keeps_the_config_s_resources_and_the_plan_command_names_the_key(paper):
+    from lalm_slu.cost_plan import gpu_job_plans
+
+    unsized = {**paper, "plan": {**paper["plan"], "corpus_sizes": {}}}
+    assert gpu_job_plans(unsized) == {}
+    with pytest.raises(PlanError, match=r"plan.corpus_sizes.slurp.en.train"):
+        plan(unsized)
+    assert gpu_job_plans(paper)[("finetune_model", "slurp-en_mtbi_b5_s0")]["gpu"] == 1

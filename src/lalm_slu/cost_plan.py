@@ -66,6 +66,10 @@ class PlanError(ValueError):
     """A config or file the plan cannot use; the message names the file or key."""
 
 
+class UnknownSizeError(PlanError):
+    """A split with neither a manifest nor a size in plan.corpus_sizes."""
+
+
 @dataclass(frozen=True)
 class JobCost:
     """One GPU job's plan."""
@@ -148,7 +152,7 @@ def split_size(config: dict, corpus: str, lang: str, split: str) -> int:
     try:
         return int(sizes[corpus][lang][split])
     except KeyError:
-        raise PlanError(
+        raise UnknownSizeError(
             f"config plan.corpus_sizes: no size for {corpus}/{lang}/{split} and no manifest {manifest} yet; "
             f"give plan.corpus_sizes.{corpus}.{lang}.{split} (utterances)"
         ) from None
@@ -355,20 +359,24 @@ def check_plan_inputs(config: dict) -> None:
 
 
 def gpu_job_plans(config: dict) -> dict[tuple[str, str], dict]:
-    """(rule, job name) -> {"gpu" (per node), "runtime"} for every GPU job of a GPU config (resources.finetune.gpu >= 1 and
-    gpu_memory_gb set); empty for a CPU config, whose jobs take the config's resources."""
+    """(rule, job name) -> {"gpu" (per node), "runtime"} for every GPU job of a GPU config (resources.finetune.gpu
+    >= 1 and gpu_memory_gb set); empty for a CPU config, or one whose item counts are not known yet (no manifests,
+    no plan.corpus_sizes): their jobs take the config's resources."""
     finetune = config["resources"]["finetune"]
     if finetune.get("gpu", 0) < 1 or finetune.get("gpu_memory_gb") is None:
         return {}
     check_plan_inputs(config)
     arch, _ = read_plan_config(config)
     settings, _ = plan_settings(config)
-    decode_on_gpu = config["resources"]["decode"].get("gpu", 0) > 0
-    nodes = finetune.get("nodes", 1)
+    try:
+        costs = grid_costs(config, arch, settings)
+    except UnknownSizeError:
+        return {}
+    decode_on_gpu, nodes = config["resources"]["decode"].get("gpu", 0) > 0, finetune.get("nodes", 1)
     return {
-        # gpu per node: a job's every node has the same
+        # gpu per node: every node of a job has the same
         (cost.rule, cost.name): {"gpu": cost.gpus // nodes if cost.rule.startswith("finetune_") else cost.gpus,
                                  "runtime": cost.runtime_minutes(settings)}
-        for cost in grid_costs(config, arch, settings)
+        for cost in costs
         if cost.rule.startswith("finetune_") or decode_on_gpu
     }
