@@ -134,7 +134,11 @@ def of_input(function):
 
 def all_targets():
     plan = ["results/plan/gpu_hours.png"] if GPU_JOBS else []  # a GPU grid's cost plan
-    return ["results/metrics.csv", "results/tables", "results/figures", *plan] if RUNS else []
+    return (
+        ["results/metrics.csv", "results/tables", "results/figures", *plan]
+        if RUNS
+        else []
+    )
 
 
 def config_json(wildcards):
@@ -162,7 +166,11 @@ def gpu_job_key(wildcards):
     """The cost plan's name of a GPU job: its run, prefix, pool, test set or run/test set."""
     if "run" in wildcards.keys() and "testset" in wildcards.keys():
         return f"{wildcards.run}/{wildcards.testset}"
-    return next(wildcards[name] for name in ("run", "prefix", "pool", "testset") if name in wildcards.keys())
+    return next(
+        wildcards[name]
+        for name in ("run", "prefix", "pool", "testset")
+        if name in wildcards.keys()
+    )
 
 
 def planned_resource(rule_name, block, key):
@@ -181,18 +189,22 @@ def finetune_gpus(wildcards, rule_name):
 
 def finetune_threads(rule_name):
     """The job's CPUs: resources.finetune.threads for each of its processes on a node."""
-    return lambda wildcards: arguments.finetune_processes(config, finetune_gpus(wildcards, rule_name)) * resource(
-        "finetune", "threads"
-    )
+    return lambda wildcards: arguments.finetune_processes(
+        config, finetune_gpus(wildcards, rule_name)
+    ) * resource("finetune", "threads")
 
 
 def finetune_resource(rule_name, key):
     """Slurm geometry of a fine-tuning job (arguments.finetune_slurm_resources; None: not asked)."""
-    return lambda wildcards: arguments.finetune_slurm_resources(config, finetune_gpus(wildcards, rule_name))[key]
+    return lambda wildcards: arguments.finetune_slurm_resources(
+        config, finetune_gpus(wildcards, rule_name)
+    )[key]
 
 
 def finetune_launcher(rule_name):
-    return lambda wildcards: arguments.finetune_launcher(config, finetune_gpus(wildcards, rule_name))
+    return lambda wildcards: arguments.finetune_launcher(
+        config, finetune_gpus(wildcards, rule_name)
+    )
 
 
 # A rule's params carry a hash of the package source its command runs, so editing that code
@@ -258,7 +270,9 @@ start_from_argument = of_input(arguments.start_from_argument)
 
 def threads_per_process(rule_name):
     return lambda wildcards, threads: max(
-        1, threads // arguments.finetune_processes(config, finetune_gpus(wildcards, rule_name))
+        1,
+        threads
+        // arguments.finetune_processes(config, finetune_gpus(wildcards, rule_name)),
     )
 
 

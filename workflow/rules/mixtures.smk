@@ -1,12 +1,12 @@
 rule mix_training_set:
-    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
-    localrule: True
     input:
         unpack(mixture_scheme_inputs),
     output:
         "results/mixtures/{run}.parquet",
     log:
         "logs/mix_training_set/{run}.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
@@ -29,14 +29,14 @@ rule mix_training_set:
 # The items of the first phases that every budget's run of a scheme shares (schemes.BUDGET_FREE_PHASES): the same
 # rows as in each run's mixture, written without the budgeted speech.
 rule mix_prefix_set:
-    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
-    localrule: True
     input:
         unpack(mixture_inputs),
     output:
         "results/prefixes/{prefix}/mixture.parquet",
     log:
         "logs/mix_prefix_set/{prefix}.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")

@@ -1,6 +1,4 @@
 rule aggregate_metrics:
-    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
-    localrule: True
     input:
         metrics_paths(),
     output:
@@ -11,6 +9,8 @@ rule aggregate_metrics:
         ),
     log:
         "logs/aggregate_metrics.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
@@ -24,8 +24,6 @@ rule aggregate_metrics:
 
 
 rule compare_schemes:
-    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
-    localrule: True
     input:
         unpack(comparison_inputs),
     output:
@@ -36,6 +34,8 @@ rule compare_schemes:
         ),
     log:
         "logs/compare_schemes.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
@@ -55,8 +55,6 @@ rule compare_schemes:
 
 
 rule make_tables:
-    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
-    localrule: True
     input:
         metrics="results/metrics.csv",
         comparisons="results/comparisons.csv",
@@ -70,6 +68,8 @@ rule make_tables:
         ),
     log:
         "logs/make_tables.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
@@ -84,8 +84,6 @@ rule make_tables:
 
 
 rule make_figures:
-    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
-    localrule: True
     input:
         "results/metrics.csv",
     output:
@@ -97,6 +95,8 @@ rule make_figures:
         ),
     log:
         "logs/make_figures.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
@@ -111,12 +111,16 @@ rule make_figures:
 
 # The cost plan of a GPU grid (`lalm-slu plan`): every GPU job's GPUs, time and GPU-hours, as the jobs ask them.
 rule plan_gpu_hours:
-    localrule: True
     output:
-        figure=report("results/plan/gpu_hours.png", caption="../report/plan.rst", category="Cost plan"),
+        figure=report(
+            "results/plan/gpu_hours.png",
+            caption="../report/plan.rst",
+            category="Cost plan",
+        ),
         plan="results/plan/plan.json",
     log:
         "logs/plan_gpu_hours.log",
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
