@@ -52,7 +52,7 @@ def test_one_text_only_run_costs_what_the_7b_shape_gives_by_hand(paper, tmp_path
 
 
 def test_projector_only_runs_ask_one_card_and_full_fine_tuning_two(paper):
-    costs = grid_costs(paper, *read_plan_config(paper)[:1], plan_settings(paper)[0])
+    costs = grid_costs(paper, read_plan_config(paper)[0], plan_settings(paper)[0])
     gpus = {(c.rule, c.scheme): c.gpus for c in costs if c.rule.startswith("finetune")}
     assert {g for (rule, scheme), g in gpus.items() if scheme in ("mtbi", "behaviour_imitation")} == {1}
     assert {g for (rule, scheme), g in gpus.items() if scheme in ("direct_mixing", "curriculum")} == {2}
@@ -86,7 +86,7 @@ def test_the_memory_plan_counts_adamw_s_scratch_by_implementation():
         ("- a list\n", "a config file is a mapping of keys, not a YAML list"),
     ],
 )
-def test_bad_configs_stop_the_plan_naming_the_file_or_key(paper, tmp_path, capsys, layer, message):
+def test_bad_configs_stop_the_plan_naming_the_file_or_key(paper, tmp_path, layer, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(layer)
     with pytest.raises(SystemExit) as stop:
@@ -109,11 +109,10 @@ def test_an_architecture_file_that_is_not_json_is_named(tmp_path, monkeypatch):
 def test_docs_slurm_shows_the_plan_s_own_figures(paper):
     from lalm_slu.commands.plan import render
 
-    settings_free = plan(paper)
     doc = (REPO / "docs/SLURM.md").read_text()
     table = re.search(r"<!-- plan: paper.yaml -->\n(.*?)\n<!-- /plan -->", doc, flags=re.DOTALL)
     assert table, "docs/SLURM.md has no generated plan table"
-    assert table.group(1).strip() == render(settings_free).strip()
+    assert table.group(1).strip() == render(plan(paper)).strip()
 
 
 def test_a_gpu_grid_without_counts_keeps_the_config_s_resources_and_the_plan_command_names_the_key(paper):
