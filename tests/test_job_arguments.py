@@ -44,7 +44,7 @@ def job_config():
         "prompt": {"instruction": "Answer in JSON."},
         "schemes": {"mtbi": {"interleaving": {"ratio": 0.5}, "imitation": IMITATION}},
         "comparisons": {"scheme_pairs": [["text_only", "mtbi"]], "modality_pairs": [["text", "speech"]]},
-        "resources": {"finetune": {"gpu": 1, "nodes": 1}},
+        "resources": {"finetune": {"gpu": 1, "nodes": 1, "threads": 2}},
         "alignment": {"models": {"en": {"hub_id": "org/ctc-en", "revision": None}}},
     }
 
@@ -97,11 +97,13 @@ def test_frames_and_a_start_checkpoint_are_passed_only_when_the_job_has_them():
 
 def test_one_process_runs_plain_python_and_several_gpus_torchrun():
     config = job_config()
-    assert finetune_launcher(config) == "python"
-    config["resources"]["finetune"]["gpu"] = 4
-    assert finetune_launcher(config) == "python -m torch.distributed.run --standalone --nproc-per-node 4"
+    assert finetune_launcher(config, 0) == "python"
+    assert finetune_launcher(config, 4) == "python -m torch.distributed.run --standalone --nproc-per-node 4"
     config["resources"]["finetune"]["nodes"] = 2
-    assert finetune_launcher(config).startswith("srun --nodes 2 --ntasks-per-node 1 python -m torch.distributed.run")
+    assert finetune_launcher(config, 4).startswith(
+        "srun --nodes 2 --ntasks 2 --ntasks-per-node 1 --cpus-per-task 8 --kill-on-bad-exit 1"
+        " python -m torch.distributed.run --nnodes 2 --nproc-per-node 4"
+    )
 
 
 def test_score_meta_holds_the_run_s_grid_coordinates():

@@ -12,7 +12,7 @@ from conftest import REPO
 from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
 from lalm_slu.cli import main
-from lalm_slu.commands.plan_memory import merged
+from lalm_slu.commands.plan import read_config
 from lalm_slu.memory_plan import (
     AUDIO_DEFAULTS,
     TEXT_DEFAULTS,
@@ -48,10 +48,9 @@ def real_sizes(model):
 
 def paper_config():
     """config.yaml with workflow/configs/paper.yaml on top, as Snakemake reads them; paths absolute."""
-    config = merged(
-        yaml.safe_load((REPO / "config.yaml").read_text()),
-        yaml.safe_load((REPO / "workflow/configs/paper.yaml").read_text()),
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)
+        config = read_config([Path("workflow/configs/paper.yaml")])
     config["model"]["path"] = str(REPO / config["model"]["path"])
     config["model"]["architecture"] = str(REPO / config["model"]["architecture"])
     return config
@@ -161,7 +160,7 @@ def test_paper_config_on_one_80_gb_card_is_refused_naming_the_numbers_and_the_ke
     with pytest.raises(MemoryPlanError) as refused:
         check_memory_plan(config)
     message = str(refused.value)
-    assert "needs 128.4 GB per GPU; the card has 80 GB" in message
+    assert "needs 131.2 GB per GPU; the card has 80 GB" in message
     assert "weights 30.1, gradients 28.9, optimizer 57.8" in message
     assert "set resources.finetune.gpu: 2 (the fewest GPUs that fit)" in message
     assert "training.per_device_batch_size" in message
@@ -195,7 +194,7 @@ def test_plan_memory_prints_one_column_per_gpu_count(capsys, monkeypatch):
     )
     table = capsys.readouterr().out
     assert "| per GPU (GB) | 1 GPU | 4 GPUs | 8 GPUs |" in table
-    assert "| total | 128.4 | 41.7 | 27.3 |" in table
+    assert "| total | 131.2 | 44.5 | 30.1 |" in table
     assert "| fits 80 GB | no | yes | yes |" in table
 
 

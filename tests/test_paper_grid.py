@@ -132,6 +132,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
     if aligned:
         expected["align_words"] = len(aligned)
         expected["download_alignment_model"] = len({lang for _, lang, _ in aligned})
+    if config["resources"]["finetune"].get("gpu", 0) >= 1 and config["resources"]["finetune"].get("gpu_memory_gb"):
+        expected["plan_gpu_hours"] = 1  # a GPU grid's cost plan, in the report
     if "cascade" in config["decode"]["modalities"]:
         expected["transcribe_test_set"] = len({(corpus, lang) for corpus, lang, split in speech_sets if split == "test"})
     return expected
@@ -225,15 +227,21 @@ def test_speech_massive_jobs_read_their_locale_into_their_own_audio_folder(tmp_p
     assert "--locales fr-FR de-DE es-ES vi-VN" in download
 
 
-def test_each_fine_tuning_job_launches_one_process_per_gpu_of_its_node(tmp_path):
+def test_each_fine_tuning_job_launches_one_process_per_gpu_its_plan_asks_and_projector_runs_ask_fewer(tmp_path):
     workdir = scratch_workflow(tmp_path, PAPER_CONFIG)
-    gpus = paper_config()["resources"]["finetune"]["gpu"]
-    assert gpus > 1
     finetunes = [fields for rule, fields in planned_jobs(workdir) if rule == "finetune_model"]
     assert finetunes
+    asked = {}
     for fields in finetunes:
-        assert f"python -m torch.distributed.run --standalone --nproc-per-node {gpus} -m lalm_slu finetune" in fields["shell"]
-        assert f"gpu={gpus}" in fields["resources"]
+        gpus = int(re.search(r"\bgpu=(\d+)", fields["resources"]).group(1))
+        assert 1 <= gpus <= paper_config()["resources"]["finetune"]["gpu"]
+        launch = "python" if gpus == 1 else f"python -m torch.distributed.run --standalone --nproc-per-node {gpus}"
+        assert f"PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True {launch} -m lalm_slu finetune" in fields["shell"]
+        assert "--signal" not in fields["resources"]  # the trainer stops before the time limit by itself
+        scheme = re.search(r'"name": "(\w+)"', fields["shell"]).group(1)
+        asked.setdefault(scheme, set()).add(gpus)
+    assert asked["mtbi"] == asked["behaviour_imitation"] == {1}  # the projector alone fits one card
+    assert asked["direct_mixing"] == {2}
 
 
 def test_a_multi_node_fine_tuning_job_runs_one_torchrun_per_node_meeting_at_the_first(tmp_path):
@@ -246,8 +254,40 @@ def test_a_multi_node_fine_tuning_job_runs_one_torchrun_per_node_meeting_at_the_
     )
     assert result.returncode == 0, result.stderr
     gpus = paper_config()["resources"]["finetune"]["gpu"]
+    threads = paper_config()["resources"]["finetune"]["threads"]
     launch = (
-        f"srun --nodes 2 --ntasks-per-node 1 python -m torch.distributed.run --nnodes 2 --nproc-per-node {gpus}"
-        ' --rdzv-backend c10d --rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):29500"'
+        f"srun --nodes 2 --ntasks 2 --ntasks-per-node 1 --cpus-per-task {gpus * threads} --kill-on-bad-exit 1"
+        f" python -m torch.distributed.run --nnodes 2 --nproc-per-node {gpus} --rdzv-backend c10d"
+        ' --rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):$((20000 + SLURM_JOB_ID % 20000))"'
     )
     assert launch in result.stdout
+
+
+def cluster_rules(workdir: Path) -> set[str]:
+    """Rules whose jobs a cluster executor submits: those the workflow does not declare local (Snakemake's own list)."""
+    code = (
+        "from pathlib import Path\n"
+        "from snakemake.api import SnakemakeApi\n"
+        "from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings\n"
+        "with SnakemakeApi(OutputSettings()) as api:\n"
+        f"    flow = api.workflow(ResourceSettings(cores=1), ConfigSettings(configfiles=[Path({str(PAPER_CONFIG)!r})]),"
+        " snakefile=Path('Snakefile'), workdir=Path('.'))._workflow\n"
+        "    print(' '.join(r.name for r in flow.rules if r.name not in flow._localrules and not r.norun))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
+
+
+def test_only_gpu_jobs_and_corpus_preparation_are_submitted_to_the_cluster(tmp_path):
+    """Scoring, mixing, budgets and the report run on the submit host: about one cluster job per GPU job."""
+    workdir = scratch_workflow(tmp_path, PAPER_CONFIG)
+    gpu_rules = {"finetune_model", "finetune_prefix", "decode_test_set", "transcribe_test_set", "imitation_targets",
+                 "align_words", "encode_audio"}
+    jobs, _ = dry_run(PAPER_CONFIG, workdir)
+    submitted_rules = cluster_rules(workdir) & set(jobs)
+    assert submitted_rules == (gpu_rules & set(jobs)) | {"prepare_corpus", "ingest_audio"}
+    submissions = sum(count for rule, count in jobs.items() if rule in submitted_rules)
+    gpu_jobs = sum(count for rule, count in jobs.items() if rule in gpu_rules)
+    assert submissions <= 1.02 * gpu_jobs  # 1,279 submissions for 1,261 GPU jobs, not 3,644

@@ -21,6 +21,7 @@ from lalm_slu.settings import (
     ImitationTask,
     InterleavingSettings,
     LoraSettings,
+    PlanSettings,
     TrainingSettings,
 )
 
@@ -40,6 +41,7 @@ def field_names(view) -> set[str]:
 def test_each_view_has_a_field_for_every_key_of_its_schema_block():
     # A key added to the schema fails here until its view has a field for it.
     assert field_names(TrainingSettings) == set(block("training")) | {"seed"}
+    assert field_names(PlanSettings) == set(block("plan"))
     assert field_names(GenerationSettings) == set(block("decode")) - {"modalities"}
     assert field_names(DecodingSettings) == field_names(GenerationSettings) | {"instruction"}
     assert field_names(AudioFrameSettings) == {"batch_size", "length_aware", "device", "precision"}

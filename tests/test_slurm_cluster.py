@@ -224,7 +224,8 @@ def test_smoke_run_through_slurm_matches_a_local_run(slurm_cluster, tmp_path):
     log_root = on_slurm / ".snakemake" / "slurm_logs"
     job_logs = sorted(log_root.glob("rule_*/**/*.log"))
     rule_of = {log: log.relative_to(log_root).parts[0].removeprefix("rule_") for log in job_logs}
-    assert {"prepare_corpus", "finetune_model", "decode_test_set", "score_predictions"} <= set(rule_of.values())
+    assert {"prepare_corpus", "finetune_model", "decode_test_set"} <= set(rule_of.values())
+    assert "score_predictions" not in rule_of.values()  # a local rule: seconds of work on the submit host
     for log, rule in rule_of.items():
         job = slurm_job(slurm_cluster, log.stem)
         assert job["JobState"] == "COMPLETED", job
@@ -237,7 +238,7 @@ def test_smoke_run_through_slurm_matches_a_local_run(slurm_cluster, tmp_path):
 
 # Two gloo processes per fine-tuning job (torchrun inside the job, as on a GPU node), a checkpoint every step.
 TWO_PROCESSES = {
-    "resources": {"finetune": {"threads": 2, "processes": 2}},
+    "resources": {"finetune": {"threads": 1, "processes": 2}},  # one thread per process
     "training": {"per_device_batch_size": 4, "global_batch_size": 8, "checkpoint_every_steps": 1},
 }
 TWO_PROCESS_RUN = "slurp-en_direct_mixing_b50_s0"

@@ -39,6 +39,7 @@ COMMANDS = {
     "download": ("lalm_slu.commands.download", "fetch hub corpora into the cache (login node)"),
     "download-slurp-release": ("lalm_slu.commands.download_slurp_release", "fetch SLURP's release text (login node)"),
     "download-model": ("lalm_slu.commands.download_model", "fetch the model from the hub into model.path (login node)"),
+    "plan": ("lalm_slu.commands.plan", "the grid's GPUs, memory, FLOPs and GPU-hours, before anything runs"),
     "plan-memory": ("lalm_slu.commands.plan_memory", "per-GPU memory of a fine-tuning job, before it runs"),
 }
 

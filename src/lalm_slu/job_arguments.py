@@ -147,26 +147,43 @@ def start_from_argument(inputs) -> list[str]:
     return ["--start-from", *inputs["start_from"]] if inputs["start_from"] else []
 
 
-def finetune_processes(config: dict) -> int:
-    """Training processes per node: one per GPU, or as many as set (CPU runs)."""
-    block = config["resources"]["finetune"]
-    return block.get("processes") or max(1, block["gpu"])
+def finetune_processes(config: dict, gpus: int) -> int:
+    """Training processes per node: one per GPU of the job (its plan's), or as many as set (CPU runs)."""
+    return config["resources"]["finetune"].get("processes") or max(1, gpus)
 
 
-def finetune_launcher(config: dict) -> str:
-    """The same trainer for 1 and N processes: plain python for one, torchrun for one node's GPUs, and on several
-    nodes one torchrun per node (srun) meeting at the job's first node. Built from integers only."""
-    processes, nodes = finetune_processes(config), config["resources"]["finetune"]["nodes"]
+# The c10d rendezvous port of a multi-node job: one per job (from its id), so two jobs on one node never collide.
+RENDEZVOUS_PORT = "$((20000 + SLURM_JOB_ID % 20000))"
+
+
+def finetune_launcher(config: dict, gpus: int) -> str:
+    """The same trainer for 1 and N processes: plain python for one, torchrun for one node's GPUs (a free port of
+    its own), and on several nodes one torchrun per node (srun, one task a node, from the job's batch step: the
+    rule is an `mpi` job, so no step wraps it) meeting at the job's first node. Built from integers only."""
+    processes, nodes = finetune_processes(config, gpus), config["resources"]["finetune"]["nodes"]
     if nodes > 1:
+        cpus = processes * config["resources"]["finetune"]["threads"]
         return (
-            f"srun --nodes {nodes} --ntasks-per-node 1 python -m torch.distributed.run"
-            f" --nnodes {nodes} --nproc-per-node {processes} --rdzv-backend c10d"
-            ' --rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):29500"'
+            f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1 --cpus-per-task {cpus} --kill-on-bad-exit 1"
+            f" python -m torch.distributed.run --nnodes {nodes} --nproc-per-node {processes} --rdzv-backend c10d"
+            f' --rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):{RENDEZVOUS_PORT}"'
             ' --rdzv-id "$SLURM_JOB_ID"'
         )
     if processes > 1:
         return f"python -m torch.distributed.run --standalone --nproc-per-node {processes}"
     return "python"
+
+
+def finetune_slurm_resources(config: dict, gpus: int) -> dict:
+    """What the Slurm executor turns into the job's request (None: left out).
+    One node: `gpu` GPUs and the rule's threads (processes × resources.finetune.threads) as one task, which the
+    jobstep's srun hands whole to torchrun. N nodes: `gres` gpu:G per node, one task per node (`tasks`, as an `mpi`
+    job: the plugin runs the rule's own srun launcher in the batch step instead of wrapping it in a step), and
+    `tasks_per_gpu: 0` so that no --ntasks-per-gpu is derived from the task count."""
+    nodes = config["resources"]["finetune"]["nodes"]
+    if nodes > 1:
+        return {"gpu": 0, "gres": f"gpu:{gpus}", "nodes": nodes, "tasks": nodes, "tasks_per_gpu": 0, "mpi": "srun"}
+    return {"gpu": gpus, "gres": None, "nodes": 1, "tasks": None, "tasks_per_gpu": None, "mpi": None}
 
 
 # ---------------------------------------------------------------- decoding and scoring

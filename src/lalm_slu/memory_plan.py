@@ -28,6 +28,10 @@ The job is the trainer's FSDP2 set-up, one process per GPU, N GPUs (all sizes pe
                  trained as the LLM is, with c·B·P·(8·d + 2·f) per layer; frozen, only one layer's
                  working set at a time, c·B·P·(8·d + 2·f)
     overhead     a fixed 4 GiB: CUDA context, NCCL buffers, cuBLAS workspaces, allocator fragmentation
+    step scratch what AdamW's implementation (training.optimizer) allocates in the step, after backward has freed
+                 the gathered units and activations: foreach a full copy of the local shard of trained params
+                 (4·T/N), the for-loop one local parameter's worth (4·largest/N), fused nothing.  The peak is
+                 weights + gradients + optimizer + overhead + the larger of (gathered + activations) and scratch.
 
 With LoRA (model.lora) the language model and head stay frozen (the adapters, a few MB, are left out);
 audio parts a scheme names still train fully.
@@ -239,6 +243,7 @@ class TrainingShape:
     freeze_token_embeddings: bool = False
     # LoRA: the language model stays frozen (its adapters, a few MB, are left out); audio parts train fully.
     lora: bool = False
+    optimizer: str = "fused"  # AdamW's implementation: fused, foreach or forloop
 
 
 @dataclass(frozen=True)
@@ -251,10 +256,12 @@ class MemoryPlan:
     gathered_units: float
     activations: float
     overhead: float
+    step_scratch: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.gathered_units + self.activations + self.overhead
+        backward = self.gathered_units + self.activations
+        return self.weights + self.gradients + self.optimizer + self.overhead + max(backward, self.step_scratch)
 
     def fits(self, gpu_memory_gb: float) -> bool:
         return self.total <= gpu_memory_gb * GIB
@@ -270,6 +277,7 @@ class MemoryPlan:
             ("gathered units", self.gathered_units),
             ("activations", self.activations),
             ("overhead", self.overhead),
+            ("step scratch", self.step_scratch),
             ("total", self.total),
         ]
 
@@ -316,6 +324,7 @@ def plan_memory(arch: Architecture, shape: TrainingShape) -> MemoryPlan:
     sharded = sum(sizes.values()) - sum(sizes[name] for name in replicated)
     c, shards = compute_bytes(shape.precision), shape.gpus
     audio_trained = any(name.startswith("audio_tower.") for name in trained)
+    scratch = {"fused": 0, "foreach": trainable, "forloop": max((sizes[name] for name in trained), default=0)}
     return MemoryPlan(
         weights=4 * sharded / shards + c * sum(sizes[name] for name in replicated),
         gradients=4 * trainable / shards,
@@ -323,6 +332,7 @@ def plan_memory(arch: Architecture, shape: TrainingShape) -> MemoryPlan:
         gathered_units=2 * c * max(units.values(), default=0) + 4 * max(trained_units.values(), default=0),
         activations=activation_bytes(arch, shape, audio_trained),
         overhead=OVERHEAD_GIB * GIB,
+        step_scratch=4 * scratch[shape.optimizer] / shards,
     )
 
 
@@ -371,12 +381,19 @@ def scheme_modules(config: dict) -> dict[tuple[str, ...], list[str]]:
     return found
 
 
+def optimizer_on(training: TrainingSettings, gpu: bool) -> str:
+    """AdamW's implementation a job uses (train.optimizer_implementation): auto = fused on a GPU, else the for-loop."""
+    return training.optimizer if training.optimizer != "auto" else "fused" if gpu else "forloop"
+
+
 def training_shape(config: dict, modules: tuple[str, ...], **overrides) -> TrainingShape:
     training = TrainingSettings.from_dict(config.get("training", {}), "config training")
+    gpus = config.get("resources", {}).get("finetune", {}).get("gpu", 0)
     shape = TrainingShape(
         trainable_modules=modules,
+        optimizer=optimizer_on(training, gpus > 0),
         precision=training.precision,
-        gpus=max(1, config.get("resources", {}).get("finetune", {}).get("gpu", 0)),
+        gpus=max(1, gpus),
         per_device_batch_size=training.per_device_batch_size,
         gradient_checkpointing=training.gradient_checkpointing,
         freeze_token_embeddings=training.freeze_token_embeddings,
@@ -438,6 +455,7 @@ def check_job_fits(settings: dict, processes: int, card_gb: float) -> MemoryPlan
         gradient_checkpointing=training.gradient_checkpointing,
         freeze_token_embeddings=training.freeze_token_embeddings,
         lora=bool(settings["model"].get("lora")),
+        optimizer=optimizer_on(training, True),
     )
     plan = plan_memory(arch, shape)
     if not plan.fits(card_gb):

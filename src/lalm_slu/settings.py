@@ -53,6 +53,8 @@ def typed_value(value, prop: dict, key: str, source: str):
         typed = value
     elif "array" in kinds and isinstance(value, (list, tuple)):
         typed = list(value)
+    elif "object" in kinds and isinstance(value, Mapping):
+        typed = dict(value)
     else:
         raise SettingsError(f"{source}: {key} must be of type {' or '.join(kinds)}, not {value!r}")
     if "enum" in prop and typed not in prop["enum"]:
@@ -298,3 +300,26 @@ def check_finetune_settings(settings, source: str = "fine-tuning settings") -> N
     if error is not None:
         where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
         raise SettingsError(f"{source}: {where.lstrip('.')}: {error.message}")
+
+
+@dataclass(frozen=True)
+class PlanSettings(SchemaView):
+    """The config's `plan` block: the cost plan's assumptions (lalm_slu.cost_plan)."""
+
+    gpu_peak_tflops: float
+    mfu: float
+    decode_tokens_per_second: float
+    filesystem_gb_per_second: float
+    staging_gb_per_second: float
+    runtime_margin: float
+    min_runtime_minutes: int
+    max_runtime_minutes: int
+    mean_sequence_tokens: int
+    mean_answer_tokens: int
+    mean_transcript_tokens: int
+    mean_audio_seconds: float
+    corpus_sizes: dict
+
+    @classmethod
+    def properties(cls) -> dict[str, dict]:
+        return block_properties("plan")

@@ -10,6 +10,8 @@ rule subsample_budget:
         coverage="results/budgets/{corpus}/{lang}/{split}/seed{seed}/{budget}.json",
     log:
         "logs/subsample_budget/{corpus}/{lang}/{split}/seed{seed}/{budget}.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")

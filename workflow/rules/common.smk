@@ -47,11 +47,17 @@ def planned(plan, *args):
 planned(check_config, config, tts_voice_table())
 # Plain Python: a fine-tuning job too big for its GPUs is refused here, before any job runs.
 from lalm_slu.memory_plan import check_memory_plan
+from lalm_slu.cost_plan import PlanError, gpu_job_plans
 
 check_memory_plan(config)
 
 RUNS = planned(expand_grid, config)
 PREFIXES = planned(expand_prefixes, config, RUNS)
+# Each GPU job's GPUs and time limit, from the cost plan (`lalm-slu plan`); empty for CPU configs (the demo).
+try:
+    GPU_JOBS = gpu_job_plans(config)
+except PlanError as error:
+    raise WorkflowError(str(error)) from None
 # Pool name -> a run it serves (they share phase 1, pool and settings).
 IMITATION_POOLS = {
     paths.imitation_pool_name(config, run): run
@@ -127,7 +133,17 @@ def of_input(function):
 
 
 def all_targets():
-    return ["results/metrics.csv", "results/tables", "results/figures"] if RUNS else []
+    plan = ["results/plan/gpu_hours.png"] if GPU_JOBS else []  # a GPU grid's cost plan
+    return (
+        ["results/metrics.csv", "results/tables", "results/figures", *plan]
+        if RUNS
+        else []
+    )
+
+
+def config_json(wildcards):
+    """The workflow's config, as the plan command reads it."""
+    return json.dumps(config, sort_keys=True)
 
 
 def parent_dir(wildcards, output):
@@ -145,6 +161,51 @@ model_revision_pinning = partial(arguments.model_revision_pinning, config)
 
 def resource(rule_name, key):
     return config["resources"][rule_name][key]
+
+
+def gpu_job_key(wildcards):
+    """The cost plan's name of a GPU job: its run, prefix, pool, test set or run/test set."""
+    if "run" in wildcards.keys() and "testset" in wildcards.keys():
+        return f"{wildcards.run}/{wildcards.testset}"
+    return next(
+        wildcards[name]
+        for name in ("run", "prefix", "pool", "testset")
+        if name in wildcards.keys()
+    )
+
+
+def planned_resource(rule_name, block, key):
+    """A GPU job's gpu or runtime: its plan's on a GPU config, else the config's resources.<block>.<key>."""
+
+    def lookup(wildcards):
+        plan = GPU_JOBS.get((rule_name, gpu_job_key(wildcards)))
+        return config["resources"][block][key] if plan is None else plan[key]
+
+    return lookup
+
+
+def finetune_gpus(wildcards, rule_name):
+    return planned_resource(rule_name, "finetune", "gpu")(wildcards)
+
+
+def finetune_threads(rule_name):
+    """The job's CPUs: resources.finetune.threads for each of its processes on a node."""
+    return lambda wildcards: arguments.finetune_processes(
+        config, finetune_gpus(wildcards, rule_name)
+    ) * resource("finetune", "threads")
+
+
+def finetune_resource(rule_name, key):
+    """Slurm geometry of a fine-tuning job (arguments.finetune_slurm_resources; None: not asked)."""
+    return lambda wildcards: arguments.finetune_slurm_resources(
+        config, finetune_gpus(wildcards, rule_name)
+    )[key]
+
+
+def finetune_launcher(rule_name):
+    return lambda wildcards: arguments.finetune_launcher(
+        config, finetune_gpus(wildcards, rule_name)
+    )
 
 
 # A rule's params carry a hash of the package source its command runs, so editing that code
@@ -188,7 +249,6 @@ mixture_scheme_inputs = of_run(paths.mixture_scheme_inputs)
 mixture_target_arguments = of_run_and_input(arguments.mixture_target_arguments)
 mixture_scheme_arguments = of_run_and_input(arguments.mixture_scheme_arguments)
 audio_frames_settings = of_config(arguments.audio_frames_settings)
-finetune_launcher = of_config(arguments.finetune_launcher)
 
 
 run_scheme = of_job_run(attrgetter("scheme"))
@@ -209,8 +269,12 @@ work_dir = of_training_job(paths.work_dir)
 start_from_argument = of_input(arguments.start_from_argument)
 
 
-def threads_per_process(wildcards, threads):
-    return max(1, threads // arguments.finetune_processes(config))
+def threads_per_process(rule_name):
+    return lambda wildcards, threads: max(
+        1,
+        threads
+        // arguments.finetune_processes(config, finetune_gpus(wildcards, rule_name)),
+    )
 
 
 # ---------------------------------------------------------------- decoding, scoring and comparisons

@@ -16,15 +16,15 @@ rule decode_test_set:
     threads: resource("decode", "threads")
     resources:
         mem_mb=resource("decode", "mem_mb"),
-        runtime=resource("decode", "runtime"),
-        gpu=resource("decode", "gpu"),
+        runtime=planned_resource("decode_test_set", "decode", "runtime"),
+        gpu=planned_resource("decode_test_set", "decode", "gpu"),
     params:
         settings=decode_settings,
         decode_inputs=decode_input_arguments,
         audio_frames=audio_frames_argument,
         code=code_version("decode"),
     shell:
-        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu decode --model {input.model:q}"
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python -m lalm_slu decode --model {input.model:q}"
         " {params.decode_inputs:q} --settings {params.settings:q}"
         " {params.audio_frames:q} --threads {threads} > {log:q} 2>&1"
 
@@ -50,12 +50,12 @@ rule transcribe_test_set:
     threads: resource("decode", "threads")
     resources:
         mem_mb=resource("decode", "mem_mb"),
-        runtime=resource("decode", "runtime"),
-        gpu=resource("decode", "gpu"),
+        runtime=planned_resource("transcribe_test_set", "decode", "runtime"),
+        gpu=planned_resource("transcribe_test_set", "decode", "gpu"),
     params:
         settings=cascade_settings,
         code=code_version("transcribe_test_set"),
     shell:
-        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu transcribe-test-set --model {input.model:q}"
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python -m lalm_slu transcribe-test-set --model {input.model:q}"
         " --manifest {input.manifest:q} --settings {params.settings:q} --out {output.manifest:q}"
         " --wer {output.wer:q} --threads {threads} > {log:q} 2>&1"

@@ -9,22 +9,26 @@ rule finetune_model:
         "results/benchmarks/finetune_model/{run}.tsv"
     conda:
         "../../envs/lalm-slu.yaml"
-    threads: resource("finetune", "threads")
+    threads: finetune_threads("finetune_model")
+    # GPUs and time limit from the cost plan; the Slurm geometry (one task per node) from the launch it runs.
     resources:
         mem_mb=resource("finetune", "mem_mb"),
-        runtime=resource("finetune", "runtime"),
-        gpu=resource("finetune", "gpu"),
-        nodes=resource("finetune", "nodes"),
-        tasks=resource("finetune", "nodes"),
+        runtime=planned_resource("finetune_model", "finetune", "runtime"),
+        gpu=finetune_resource("finetune_model", "gpu"),
+        gres=finetune_resource("finetune_model", "gres"),
+        nodes=finetune_resource("finetune_model", "nodes"),
+        tasks=finetune_resource("finetune_model", "tasks"),
+        tasks_per_gpu=finetune_resource("finetune_model", "tasks_per_gpu"),
+        mpi=finetune_resource("finetune_model", "mpi"),
     params:
-        launcher=finetune_launcher,
-        threads_per_process=threads_per_process,
+        launcher=finetune_launcher("finetune_model"),
+        threads_per_process=threads_per_process("finetune_model"),
         settings=finetune_settings,
         work_dir=work_dir,
         start_from=start_from_argument,
         code=code_version("finetune"),
     shell:
-        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 {params.launcher} -m lalm_slu finetune"
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True {params.launcher} -m lalm_slu finetune"
         " --mixture {input.mixture:q} --settings {params.settings:q} --out-dir {output:q}"
         " --work-dir {params.work_dir:q} --audio-frames {input.audio_frames:q} {params.start_from:q}"
         " --threads {params.threads_per_process} > {log:q} 2>&1"
@@ -43,21 +47,25 @@ rule finetune_prefix:
         "results/benchmarks/finetune_prefix/{prefix}.tsv"
     conda:
         "../../envs/lalm-slu.yaml"
-    threads: resource("finetune", "threads")
+    threads: finetune_threads("finetune_prefix")
+    # GPUs and time limit from the cost plan; the Slurm geometry (one task per node) from the launch it runs.
     resources:
         mem_mb=resource("finetune", "mem_mb"),
-        runtime=resource("finetune", "runtime"),
-        gpu=resource("finetune", "gpu"),
-        nodes=resource("finetune", "nodes"),
-        tasks=resource("finetune", "nodes"),
+        runtime=planned_resource("finetune_prefix", "finetune", "runtime"),
+        gpu=finetune_resource("finetune_prefix", "gpu"),
+        gres=finetune_resource("finetune_prefix", "gres"),
+        nodes=finetune_resource("finetune_prefix", "nodes"),
+        tasks=finetune_resource("finetune_prefix", "tasks"),
+        tasks_per_gpu=finetune_resource("finetune_prefix", "tasks_per_gpu"),
+        mpi=finetune_resource("finetune_prefix", "mpi"),
     params:
-        launcher=finetune_launcher,
-        threads_per_process=threads_per_process,
+        launcher=finetune_launcher("finetune_prefix"),
+        threads_per_process=threads_per_process("finetune_prefix"),
         settings=finetune_settings,
         work_dir=work_dir,
         code=code_version("finetune"),
     shell:
-        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 {params.launcher} -m lalm_slu finetune"
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True {params.launcher} -m lalm_slu finetune"
         " --mixture {input.mixture:q} --settings {params.settings:q} --out-dir {output:q} --output checkpoint"
         " --work-dir {params.work_dir:q} --audio-frames {input.audio_frames:q}"
         " --threads {params.threads_per_process} > {log:q} 2>&1"

@@ -19,14 +19,14 @@ rule imitation_targets:
     threads: resource("decode", "threads")
     resources:
         mem_mb=resource("decode", "mem_mb"),
-        runtime=resource("decode", "runtime"),
-        gpu=resource("decode", "gpu"),
+        runtime=planned_resource("imitation_targets", "decode", "runtime"),
+        gpu=planned_resource("imitation_targets", "decode", "gpu"),
     params:
         pool=imitation_pool_arguments,
         tasks=imitation_tasks,
         settings=imitation_decode_settings,
         code=code_version("imitation_targets"),
     shell:
-        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m lalm_slu imitation-targets --model {input.model:q}"
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python -m lalm_slu imitation-targets --model {input.model:q}"
         " {params.pool:q} --tasks {params.tasks:q} --settings {params.settings:q}"
         " --out {output:q} --threads {threads} > {log:q} 2>&1"

@@ -5,6 +5,8 @@ rule mix_training_set:
         "results/mixtures/{run}.parquet",
     log:
         "logs/mix_training_set/{run}.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
@@ -33,6 +35,8 @@ rule mix_prefix_set:
         "results/prefixes/{prefix}/mixture.parquet",
     log:
         "logs/mix_prefix_set/{prefix}.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")

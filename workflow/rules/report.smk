@@ -9,6 +9,8 @@ rule aggregate_metrics:
         ),
     log:
         "logs/aggregate_metrics.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
@@ -32,6 +34,8 @@ rule compare_schemes:
         ),
     log:
         "logs/compare_schemes.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
@@ -64,6 +68,8 @@ rule make_tables:
         ),
     log:
         "logs/make_tables.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
@@ -89,6 +95,8 @@ rule make_figures:
         ),
     log:
         "logs/make_figures.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
@@ -99,3 +107,29 @@ rule make_figures:
         code=code_version("figures"),
     shell:
         "python -m lalm_slu figures --metrics {input:q} --out-dir {output:q} > {log:q} 2>&1"
+
+
+# The cost plan of a GPU grid (`lalm-slu plan`): every GPU job's GPUs, time and GPU-hours, as the jobs ask them.
+rule plan_gpu_hours:
+    output:
+        figure=report(
+            "results/plan/gpu_hours.png",
+            caption="../report/plan.rst",
+            category="Cost plan",
+        ),
+        plan="results/plan/plan.json",
+    log:
+        "logs/plan_gpu_hours.log",
+    localrule: True
+    conda:
+        "../../envs/lalm-slu.yaml"
+    threads: resource("light", "threads")
+    resources:
+        mem_mb=resource("light", "mem_mb"),
+        runtime=resource("light", "runtime"),
+    params:
+        config=config_json,
+        code=code_version("plan"),
+    shell:
+        "python -m lalm_slu plan --config-data {params.config:q} --out {output.plan:q} --figure {output.figure:q}"
+        " > {log:q} 2>&1"

@@ -6,6 +6,8 @@ rule score_predictions:
         "results/runs/{run}/metrics/{testset}.{modality}.json",
     log:
         "logs/score_predictions/{run}/{testset}.{modality}.log",
+    # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
+    localrule: True
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")

@@ -14,11 +14,16 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
+from lalm_slu.commands.plan import read_config
+from lalm_slu.cost_plan import PlanError, read_plan_config
+from lalm_slu.memory_plan import memory_table, scheme_modules, training_shape
 
-from lalm_slu.memory_plan import memory_table, model_config_json, read_architecture, scheme_modules, training_shape
 
-BASE_CONFIG = Path("config.yaml")
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,35 +34,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trainable-modules", nargs="+", help="default: every set the config's grid trains")
     parser.add_argument("--precision", choices=["fp32", "bf16", "auto"])
     parser.add_argument(
-        "--gpus", nargs="+", type=int, help="one column per GPU count (default: resources.finetune.gpu)"
+        "--gpus", nargs="+", type=positive, help="one column per GPU count (default: resources.finetune.gpu)"
     )
     parser.add_argument("--gpu-memory-gb", type=float, help="default: resources.finetune.gpu_memory_gb")
-    parser.add_argument("--per-device-batch-size", type=int)
-    parser.add_argument("--sequence-tokens", type=int)
+    parser.add_argument("--per-device-batch-size", type=positive)
+    parser.add_argument("--sequence-tokens", type=positive)
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction)
     parser.add_argument("--freeze-token-embeddings", action=argparse.BooleanOptionalAction)
 
 
-def merged(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def read_config(configfiles: list[Path]) -> dict:
-    config: dict = {}
-    for path in ([BASE_CONFIG] if BASE_CONFIG.is_file() else []) + configfiles:
-        config = merged(config, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    return config
-
-
 def run(args: argparse.Namespace) -> int:
-    config = read_config(args.configfile)
-    config_json = args.config_json or (model_config_json(config["model"]) if "model" in config else None)
-    if config_json is None:
-        raise SystemExit("plan-memory: no model shape: give --config-json, or a config with model.architecture")
-    arch = read_architecture(config_json)
+    try:
+        config = read_config(args.configfile)
+        if args.config_json:
+            config = {**config, "model": {"path": "", "architecture": str(args.config_json)}}
+        arch, config_json = read_plan_config(config)
+    except PlanError as error:
+        raise SystemExit(f"lalm-slu plan-memory: error: {error}") from None
     if args.trainable_modules:
         module_sets = {tuple(args.trainable_modules): ["--trainable-modules"]}
     else:
