@@ -19,9 +19,19 @@ PAPER = Path("workflow/configs/paper.yaml")
 ARCHITECTURE = REPO / "workflow/architectures/Qwen2-Audio-7B-Instruct.json"
 
 
+def in_clean_checkout(monkeypatch, tmp_path) -> None:
+    """Work in a checkout without results/: the plan counts items from manifests where they exist, and a
+    developer's demo manifests (results/manifests/...) would stand in for the paper's corpora."""
+    clean = tmp_path / "checkout"
+    clean.mkdir()
+    for name in ("workflow", "config.yaml"):
+        (clean / name).symlink_to(REPO / name)
+    monkeypatch.chdir(clean)
+
+
 @pytest.fixture
-def paper(monkeypatch):
-    monkeypatch.chdir(REPO)
+def paper(monkeypatch, tmp_path):
+    in_clean_checkout(monkeypatch, tmp_path)
     return read_config([PAPER])
 
 
@@ -95,7 +105,7 @@ def test_bad_configs_stop_the_plan_naming_the_file_or_key(paper, tmp_path, layer
 
 
 def test_an_architecture_file_that_is_not_json_is_named(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
+    in_clean_checkout(monkeypatch, tmp_path)
     broken = tmp_path / "arch.json"
     broken.write_text("{not json")
     layer = tmp_path / "layer.yaml"
