@@ -123,7 +123,8 @@ def test_precomputed_frames_are_refused_when_the_scheme_trains_the_audio_path(ti
     settings = make_settings(tiny_assets.model_dir, [(1, 1, 2e-3, 0.0)], trainable=[audio_part, *LLM_ONLY])
     with pytest.raises(ValueError, match=f"trains \\['{audio_part.split('.')[0]}'\\]: its frames change"):
         finetune(mixture, settings, tmp_path / "out", tmp_path / "work", [str(frames_file[0])])
-    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+    # Refused before training: no checkpoint, only the run's lock file.
+    assert not (tmp_path / "work").exists() or [p.name for p in (tmp_path / "work").iterdir()] == ["lock"]
 
 
 def test_decoding_from_precomputed_frames_gives_the_encoded_predictions(tiny_assets, frames_file, tmp_path,  # noqa: F811
