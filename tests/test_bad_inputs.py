@@ -7,6 +7,7 @@ before is lost. docs/RELIABILITY.md lists the classes and points here.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import http.client
@@ -1121,10 +1122,17 @@ class ToyWorkflow:
         process = subprocess.Popen(self.command(), cwd=self.root, env=subprocess_env(), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + 120
-        while not (self.root / "started").exists():
+        while not ((self.root / "started").exists() and self.copies_recorded()):
             assert process.poll() is None and time.monotonic() < deadline, "the first run never reached its last jobs"
             time.sleep(0.1)
         return process
+
+    def copies_recorded(self) -> bool:
+        """Both copy jobs finished as Snakemake sees it (their metadata written): one chain's last job can start
+        while the other's copy still runs, on a loaded machine."""
+        metadata = self.root / ".snakemake/metadata"
+        names = {base64.urlsafe_b64decode(p.name).decode() for p in metadata.iterdir()} if metadata.is_dir() else set()
+        return {"results/x.copy", "results/y.copy"} <= names
 
     def release(self) -> None:
         (self.root / "release").touch()

@@ -69,7 +69,7 @@ def make_settings(model_dir, phases, trainable=LLM_ONLY, lora=None, **training) 
         "model": model,
         "training": {**defaults, **training},
         "scheme": {
-            "name": "test",
+            "name": "direct_mixing",  # a configured scheme: the finetune command checks its settings
             "trainable_modules": trainable,
             "phases": [dict(zip(("phase", "epochs", "learning_rate", "warmup_ratio"), p)) for p in phases],
         },
@@ -489,7 +489,7 @@ def test_a_mixture_whose_phases_are_not_the_schemes_is_refused_before_training(t
     rows = [(i, "text", 1) for i in IDS] + [(i, "speech", 2) for i in IDS[:4]]  # a curriculum mixture
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, rows)
     settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)])  # one phase, as direct mixing
-    with pytest.raises(DataError, match=rf"{mixture}: the mixture has phases \[1, 2\], scheme 'test' trains "
+    with pytest.raises(DataError, match=rf"{mixture}: the mixture has phases \[1, 2\], scheme 'direct_mixing' trains "
                                         r"phases \[1\]"):
         finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
 
@@ -720,11 +720,12 @@ def test_two_gloo_processes_take_the_same_steps_as_one_with_the_same_global_batc
     pd.testing.assert_frame_equal(
         one[["step", "text_items", "speech_items", "lr"]], two[["step", "text_items", "speech_items", "lr"]]
     )
-    # Same items and gradient per step; only the order of float sums differs (gloo all-reduce vs accumulation):
-    # measured max difference 2.3e-6 after 6 steps. Updating untouched parameters with zero gradients gave 4e-3.
+    # Same items and gradient per step; only the order of float sums differs (gloo all-reduce vs accumulation, each
+    # micro-batch's summed loss divided by the step's tokens): measured max difference 1.1e-5 after 6 steps.
+    # Updating untouched parameters with zero gradients gave 4e-3.
     expected, actual = weights(tmp_path / "single"), weights(tmp_path / "ddp")
     for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-5)
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=5e-5)
     assert max((expected[n] - weights(tiny_assets.model_dir)[n]).abs().max() for n in expected) > 1e-3
 
 
