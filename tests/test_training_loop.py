@@ -155,6 +155,14 @@ def damage_and_resume(group, tmp_path, damage):
     return checkpoint, new_loop(group, tmp_path, every=1)
 
 
+def test_snakemakes_marker_in_a_finished_directory_output_does_not_set_the_checkpoint_aside(group, tmp_path):
+    # A prefix's checkpoint is a Snakemake directory() output: Snakemake adds its timestamp file once the job ends.
+    checkpoint, loop = damage_and_resume(group, tmp_path, lambda c: (c / ".snakemake_timestamp").touch())
+    assert loop.resume()
+    assert loop.position["global_step"] == 2
+    assert checkpoints(tmp_path) == ["step-00000002"]
+
+
 def test_a_shard_changed_without_changing_size_fails_its_load_naming_the_checkpoint(group, tmp_path):
     def flip_a_byte(checkpoint):
         shard = checkpoint / "__0_0.distcp"

@@ -57,6 +57,8 @@ from torch.distributed.tensor import DTensor
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# Snakemake marks a finished directory output (a prefix's checkpoint) with this file; it is not checkpoint data.
+SNAKEMAKE_MARKER = ".snakemake_timestamp"
 STATE = "state.json"
 LOCK = "lock"
 # Rank 0's file work while the others wait (15.5 GB of final weights, a 93 GB checkpoint moved to another
@@ -367,7 +369,7 @@ def _manifest_problem(path: Path, fingerprint: str | None) -> str | None:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         files = manifest["files"]
-        present = {p.name for p in path.iterdir()} - {MANIFEST}
+        present = {p.name for p in path.iterdir()} - {MANIFEST, SNAKEMAKE_MARKER}
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"no readable {MANIFEST} ({error})"
     if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
