@@ -96,3 +96,14 @@ def test_predictions_already_keyed_by_recording_or_for_another_test_set_are_refu
         assert main(["export-slurp", "--gold", str(gold), "--pred", str(pred), "--out", str(tmp_path / "x")]) == 1
         assert message in capsys.readouterr().err
         assert not (tmp_path / "x").exists()
+
+
+def test_a_recording_listed_under_two_utterances_is_refused_naming_both(tmp_path, predictions, capsys):
+    # SLURP read with `recording: all` keeps one utterance per recording, each listing all recordings.
+    gold = write_manifest([
+        utterance("101#0", "wake me up at six am", "alarm", "set", TIME, ["a-headset.flac", "a.flac"]),
+        utterance("101#1", "wake me up at six am", "alarm", "set", TIME, ["a-headset.flac", "a.flac"]),
+    ], tmp_path / "all.parquet")
+    pred = write_jsonl(tmp_path / "p.jsonl", [our_prediction_line("101#0", format_target("alarm", "set", TIME))])
+    assert main(["export-slurp", "--gold", str(gold), "--pred", str(pred), "--out", str(tmp_path / "x")]) == 1
+    assert "'a-headset.flac' belongs to utterances '101#0' and '101#1'" in capsys.readouterr().err

@@ -34,11 +34,15 @@ def export_lines(gold_path: Path, predictions_path: Path) -> list[dict]:
     if predictions.key_kind == "recording":
         raise DataError("already keyed by recording file (SLURP's format)", predictions_path)
     matched_examples(gold, predictions)  # the scorer's checks: predictions exist, and for this gold
-    return [
-        slurp_prediction_line(file, predictions.by_key.get(utterance.key))
-        for utterance in gold
-        for file in utterance.recording_keys()
-    ]
+    lines, written = [], {}
+    for utterance in gold:
+        for file in utterance.recording_keys():
+            if file in written:  # SLURP's scorer would keep one of them silently
+                raise DataError(f"recording {file!r} belongs to utterances {written[file]!r} and {utterance.key!r}; "
+                                "SLURP's format has one line per recording", gold_path)
+            written[file] = utterance.key
+            lines.append(slurp_prediction_line(file, predictions.by_key.get(utterance.key)))
+    return lines
 
 
 def run(args) -> int:
