@@ -109,9 +109,9 @@ def render(grid: GridJobs) -> str:
         lines.append(f"| {scheme} | {grid.trained[scheme]:,} | {grid.decoded[scheme]:,} |")
     lines.append(f"| total | {sum(grid.trained.values()):,} | {sum(grid.decoded.values()):,} |")
     lines += ["", f"{total:,} jobs over {len(grid.trained)} schemes; {submitted:,} are submitted to Slurm, of them "
-              f"{on_gpus:,} on GPUs; the other {total - submitted:,} run on the login node. A run trained but not scored "
-              "is the text-only phase 1 that behaviour imitation and MTBI start from where the grid has no text-only "
-              "run of the same data (cross-lingual)."]
+              f"{on_gpus:,} on GPUs; the other {total - submitted:,} run on the login node. A run trained but not "
+              "scored is the text-only phase 1 that behaviour imitation and MTBI start from where the grid has no "
+              "text-only run of the same data (cross-lingual)."]
     return "\n".join(lines)
 
 
