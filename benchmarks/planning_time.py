@@ -67,20 +67,16 @@ def scratch_workflow(directory: Path, configfile: Path = PAPER_CONFIG) -> Path:
 def dry_run(configfile: Path = PAPER_CONFIG, cwd: Path = REPO) -> tuple[dict[str, int], float]:
     """Plan every job of the grid once in `cwd` (forced: existing results do not shrink the plan);
     return ({rule: jobs}, wall seconds)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--dry-run",
-        "--forceall",
-        "--cores",
-        "1",
-        "--configfile",
-        str(configfile),
-        "--quiet",
-        "rules",
-        "host",
-    ]
+    output, seconds = dry_run_output(configfile, cwd)
+    return parse_job_stats(output), seconds
+
+
+def dry_run_output(configfile: Path = PAPER_CONFIG, cwd: Path = REPO, quiet: bool = True) -> tuple[str, float]:
+    """The forced dry run's printed output (only the job stats when `quiet`, else every job too) and its wall
+    seconds."""
+    cmd = [sys.executable, "-m", "snakemake", "--dry-run", "--forceall", "--cores", "1", "--configfile", str(configfile)]
+    if quiet:
+        cmd += ["--quiet", "rules", "host"]
     # Planning must not touch the network: the hub libraries read only their cache, if at all.
     env = dict(
         os.environ,
@@ -93,7 +89,7 @@ def dry_run(configfile: Path = PAPER_CONFIG, cwd: Path = REPO) -> tuple[dict[str
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise DryRunError(f"{' '.join(cmd)} exited {result.returncode}:\n{(result.stdout + result.stderr)[-3000:]}")
-    return parse_job_stats(result.stdout + result.stderr), seconds
+    return result.stdout + result.stderr, seconds
 
 
 def snakemake_version() -> str:

@@ -31,6 +31,7 @@ COMMANDS = {
     "decode": ("lalm_slu.commands.decode", "batched decoding of a test set"),
     "transcribe-test-set": ("lalm_slu.commands.transcribe_test_set", "base-model transcripts for the cascade"),
     "score": ("lalm_slu.commands.score", "SLURP metrics for predictions against gold"),
+    "export-slurp": ("lalm_slu.commands.export_slurp", "a run's predictions in SLURP's format, for its own scorer"),
     "aggregate": ("lalm_slu.commands.aggregate", "collect run metrics into one long CSV"),
     "tables": ("lalm_slu.commands.tables", "paper tables from the metrics CSV"),
     "figures": ("lalm_slu.commands.figures", "paper figures from the metrics CSV"),

@@ -2,7 +2,8 @@
 
 Gold: our manifest (.parquet) or a SLURP release file (.jsonl). Predictions (.jsonl), one object a line:
 ours (`id`, `raw`, `scenario`, `action`, `entities`, `parsed`) or SLURP's (`file` = a recording, or
-`slurp_id` for gold-transcript predictions, with `scenario`, `action`, `entities`).
+`slurp_id` for gold-transcript predictions, with `scenario`, `action`, `entities`), the format of SLURP's
+`scripts/evaluation/evaluate.py`, which `lalm-slu export-slurp` writes with `slurp_prediction_line`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class GoldUtterance:
     key: str
     labels: LabelledExample
     recordings: tuple[str, ...] = ()
+
+    def recording_keys(self) -> tuple[str, ...]:
+        """Its recordings' file names; an utterance without recordings (synthesized speech) is its own id."""
+        return self.recordings or (self.key,)
 
 
 @dataclass
@@ -192,6 +197,16 @@ def _prediction_from_line(obj) -> tuple[str, str, LabelledExample, bool]:
     return key, _KEY_FIELDS[key_field], LabelledExample.from_entities(obj["scenario"], obj["action"], entities), parsed
 
 
+def slurp_prediction_line(file: str, labels: LabelledExample | None) -> dict:
+    """One line of SLURP's prediction format, read back by `_prediction_from_line`. No labels (a missing or
+    unreadable prediction) give null scenario and action: SLURP's scorer skips a recording without a line,
+    but scores this one as wrong, as ours does."""
+    if labels is None:
+        labels = LabelledExample(None, None)
+    entities = [{"type": entity_type, "filler": filler} for entity_type, filler in labels.entities]
+    return {"file": file, "scenario": labels.scenario, "action": labels.action, "entities": entities}
+
+
 def _json_lines(path: Path, on_bad_line: str = "error", tally: PredictionFile | None = None):
     """(line number, object) for every non-blank line; bad JSON is an error or (with "count") tallied."""
     counting = on_bad_line == "count" and tally is not None
@@ -253,12 +268,7 @@ def matched_examples(
         raise DataError("predictions keyed by recording file need --granularity recording", predictions.path)
     pairs, gold_keys = [], set()
     for utterance in gold:
-        if granularity == "utterance":
-            examples = [utterance.key]
-        elif not utterance.recordings:
-            raise DataError(f"utterance {utterance.key!r} has no recordings to score per recording")
-        else:
-            examples = list(utterance.recordings)
+        examples = [utterance.key] if granularity == "utterance" else utterance.recording_keys()
         for example_key in examples:
             lookup = example_key if predictions.key_kind == "recording" else utterance.key
             gold_keys.add(lookup)
