@@ -45,3 +45,16 @@ rule all:
     input:
         all_targets(),
     localrule: True
+
+
+# A target that is neither a rule nor a file a rule makes stops planning with the likely rule name.
+rule explain_target:
+    input:
+        unknown_target,
+    output:
+        "{target}",
+    log:
+        "logs/explain_target/{target}.log",
+    wildcard_constraints:
+        target=r"[A-Za-z_]\w*",
+    localrule: True

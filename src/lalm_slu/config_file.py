@@ -31,8 +31,8 @@ def validate_config(config: dict, schema: str) -> None:
     try:
         validate(config, schema)
     except WorkflowError as error:
-        cause = next((arg for arg in error.args if isinstance(arg, jsonschema.ValidationError)), None)
-        if cause is None:
+        cause = error.__context__  # snakemake.utils.validate raises while handling jsonschema's error
+        if not isinstance(cause, jsonschema.ValidationError):
             raise
         raise WorkflowError(schema_error_message(cause)) from None
 

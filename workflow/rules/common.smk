@@ -2,6 +2,7 @@
 # that adapt a job's wildcards to lalm_slu.workflow_paths (files) and lalm_slu.job_arguments (settings, arguments).
 # Plain Python only: nothing heavy is imported, only the package's plain-Python modules.
 
+import difflib
 import json
 import re
 import shlex
@@ -35,7 +36,9 @@ def interpreter_bin():
     bin_dir = Path(sys.executable).parent
     python = bin_dir / "python"
     try:
-        probe = subprocess.run([str(python), "-c", INTERPRETER_PROBE], capture_output=True, text=True)
+        probe = subprocess.run(
+            [str(python), "-c", INTERPRETER_PROBE], capture_output=True, text=True
+        )
         prefix, found = probe.stdout.splitlines()
     except (OSError, ValueError):
         prefix, found = None, None
@@ -178,6 +181,30 @@ def all_targets():
         ["results/metrics.csv", "results/tables", "results/figures", *plan]
         if RUNS
         else []
+    )
+
+
+def unknown_target(wildcards):
+    """Input of a bare-word target that nothing else makes: none for a file already there, else a typo."""
+    if Path(wildcards.target).exists():
+        return []
+    close = difflib.get_close_matches(
+        wildcards.target, [rule.name for rule in workflow.rules], n=1
+    )
+    hint = (
+        f"; did you mean {close[0]}?"
+        if close
+        else " (`snakemake --list-rules` lists the rules)"
+    )
+    raise WorkflowError(f"no rule or file {wildcards.target}{hint}")
+
+
+def missing_model(wildcards):
+    """Input of the model when model.path is missing and model.hub_id is null: nothing can make it."""
+    raise WorkflowError(
+        f"config model.path: {config['model']['path']} does not exist, and model.hub_id is null, so nothing "
+        "downloads it. Set model.hub_id to the model's Hub repository (the download_model rule then fetches "
+        "it into model.path), or model.path to the model's folder."
     )
 
 
