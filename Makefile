@@ -23,7 +23,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 ## Run the embedded demo grid end to end (data -> speech -> budgets -> mixtures -> fine-tune -> decode -> score -> tables, figures, report).
-## It writes only results/ and logs/. Its wall time (after install) is appended to logs/demo_wall_time.log;
+## It changes no tracked file. Its wall time (after install) is appended to logs/demo_wall_time.log;
 ## benchmarks/demo_stages.py splits it by stage.
 demo: $(STAMP)
 	mkdir -p logs
