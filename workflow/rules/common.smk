@@ -188,9 +188,8 @@ def unknown_target(wildcards):
     """Input of a bare-word target that nothing else makes: none for a file already there, else a typo."""
     if Path(wildcards.target).exists():
         return []
-    close = difflib.get_close_matches(
-        wildcards.target, [rule.name for rule in workflow.rules], n=1
-    )
+    names = [rule.name for rule in workflow.rules if rule.name != "explain_target"]
+    close = difflib.get_close_matches(wildcards.target, names, n=1)
     hint = (
         f"; did you mean {close[0]}?"
         if close
