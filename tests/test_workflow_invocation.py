@@ -82,6 +82,15 @@ def test_snakemake_whose_jobs_would_not_find_the_package_stops_before_planning(t
     assert "Building DAG of jobs" not in result.output
 
 
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="builds a venv beside the one running the tests")
+def test_under_sdm_conda_jobs_are_left_to_each_rules_environment(tmp_path):
+    copy = project_copy(tmp_path / "project")
+    python = fake_environment(tmp_path / "env", package=True)  # no `python` beside it: fine, jobs use conda's
+    result = run(copy, [str(python), "-m", "snakemake", MANIFEST, "--dry-run", "--sdm", "conda"], SYSTEM_PATH)
+    assert "is missing or another interpreter" not in result.output
+    assert "Building DAG of jobs" in result.output
+
+
 def test_default_profile_agrees_with_the_slurm_profile_on_every_key_they_share():
     # Snakemake reads profiles/default after `--profile workflow/profiles/slurm`, and the later profile wins.
     default = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
