@@ -2,14 +2,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CORES ?= 2
+# Every core of this machine; `make demo CORES=2` for fewer.
+CORES ?= $(shell nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)
 STAMP := $(VENV)/.installed
-# The table the README shows after `make demo`.
+# What `make readme` shows from a finished demo run.
 DEMO_TABLE ?= results/tables/slurp-en.slurp-en.md
-# Workflow rules call `python -m lalm_slu`: make that the venv's python.
-export PATH := $(abspath $(BIN)):$(PATH)
+DEMO_FIGURE := results/figures/budget_curves.png
+DEMO_FINDINGS := results/tables/findings.md
 
-.PHONY: setup demo test test-fast browser lint report clean-results
+.PHONY: setup demo readme test test-fast browser lint report clean-results
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,18 +23,24 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 ## Run the embedded demo grid end to end (data -> speech -> budgets -> mixtures -> fine-tune -> decode -> score -> tables, figures, report).
-## Its wall time (after install) is appended to logs/demo_wall_time.log; benchmarks/demo_stages.py splits it by stage.
+## It changes no tracked file. Its wall time (after install) is appended to logs/demo_wall_time.log;
+## benchmarks/demo_stages.py splits it by stage.
 demo: $(STAMP)
 	mkdir -p logs
 	@start=$$(date +%s); status=0; \
-	$(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local \
-	&& $(BIN)/snakemake --cores 1 --profile workflow/profiles/local --report results/report.html \
-	&& $(BIN)/lalm-slu update-readme --table $(DEMO_TABLE) --figure results/figures/budget_curves.png \
-		--findings results/tables/findings.md \
+	$(BIN)/snakemake --cores $(CORES) \
+	&& $(BIN)/snakemake --cores 1 --report results/report.html \
 	|| status=$$?; \
 	echo "$$(date -u +%Y-%m-%dT%H:%M:%SZ) make demo: $$(( $$(date +%s) - start )) s wall, exit $$status," \
 		"$(CORES) cores, commit $$(git rev-parse --short HEAD 2>/dev/null || echo none)" | tee -a logs/demo_wall_time.log; \
 	exit $$status
+
+## Show a finished demo's table, findings and figure in README.md (and docs/demo/, both tracked).
+readme: $(STAMP)
+	@for file in $(DEMO_TABLE) $(DEMO_FIGURE) $(DEMO_FINDINGS); do \
+		test -f $$file || { echo "make readme: $$file is missing; run \`make demo\` first" >&2; exit 1; }; \
+	done
+	$(BIN)/lalm-slu update-readme --table $(DEMO_TABLE) --figure $(DEMO_FIGURE) --findings $(DEMO_FINDINGS)
 
 ## Unit tests plus the slow end-to-end tests (the whole suite, as CI runs it).
 test: $(STAMP) browser

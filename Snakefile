@@ -1,9 +1,16 @@
 # lalm-slu: fine-tuning an audio LLM for spoken language understanding with scarce
 # speech data. The DAG is described in docs/ARCHITECTURE.md.
 
-from snakemake.utils import min_version, validate
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version
 
 min_version("9.0")
+
+# Planning uses this checkout's package (plain-Python modules only), whatever is installed.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from lalm_slu.config_file import validate_config
 
 
 # The demo model's recipe first: config.yaml and --configfile override it key by key.
@@ -11,7 +18,8 @@ configfile: "workflow/configs/demo_model.yaml"
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# A bad key or value stops here, before any job, naming the key and why.
+validate_config(config, "workflow/schemas/config.schema.yaml")
 
 
 report: "workflow/report/workflow.rst"
@@ -36,4 +44,17 @@ rule all:
     default_target: True
     input:
         all_targets(),
+    localrule: True
+
+
+# A target that is neither a rule nor a file a rule makes stops planning with the likely rule name.
+rule explain_target:
+    input:
+        unknown_target,
+    output:
+        "{target}",
+    log:
+        "logs/explain_target/{target}.log",
+    wildcard_constraints:
+        target=r"[A-Za-z_]\w*",
     localrule: True

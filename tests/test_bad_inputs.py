@@ -1109,7 +1109,7 @@ class ToyWorkflow:
         (root / "data/y.txt").write_bytes(b"y" * 2_000_000 + b"\n")
 
     def command(self, *args: str) -> list[str]:
-        return [str(BIN / "snakemake"), "--profile", str(REPO / "workflow/profiles/local"), *args]
+        return [str(BIN / "snakemake"), "--profile", str(REPO / "profiles/default"), *args]
 
     def snakemake(self, *args: str) -> subprocess.CompletedProcess:
         result = subprocess.run(self.command(*args), cwd=self.root, env=subprocess_env(), capture_output=True,

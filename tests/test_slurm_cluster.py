@@ -34,8 +34,9 @@ TOY_RULES = ("prepare_data", "train_model", "summarize")
 # Upper bounds: on an idle 2-core machine the toy workflow takes under a minute, the smoke run minutes.
 WORKFLOW_TIMEOUT_S = 900
 SMOKE_CONFIG = "workflow/configs/smoke.yaml"
-# What a run of the project needs: the workflow, the package, the vendored data and the shipped model.
-PROJECT_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "src", "data", "models")
+# What a run of the project needs: the workflow and its default profile, the package, the vendored data and the
+# shipped model.
+PROJECT_FILES = ("Snakefile", "config.yaml", "profiles", "workflow", "envs", "src", "data", "models")
 SMOKE_TIMEOUT_S = 1200
 
 
@@ -215,7 +216,7 @@ def test_cancelled_training_job_is_resubmitted_and_resumes_from_its_checkpoint(s
 def test_smoke_run_through_slurm_matches_a_local_run(slurm_cluster, tmp_path):
     targets = smoke_run_targets()
     local = copy_project(tmp_path / "local")
-    run_project(local, project_env(local, slurm_cluster), targets, REPO / "workflow" / "profiles" / "local")
+    run_project(local, project_env(local, slurm_cluster), targets)  # the default profile
     on_slurm = copy_project(tmp_path / "slurm")
 
     run_project(on_slurm, project_env(on_slurm, slurm_cluster), targets, USER_PROFILE, TEST_PROFILE)
@@ -278,8 +279,7 @@ def test_cancelled_two_process_fine_tuning_resumes_from_its_sharded_checkpoint_t
         (projects[name] / "two_processes.yaml").write_text(yaml.safe_dump(TWO_PROCESSES))
     configs = [SMOKE_CONFIG, "two_processes.yaml"]
     local = projects["local"]
-    process = run_snakemake(local, project_env(local, slurm_cluster), target, configs,
-                            REPO / "workflow" / "profiles" / "local")
+    process = run_snakemake(local, project_env(local, slurm_cluster), target, configs)  # the default profile
     assert process.wait(timeout=SMOKE_TIMEOUT_S) == 0, tail(local / "snakemake.log")
 
     on_slurm = projects["slurm"]

@@ -2,18 +2,20 @@
 # that adapt a job's wildcards to lalm_slu.workflow_paths (files) and lalm_slu.job_arguments (settings, arguments).
 # Plain Python only: nothing heavy is imported, only the package's plain-Python modules.
 
+import difflib
 import json
 import re
+import shlex
+import subprocess
 import sys
 from functools import partial
 from operator import attrgetter
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 
-PACKAGE_SRC = Path(workflow.basedir) / "src"
-# Planning uses this checkout's package (plain-Python modules only), whatever is installed.
-sys.path.insert(0, str(PACKAGE_SRC))
+PACKAGE_SRC = Path(workflow.basedir) / "src"  # on sys.path since the Snakefile
 from lalm_slu.code_version import code_version as package_code_version
 from lalm_slu.speech.voice_table import read_voice_table
 from lalm_slu import job_arguments as arguments
@@ -21,6 +23,47 @@ from lalm_slu import workflow_paths as paths
 from lalm_slu.config_checks import ConfigError, check_config
 from lalm_slu.grid import expand_grid, expand_prefixes
 from lalm_slu.schemes import IMITATION_SCHEMES
+
+# ---------------------------------------------------------------- the jobs' interpreter
+
+# Asks a `python` what a job's `python -m lalm_slu` would see: its environment and whether it finds the package.
+INTERPRETER_PROBE = "import importlib.util, sys; print(sys.prefix); print(bool(importlib.util.find_spec('lalm_slu')))"
+
+
+def interpreter_bin():
+    """The folder of the interpreter running Snakemake (a venv's or conda env's bin, with python, torchrun and
+    lalm-slu), checked to hold that interpreter and to find this package."""
+    bin_dir = Path(sys.executable).parent
+    python = bin_dir / "python"
+    try:
+        probe = subprocess.run(
+            [str(python), "-c", INTERPRETER_PROBE], capture_output=True, text=True
+        )
+        prefix, found = probe.stdout.splitlines()
+    except (OSError, ValueError):
+        prefix, found = None, None
+    if prefix != sys.prefix:
+        raise WorkflowError(
+            f"Jobs run the `python` beside the interpreter running Snakemake ({sys.executable}), but {python} "
+            "is missing or another interpreter. Run Snakemake from the project's environment: `make setup`, "
+            "then `.venv/bin/snakemake` (README, Install)."
+        )
+    if found != "True":
+        raise WorkflowError(
+            f"The interpreter running Snakemake ({sys.executable}) cannot import lalm_slu, which every job runs. "
+            "Run Snakemake from the project's environment: `make setup`, then `.venv/bin/snakemake` (README, "
+            "Install); or `pip install -e .` into this one."
+        )
+    return bin_dir
+
+
+# Rules call `python -m lalm_slu` and `torchrun`: the interpreter that runs Snakemake (`make`, .venv/bin/snakemake,
+# an activated environment, a Slurm job step) runs them too, whatever PATH says. Prefixing the shell, not editing
+# each command, keeps the commands' text, which Snakemake's `code` rerun trigger compares. Under `--sdm conda`
+# each rule's own environment provides python.
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    jobs_bin = shlex.quote(str(interpreter_bin())).replace("{", "{{").replace("}", "}}")
+    shell.prefix(f'set -euo pipefail; export PATH={jobs_bin}:"$PATH"; ')
 
 VOICE_SCHEMA = str(Path(workflow.basedir) / "workflow/schemas/voices.schema.yaml")
 
@@ -138,6 +181,29 @@ def all_targets():
         ["results/metrics.csv", "results/tables", "results/figures", *plan]
         if RUNS
         else []
+    )
+
+
+def unknown_target(wildcards):
+    """Input of a bare-word target that nothing else makes: none for a file already there, else a typo."""
+    if Path(wildcards.target).exists():
+        return []
+    names = [rule.name for rule in workflow.rules if rule.name != "explain_target"]
+    close = difflib.get_close_matches(wildcards.target, names, n=1)
+    hint = (
+        f"; did you mean {close[0]}?"
+        if close
+        else " (`snakemake --list-rules` lists the rules)"
+    )
+    raise WorkflowError(f"no rule or file {wildcards.target}{hint}")
+
+
+def missing_model(wildcards):
+    """Input of the model when model.path is missing and model.hub_id is null: nothing can make it."""
+    raise WorkflowError(
+        f"config model.path: {config['model']['path']} does not exist, and model.hub_id is null, so nothing "
+        "downloads it. Set model.hub_id to the model's Hub repository (the download_model rule then fetches "
+        "it into model.path), or model.path to the model's folder."
     )
 
 

@@ -26,7 +26,7 @@ rule build_demo_model:
     benchmark:
         "results/benchmarks/build_demo_model.tsv"
     conda:
-        "../../envs/lalm-slu.yaml"
+        "../../envs/demo-model.yaml"
     threads: resource("build_demo_model", "threads")
     resources:
         mem_mb=resource("build_demo_model", "mem_mb"),
