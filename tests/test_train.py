@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny_model import (  # noqa: F401 - tiny_assets: session fixture
     INSTRUCTION,
     checkpoint_step,
@@ -659,6 +661,8 @@ def test_rerun_after_sigkill_ends_with_the_uninterrupted_weights(
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "reference" / "loss.csv"), pd.read_csv(tmp_path / "out" / "loss.csv")
     )
+    # The live file lost the steps past the checkpoint it resumed from, and no more.
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "work" / "loss.csv"), pd.read_csv(tmp_path / "out" / "loss.csv"))
 
 
 @pytest.mark.slow
@@ -797,3 +801,23 @@ def test_a_checkpoint_written_under_another_checkpoint_interval_or_worker_count_
                                checkpoint_every_minutes=30, data_workers=2, time_limit_margin_minutes=5))
     assert train.fingerprint(mixture, first) != train.fingerprint(
         mixture, make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1, seed=1))
+
+
+def test_a_run_logs_its_steps_and_its_model_holds_the_live_loss_csv_and_tensorboard_events(
+    tiny_assets, tmp_path, caplog  # noqa: F811
+):
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
+    # 12 items, 4 per step, 2 epochs: 6 steps.
+    settings = make_settings(tiny_assets.model_dir, [(1, 2, 1e-3, 0.0)], log_every_steps=2)
+    with caplog.at_level(logging.INFO, logger="lalm_slu.training_metrics"):
+        finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
+    lines = [r.getMessage() for r in caplog.records if r.name == "lalm_slu.training_metrics"]
+    assert [line.split()[:5] for line in lines] == [["step", f"{s}/6", "phase", "1", "epoch"] for s in (2, 4, 6)]
+    assert all(re.search(r"answer tokens/s \d+ ETA", line) for line in lines)
+    final = pd.read_csv(tmp_path / "out" / "loss.csv")
+    assert final.columns.tolist() == ["step", "phase", "epoch", "loss", "answer_tokens", "text_items",
+                                      "speech_items", "lr", "grad_norm"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "work" / "loss.csv"), final)
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+    events.Reload()
+    assert [s.value for s in events.Scalars("train/loss")] == final["loss"].astype(np.float32).tolist()

@@ -128,6 +128,7 @@ class TrainingSettings(SchemaView):
     max_grad_norm: float
     gradient_checkpointing: bool
     checkpoint_every_steps: int
+    log_every_steps: int
     checkpoint_every_minutes: float | None
     keep_checkpoint: bool
     time_limit_margin_minutes: float

@@ -50,6 +50,7 @@ from lalm_slu.stages import STAGES
 from lalm_slu.trainable import count_parameters, set_trainable, top_level
 from lalm_slu.training_data import MicroBatch, StepLoader, load_items, micro_batches, sequence_lengths
 from lalm_slu.training_loop import Segment, TrainingLoop, slurm_time_left_s, warmup_steps
+from lalm_slu.training_metrics import LOSS_CSV, TENSORBOARD, TrainingMetrics
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def model_identity(name_or_path: str) -> str:
 
 # Training settings that change how a job runs, not what it computes: a checkpoint written under other values
 # is resumed (a resubmitted job may checkpoint more often, or take more workers).
-HOW_IT_RUNS = ("checkpoint_every_steps", "checkpoint_every_minutes", "time_limit_margin_minutes",
+HOW_IT_RUNS = ("checkpoint_every_steps", "log_every_steps", "checkpoint_every_minutes", "time_limit_margin_minutes",
                "collective_timeout_minutes", "data_workers", "keep_checkpoint")
 
 
@@ -337,7 +338,8 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
                         checkpoint_every=training.checkpoint_every_steps,
                         made_for=prefix_identity(mixture_path, settings, len(phases)),
                         checkpoint_every_minutes=training.checkpoint_every_minutes,
-                        stop_at=stop_before_time_limit(training))
+                        stop_at=stop_before_time_limit(training),
+                        metrics=TrainingMetrics(work_dir, training.log_every_steps, group.is_main))
     if not loop.resume() and start_from is not None:
         with STAGES.stage("checkpoints"):
             loop.restore(continue_from(Path(start_from), root, optimizer, mixture_path, settings, group))
@@ -419,7 +421,7 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
         weights = full_state_dict(root, prefix="model.")
         if group.is_main:
             _write_output(out_dir, model, processor, weights, output_dtype(training, model_cfg["path"]), settings,
-                          history, summary)
+                          history, summary, work_dir)
         if not training.keep_checkpoint:
             shutil.rmtree(loop.checkpoint_dir, ignore_errors=True)  # 93 GB per 7B run; the final model is written
     group.wait_for_main()
@@ -474,8 +476,9 @@ def _move_checkpoint(checkpoint: Path, out_dir: Path) -> None:
 
 
 def _write_output(out_dir: Path, model, processor, weights: dict, dtype: torch.dtype, settings, history,
-                  summary) -> None:
-    """Everything goes to a temp dir first; the declared output appears only when complete."""
+                  summary, work_dir: Path) -> None:
+    """Everything goes to a temp dir first; the declared output appears only when complete. The work directory's
+    TensorBoard events are copied in, so that `tensorboard --logdir results/runs` shows every finished run."""
     tmp = out_dir.parent / (out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -484,6 +487,8 @@ def _write_output(out_dir: Path, model, processor, weights: dict, dtype: torch.d
     processor.save_pretrained(tmp)
     (tmp / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-    pd.DataFrame(history).to_csv(tmp / "loss.csv", index=False)
+    pd.DataFrame(history).to_csv(tmp / LOSS_CSV, index=False)
+    if (work_dir / TENSORBOARD).is_dir():
+        shutil.copytree(work_dir / TENSORBOARD, tmp / TENSORBOARD)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
