@@ -97,6 +97,16 @@ def run_outputs(config: dict, runs: dict[str, Run], kind: str, suffix: str) -> l
     ]
 
 
+def run_model_dir(name: str) -> str:
+    """A run's fine-tuned model (rule finetune_model's output), with its loss.csv, dev.csv and summary.json."""
+    return f"results/runs/{name}/model"
+
+
+def evaluated_model_dirs(runs: dict[str, Run]) -> list[str]:
+    """The model directories of every evaluated run: their loss curves are drawn beside the metrics."""
+    return [run_model_dir(name) for name, run in runs.items() if run.evaluated]
+
+
 def metrics_paths(config: dict, runs: dict[str, Run]) -> list[str]:
     return run_outputs(config, runs, "metrics", ".json")
 
@@ -213,7 +223,7 @@ def decode_inputs(config: dict, run: Run, testset: str) -> dict[str, str]:
     """The run's model and one manifest per configured modality (`manifest_<modality>`)."""
     corpus, lang = parse_testset(testset)
     modalities = config["decode"]["modalities"]
-    inputs = {"model": f"results/runs/{run.name}/model"}
+    inputs = {"model": run_model_dir(run.name)}
     for modality in modalities:
         # The cascade reads the base model's transcripts of the test speech, made once for every run.
         inputs[f"manifest_{modality}"] = (

@@ -152,6 +152,7 @@ def parent_dir(wildcards, output):
 
 
 metrics_paths = partial(paths.metrics_paths, config, RUNS)
+evaluated_model_dirs = partial(paths.evaluated_model_dirs, RUNS)
 cascade_wer_paths = partial(paths.cascade_wer_paths, config, RUNS)
 settings_json = partial(arguments.settings_json, config)
 model_download_stamp = partial(paths.model_download_stamp, config)
