@@ -67,6 +67,19 @@ class TrainingMetrics:
         if record["step"] % self.log_every == 0 or record["step"] == self.total_steps:
             self._log_interval(record, phase)
 
+    def add_dev(self, step: int, results: dict[str, dict]) -> None:
+        """A dev evaluation's results per input (dev_evaluation.DevEvaluation); its time is not training's."""
+        self.interval["started"] += sum(values["seconds"] for values in results.values())
+        if not self.is_main:
+            return
+        for inputs, values in results.items():
+            for name in ("loss", "intent_accuracy", "slu_f1"):
+                self.writer.add_scalar(f"dev_{inputs}/{name}", values[name], step)
+            log.info("step %d dev (%s, %d utterances): loss %.4f intent accuracy %.4f SLU-F1 %.4f, %d unparsed, "
+                     "%.0f s", step, inputs, values["examples"], values["loss"], values["intent_accuracy"],
+                     values["slu_f1"], values["parse_failures"], values["seconds"])
+        self.writer.flush()
+
     def flush(self) -> None:
         """Events on disk, as a checkpoint is taken: a resume never misses the steps before it."""
         if self.writer is not None:

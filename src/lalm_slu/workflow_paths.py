@@ -9,6 +9,7 @@ from pathlib import PurePath
 
 from lalm_slu.grid import Run, parse_testset, phase_one_run, prefix_of, run_testsets, scheme_block, start_model
 from lalm_slu.schemes import FIXED_BUDGETS, IMITATION_SCHEMES, INTERLEAVING_SCHEMES
+from lalm_slu.settings import DevEvalSettings
 
 # ---------------------------------------------------------------- one file each
 
@@ -211,7 +212,26 @@ def finetune_inputs(config: dict, run: Run, prefix: str | None = None) -> dict:
         "model": start_model(config, run),
         "audio_frames": run_audio_frames(config, run),
         "start_from": start_from,
+        **dev_manifests(config, run),
     }
+
+
+def dev_manifests(config: dict, run: Run) -> dict[str, list[str]]:
+    """`dev_text`, `dev_speech`: the manifests of the dev split of the run's (target) language that it evaluates
+    on while training (training.dev_eval's inputs), each [] when not: dev_eval is off, or that split is the run's
+    training data (xSID's target languages train on dev)."""
+    manifests = {"dev_text": [], "dev_speech": []}
+    if config["training"].get("dev_eval") is None:
+        return manifests
+    if (run.target_split if run.target is not None else run.source_split) == "dev":
+        return manifests
+    settings = DevEvalSettings.from_dict(config["training"]["dev_eval"], "config: training.dev_eval")
+    lang = run.test_lang
+    if "text" in settings.inputs:
+        manifests["dev_text"] = [manifest_path(run.corpus, lang, "dev")]
+    if "speech" in settings.inputs:
+        manifests["dev_speech"] = [speech_manifest_path(run.corpus, lang, "dev")]
+    return manifests
 
 
 def work_dir(config: dict, run: Run, prefix: str | None = None) -> str:

@@ -268,6 +268,7 @@ finetune_inputs = of_training_job(paths.finetune_inputs)
 finetune_settings = of_training_job(arguments.finetune_settings)
 work_dir = of_training_job(paths.work_dir)
 start_from_argument = of_input(arguments.start_from_argument)
+dev_manifests_argument = of_input(arguments.dev_manifests_argument)
 
 
 def threads_per_process(rule_name):
