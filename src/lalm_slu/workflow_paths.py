@@ -221,11 +221,12 @@ def dev_manifests(config: dict, run: Run) -> dict[str, list[str]]:
     on while training (training.dev_eval's inputs), each [] when not: dev_eval is off, or that split is the run's
     training data (xSID's target languages train on dev)."""
     manifests = {"dev_text": [], "dev_speech": []}
-    if config["training"].get("dev_eval") is None:
+    dev_eval = config.get("training", {}).get("dev_eval")
+    if dev_eval is None:
         return manifests
     if (run.target_split if run.target is not None else run.source_split) == "dev":
         return manifests
-    settings = DevEvalSettings.from_dict(config["training"]["dev_eval"], "config: training.dev_eval")
+    settings = DevEvalSettings.from_dict(dev_eval, "config: training.dev_eval")
     lang = run.test_lang
     if "text" in settings.inputs:
         manifests["dev_text"] = [manifest_path(run.corpus, lang, "dev")]
