@@ -2,7 +2,9 @@
 (demo_model/pretrain.py): optimizer steps over schedule segments, each with a linear warm-up and cosine decay,
 gradient clipping, and checkpoints (lalm_slu.distributed: sharded, fingerprinted, atomic, written in the background)
 from which a killed job resumes exactly. What a step trains on is the caller's: a `gradients(segment, step)`
-function that accumulates one optimizer step's gradients and returns what to record of it.
+function that accumulates one optimizer step's gradients and returns what to record of it; the loop adds the step,
+learning rate and grad norm, and hands each complete record to `metrics` (training_metrics: log, loss.csv,
+TensorBoard).
 
 A checkpoint is taken every `checkpoint_every` steps and, if set, every `checkpoint_every_minutes` of wall time
 (rank 0's clock decides for all). Near the job's time limit (`stop_at`, from `slurm_time_left_s`) or on SIGUSR1
