@@ -662,7 +662,8 @@ def test_rerun_after_sigkill_ends_with_the_uninterrupted_weights(
         pd.read_csv(tmp_path / "reference" / "loss.csv"), pd.read_csv(tmp_path / "out" / "loss.csv")
     )
     # The live file lost the steps past the checkpoint it resumed from, and no more.
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "work" / "loss.csv"), pd.read_csv(tmp_path / "out" / "loss.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "work" / "loss.csv"),
+                                  pd.read_csv(tmp_path / "out" / "loss.csv"))
 
 
 @pytest.mark.slow
@@ -823,7 +824,9 @@ def test_a_run_logs_its_steps_and_its_model_holds_the_live_loss_csv_and_tensorbo
     assert [s.value for s in events.Scalars("train/loss")] == final["loss"].astype(np.float32).tolist()
 
 
-def test_dev_evaluation_writes_dev_csv_tensorboard_and_the_summary_at_its_steps(tiny_assets, tmp_path, caplog):  # noqa: F811
+def test_dev_evaluation_writes_dev_csv_tensorboard_and_the_summary_at_its_steps(
+    tiny_assets, tmp_path, caplog  # noqa: F811
+):
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
     dev_eval = {"every_steps": 4, "at_phase_end": True, "max_examples": 5, "inputs": ["text", "speech"],
                 "batch_size": 3, "max_new_tokens": 8}
@@ -865,8 +868,9 @@ def test_two_gloo_processes_evaluate_the_dev_sample_as_one_does(tiny_assets, tmp
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
     dev_eval = {"every_steps": 2, "max_examples": 5, "inputs": ["text", "speech"], "batch_size": 2,
                 "max_new_tokens": 12}
-    settings = make_settings(tiny_assets.model_dir, [(1, 1, 2e-3, 0.0)], trainable=["multi_modal_projector", *LLM_ONLY],
-                             per_device_batch_size=1, global_batch_size=4, output_dtype="fp32", dev_eval=dev_eval)
+    settings = make_settings(tiny_assets.model_dir, [(1, 1, 2e-3, 0.0)],
+                             trainable=["multi_modal_projector", *LLM_ONLY], per_device_batch_size=1,
+                             global_batch_size=4, output_dtype="fp32", dev_eval=dev_eval)
     manifests = {"text": str(tiny_assets.text_manifest), "speech": str(tiny_assets.speech_manifest)}
     finetune(mixture, settings, tmp_path / "single", tmp_path / "single-work", dev_manifests=manifests)
     command = TORCHRUN + ["-m", "lalm_slu"] + run_cli(mixture, settings, tmp_path / "ddp", tmp_path / "ddp-work")[3:]
