@@ -53,12 +53,16 @@ def expected_jobs(config: dict) -> dict[str, int]:
     phase_one_runs, evaluated_text_only, imitation_pools, aligned = set(), set(), set(), set()
     prefixes = set()
     languages, speech_sets, budget_files = set(), set(), set()
+    # Evaluating on dev speech while training: the dev speech of each run's test language, unless it trains on it.
+    dev_speech = "speech" in ((config["training"].get("dev_eval") or {}).get("inputs") or [])
     for seed in config["grid"]["seeds"]:
         for entry in config["grid"]["monolingual"]:
             corpus, lang = entry["corpus"], entry["lang"]
             split = entry.get("train_split", "train")
             languages.add((corpus, lang))
             speech_sets |= {(corpus, lang, split), (corpus, lang, "test")}
+            if dev_speech and split != "dev":
+                speech_sets.add((corpus, lang, "dev"))
             for scheme in entry["schemes"]:
                 for budget in budgets_of(scheme, entry.get("budgets", [])):
                     runs += 1
@@ -84,6 +88,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
             for target in entry["targets"]:
                 languages.add((corpus, target))
                 speech_sets |= {(corpus, target, split), (corpus, target, "test")}
+                if dev_speech and split != "dev":
+                    speech_sets.add((corpus, target, "dev"))
                 for scheme in entry["schemes"]:
                     for budget in budgets_of(scheme, entry["target_speech_budgets"]):
                         runs += with_and_without_text

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import matplotlib.image
 import numpy as np
 import pandas as pd
@@ -11,6 +13,8 @@ from lalm_slu.report.figures import (
     find_chromium,
     write_figures,
 )
+from lalm_slu.records import DataError
+from lalm_slu.report.loss_curves import loss_curves_figure, read_loss_curves
 from lalm_slu.report.summary import CROSSLINGUAL_KEYS, MONOLINGUAL_KEYS, is_crosslingual, seed_summary
 from report_fakes import write_fake_results
 
@@ -134,3 +138,47 @@ def test_a_test_sets_speech_text_and_cascade_panels_sit_side_by_side_on_one_scal
     top_row = budget_curves_figure(mono, metrics=("slu_f1", "intent_accuracy")).axes[:3]
     assert [a.get_title().split(", ")[-1] for a in top_row] == ["speech input", "text input", "cascade input"]
     assert top_row[0].get_ylim() == top_row[2].get_ylim()  # end to end and cascade read off one y scale
+
+
+def write_loss_csvs(results: Path, runs: list[str], with_dev: str | None = None) -> list[Path]:
+    """A model directory per run with a fabricated loss.csv (and `with_dev`'s dev.csv)."""
+    model_dirs = []
+    for index, run in enumerate(runs):
+        model_dir = results / "runs" / run / "model"
+        model_dir.mkdir(parents=True, exist_ok=True)
+        steps = np.arange(1, 21)
+        pd.DataFrame({"step": steps, "phase": 1, "loss": 3.0 / steps + 0.1 * index, "lr": 1e-3}).to_csv(
+            model_dir / "loss.csv", index=False)
+        if run == with_dev:
+            pd.DataFrame({"step": [10, 20, 10, 20], "inputs": ["text", "text", "speech", "speech"],
+                          "loss": [0.9, 0.6, 1.2, 0.8]}).to_csv(model_dir / "dev.csv", index=False)
+        model_dirs.append(model_dir)
+    return model_dirs
+
+
+def test_loss_curves_overlay_seeds_per_scheme_and_budget_with_dev_loss_where_evaluated(metrics_csv, tmp_path):
+    runs = ["slurp-en_direct_mixing_b10_s0", "slurp-en_direct_mixing_b10_s1", "slurp-en_curriculum_b10_s0"]
+    model_dirs = write_loss_csvs(metrics_csv.parent, runs, with_dev=runs[1])
+    figure = loss_curves_figure(read_loss_curves(model_dirs, read_metrics_csv(metrics_csv)))
+    panels = {axes.get_title(): axes for axes in figure.axes if axes.get_title()}
+    assert sorted(panels) == ["slurp (en)\ncurriculum, 10 %", "slurp (en)\ndirect mixing, 10 %"]
+    mixing = panels["slurp (en)\ndirect mixing, 10 %"]
+    assert sorted(line.get_label() for line in mixing.get_lines()) == [
+        "seed 0", "seed 1", "seed 1, dev (speech)", "seed 1, dev (text)"]
+    train = next(line for line in mixing.get_lines() if line.get_label() == "seed 1")
+    assert train.get_ydata().tolist() == pd.read_csv(model_dirs[1] / "loss.csv")["loss"].tolist()
+
+
+def test_figures_command_draws_the_loss_curves_of_the_runs_it_is_given(metrics_csv, tmp_path):
+    model_dirs = write_loss_csvs(metrics_csv.parent, ["slurp-en_direct_mixing_b10_s0", "xsid-de_oracle_b100_s0"])
+    out_dir = tmp_path / "figures"
+    assert main(["figures", "--metrics", str(metrics_csv), "--out-dir", str(out_dir), "--runs",
+                 *map(str, model_dirs)]) == 0
+    assert matplotlib.image.imread(out_dir / "loss_curves.png").shape[0] > 100
+    assert '<img src="loss_curves.png"' in (out_dir / "index.html").read_text()
+
+
+def test_a_run_missing_from_the_metrics_csv_is_an_error_naming_its_directory(metrics_csv, tmp_path):
+    model_dirs = write_loss_csvs(tmp_path, ["slurp-en_unknown_b10_s0"])
+    with pytest.raises(DataError, match="slurp-en_unknown_b10_s0.*not in the metrics CSV"):
+        read_loss_curves(model_dirs, read_metrics_csv(metrics_csv))

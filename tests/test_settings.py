@@ -17,6 +17,7 @@ from lalm_slu.settings import (
     AudioFrameSettings,
     CascadeSettings,
     DecodingSettings,
+    DevEvalSettings,
     GenerationSettings,
     ImitationTask,
     InterleavingSettings,
@@ -53,6 +54,8 @@ def test_each_view_has_a_field_for_every_key_of_its_schema_block():
     assert field_names(ImitationTask) == set(IMITATION_TASK)
     assert field_names(AlignmentSettings) == set(block("alignment")["settings"]["properties"])
     assert field_names(InterleavingSettings) == set(SCHEMA["$defs"]["interleaving"]["properties"])
+    dev_eval = next(o for o in block("training")["dev_eval"]["oneOf"] if o.get("type") == "object")["properties"]
+    assert field_names(DevEvalSettings) == set(dev_eval)
 
 
 def test_left_out_keys_take_the_schema_s_defaults():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny_model import (  # noqa: F401 - tiny_assets: session fixture
     INSTRUCTION,
     checkpoint_step,
@@ -659,6 +661,9 @@ def test_rerun_after_sigkill_ends_with_the_uninterrupted_weights(
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "reference" / "loss.csv"), pd.read_csv(tmp_path / "out" / "loss.csv")
     )
+    # The live file lost the steps past the checkpoint it resumed from, and no more.
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "work" / "loss.csv"),
+                                  pd.read_csv(tmp_path / "out" / "loss.csv"))
 
 
 @pytest.mark.slow
@@ -797,3 +802,83 @@ def test_a_checkpoint_written_under_another_checkpoint_interval_or_worker_count_
                                checkpoint_every_minutes=30, data_workers=2, time_limit_margin_minutes=5))
     assert train.fingerprint(mixture, first) != train.fingerprint(
         mixture, make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1, seed=1))
+
+
+def test_a_run_logs_its_steps_and_its_model_holds_the_live_loss_csv_and_tensorboard_events(
+    tiny_assets, tmp_path, caplog  # noqa: F811
+):
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
+    # 12 items, 4 per step, 2 epochs: 6 steps.
+    settings = make_settings(tiny_assets.model_dir, [(1, 2, 1e-3, 0.0)], log_every_steps=2)
+    with caplog.at_level(logging.INFO, logger="lalm_slu.training_metrics"):
+        finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
+    lines = [r.getMessage() for r in caplog.records if r.name == "lalm_slu.training_metrics"]
+    assert [line.split()[:5] for line in lines] == [["step", f"{s}/6", "phase", "1", "epoch"] for s in (2, 4, 6)]
+    assert all(re.search(r"answer tokens/s \d+ ETA", line) for line in lines)
+    final = pd.read_csv(tmp_path / "out" / "loss.csv")
+    assert final.columns.tolist() == ["step", "phase", "epoch", "loss", "answer_tokens", "text_items",
+                                      "speech_items", "lr", "grad_norm"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "work" / "loss.csv"), final)
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+    events.Reload()
+    assert [s.value for s in events.Scalars("train/loss")] == final["loss"].astype(np.float32).tolist()
+
+
+def test_dev_evaluation_writes_dev_csv_tensorboard_and_the_summary_at_its_steps(
+    tiny_assets, tmp_path, caplog  # noqa: F811
+):
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
+    dev_eval = {"every_steps": 4, "at_phase_end": True, "max_examples": 5, "inputs": ["text", "speech"],
+                "batch_size": 3, "max_new_tokens": 8}
+    settings = make_settings(tiny_assets.model_dir, [(1, 2, 1e-3, 0.0)], dev_eval=dev_eval)  # 6 steps
+    manifests = {"text": str(tiny_assets.text_manifest), "speech": str(tiny_assets.speech_manifest)}
+    with caplog.at_level(logging.INFO, logger="lalm_slu.training_metrics"):
+        summary = finetune(mixture, settings, tmp_path / "out", tmp_path / "work", dev_manifests=manifests)
+    dev = pd.read_csv(tmp_path / "out" / "dev.csv")
+    assert dev[["step", "inputs"]].values.tolist() == [[4, "text"], [4, "speech"], [6, "text"], [6, "speech"]]
+    assert (dev["examples"] == 5).all() and (dev["loss"] > 0).all() and (dev["answer_tokens"] > 0).all()
+    assert dev["slu_f1"].between(0, 1).all() and dev["intent_accuracy"].between(0, 1).all()
+    assert summary["dev"]["speech"] == {key: value for key, value in dev.iloc[3].items() if key != "inputs"}
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["dev"] == summary["dev"]
+    assert sum("dev (speech, 5 utterances)" in r.getMessage() for r in caplog.records) == 2
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+    events.Reload()
+    assert [(s.step, s.value) for s in events.Scalars("dev_text/loss")] == [
+        (step, np.float32(loss)) for step, loss in dev[dev["inputs"] == "text"][["step", "loss"]].values.tolist()]
+
+
+def test_dev_evaluation_leaves_training_bitwise_unchanged(tiny_assets, tmp_path):  # noqa: F811
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
+    plain = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)])
+    evaluated = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)],
+                              dev_eval={"every_steps": 1, "max_examples": 3, "max_new_tokens": 4})
+    finetune(mixture, plain, tmp_path / "plain", tmp_path / "plain-work")
+    finetune(mixture, evaluated, tmp_path / "evaluated", tmp_path / "evaluated-work",
+             dev_manifests={"text": str(tiny_assets.text_manifest)})
+    assert len(pd.read_csv(tmp_path / "evaluated" / "dev.csv")) == 3
+    expected, actual = weights(tmp_path / "plain"), weights(tmp_path / "evaluated")
+    assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "plain" / "loss.csv"),
+                                  pd.read_csv(tmp_path / "evaluated" / "loss.csv"))
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_evaluate_the_dev_sample_as_one_does(tiny_assets, tmp_path):  # noqa: F811
+    # The projector trains: its sharded weights are gathered for generation on both processes, step by step.
+    mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
+    dev_eval = {"every_steps": 2, "max_examples": 5, "inputs": ["text", "speech"], "batch_size": 2,
+                "max_new_tokens": 12}
+    settings = make_settings(tiny_assets.model_dir, [(1, 1, 2e-3, 0.0)],
+                             trainable=["multi_modal_projector", *LLM_ONLY], per_device_batch_size=1,
+                             global_batch_size=4, output_dtype="fp32", dev_eval=dev_eval)
+    manifests = {"text": str(tiny_assets.text_manifest), "speech": str(tiny_assets.speech_manifest)}
+    finetune(mixture, settings, tmp_path / "single", tmp_path / "single-work", dev_manifests=manifests)
+    command = TORCHRUN + ["-m", "lalm_slu"] + run_cli(mixture, settings, tmp_path / "ddp", tmp_path / "ddp-work")[3:]
+    command += ["--dev-manifests", *(f"{inputs}={path}" for inputs, path in manifests.items())]
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-5000:]
+    one, two = (pd.read_csv(tmp_path / name / "dev.csv") for name in ("single", "ddp"))
+    pd.testing.assert_frame_equal(one[["step", "inputs", "examples", "answer_tokens"]],
+                                  two[["step", "inputs", "examples", "answer_tokens"]])
+    # The weights agree to ~1e-5 (see the test above): the losses to about as much.
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4)

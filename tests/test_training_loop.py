@@ -3,12 +3,17 @@ checkpoints (in the background, one kept, checked as they load, by steps, wall t
 work directory's lock."""
 
 import json
+import logging
 import os
+import re
 import signal
 import time
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import get_cosine_schedule_with_warmup
 
 from lalm_slu import distributed
@@ -22,6 +27,7 @@ from lalm_slu.training_loop import (
     slurm_time_left_s,
     warmup_steps,
 )
+from lalm_slu.training_metrics import LOSS_CSV, TENSORBOARD, TrainingMetrics
 
 
 @pytest.mark.parametrize("total, ratio", [(1, 0.0), (7, 0.04), (120, 0.02), (300, 0.25)])
@@ -288,3 +294,80 @@ def test_near_the_time_limit_the_loop_checkpoints_and_exits_for_resubmission(gro
     again.run(SEGMENTS, gradients_of(again))
     assert again.history == reference.history
     assert all(torch.equal(a, b) for a, b in zip(weights(reference).values(), weights(again).values()))
+
+
+def watched_loop(group, work_dir, every=100, log_every=2):
+    loop = new_loop(group, work_dir, every=every)
+    loop.metrics = TrainingMetrics(work_dir, log_every, is_main=True)
+    return loop
+
+
+def failing_at(loop, step_to_fail):
+    """gradients_of, but the step `step_to_fail` (global, 1-based) fails as a killed job would stop."""
+    inner = gradients_of(loop)
+
+    def gradients(segment_index, step):
+        if loop.position["global_step"] + 1 == step_to_fail:
+            raise RuntimeError("killed")
+        return inner(segment_index, step)
+
+    return gradients
+
+
+def test_each_step_has_its_grad_norm_as_clipping_measured_it(group, tmp_path, monkeypatch):
+    loop = new_loop(group, tmp_path)
+    loop.run(SEGMENTS, gradients_of(loop))
+    reference = new_loop(group, tmp_path / "reference")
+    norms = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda *args: norms.append(float(real_clip(*args))) or torch.tensor(0.0))
+    reference.run(SEGMENTS, gradients_of(reference))
+    assert [record["grad_norm"] for record in loop.history] == [round(norm, 6) for norm in norms]
+    assert len(set(norms)) == len(norms) and all(norm > 0 for norm in norms)
+
+
+def test_the_work_loss_csv_grows_step_by_step_and_a_resume_drops_the_steps_past_its_checkpoint(group, tmp_path):
+    reference = new_loop(group, tmp_path / "reference")
+    reference.run(SEGMENTS, gradients_of(reference))
+    first = watched_loop(group, tmp_path / "work", every=4)
+    with pytest.raises(RuntimeError, match="killed"):
+        first.run(SEGMENTS, failing_at(first, 7))
+    # Killed at step 7: its six steps are on file, though the checkpoint holds four.
+    assert pd.read_csv(tmp_path / "work" / LOSS_CSV)["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    second = watched_loop(group, tmp_path / "work", every=4)
+    assert second.resume() and second.position["global_step"] == 4
+    with pytest.raises(RuntimeError, match="killed"):
+        second.run(SEGMENTS, failing_at(second, 5))
+    assert pd.read_csv(tmp_path / "work" / LOSS_CSV)["step"].tolist() == [1, 2, 3, 4]
+    third = watched_loop(group, tmp_path / "work", every=4)
+    assert third.resume() and third.run(SEGMENTS, gradients_of(third))
+    assert third.history == reference.history
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "work" / LOSS_CSV), pd.DataFrame(reference.history))
+
+
+def test_a_log_line_every_n_steps_and_at_the_end_names_step_phase_loss_lr_grad_norm_and_eta(group, tmp_path,
+                                                                                             caplog):
+    loop = watched_loop(group, tmp_path, log_every=3)
+    with caplog.at_level(logging.INFO, logger="lalm_slu.training_metrics"):
+        loop.run(SEGMENTS, gradients_of(loop))
+    lines = [r.getMessage() for r in caplog.records if r.name == "lalm_slu.training_metrics"]
+    assert [line.split()[1] for line in lines] == ["3/7", "6/7", "7/7"]
+    record = loop.history[5]
+    assert re.fullmatch(rf"step 6/7 second loss {record['loss']:.4f} lr {record['lr']:.3e} "
+                        rf"grad norm {record['grad_norm']:.3f} ETA 0:00:\d\d", lines[1])
+
+
+def test_tensorboard_holds_the_loss_csv_of_a_resumed_run_once_per_step(group, tmp_path):
+    first = watched_loop(group, tmp_path, every=4)
+    with pytest.raises(RuntimeError, match="killed"):
+        first.run(SEGMENTS, failing_at(first, 7))
+    second = watched_loop(group, tmp_path, every=4)
+    assert second.resume() and second.run(SEGMENTS, gradients_of(second))
+    events = EventAccumulator(str(tmp_path / TENSORBOARD))
+    events.Reload()
+    table = pd.read_csv(tmp_path / LOSS_CSV)
+    for column, tag in (("loss", "train/loss"), ("lr", "train/learning_rate"), ("grad_norm", "train/grad_norm")):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == table["step"].tolist()
+        assert [s.value for s in scalars] == table[column].astype(np.float32).tolist()  # stored as float32

@@ -1,6 +1,7 @@
 """Where the workflow's files live and which of them a job reads, as pure functions of the config and a run."""
 
 from lalm_slu.grid import Run
+from lalm_slu.job_arguments import dev_manifests_argument
 from lalm_slu.workflow_paths import (
     budget_path,
     comparison_inputs,
@@ -95,6 +96,23 @@ def test_a_run_continues_its_prefix_checkpoint_and_a_prefix_job_starts_from_the_
     prefix_inputs = finetune_inputs(config, run, "slurp-en_curriculum_phase1_s0")
     assert prefix_inputs["mixture"] == "results/prefixes/slurp-en_curriculum_phase1_s0/mixture.parquet"
     assert prefix_inputs["start_from"] == []
+
+
+def test_dev_evaluation_reads_the_dev_split_of_the_run_s_test_language_unless_it_trains_on_it():
+    config = workflow_config()
+    assert finetune_inputs(config, MONO)["dev_text"] == finetune_inputs(config, MONO)["dev_speech"] == []
+    config["training"] = {"dev_eval": {"inputs": ["text", "speech"]}}
+    inputs = finetune_inputs(config, MONO)
+    assert inputs["dev_text"] == ["results/manifests/slurp/en/dev.parquet"]
+    assert inputs["dev_speech"] == ["results/speech/slurp/en/dev.parquet"]
+    assert dev_manifests_argument(inputs) == ["--dev-manifests", "text=results/manifests/slurp/en/dev.parquet",
+                                              "speech=results/speech/slurp/en/dev.parquet"]
+    # xSID's German trains on its dev split, as a cross-lingual target and as its own oracle's training data.
+    assert finetune_inputs(config, CROSS)["dev_text"] == []
+    oracle = Run("xsid", "de", None, "oracle", "100", 0, source_split="dev")
+    assert dev_manifests_argument(finetune_inputs(config, oracle)) == []
+    english = Run("xsid", "en", "de", "direct_mixing", "10", 1, target_split="train")
+    assert finetune_inputs(config, english)["dev_text"] == ["results/manifests/xsid/de/dev.parquet"]
 
 
 def test_checkpoints_live_under_work_by_run_or_prefix():

@@ -147,6 +147,12 @@ def start_from_argument(inputs) -> list[str]:
     return ["--start-from", *inputs["start_from"]] if inputs["start_from"] else []
 
 
+def dev_manifests_argument(inputs) -> list[str]:
+    """--dev-manifests text=MANIFEST speech=MANIFEST, those the run evaluates on (workflow_paths.dev_manifests)."""
+    given = [f"{name}={path}" for name in ("text", "speech") for path in inputs[f"dev_{name}"]]
+    return ["--dev-manifests", *given] if given else []
+
+
 def finetune_processes(config: dict, gpus: int) -> int:
     """Training processes per node: one per GPU of the job (its plan's), or as many as set (CPU runs)."""
     return config["resources"]["finetune"].get("processes") or max(1, gpus)

@@ -128,6 +128,8 @@ class TrainingSettings(SchemaView):
     max_grad_norm: float
     gradient_checkpointing: bool
     checkpoint_every_steps: int
+    log_every_steps: int
+    dev_eval: dict | None
     checkpoint_every_minutes: float | None
     keep_checkpoint: bool
     time_limit_margin_minutes: float
@@ -242,6 +244,23 @@ class LoraSettings(SchemaView):
     def properties(cls) -> dict[str, dict]:
         lora = block_properties("model")["lora"]
         return next(option["properties"] for option in lora["oneOf"] if option.get("type") == "object")
+
+
+@dataclass(frozen=True)
+class DevEvalSettings(SchemaView):
+    """The `training.dev_eval` block: evaluation on the dev split while training (lalm_slu.dev_evaluation)."""
+
+    every_steps: int | None
+    at_phase_end: bool
+    max_examples: int
+    inputs: list[str]
+    batch_size: int
+    max_new_tokens: int
+
+    @classmethod
+    def properties(cls) -> dict[str, dict]:
+        dev_eval = block_properties("training")["dev_eval"]
+        return next(option["properties"] for option in dev_eval["oneOf"] if option.get("type") == "object")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ was made for the same first phases (`prefix_identity`). The result equals traini
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from lalm_slu.audio_encoding import FrozenAudioCache, merge_audio, projected_aud
 from lalm_slu.audio_frames import load_frames
 from lalm_slu.batches import Collator
 from lalm_slu.code_version import code_version
+from lalm_slu.dev_evaluation import DEV_CSV, DevEvaluation
 from lalm_slu.distributed import (
     ProcessGroup,
     checkpoint_state,
@@ -45,11 +47,12 @@ from lalm_slu.loss import answer_loss
 from lalm_slu.memory_plan import check_job_fits
 from lalm_slu.model_loading import base_model, device_and_dtype, load_model_and_processor
 from lalm_slu.records import DataError
-from lalm_slu.settings import LoraSettings, TrainingSettings
+from lalm_slu.settings import DevEvalSettings, LoraSettings, TrainingSettings
 from lalm_slu.stages import STAGES
 from lalm_slu.trainable import count_parameters, set_trainable, top_level
 from lalm_slu.training_data import MicroBatch, StepLoader, load_items, micro_batches, sequence_lengths
 from lalm_slu.training_loop import Segment, TrainingLoop, slurm_time_left_s, warmup_steps
+from lalm_slu.training_metrics import LOSS_CSV, TENSORBOARD, TrainingMetrics
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +81,8 @@ def model_identity(name_or_path: str) -> str:
 
 # Training settings that change how a job runs, not what it computes: a checkpoint written under other values
 # is resumed (a resubmitted job may checkpoint more often, or take more workers).
-HOW_IT_RUNS = ("checkpoint_every_steps", "checkpoint_every_minutes", "time_limit_margin_minutes",
-               "collective_timeout_minutes", "data_workers", "keep_checkpoint")
+HOW_IT_RUNS = ("checkpoint_every_steps", "log_every_steps", "dev_eval", "checkpoint_every_minutes",
+               "time_limit_margin_minutes", "collective_timeout_minutes", "data_workers", "keep_checkpoint")
 
 
 def trained_by(settings: dict) -> dict:
@@ -260,12 +263,14 @@ def apply_lora(model, lora: dict, trainable_modules: list[str]):
 
 
 def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work_dir: str | Path,
-             audio_frames: list[str] = (), start_from: str | Path | None = None, output: str = "model") -> dict:
+             audio_frames: list[str] = (), start_from: str | Path | None = None, output: str = "model",
+             dev_manifests: dict[str, str] | None = None) -> dict:
     """Train per `settings` = {"model": {...}, "training": {...}, "scheme": {...}, "prompt": {...}}.
     `audio_frames`: files of precomputed frames (audio_frames.encode_manifest) for the mixture's clips; only
     for a scheme that freezes the audio tower and the projector. `start_from`: a checkpoint another job wrote at
     the end of this run's first phases (see `continue_from`). `output`: "model", or "checkpoint" to write the
-    final checkpoint to `out_dir` for other runs to start from."""
+    final checkpoint to `out_dir` for other runs to start from. `dev_manifests`: input (text, speech) → the
+    manifest of the dev split, for `training.dev_eval`."""
     if output not in ("model", "checkpoint"):
         raise ValueError(f"output must be 'model' or 'checkpoint', not {output!r}")
     started = time.time()
@@ -277,13 +282,14 @@ def finetune(mixture_path: str | Path, settings: dict, out_dir: str | Path, work
     try:
         with work_dir_lock(Path(work_dir), group):
             return _finetune(mixture_path, settings, training, Path(out_dir), Path(work_dir), audio_frames, group,
-                             dtype, started, start_from, output)
+                             dtype, started, start_from, output, dev_manifests or {})
     finally:
         group.close()
 
 
 def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path, work_dir: Path, audio_frames,
-              group: ProcessGroup, dtype: torch.dtype, started: float, start_from, output: str) -> dict:
+              group: ProcessGroup, dtype: torch.dtype, started: float, start_from, output: str,
+              dev_manifests: dict[str, str]) -> dict:
     model_cfg, scheme = settings["model"], settings["scheme"]
     instruction = settings["prompt"]["instruction"]
     if group.device.type == "cuda":
@@ -337,7 +343,8 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
                         checkpoint_every=training.checkpoint_every_steps,
                         made_for=prefix_identity(mixture_path, settings, len(phases)),
                         checkpoint_every_minutes=training.checkpoint_every_minutes,
-                        stop_at=stop_before_time_limit(training))
+                        stop_at=stop_before_time_limit(training),
+                        metrics=TrainingMetrics(work_dir, training.log_every_steps, group.is_main))
     if not loop.resume() and start_from is not None:
         with STAGES.stage("checkpoints"):
             loop.restore(continue_from(Path(start_from), root, optimizer, mixture_path, settings, group))
@@ -393,7 +400,8 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
         return {"phase": int(phase["phase"]), "epoch": epoch, "loss": round(loss, 6), "answer_tokens": tokens,
                 "text_items": step_items - speech_items, "speech_items": speech_items}
 
-    loop.run(segments, gradients)
+    evaluate = dev_evaluation(root, processor, group, training, dev_manifests, instruction, work_dir, loop, segments)
+    loop.run(segments, gradients, evaluate)
     history, position = loop.history, loop.position
     summary = {
         "wall_time_s": round(time.time() - started, 2),
@@ -407,6 +415,8 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
         summary["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(group.device) / 2**30, 2)
     if start_from is not None:
         summary["continued_from"] = str(start_from)
+    if evaluate is not None and group.is_main:
+        summary["dev"] = last_dev_results(work_dir / DEV_CSV)
     if output == "checkpoint":
         final = loop.checkpoint(wait=True)  # the end of the last phase is saved only here, as this job's output
         if group.is_main:
@@ -419,11 +429,44 @@ def _finetune(mixture_path, settings, training: TrainingSettings, out_dir: Path,
         weights = full_state_dict(root, prefix="model.")
         if group.is_main:
             _write_output(out_dir, model, processor, weights, output_dtype(training, model_cfg["path"]), settings,
-                          history, summary)
+                          history, summary, work_dir)
         if not training.keep_checkpoint:
             shutil.rmtree(loop.checkpoint_dir, ignore_errors=True)  # 93 GB per 7B run; the final model is written
     group.wait_for_main()
     return summary
+
+
+def dev_evaluation(root, processor, group: ProcessGroup, training: TrainingSettings, manifests: dict[str, str],
+                   instruction: str, work_dir: Path, loop: TrainingLoop, segments: list[Segment]):
+    """The loop's `after_step` that evaluates on the dev split when `training.dev_eval` says (every N steps, at
+    phase ends), or None."""
+    if training.dev_eval is None:
+        return None
+    settings = DevEvalSettings.from_dict(training.dev_eval, "fine-tuning settings: training.dev_eval")
+    manifests = {inputs: path for inputs, path in manifests.items() if inputs in settings.inputs}
+    if not manifests:
+        log.info("no dev evaluation: no dev manifest was given (the run trains on its dev split)")
+        return None
+    evaluation = DevEvaluation(root, processor, group, manifests, settings, instruction, training.seed, work_dir,
+                               training.length_aware)
+    evaluation.resume(loop.position["global_step"])
+    phase_ends = set(itertools.accumulate(segment.steps for segment in segments)) if settings.at_phase_end else set()
+
+    def after_step(record: dict) -> None:
+        step = record["step"]
+        if step in phase_ends or (settings.every_steps is not None and step % settings.every_steps == 0):
+            loop.metrics.add_dev(step, evaluation(step))
+
+    return after_step
+
+
+def last_dev_results(path: Path) -> dict:
+    """The latest dev evaluation of dev.csv, per input, with its step (none yet: empty)."""
+    if not path.exists():
+        return {}
+    table = pd.read_csv(path)
+    last = table[table["step"] == table["step"].max()]
+    return {row.pop("inputs"): row for row in last.to_dict("records")}
 
 
 def _optimizer_step_gradients(root, micro_batches: list[MicroBatch], audio_cache, group: ProcessGroup,
@@ -474,8 +517,9 @@ def _move_checkpoint(checkpoint: Path, out_dir: Path) -> None:
 
 
 def _write_output(out_dir: Path, model, processor, weights: dict, dtype: torch.dtype, settings, history,
-                  summary) -> None:
-    """Everything goes to a temp dir first; the declared output appears only when complete."""
+                  summary, work_dir: Path) -> None:
+    """Everything goes to a temp dir first; the declared output appears only when complete. The work directory's
+    TensorBoard events are copied in, so that `tensorboard --logdir results/runs` shows every finished run."""
     tmp = out_dir.parent / (out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -484,6 +528,10 @@ def _write_output(out_dir: Path, model, processor, weights: dict, dtype: torch.d
     processor.save_pretrained(tmp)
     (tmp / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-    pd.DataFrame(history).to_csv(tmp / "loss.csv", index=False)
+    pd.DataFrame(history).to_csv(tmp / LOSS_CSV, index=False)
+    if (work_dir / TENSORBOARD).is_dir():
+        shutil.copytree(work_dir / TENSORBOARD, tmp / TENSORBOARD)
+    if (work_dir / DEV_CSV).exists():
+        shutil.copyfile(work_dir / DEV_CSV, tmp / DEV_CSV)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)

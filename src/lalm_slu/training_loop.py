@@ -2,7 +2,9 @@
 (demo_model/pretrain.py): optimizer steps over schedule segments, each with a linear warm-up and cosine decay,
 gradient clipping, and checkpoints (lalm_slu.distributed: sharded, fingerprinted, atomic, written in the background)
 from which a killed job resumes exactly. What a step trains on is the caller's: a `gradients(segment, step)`
-function that accumulates one optimizer step's gradients and returns what to record of it.
+function that accumulates one optimizer step's gradients and returns what to record of it; the loop adds the step,
+learning rate and grad norm, and hands each complete record to `metrics` (training_metrics: log, loss.csv,
+TensorBoard).
 
 A checkpoint is taken every `checkpoint_every` steps and, if set, every `checkpoint_every_minutes` of wall time
 (rank 0's clock decides for all). Near the job's time limit (`stop_at`, from `slurm_time_left_s`) or on SIGUSR1
@@ -26,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from lalm_slu.distributed import PendingCheckpoint, ProcessGroup, resume_checkpoint, save_checkpoint
 from lalm_slu.stages import STAGES
+from lalm_slu.training_metrics import TrainingMetrics
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +105,9 @@ class TrainingLoop:
     def __init__(self, root: torch.nn.Module, optimizer: torch.optim.Optimizer, group: ProcessGroup,
                  checkpoint_dir: Path, fingerprint: str, max_grad_norm: float, checkpoint_every: int,
                  made_for: dict | None = None, checkpoint_every_minutes: float | None = None,
-                 stop_at: float | None = None):
-        """`stop_at`: a `time.monotonic()` time (rank 0's) at which to checkpoint and stop for a resubmission."""
+                 stop_at: float | None = None, metrics: TrainingMetrics | None = None):
+        """`stop_at`: a `time.monotonic()` time (rank 0's) at which to checkpoint and stop for a resubmission.
+        `metrics`: where each step's record goes as it completes (log, loss.csv, TensorBoard)."""
         self.root, self.optimizer, self.group = root, optimizer, group
         self.params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -115,6 +120,9 @@ class TrainingLoop:
         self.last_checkpoint_time = time.monotonic()
         self.stop_requested = False
         self.stop_at = stop_at
+        self.metrics = metrics
+        # The last step's record, its grad norm still on the device, and its segment's name.
+        self.unfinished: tuple[dict, torch.Tensor, str] | None = None
 
     def resume(self) -> bool:
         """Load this run's newest sound checkpoint, if any (see distributed.resume_checkpoint)."""
@@ -132,6 +140,9 @@ class TrainingLoop:
     def checkpoint(self, wait: bool = False) -> Path:
         """Checkpoint the current position, in the background (after the previous one is complete); `wait`: until
         this one is complete too. Returns where it is (or will be)."""
+        self.finish_step()
+        if self.metrics is not None:
+            self.metrics.flush()
         state = {"fingerprint": self.fingerprint, "position": self.position, "history": self.history,
                  "made_for": self.made_for}
         with STAGES.stage("checkpoints"):
@@ -143,6 +154,18 @@ class TrainingLoop:
             if wait:
                 self.complete_checkpoint()
         return final
+
+    def finish_step(self) -> None:
+        """Record the last step's grad norm and pass its record on. Called after the next step's gradients, for
+        which the host has already waited for the device (it has passed this norm), so it adds no wait; only at a
+        checkpoint or the end of a session it waits for the optimizer step."""
+        if self.unfinished is None:
+            return
+        record, grad_norm, segment_name = self.unfinished
+        self.unfinished = None
+        record["grad_norm"] = round(grad_norm.item(), 6)
+        if self.metrics is not None:
+            self.metrics.add(record, segment_name)
 
     def complete_checkpoint(self) -> None:
         """Wait for the checkpoint being written, if any, and put it in place."""
@@ -177,9 +200,14 @@ class TrainingLoop:
         handles_signal = threading.current_thread() is threading.main_thread()
         previous = signal.signal(STOP_SIGNAL, self._request_stop) if handles_signal else None
         self.last_checkpoint_time = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.start(self.history, sum(segment.steps for segment in segments))
         try:
             return self._run(segments, gradients, after_step, stop_after_steps)
         finally:
+            self.finish_step()
+            if self.metrics is not None:
+                self.metrics.close()
             self.complete_checkpoint()  # also when a step failed: that checkpoint is sound
             if handles_signal:
                 signal.signal(STOP_SIGNAL, previous)
@@ -195,15 +223,19 @@ class TrainingLoop:
             for step in range(first, segment.steps):
                 self.optimizer.zero_grad(set_to_none=True)
                 record = gradients(index, step)
+                self.finish_step()
                 lr = segment.lr_at(step)
                 with STAGES.stage("steps"):
-                    torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+                    if isinstance(grad_norm, DTensor):  # sharded gradients: every process gets the total now
+                        grad_norm = grad_norm.full_tensor()
                     for param_group in self.optimizer.param_groups:
                         param_group["lr"] = lr
                     self.optimizer.step()
                 global_step = self.position["global_step"] + 1
                 self.position = {"segment": index, "step": step + 1, "global_step": global_step}
                 self.history.append({"step": global_step, **record, "lr": lr})
+                self.unfinished = (self.history[-1], grad_norm.detach(), segment.name)
                 progress.update(1)
                 if after_step is not None:
                     after_step(self.history[-1])

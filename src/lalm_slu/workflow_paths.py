@@ -9,6 +9,7 @@ from pathlib import PurePath
 
 from lalm_slu.grid import Run, parse_testset, phase_one_run, prefix_of, run_testsets, scheme_block, start_model
 from lalm_slu.schemes import FIXED_BUDGETS, IMITATION_SCHEMES, INTERLEAVING_SCHEMES
+from lalm_slu.settings import DevEvalSettings
 
 # ---------------------------------------------------------------- one file each
 
@@ -95,6 +96,16 @@ def run_outputs(config: dict, runs: dict[str, Run], kind: str, suffix: str) -> l
         for testset in run_testsets(run)
         for modality in config["decode"]["modalities"]
     ]
+
+
+def run_model_dir(name: str) -> str:
+    """A run's fine-tuned model (rule finetune_model's output), with its loss.csv, dev.csv and summary.json."""
+    return f"results/runs/{name}/model"
+
+
+def evaluated_model_dirs(runs: dict[str, Run]) -> list[str]:
+    """The model directories of every evaluated run: their loss curves are drawn beside the metrics."""
+    return [run_model_dir(name) for name, run in runs.items() if run.evaluated]
 
 
 def metrics_paths(config: dict, runs: dict[str, Run]) -> list[str]:
@@ -201,7 +212,27 @@ def finetune_inputs(config: dict, run: Run, prefix: str | None = None) -> dict:
         "model": start_model(config, run),
         "audio_frames": run_audio_frames(config, run),
         "start_from": start_from,
+        **dev_manifests(config, run),
     }
+
+
+def dev_manifests(config: dict, run: Run) -> dict[str, list[str]]:
+    """`dev_text`, `dev_speech`: the manifests of the dev split of the run's (target) language that it evaluates
+    on while training (training.dev_eval's inputs), each [] when not: dev_eval is off, or that split is the run's
+    training data (xSID's target languages train on dev)."""
+    manifests = {"dev_text": [], "dev_speech": []}
+    dev_eval = config.get("training", {}).get("dev_eval")
+    if dev_eval is None:
+        return manifests
+    if (run.target_split if run.target is not None else run.source_split) == "dev":
+        return manifests
+    settings = DevEvalSettings.from_dict(dev_eval, "config: training.dev_eval")
+    lang = run.test_lang
+    if "text" in settings.inputs:
+        manifests["dev_text"] = [manifest_path(run.corpus, lang, "dev")]
+    if "speech" in settings.inputs:
+        manifests["dev_speech"] = [speech_manifest_path(run.corpus, lang, "dev")]
+    return manifests
 
 
 def work_dir(config: dict, run: Run, prefix: str | None = None) -> str:
@@ -213,7 +244,7 @@ def decode_inputs(config: dict, run: Run, testset: str) -> dict[str, str]:
     """The run's model and one manifest per configured modality (`manifest_<modality>`)."""
     corpus, lang = parse_testset(testset)
     modalities = config["decode"]["modalities"]
-    inputs = {"model": f"results/runs/{run.name}/model"}
+    inputs = {"model": run_model_dir(run.name)}
     for modality in modalities:
         # The cascade reads the base model's transcripts of the test speech, made once for every run.
         inputs[f"manifest_{modality}"] = (

@@ -218,6 +218,7 @@ def parent_dir(wildcards, output):
 
 
 metrics_paths = partial(paths.metrics_paths, config, RUNS)
+evaluated_model_dirs = partial(paths.evaluated_model_dirs, RUNS)
 cascade_wer_paths = partial(paths.cascade_wer_paths, config, RUNS)
 settings_json = partial(arguments.settings_json, config)
 model_download_stamp = partial(paths.model_download_stamp, config)
@@ -333,6 +334,7 @@ finetune_inputs = of_training_job(paths.finetune_inputs)
 finetune_settings = of_training_job(arguments.finetune_settings)
 work_dir = of_training_job(paths.work_dir)
 start_from_argument = of_input(arguments.start_from_argument)
+dev_manifests_argument = of_input(arguments.dev_manifests_argument)
 
 
 def threads_per_process(rule_name):

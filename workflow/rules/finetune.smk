@@ -26,11 +26,13 @@ rule finetune_model:
         settings=finetune_settings,
         work_dir=work_dir,
         start_from=start_from_argument,
+        dev_manifests=dev_manifests_argument,
         code=code_version("finetune"),
     shell:
         "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True {params.launcher} -m lalm_slu finetune"
         " --mixture {input.mixture:q} --settings {params.settings:q} --out-dir {output:q}"
         " --work-dir {params.work_dir:q} --audio-frames {input.audio_frames:q} {params.start_from:q}"
+        " {params.dev_manifests:q}"
         " --threads {params.threads_per_process} > {log:q} 2>&1"
 
 
@@ -63,9 +65,10 @@ rule finetune_prefix:
         threads_per_process=threads_per_process("finetune_prefix"),
         settings=finetune_settings,
         work_dir=work_dir,
+        dev_manifests=dev_manifests_argument,
         code=code_version("finetune"),
     shell:
         "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True {params.launcher} -m lalm_slu finetune"
         " --mixture {input.mixture:q} --settings {params.settings:q} --out-dir {output:q} --output checkpoint"
-        " --work-dir {params.work_dir:q} --audio-frames {input.audio_frames:q}"
+        " --work-dir {params.work_dir:q} --audio-frames {input.audio_frames:q} {params.dev_manifests:q}"
         " --threads {params.threads_per_process} > {log:q} 2>&1"

@@ -85,7 +85,8 @@ rule make_tables:
 
 rule make_figures:
     input:
-        "results/metrics.csv",
+        metrics="results/metrics.csv",
+        runs=evaluated_model_dirs(),
     output:
         report(
             directory("results/figures"),
@@ -106,7 +107,8 @@ rule make_figures:
     params:
         code=code_version("figures"),
     shell:
-        "python -m lalm_slu figures --metrics {input:q} --out-dir {output:q} > {log:q} 2>&1"
+        "python -m lalm_slu figures --metrics {input.metrics:q} --runs {input.runs:q} --out-dir {output:q}"
+        " > {log:q} 2>&1"
 
 
 # The cost plan of a GPU grid (`lalm-slu plan`): every GPU job's GPUs, time and GPU-hours, as the jobs ask them.

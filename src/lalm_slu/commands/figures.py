@@ -1,4 +1,5 @@
-"""`lalm-slu figures`: paper figures (PNG, PDF) and an index.html from the aggregate metrics CSV."""
+"""`lalm-slu figures`: paper figures (PNG, PDF) and an index.html from the aggregate metrics CSV, and the runs'
+loss curves from their model directories."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ def add_arguments(parser) -> None:
         help="metrics plotted (one row of panels each)",
     )
     parser.add_argument(
+        "--runs",
+        nargs="*",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="runs' model directories (results/runs/RUN/model): their loss.csv and dev.csv make loss_curves",
+    )
+    parser.add_argument(
         "--screenshot",
         type=Path,
         help="also render OUT_DIR/index.html in headless chromium and save this PNG (a browser check)",
@@ -32,7 +40,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    written = write_figures(read_metrics_csv(args.metrics), args.out_dir, tuple(args.figure_metrics))
+    written = write_figures(read_metrics_csv(args.metrics), args.out_dir, tuple(args.figure_metrics), args.runs)
     log.info("wrote %d figure files to %s", len(written), args.out_dir)
     if args.screenshot is not None:
         screenshot_html(args.out_dir / "index.html", args.screenshot)

@@ -16,6 +16,8 @@ def add_arguments(parser):
                         help="precomputed frames of the mixture's clips (encode-audio); frozen-audio schemes only")
     parser.add_argument("--start-from", default=None,
                         help="a checkpoint written by --output checkpoint at the end of this run's first phases")
+    parser.add_argument("--dev-manifests", nargs="*", default=[], metavar="INPUTS=MANIFEST",
+                        help="the dev split's manifests for training.dev_eval: text=PATH and/or speech=PATH")
     parser.add_argument("--output", choices=("model", "checkpoint"), default="model",
                         help="write the final model, or the final checkpoint (for other runs' --start-from)")
 
@@ -32,7 +34,13 @@ def run(args):
     from lalm_slu.model_loading import set_threads
     from lalm_slu.train import finetune
 
+    dev_manifests = {}
+    for argument in args.dev_manifests:
+        inputs, _, path = argument.partition("=")
+        if inputs not in ("text", "speech") or not path:
+            raise SettingsError(f"--dev-manifests: {argument!r} is not text=PATH or speech=PATH")
+        dev_manifests[inputs] = path
     set_threads(args.threads)
     summary = finetune(args.mixture, settings, args.out_dir, args.work_dir, args.audio_frames,
-                       start_from=args.start_from, output=args.output)
+                       start_from=args.start_from, output=args.output, dev_manifests=dev_manifests)
     print(json.dumps(summary))

@@ -4,6 +4,7 @@ budget_curves: metric vs speech budget, one line per mixing scheme with its boot
 over seeds), text-only and oracle as horizontal lines; one panel per corpus/language × test set × modality,
 a test set's inputs (speech, text, cascade) side by side on one y scale, so end to end meets cascade.
 crosslingual: metric vs target-speech budget, one line per scheme × target-text setting, per language pair.
+loss_curves (when given the runs' model directories): training and dev loss per step (report.loss_curves).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lalm_slu.outputs import atomic_output, write_text_atomic
+from lalm_slu.report.loss_curves import loss_curves_figure, read_loss_curves
 from lalm_slu.report.summary import (
     CROSSLINGUAL_KEYS,
     MONOLINGUAL_KEYS,
@@ -61,8 +63,15 @@ SCHEME_COLORS = {"direct_mixing": "#1f77b4", "curriculum": "#ff7f0e", "text_only
 _OTHER_COLORS = ("#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
-def write_figures(frame: pd.DataFrame, out_dir: str | os.PathLike, metrics=FIGURE_METRICS) -> list[Path]:
-    """Both figures as PNG and PDF, plus index.html showing the PNGs."""
+def write_figures(frame: pd.DataFrame, out_dir: str | os.PathLike, metrics=FIGURE_METRICS,
+                  model_dirs: list[Path] | None = None) -> list[Path]:
+    """Both figures as PNG and PDF, plus index.html showing the PNGs; with `model_dirs` (runs' model
+    directories) the loss curves too."""
+    figures = list(FIGURE_NAMES)
+    curves = None
+    if model_dirs is not None:
+        curves = read_loss_curves(model_dirs, frame)  # the runs as the full CSV names them
+        figures.append("loss_curves")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = frame[frame["metric"].isin(metrics)]
@@ -77,13 +86,14 @@ def write_figures(frame: pd.DataFrame, out_dir: str | os.PathLike, metrics=FIGUR
         for name, figure in (
             ("budget_curves", budget_curves_figure(mono, metrics)),
             ("crosslingual", crosslingual_figure(cross, mono, metrics)),
+            *([("loss_curves", loss_curves_figure(curves))] if curves is not None else []),
         ):
             for suffix, metadata in SAVE_METADATA.items():
                 path = out_dir / f"{name}{suffix}"
                 with atomic_output(path, suffix=suffix) as tmp:  # savefig picks the format by the suffix
                     figure.savefig(tmp, metadata=metadata)
                 written.append(path)
-    written.append(write_index_html(out_dir, [f"{name}.png" for name in FIGURE_NAMES]))
+    written.append(write_index_html(out_dir, [f"{name}.png" for name in figures]))
     return written
 
 
