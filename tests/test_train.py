@@ -781,6 +781,24 @@ def test_an_edit_to_any_code_the_job_runs_changes_the_fingerprint_as_the_workflo
     assert code_version("finetune", copy) != code_version("finetune")
 
 
+@pytest.mark.parametrize("observer, its_command", [("dev_evaluation.py", None), ("training_metrics.py", None),
+                                                   ("metrics.py", "score"), ("decode.py", "decode")])
+def test_an_edit_to_what_only_watches_training_keeps_the_fingerprint(tmp_path, observer, its_command):
+    # Dev-set scores and logs must not retrain a 7B grid: the decoder and scorer they borrow included.
+    import shutil
+
+    from lalm_slu.code_version import PACKAGE_SRC, code_version
+
+    copy = tmp_path / "src"
+    shutil.copytree(PACKAGE_SRC / "lalm_slu", copy / "lalm_slu")
+    edited = copy / "lalm_slu" / observer
+    edited.write_text(edited.read_text() + "\n# an edit\n")
+    code_version.cache_clear()
+    assert code_version("finetune", copy) == code_version("finetune")
+    if its_command:  # the job that produces results with it does re-run
+        assert code_version(its_command, copy) != code_version(its_command)
+
+
 def test_a_checkpoint_of_other_code_is_discarded_and_training_starts_over(tiny_assets, tmp_path, monkeypatch):  # noqa: F811
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
     settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1, keep_checkpoint=True)

@@ -10,6 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE_SRC = Path(__file__).resolve().parents[1]
+# Modules that only watch a command's work (training logs, TensorBoard, dev-set scores), with what only they import:
+# an edit to them, or to the decoder and scorer the dev evaluation borrows, must not retrain a grid of 7B runs or
+# discard their checkpoints. A run's dev.csv and logs are what was observed when it ran.
+OBSERVERS = frozenset({"lalm_slu.dev_evaluation", "lalm_slu.training_metrics"})
 
 
 def module_file(module: str, src: Path = PACKAGE_SRC) -> Path | None:
@@ -38,12 +42,13 @@ def imported_modules(module: str, file: Path) -> set[str]:
     return {name for name in found if name.split(".")[0] == "lalm_slu"}
 
 
-def module_closure(module: str, src: Path = PACKAGE_SRC) -> set[Path]:
-    """Files of `module`, every package module it imports (transitively) and their packages."""
+def module_closure(module: str, src: Path = PACKAGE_SRC, skip: frozenset[str] = frozenset()) -> set[Path]:
+    """Files of `module`, every package module it imports (transitively) and their packages; `skip`: modules
+    neither hashed nor followed."""
     files, pending, seen = set(), [module], set()
     while pending:
         name = pending.pop()
-        if name in seen:
+        if name in seen or name in skip:
             continue
         seen.add(name)
         parts = name.split(".")
@@ -57,9 +62,9 @@ def module_closure(module: str, src: Path = PACKAGE_SRC) -> set[Path]:
 
 @lru_cache(maxsize=None)
 def code_version(command_module: str, src: Path = PACKAGE_SRC) -> str:
-    """sha256 of the source files the command `lalm_slu.commands.<command_module>` runs."""
+    """sha256 of the source files the command `lalm_slu.commands.<command_module>` runs, observers left out."""
     digest = hashlib.sha256()
-    for file in sorted(module_closure(f"lalm_slu.commands.{command_module}", src)):
+    for file in sorted(module_closure(f"lalm_slu.commands.{command_module}", src, OBSERVERS)):
         digest.update(str(file.relative_to(src)).encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
