@@ -36,6 +36,7 @@ def paper(monkeypatch, tmp_path):
 
 
 def test_one_text_only_run_costs_what_the_7b_shape_gives_by_hand(paper, tmp_path):
+    paper["training"]["dev_eval"] = None  # its cost: the next test
     text = json.loads(ARCHITECTURE.read_text())["text_config"]
     h, i, layers, vocab = text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"], text["vocab_size"]
     kv = text["num_key_value_heads"] * h // text["num_attention_heads"]
@@ -59,6 +60,29 @@ def test_one_text_only_run_costs_what_the_7b_shape_gives_by_hand(paper, tmp_path
     assert run.seconds == pytest.approx(seconds, rel=1e-3)
     assert run.gpu_hours == pytest.approx(gpus * seconds / 3600, rel=1e-3)
     assert run.runtime_minutes(settings) == -(-seconds * 1.5 // 60)
+
+
+def test_dev_evaluation_adds_its_decoding_and_loss_pass_at_each_evaluation(paper, tmp_path):
+    from lalm_slu.cost_plan import AUDIO_FRAMES_PER_SECOND, layer_elements
+
+    arch = read_architecture(ARCHITECTURE)
+    settings, _ = plan_settings(paper, results=tmp_path)
+    name = ("finetune_model", "slurp-en_text_only_b0_s0")
+    with_dev = {(c.rule, c.name): c for c in grid_costs(paper, arch, settings)}[name]
+    dev_eval = paper["training"]["dev_eval"]
+    paper["training"]["dev_eval"] = None
+    without = {(c.rule, c.name): c for c in grid_costs(paper, arch, settings)}[name]
+    sizes = paper["plan"]["corpus_sizes"]["slurp"]["en"]
+    steps = 3 * -(-sizes["train"] // paper["training"]["global_batch_size"])
+    evaluations = steps // dev_eval["every_steps"] + 1  # and one at the phase's end
+    dev = min(dev_eval["max_examples"], sizes["dev"])
+    prompts = dev * len(dev_eval["inputs"])  # transcripts and speech
+    llm, audio = layer_elements(arch)
+    flops = (2 * prompts * 2 * llm * settings.mean_sequence_tokens  # the decode's prefill and the loss pass
+             + dev * 2 * audio * settings.mean_audio_seconds * AUDIO_FRAMES_PER_SECOND)
+    one = flops / (989e12 * 0.35) + prompts * settings.mean_answer_tokens / 1200
+    assert with_dev.seconds - without.seconds == pytest.approx(evaluations * one / with_dev.gpus, rel=1e-6)
+    assert with_dev.seconds - without.seconds > 0
 
 
 def test_projector_only_runs_ask_one_card_and_full_fine_tuning_two(paper):

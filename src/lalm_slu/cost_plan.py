@@ -47,9 +47,9 @@ from lalm_slu.memory_plan import (
     training_shape,
 )
 from lalm_slu.schemes import BUDGET_FREE_PHASES, IMITATION_SCHEMES
-from lalm_slu.settings import PlanSettings, TrainingSettings
+from lalm_slu.settings import DevEvalSettings, PlanSettings, TrainingSettings
 from lalm_slu.speech_budget import SpeechBudget
-from lalm_slu.workflow_paths import imitation_pool_name, manifest_path
+from lalm_slu.workflow_paths import dev_manifests, imitation_pool_name, manifest_path
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARK_RESULTS = REPO / "benchmarks" / "results"
@@ -243,12 +243,16 @@ def finetune_cost(config: dict, arch: Architecture, settings: PlanSettings, run:
     shape = shapes[modules]
     trained, llm_trained = trained_elements(arch, shape)
     items = phase_items(config, run)
-    flops = 0.0
+    flops, evaluations = 0.0, 0
+    global_batch = TrainingSettings.from_dict(config.get("training", {}), "config training").global_batch_size
     for phase in block["phases"][phases]:
         text, speech = items[phase["phase"]]
         flops += phase["epochs"] * (text * item_flops(arch, shape, settings, False, llm_trained)
                                     + speech * item_flops(arch, shape, settings, True, llm_trained))
+        evaluations += dev_evaluations(config, run, phase["epochs"] * math.ceil((text + speech) / global_batch))
     compute = flops / (shape.gpus * settings.gpu_peak_tflops * 1e12 * settings.mfu)
+    if evaluations:
+        compute += evaluations * dev_evaluation_seconds(config, arch, settings, run) / shape.gpus
     checkpoint = CHECKPOINT_BYTES_PER_TRAINED_PARAMETER * trained
     checkpoints = math.floor(compute / 60 / checkpoint_minutes(config))
     # Each GPU stages its own shard, all at once.
@@ -257,6 +261,28 @@ def finetune_cost(config: dict, arch: Architecture, settings: PlanSettings, run:
     seconds = compute + staging + 2 * weights / (settings.filesystem_gb_per_second * 1e9)  # read once, write once
     return JobCost(rule, name, run.scheme, shape.gpus, memory_gb(arch, shape), flops, checkpoint,
                    2 * weights + checkpoints * checkpoint, seconds)
+
+
+def dev_evaluations(config: dict, run: Run, phase_steps: int) -> int:
+    """How often a phase of `phase_steps` steps evaluates on the dev split (training.dev_eval)."""
+    dev_eval = config.get("training", {}).get("dev_eval")
+    if dev_eval is None or not any(dev_manifests(config, run).values()):
+        return 0
+    dev = DevEvalSettings.from_dict(dev_eval, "config: training.dev_eval")
+    return (phase_steps // dev.every_steps if dev.every_steps else 0) + int(dev.at_phase_end)
+
+
+def dev_evaluation_seconds(config: dict, arch: Architecture, settings: PlanSettings, run: Run) -> float:
+    """One dev evaluation on one GPU: the teacher-forced loss and greedy decoding of every sampled input, at the
+    plan's decode rate (the processes split the sample)."""
+    dev = DevEvalSettings.from_dict(config["training"]["dev_eval"], "config: training.dev_eval")
+    size = min(dev.max_examples, split_size(config, run.corpus, run.test_lang, "dev"))
+    prompts = size * sum(1 for paths in dev_manifests(config, run).values() if paths)
+    speech = size if dev_manifests(config, run)["dev_speech"] else 0
+    decoding = decode_cost(arch, settings, "", "", run.scheme, prompts, settings.mean_answer_tokens, speech, 1)
+    loss_pass = prompts * 2 * layer_elements(arch)[0] * settings.mean_sequence_tokens
+    return (decoding.seconds - load_seconds(arch, settings)
+            + loss_pass / (settings.gpu_peak_tflops * 1e12 * settings.mfu))
 
 
 def finetune_shape(config: dict, arch: Architecture, modules: tuple[str, ...]) -> TrainingShape:
