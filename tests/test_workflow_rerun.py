@@ -240,7 +240,7 @@ const leaf = (text) => [...document.querySelectorAll("*")].filter((e) => !e.chil
 setTimeout(() => {
   leaf("Figures").forEach((e) => e.click());
   setTimeout(() => {
-    leaf("results/figures/intent_accuracy.png")[0].closest("tr").querySelector("a[iconname=eye]").click();
+    leaf("results/figures/FIGURE")[0].closest("tr").querySelector("a[iconname=eye]").click();
     setTimeout(() => {
       const shown = [...document.querySelectorAll("img")].filter((i) => i.src.startsWith("data:image/png"));
       const out = document.createElement("pre");
@@ -260,24 +260,37 @@ def test_report_shows_the_figures_in_headless_chromium(planned):
     import subprocess
 
     import matplotlib
+    import pandas as pd
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure = pyplot.figure(figsize=(3.21, 1.23), dpi=100)
-    figure.savefig(planned.root / "results/figures/intent_accuracy.png")
+    from lalm_slu.report.loss_curves import loss_curves_figure
+
+    figures = planned.root / "results/figures"
+    pyplot.figure(figsize=(3.21, 1.23), dpi=100).savefig(figures / "intent_accuracy.png")
+    # The loss curves as the figures command draws them: two seeds of one run, a dev curve on one.
+    curves = pd.DataFrame([
+        {"corpus": "tiny", "lang": "en", "scheme": "direct_mixing", "budget": "25", "seed": seed, "run": f"r{seed}",
+         "curve": curve, "step": step, "loss": 2.0 / step + seed}
+        for seed in (0, 1) for curve in ("train", "dev_text") for step in range(1, 6)
+        if curve == "train" or seed == 1])
+    loss_curves_figure(curves).savefig(figures / "loss_curves.png")
     planned.snakemake("--report", "report.html")
     html = (planned.root / "report.html").read_text(encoding="utf-8")
     end = html.rindex("</body>")
-    (planned.root / "clicked.html").write_text(html[:end] + SHOW_FIGURE_SCRIPT + html[end:], encoding="utf-8")
-    dom = subprocess.run(
-        [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         f"--user-data-dir={planned.root / 'chromium-profile'}", "--virtual-time-budget=20000", "--dump-dom",
-         (planned.root / "clicked.html").as_uri()],
-        capture_output=True, text=True, timeout=180,
-    ).stdout  # fmt: skip
-    shown = json.loads(re.search(r'<pre id="shown-figures">(.*?)</pre>', dom).group(1))
-    assert shown == [[321, 123]]  # the PNG decoded at its own size: the browser drew the figure
+    for name in ("intent_accuracy.png", "loss_curves.png"):
+        page = planned.root / f"clicked-{name}.html"
+        page.write_text(html[:end] + SHOW_FIGURE_SCRIPT.replace("FIGURE", name) + html[end:], encoding="utf-8")
+        dom = subprocess.run(
+            [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             f"--user-data-dir={planned.root / 'chromium-profile'}", "--virtual-time-budget=20000", "--dump-dom",
+             page.as_uri()],
+            capture_output=True, text=True, timeout=180,
+        ).stdout  # fmt: skip
+        shown = json.loads(re.search(r'<pre id="shown-figures">(.*?)</pre>', dom).group(1))
+        height, width = matplotlib.image.imread(figures / name).shape[:2]
+        assert shown == [[width, height]], name  # the PNG decoded at its own size: the browser drew the figure
 
 
 def test_editing_comparison_code_reruns_the_comparisons_and_tables_only(planned):
