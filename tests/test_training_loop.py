@@ -358,6 +358,16 @@ def test_a_log_line_every_n_steps_and_at_the_end_names_step_phase_loss_lr_grad_n
                         rf"grad norm {record['grad_norm']:.3f} ETA 0:00:\d\d", lines[1])
 
 
+def test_a_job_log_gets_the_step_lines_without_a_progress_bar_run_into_them(group, tmp_path, capsys):
+    # stderr is a file here, as in a Snakemake or Slurm job: the bar shows only on a terminal once metrics log.
+    watched = watched_loop(group, tmp_path / "watched")
+    watched.run(SEGMENTS, gradients_of(watched))
+    assert "it/s" not in capsys.readouterr().err
+    plain = new_loop(group, tmp_path / "plain")  # no metrics (the demo model's pretraining): the bar stays
+    plain.run(SEGMENTS, gradients_of(plain))
+    assert "it/s" in capsys.readouterr().err
+
+
 def test_tensorboard_holds_the_loss_csv_of_a_resumed_run_once_per_step(group, tmp_path):
     first = watched_loop(group, tmp_path, every=4)
     with pytest.raises(RuntimeError, match="killed"):

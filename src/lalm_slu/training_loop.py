@@ -218,8 +218,9 @@ class TrainingLoop:
             if index < self.position["segment"]:
                 continue
             first = self.position["step"] if index == self.position["segment"] else 0
+            # With metrics, a job log (not a terminal) gets their step lines only, not a bar run into them.
             progress = tqdm(total=segment.steps, initial=first, desc=segment.name, mininterval=20,
-                            disable=not self.group.is_main)
+                            disable=not self.group.is_main or (None if self.metrics is not None else False))
             for step in range(first, segment.steps):
                 self.optimizer.zero_grad(set_to_none=True)
                 record = gradients(index, step)
