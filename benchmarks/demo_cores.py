@@ -5,7 +5,10 @@ its inputs, outputs and threads from Snakemake's own logs (`.snakemake/log/*.sna
 Jobs are then scheduled as Snakemake's local scheduler would on N cores (a job as soon as its inputs exist and its
 threads are free; longest remaining chain first). The critical path (infinitely many cores) bounds every N.
 
-    python benchmarks/demo_cores.py RUN_DIR LOG [LOG ...] [--out benchmarks/results/demo_cores.json]
+    python benchmarks/demo_cores.py RUN_DIR LOG [LOG ...] [--plan DRY_RUN] [--out benchmarks/results/demo_cores.json]
+
+With `--plan` (the output of `snakemake -n --forceall`), the whole planned demo is scheduled: jobs the logs do not
+show (a run still going, or outputs kept from an earlier run) take their rule's median measured work.
 
 The CPU seconds leave out what a loaded machine adds (waiting for a core), so a run on a quiet machine is the check:
 the estimate for the cores it ran on is printed beside its measured wall time when `logs/demo_wall_time.log` has it.
@@ -19,6 +22,7 @@ import csv
 import heapq
 import json
 import re
+import statistics
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,8 +45,8 @@ class Job:
     finished: datetime | None = None
 
 
-def read_jobs(log: Path) -> list[Job]:
-    """The jobs a Snakemake log shows as finished."""
+def read_jobs(log: Path, finished_only: bool = True) -> list[Job]:
+    """The jobs a Snakemake log shows as finished (`finished_only=False`: every job it lists, as a dry run does)."""
     jobs, stamp, current = {}, None, None
     for line in log.read_text(errors="replace").splitlines():
         if match := STAMP.match(line.strip()):
@@ -64,7 +68,7 @@ def read_jobs(log: Path) -> list[Job]:
         elif match := FINISHED.match(line.strip()):
             if match.group(1) in jobs:
                 jobs[match.group(1)].finished = stamp
-    return [job for job in jobs.values() if job.finished is not None and job.outputs]
+    return [job for job in jobs.values() if job.outputs and (job.finished is not None or not finished_only)]
 
 
 def cpu_seconds(run_dir: Path, job: Job) -> float:
@@ -74,6 +78,22 @@ def cpu_seconds(run_dir: Path, job: Job) -> float:
             row = next(csv.DictReader(handle, delimiter="\t"))
         return float(row["cpu_time"])
     return (job.finished - job.started).total_seconds() * job.threads
+
+
+def planned_work(planned: list[Job], measured: dict[tuple, float], rules: dict[str, Job]) -> list[float]:
+    """Each planned job's work: its own measurement, else the median of its rule's measured jobs."""
+    by_rule: dict[str, list[float]] = {}
+    for outputs, work in measured.items():
+        by_rule.setdefault(rules[outputs].rule, []).append(work)
+    work = []
+    for job in planned:
+        if tuple(job.outputs) in measured:
+            work.append(measured[tuple(job.outputs)])
+        elif job.rule in by_rule:
+            work.append(statistics.median(by_rule[job.rule]))
+        else:
+            work.append(0.0)  # a rule with no measured job: `all`, or one that ran in no log given
+    return work
 
 
 def schedule(jobs: list[Job], work: list[float], depends: list[set[int]], cores: int | None) -> float:
@@ -152,28 +172,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("logs", type=Path, nargs="+", help="Snakemake logs of the run (a re-run's jobs win)")
+    parser.add_argument("--plan", type=Path, help="a dry run's output (`snakemake -n --forceall`): its jobs are "
+                        "scheduled, the unmeasured ones at their rule's median")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     by_output = {}
     for log in args.logs:  # a later log's job replaces an earlier one's with the same outputs
         for job in read_jobs(log):
             by_output[tuple(job.outputs)] = job
-    jobs = list(by_output.values())
-    work = [cpu_seconds(args.run_dir, job) for job in jobs]
+    measured = {outputs: cpu_seconds(args.run_dir, job) for outputs, job in by_output.items()}
+    if args.plan:
+        jobs = read_jobs(args.plan, finished_only=False)
+        work = planned_work(jobs, measured, by_output)
+    else:
+        jobs, work = list(by_output.values()), list(measured.values())
     depends = dependencies(jobs)
     estimates = {str(cores): round(schedule(jobs, work, depends, cores)) for cores in CORES}
     estimates["unlimited"] = round(schedule(jobs, work, depends, None))
-    result = {"jobs": len(jobs), "job_seconds": round(sum(work)),
-              "wall_seconds_by_cores": estimates}
+    result = {"jobs": len(jobs), "measured_jobs": sum(tuple(j.outputs) in measured for j in jobs),
+              "job_seconds": round(sum(work)), "wall_seconds_by_cores": estimates}
     wall_log = args.run_dir / "logs" / "demo_wall_time.log"
     if wall_log.is_file():
-        result["measured"] = wall_log.read_text().strip().splitlines()[-1]
-    print(f"{len(jobs)} jobs, {result['job_seconds']} s of work on cores of their own")
+        result["measured_wall"] = wall_log.read_text().strip().splitlines()[-1]
+    print(f"{len(jobs)} jobs ({result['measured_jobs']} measured), {result['job_seconds']} s of work on cores of "
+          "their own")
     print("| cores | estimated wall time |\n|---|---|")
     for cores, seconds in estimates.items():
         print(f"| {cores} | {seconds} s ({seconds / 60:.0f} min) |")
-    if "measured" in result:
-        print("measured:", result["measured"])
+    if "measured_wall" in result:
+        print("measured:", result["measured_wall"])
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 

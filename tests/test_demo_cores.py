@@ -59,3 +59,26 @@ def test_jobs_durations_and_dependencies_come_from_the_log_and_benchmarks(tmp_pa
     assert demo_cores.schedule(jobs, work, depends, 3) == 115  # train's 2 threads beside decode's 1
     assert demo_cores.schedule(jobs, work, depends, 2) == 145  # decode waits for train's two cores
     assert demo_cores.schedule(jobs, work, depends, 1) == 245  # every core-second one after another
+
+
+def test_a_planned_job_without_a_measurement_takes_its_rule_s_median(tmp_path):
+    (tmp_path / "snakemake.log").write_text(LOG)  # train without its benchmark file: 290 s wall on 2 threads
+    jobs = demo_cores.read_jobs(tmp_path / "snakemake.log")
+    measured = {tuple(job.outputs): demo_cores.cpu_seconds(tmp_path, job) for job in jobs}
+    rules = {tuple(job.outputs): job for job in jobs}
+    # The dry run of a bigger grid: a second decode the log does not show, and the `all` rule (no output: left out).
+    plan = LOG.replace("Finished jobid", "Done jobid") + """
+[Mon Dec  7 09:00:00 2026]
+rule decode:
+    input: results/a.parquet
+    output: results/c.jsonl
+    jobid: 5
+[Mon Dec  7 09:00:00 2026]
+localrule all:
+    input: results/report.csv, results/c.jsonl
+    jobid: 0
+"""
+    (tmp_path / "plan.log").write_text(plan)
+    planned = demo_cores.read_jobs(tmp_path / "plan.log", finished_only=False)
+    assert [job.rule for job in planned] == ["prepare", "train", "decode", "report", "decode"]
+    assert demo_cores.planned_work(planned, measured, rules) == [10, 580, 30, 5, 30]
