@@ -20,14 +20,14 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
 
-from lalm_slu.batches import ChatItem  # noqa: E402
-from lalm_slu.config_file import load_config  # noqa: E402
-from lalm_slu.corpora.common import BadRecordPolicy  # noqa: E402
-from lalm_slu.corpora.slurp import read_slurp_release  # noqa: E402
-from lalm_slu.loss import answer_loss  # noqa: E402
-from lalm_slu.records import Utterance  # noqa: E402
-from lalm_slu.settings import TrainingSettings  # noqa: E402
-from lalm_slu.slu_json import format_target  # noqa: E402
+from lalm_slu.model.batches import ChatItem  # noqa: E402
+from lalm_slu.config.layered import load_config  # noqa: E402
+from lalm_slu.data.corpora.common import BadRecordPolicy  # noqa: E402
+from lalm_slu.data.corpora.slurp import read_slurp_release  # noqa: E402
+from lalm_slu.model.loss import answer_loss  # noqa: E402
+from lalm_slu.data.records import Utterance  # noqa: E402
+from lalm_slu.config.settings import TrainingSettings  # noqa: E402
+from lalm_slu.data.slu_json import format_target  # noqa: E402
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -53,7 +53,7 @@ def set_threads(threads: int | None) -> int:
 
 def slurp_sentences(count: int, seed: int = 0) -> list[Utterance]:
     """A seeded sample of the vendored SLURP test sentences (realistic lengths and targets)."""
-    logging.getLogger("lalm_slu.corpora").setLevel(logging.ERROR)  # the reader reports each dropped record
+    logging.getLogger("lalm_slu.data.corpora").setLevel(logging.ERROR)  # the reader reports each dropped record
     utterances = [
         u
         for u in read_slurp_release(REPO / "data" / "slurp", "slurp", "en", BadRecordPolicy("drop"))
@@ -77,7 +77,7 @@ def with_speech(utterances: list[Utterance], work: Path) -> list[Utterance]:
 
 
 def chat_items(utterances: list[Utterance], modality: str, with_answer: bool = True) -> list[ChatItem]:
-    from lalm_slu.speech.audio import load_audio
+    from lalm_slu.data.audio import load_audio
 
     items = []
     for utt in utterances:

@@ -35,8 +35,8 @@ import torch.distributed.checkpoint as dcp  # noqa: E402
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 
-from lalm_slu import distributed  # noqa: E402
-from lalm_slu.distributed import ProcessGroup, save_checkpoint  # noqa: E402
+from lalm_slu.training import distributed  # noqa: E402
+from lalm_slu.training.distributed import ProcessGroup, save_checkpoint  # noqa: E402
 
 
 def bytes_read() -> int:

@@ -47,13 +47,13 @@ from _common import (
     write_result,
 )
 
-from lalm_slu.settings import GenerationSettings
+from lalm_slu.config.settings import GenerationSettings
 
 TARGET_SPEEDUP = 3.0
 
 
 def timed_decode(model, processor, manifest, modality: str, settings: GenerationSettings) -> tuple[list[str], float]:
-    from lalm_slu.decode import decode_manifest
+    from lalm_slu.evaluation.decode import decode_manifest
 
     started = time.perf_counter()
     predictions = decode_manifest(model, processor, manifest, modality, settings, INSTRUCTION)
@@ -65,8 +65,8 @@ def timed_stock_generate(model, processor, manifest, modality: str,
     """One `generate(**batch)` call per utterance, as transformers documents it."""
     import torch
 
-    from lalm_slu.batches import ChatItem, Collator
-    from lalm_slu.speech.audio import load_audio
+    from lalm_slu.model.batches import ChatItem, Collator
+    from lalm_slu.data.audio import load_audio
 
     collator = Collator(processor, for_generation=True)
     beams = settings.num_beams
@@ -93,8 +93,8 @@ def finetune_briefly(model, processor, utterances, batch_size: int = 16) -> None
     """Text-only SLU fine-tuning as the trainer does it, on sentences the measurement does not use."""
     import torch
 
-    from lalm_slu.batches import Collator
-    from lalm_slu.trainable import set_trainable
+    from lalm_slu.model.batches import Collator
+    from lalm_slu.model.trainable import set_trainable
 
     set_trainable(model, ["language_model", "lm_head"])
     params = [p for p in model.parameters() if p.requires_grad]
@@ -108,7 +108,7 @@ def finetune_briefly(model, processor, utterances, batch_size: int = 16) -> None
 
 def decoder_at(commit: str, work):
     """decode.py as of `commit`, imported as a module of its own (over today's other modules)."""
-    source = subprocess.run(["git", "show", f"{commit}:src/lalm_slu/decode.py"], cwd=REPO, check=True,
+    source = subprocess.run(["git", "show", f"{commit}:src/lalm_slu/evaluation/decode.py"], cwd=REPO, check=True,
                             capture_output=True, text=True).stdout
     path = work / f"decode_{commit}.py"
     path.write_text(source)
@@ -120,9 +120,9 @@ def decoder_at(commit: str, work):
 
 def demo_job(manifest_path: str, before: str, repeats: int, batch_sizes: list[int], threads: int) -> None:
     """The demo's decode job by the decoder as of `before` and as checked out (module docstring)."""
-    from lalm_slu import decode
-    from lalm_slu.model_loading import load_model_and_processor
-    from lalm_slu.records import read_manifest
+    from lalm_slu.evaluation import decode
+    from lalm_slu.model.loading import load_model_and_processor
+    from lalm_slu.data.records import read_manifest
 
     old = decoder_at(before, scratch_dir())
     model, processor = load_model_and_processor(str(DEMO_MODEL))
@@ -198,8 +198,8 @@ def main() -> None:
         demo_job(args.demo_job, args.before, args.repeats, args.demo_batch_sizes, threads)
         return
 
-    from lalm_slu.model_loading import load_model_and_processor
-    from lalm_slu.records import manifest_frame
+    from lalm_slu.model.loading import load_model_and_processor
+    from lalm_slu.data.records import manifest_frame
 
     work = scratch_dir()
     path, model_kind = model_path(work)

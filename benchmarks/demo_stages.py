@@ -18,7 +18,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-PREFIX = "stage seconds: "  # lalm_slu.stages.PREFIX, repeated: this script must not import the package
+PREFIX = "stage seconds: "  # lalm_slu.core.stages.PREFIX, repeated: this script must not import the package
 STAGE_ORDER = ("outside", "start_up", "model_load", "data", "tokenization", "collation", "steps", "checkpoints",
                "decoding", "output")
 

@@ -40,7 +40,7 @@ def configured_precision() -> str:
     """The precision the demo config trains in on a CPU, resolved as the trainer resolves it."""
     import torch
 
-    from lalm_slu.model_loading import device_and_dtype
+    from lalm_slu.model.loading import device_and_dtype
 
     _, dtype = device_and_dtype(dataclasses.replace(DEMO_TRAINING, device="cpu"))
     return {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
@@ -59,11 +59,11 @@ def seconds_per_step(path: str, items, batches: list[list[int]], warmup: int, pr
     too. Without it, each step runs the encoder on its clips."""
     import torch
 
-    from lalm_slu.audio_encoding import FrozenAudioCache, clip_frames
-    from lalm_slu.batches import Collator
-    from lalm_slu.model_loading import device_and_dtype, load_model_and_processor
-    from lalm_slu.settings import TrainingSettings
-    from lalm_slu.trainable import set_trainable
+    from lalm_slu.model.audio_encoding import FrozenAudioCache, clip_frames
+    from lalm_slu.model.batches import Collator
+    from lalm_slu.model.loading import device_and_dtype, load_model_and_processor
+    from lalm_slu.config.settings import TrainingSettings
+    from lalm_slu.model.trainable import set_trainable
 
     model, processor = load_model_and_processor(path)
     set_trainable(model, TRAINABLE, DEMO_TRAINING.freeze_token_embeddings)
@@ -108,9 +108,9 @@ def seconds_per_step(path: str, items, batches: list[list[int]], warmup: int, pr
 
 def trainer_batches(utterances, modality: str, batch_size: int, path: str) -> list[list[int]]:
     """The trainer's own batching of these utterances for one epoch (seeded, grouped by sequence length)."""
-    from lalm_slu.model_loading import load_model_and_processor
-    from lalm_slu.slu_json import format_target
-    from lalm_slu.training_data import TrainItem, micro_batches, sequence_lengths
+    from lalm_slu.model.loading import load_model_and_processor
+    from lalm_slu.data.slu_json import format_target
+    from lalm_slu.training.items import TrainItem, micro_batches, sequence_lengths
 
     items = [
         TrainItem(u.id, modality, u.text, format_target(u.scenario, u.action, u.entities), u.audio,

@@ -1,5 +1,5 @@
 """Paper-scale fine-tuning steps, compute only: Qwen2-Audio-7B-Instruct's shape, randomly initialized, trained by
-the trainer's own parts (AnswerLoss under lalm_slu.distributed.parallelize: FSDP2, bf16 compute on fp32 master
+the trainer's own parts (AnswerLoss under lalm_slu.training.distributed.parallelize: FSDP2, bf16 compute on fp32 master
 weights, the trainer's AdamW) on SLURP-like batches already on the device: half 3-s clips, half transcripts, 40
 answer tokens, global batch 128 by accumulation. No data loading, no collation, no checkpoints, no evaluation.
 
@@ -8,9 +8,9 @@ The model is built on the meta device, sharded, then allocated shard by shard on
 
 Model FLOPs are counted as torchtitan counts them, for what this model trains (`step_flops`): 6 per trained
 non-embedding LLM parameter and token, causal attention, no FLOPs for the embedding lookup, the output head only at
-the answer positions (the loss projects only those, lalm_slu.loss), 2 per frozen audio-encoder parameter and position
+the answer positions (the loss projects only those, lalm_slu.model.loss), 2 per frozen audio-encoder parameter and position
 (forward only). MFU divides these by the card's dense bf16 peak; HFU adds the forward that gradient checkpointing
-recomputes. Peak memory is set against lalm_slu.memory_plan's plan for the same job.
+recomputes. Peak memory is set against lalm_slu.model.memory_plan's plan for the same job.
 
 Run it where GPUs are, one process per GPU:
     torchrun --standalone --nproc-per-node 8 benchmarks/gpu_finetune_step.py
@@ -37,13 +37,15 @@ sys.path.insert(0, str(REPO / "src"))
 import torch  # noqa: E402
 from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration  # noqa: E402
 
-from lalm_slu.batches import IGNORE_INDEX, audio_token_count  # noqa: E402
-from lalm_slu.distributed import ProcessGroup, parallelize  # noqa: E402
-from lalm_slu.length_aware_encoder import make_encoder_length_aware  # noqa: E402
-from lalm_slu.memory_plan import GIB, Architecture, TrainingShape, parameter_sizes, plan_memory  # noqa: E402
-from lalm_slu.settings import TrainingSettings  # noqa: E402
-from lalm_slu.train import AnswerLoss, build_optimizer, training_precision  # noqa: E402
-from lalm_slu.trainable import set_trainable  # noqa: E402
+from lalm_slu.model.batches import IGNORE_INDEX, audio_token_count  # noqa: E402
+from lalm_slu.training.distributed import ProcessGroup, parallelize  # noqa: E402
+from lalm_slu.model.length_aware_encoder import make_encoder_length_aware  # noqa: E402
+from lalm_slu.model.memory_plan import GIB, Architecture, TrainingShape, parameter_sizes, plan_memory  # noqa: E402
+from lalm_slu.config.settings import TrainingSettings  # noqa: E402
+from lalm_slu.model.forward import AnswerLoss  # noqa: E402
+from lalm_slu.training.finetune import training_precision  # noqa: E402
+from lalm_slu.training.optimizer import build_optimizer  # noqa: E402
+from lalm_slu.model.trainable import set_trainable  # noqa: E402
 
 ARCHITECTURE = REPO / "workflow" / "architectures" / "Qwen2-Audio-7B-Instruct.json"
 RESULT = REPO / "benchmarks" / "results" / "gpu_finetune_step.json"

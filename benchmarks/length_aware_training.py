@@ -30,9 +30,9 @@ def throughput(
     import torch
     from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
-    from lalm_slu.batches import Collator
-    from lalm_slu.model_loading import load_model_and_processor
-    from lalm_slu.trainable import set_trainable
+    from lalm_slu.model.batches import Collator
+    from lalm_slu.model.loading import load_model_and_processor
+    from lalm_slu.model.trainable import set_trainable
 
     model, processor = load_model_and_processor(path)
     if not length_aware:

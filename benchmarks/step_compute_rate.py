@@ -32,9 +32,9 @@ def main() -> None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lalm_slu.batches import Collator
-    from lalm_slu.model_loading import load_model_and_processor
-    from lalm_slu.trainable import set_trainable
+    from lalm_slu.model.batches import Collator
+    from lalm_slu.model.loading import load_model_and_processor
+    from lalm_slu.model.trainable import set_trainable
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=16)

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lalm_slu.records import Utterance
+from lalm_slu.data.records import Utterance
 from lalm_slu.speech.synthesis import synthesize_utterances, voices_from_json
 
 VOICES = [

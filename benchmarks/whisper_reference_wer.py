@@ -26,7 +26,7 @@ def whisper_transcripts(clips, threads: int, batch_size: int = 16) -> list[str]:
     from transformers import WhisperFeatureExtractor
 
     from lalm_slu.demo_model.whisper_ct2 import bundled_whisper_tiny_en
-    from lalm_slu.speech.audio import load_audio
+    from lalm_slu.data.audio import load_audio
 
     model_dir = bundled_whisper_tiny_en().parent
     whisper = ctranslate2.models.Whisper(str(model_dir), device="cpu", intra_threads=threads)
@@ -62,7 +62,7 @@ def main() -> None:
                          "--clips-json")
 
     from lalm_slu.demo_model.pretrain import Clip, transcribe, word_error_rate
-    from lalm_slu.model_loading import load_model_and_processor
+    from lalm_slu.model.loading import load_model_and_processor
 
     by_lang: dict[str, list] = {}
     for record in json.loads(clips_json.read_text()):

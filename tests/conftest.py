@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The tests test this checkout, whichever checkout the environment's editable install points to.
 sys.path.insert(0, str(REPO / "src"))
 
-from lalm_slu.records import Utterance, write_manifest  # noqa: E402
+from lalm_slu.data.records import Utterance, write_manifest  # noqa: E402
 BIN = Path(sys.executable).parent
 
 INTENTS = [

@@ -6,7 +6,7 @@ value = BASE[scheme, budget] + 0.02 * seed + MODALITY_OFFSET[modality], CI = val
 
 import json
 
-from lalm_slu.metrics import METRIC_NAMES
+from lalm_slu.evaluation.metrics import METRIC_NAMES
 
 # (scheme, budget) -> value at seed 0, monolingual slurp/en runs (seeds 0 and 1).
 MONOLINGUAL_BASE = {

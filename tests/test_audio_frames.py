@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny_model import INSTRUCTION, tiny_assets  # noqa: F401 - session fixture
 
-from lalm_slu.audio_encoding import clip_frames, merge_audio
-from lalm_slu.audio_frames import encode_manifest, load_frames
-from lalm_slu.batches import audio_features, audio_token_count
-from lalm_slu.decode import decode
-from lalm_slu.model_loading import load_model_and_processor
-from lalm_slu.records import DataError, read_manifest
-from lalm_slu.speech.audio import load_audio
-from lalm_slu.train import finetune
+from lalm_slu.model.audio_encoding import clip_frames, merge_audio
+from lalm_slu.model.audio_frames import encode_manifest, load_frames
+from lalm_slu.model.batches import audio_features, audio_token_count
+from lalm_slu.evaluation.decode import decode
+from lalm_slu.model.loading import load_model_and_processor
+from lalm_slu.data.records import DataError, read_manifest
+from lalm_slu.data.audio import load_audio
+from lalm_slu.training.finetune import finetune
 from test_train import LLM_ONLY, count_encoder_batches, make_settings, mixed_rows, weights, write_mixture
 
 SETTINGS = {"batch_size": 3, "length_aware": True, "device": "cpu", "precision": "fp32"}

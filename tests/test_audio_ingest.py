@@ -5,8 +5,8 @@ import pytest
 import soundfile
 
 from lalm_slu.cli import main
-from lalm_slu.records import Utterance, read_manifest, write_manifest
-from lalm_slu.speech.audio import AudioRejected, cache_name, ingest_utterances, read_mono_16k, standardize
+from lalm_slu.data.records import Utterance, read_manifest, write_manifest
+from lalm_slu.data.audio import AudioRejected, cache_name, ingest_utterances, read_mono_16k, standardize
 
 
 def tone(seconds, rate, channels=1, amplitude=0.3):

@@ -31,11 +31,11 @@ import soundfile
 import yaml
 from conftest import BIN, REPO, WorkflowCopy, make_utterances, subprocess_env
 
-from lalm_slu.budgets import write_budget_ids
+from lalm_slu.data.budgets import write_budget_ids
 from lalm_slu.cli import main
 from lalm_slu.commands import download_slurp_release
-from lalm_slu.records import Utterance, read_manifest, write_manifest
-from lalm_slu.speech.audio import write_flac
+from lalm_slu.data.records import Utterance, read_manifest, write_manifest
+from lalm_slu.data.audio import write_flac
 
 # A file or folder name a shell would split, expand or run, and its parts.
 NASTY = "it's \"a\" $(rm -f canary) `rm -f canary`; rm -f canary &"
@@ -733,7 +733,7 @@ def test_config_error_is_refused_by_the_schema_naming_the_key(edit, message):
 
 
 def test_reader_options_in_the_schema_are_the_readers_keyword_arguments():
-    from lalm_slu.corpora import READERS, reader_options
+    from lalm_slu.data.corpora import READERS, reader_options
 
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     corpus = schema["properties"]["corpora"]["additionalProperties"]
@@ -1044,7 +1044,7 @@ def test_output_folder_that_cannot_be_created_on_a_read_only_disk_is_named(tmp_p
 
 
 def test_enormous_line_is_named_without_reading_it_whole(tmp_path, capsys):
-    from lalm_slu.text_lines import MAX_LINE_BYTES
+    from lalm_slu.data.text_lines import MAX_LINE_BYTES
 
     source = tmp_path / "en.jsonl"
     with source.open("wb") as handle:  # e.g. a whole JSON array, or a compressed file, given as JSON lines
@@ -1056,7 +1056,7 @@ def test_enormous_line_is_named_without_reading_it_whole(tmp_path, capsys):
 
 
 def test_drop_mode_drops_and_counts_an_enormous_line_and_keeps_the_line_numbers(tmp_path, caplog):
-    from lalm_slu.text_lines import MAX_LINE_BYTES
+    from lalm_slu.data.text_lines import MAX_LINE_BYTES
 
     lines = massive_lines(6)
     source = write_lines(tmp_path / "en.jsonl", lines[:3] + [b"x" * (2 * MAX_LINE_BYTES + 5)] + lines[3:] + [b"null"])

@@ -24,12 +24,12 @@ from conftest import REPO, make_utterances
 from test_bad_inputs import default_config, gold_line, prediction_line, score, write_lines
 
 from lalm_slu.cli import main
-from lalm_slu.config_checks import ConfigError, check_config
-from lalm_slu.mixtures import MixturePart, build_mixture
-from lalm_slu.outputs import atomic_output, write_text_atomic
-from lalm_slu.records import DataError, Utterance, read_manifest, write_manifest
+from lalm_slu.planning.config_checks import ConfigError, check_config
+from lalm_slu.data.mixtures import MixturePart, build_mixture
+from lalm_slu.core.outputs import atomic_output, write_text_atomic
+from lalm_slu.data.records import DataError, Utterance, read_manifest, write_manifest
 from lalm_slu.report.aggregate import write_metrics_csv
-from lalm_slu.settings import InterleavingSettings
+from lalm_slu.config.settings import InterleavingSettings
 from lalm_slu.speech import synthesis
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice, word_times
 from lalm_slu.speech.voice_table import read_voice_table
@@ -196,7 +196,7 @@ def test_a_span_shorter_than_min_span_s_is_drawn_again_and_counted(caplog):
     times = {("speech.parquet", uid): [["a", 0.0, 0.3], ["b", 0.3, 0.3], ["c", 0.3, 0.6], ["d", 0.6, 0.9]]
              for uid in ids}  # fmt: skip
     settings = InterleavingSettings(1.0, 1, 1, 0.1)
-    with caplog.at_level(logging.INFO, logger="lalm_slu.mixtures"):
+    with caplog.at_level(logging.INFO, logger="lalm_slu.data.mixtures"):
         mixture = build_mixture("interleaving", [part], 0, settings, times)
     spans = mixture[mixture["modality"] == "interleaved"]
     assert len(spans) == 40 and not (spans["span_start"] == 1).any()
@@ -210,7 +210,7 @@ def test_a_span_shorter_than_min_span_s_is_drawn_again_and_counted(caplog):
 def test_an_item_without_a_long_enough_span_stays_speech_and_is_counted(caplog):
     ids, part = interleaving_part(10)
     times = {("speech.parquet", uid): [["a", 0.0, 0.05], ["b", 0.05, 0.1], ["c", 0.1, 0.15]] for uid in ids}
-    with caplog.at_level(logging.INFO, logger="lalm_slu.mixtures"):
+    with caplog.at_level(logging.INFO, logger="lalm_slu.data.mixtures"):
         mixture = build_mixture("interleaving", [part], 0, InterleavingSettings(1.0, 1, 1, 0.1), times)
     assert (mixture["modality"] != "interleaved").all()
     assert "10 items left as speech" in caplog.text
@@ -288,8 +288,8 @@ def test_empty_speech_pool_is_an_error_and_writes_no_targets_file(tmp_path, caps
 
 
 def test_two_imitation_tasks_of_one_name_are_refused_by_the_job(tmp_path):
-    from lalm_slu.imitation import write_imitation_targets
-    from lalm_slu.settings import SettingsError
+    from lalm_slu.training.imitation import write_imitation_targets
+    from lalm_slu.config.settings import SettingsError
 
     tasks = [{"task": "slu", "instruction": "a"}, {"task": "slu", "instruction": "b"}]
     with pytest.raises(SettingsError, match=r"task names \['slu', 'slu'\] repeat one"):
@@ -395,8 +395,8 @@ def test_transcribing_an_empty_test_set_is_an_error_not_a_wer_of_zero(tmp_path, 
 
 
 def finetune_settings() -> dict:
-    from lalm_slu.config_file import load_config
-    from lalm_slu.grid import expand_grid, run_settings
+    from lalm_slu.config.layered import load_config
+    from lalm_slu.planning.grid import expand_grid, run_settings
 
     config = load_config(REPO / "config.yaml")
     run = next(run for run in expand_grid(config).values() if run.scheme == "curriculum")
@@ -448,9 +448,9 @@ def test_fine_tuning_settings_that_are_no_object_are_named(tmp_path, capsys, set
 
 
 def test_every_run_of_the_demo_passes_the_fine_tuning_check():
-    from lalm_slu.config_file import load_config
-    from lalm_slu.grid import expand_grid, run_settings
-    from lalm_slu.settings import check_finetune_settings
+    from lalm_slu.config.layered import load_config
+    from lalm_slu.planning.grid import expand_grid, run_settings
+    from lalm_slu.config.settings import check_finetune_settings
 
     config = load_config(REPO / "config.yaml")
     for run in expand_grid(config).values():

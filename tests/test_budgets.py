@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import make_utterances, subprocess_env
 
-from lalm_slu.budgets import (
+from lalm_slu.data.budgets import (
     SpeechBudget,
     label_coverage,
     read_budget_ids,
@@ -15,7 +15,7 @@ from lalm_slu.budgets import (
     stratified_order,
 )
 from lalm_slu.cli import main
-from lalm_slu.records import DataError
+from lalm_slu.data.records import DataError
 
 
 def skewed_pool(size=300, seed=1):
@@ -82,7 +82,7 @@ def test_order_depends_on_seed_only_not_on_input_order():
 
 def test_order_is_the_same_under_any_python_hash_seed():
     script = (
-        "from lalm_slu.budgets import stratified_order\n"
+        "from lalm_slu.data.budgets import stratified_order\n"
         "ids = [f'u{i}' for i in range(50)]\n"
         "intents = ['x', 'y', 'z', 'w', 'v'] * 10\n"
         "print(','.join(stratified_order(ids, intents, 5)))\n"

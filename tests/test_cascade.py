@@ -9,11 +9,11 @@ from collections import Counter
 from test_workflow_dag import planned_jobs, prepare
 from tiny_model import INSTRUCTION, tiny_assets  # noqa: F401 - session fixture
 
-from lalm_slu.cascade import extract_transcript, transcribe_test_set
-from lalm_slu.decode import decode_manifest
-from lalm_slu.model_loading import load_model_and_processor
-from lalm_slu.records import read_manifest
-from lalm_slu.settings import GenerationSettings
+from lalm_slu.evaluation.cascade import extract_transcript, transcribe_test_set
+from lalm_slu.evaluation.decode import decode_manifest
+from lalm_slu.model.loading import load_model_and_processor
+from lalm_slu.data.records import read_manifest
+from lalm_slu.config.settings import GenerationSettings
 
 
 def test_the_answer_pattern_extracts_the_transcript():

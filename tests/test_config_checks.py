@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from lalm_slu.config_checks import ConfigError, check_config
+from lalm_slu.planning.config_checks import ConfigError, check_config
 
 PHASE = {"phase": 1, "epochs": 1, "learning_rate": 1e-3, "warmup_ratio": 0.0}
 VOICES = {lang: {"train": [{"name": f"{lang}+f1"}], "test": [{"name": f"{lang}+m1"}]} for lang in ("en", "de")}

@@ -9,9 +9,9 @@ import soundfile
 
 from fixtures.hub_schema import make_italic, make_slurp_mirror, make_speech_massive, wav_bytes
 from lalm_slu.cli import main
-from lalm_slu.corpora import hub, read_corpus
-from lalm_slu.corpora.common import BadRecordPolicy
-from lalm_slu.records import DataError, read_manifest
+from lalm_slu.data.corpora import hub, read_corpus
+from lalm_slu.data.corpora.common import BadRecordPolicy
+from lalm_slu.data.records import DataError, read_manifest
 
 SHOT = [("1", "alarm_set", "réveille-moi à cinq heures", "réveille-moi à [time : cinq heures]"),
         ("2", "weather_query", "quel temps fait-il", "quel temps fait-il")]

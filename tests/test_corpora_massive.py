@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lalm_slu.corpora.common import BadRecordPolicy
-from lalm_slu.corpora.massive import parse_bracket_annotation, read_massive
-from lalm_slu.records import DataError
+from lalm_slu.data.corpora.common import BadRecordPolicy
+from lalm_slu.data.corpora.massive import parse_bracket_annotation, read_massive
+from lalm_slu.data.records import DataError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from lalm_slu.cli import main
-from lalm_slu.corpora import cap_stratified, overlap_key, read_corpus, remove_eval_overlap
-from lalm_slu.records import MANIFEST_COLUMNS, Utterance, read_manifest
+from lalm_slu.data.corpora import cap_stratified, overlap_key, read_corpus, remove_eval_overlap
+from lalm_slu.data.records import MANIFEST_COLUMNS, Utterance, read_manifest
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

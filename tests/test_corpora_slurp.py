@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lalm_slu.corpora.common import BadRecordPolicy, utterance_key
-from lalm_slu.corpora.slurp import choose_recordings, read_slurp_release
-from lalm_slu.records import DataError
+from lalm_slu.data.corpora.common import BadRecordPolicy, utterance_key
+from lalm_slu.data.corpora.slurp import choose_recordings, read_slurp_release
+from lalm_slu.data.records import DataError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 FILES = ["audio-1-headset.flac", "audio-1.flac", "audio-2-headset.flac"]

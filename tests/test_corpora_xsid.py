@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from lalm_slu.corpora import remove_eval_overlap
-from lalm_slu.corpora.common import BadRecordPolicy
-from lalm_slu.corpora.xsid import bio_spans, entities_from_bio, read_xsid, scenario_action
-from lalm_slu.records import DataError
+from lalm_slu.data.corpora import remove_eval_overlap
+from lalm_slu.data.corpora.common import BadRecordPolicy
+from lalm_slu.data.corpora.xsid import bio_spans, entities_from_bio, read_xsid, scenario_action
+from lalm_slu.data.records import DataError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -11,8 +11,8 @@ import pytest
 
 from lalm_slu.cli import main
 from lalm_slu.commands.plan import plan, read_config
-from lalm_slu.cost_plan import PlanError, grid_costs, plan_settings, read_plan_config
-from lalm_slu.memory_plan import TrainingShape, parameter_sizes, plan_memory, read_architecture
+from lalm_slu.planning.cost_plan import PlanError, grid_costs, plan_settings, read_plan_config
+from lalm_slu.model.memory_plan import TrainingShape, parameter_sizes, plan_memory, read_architecture
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = Path("workflow/configs/paper.yaml")
@@ -63,7 +63,7 @@ def test_one_text_only_run_costs_what_the_7b_shape_gives_by_hand(paper, tmp_path
 
 
 def test_dev_evaluation_adds_its_decoding_and_loss_pass_at_each_evaluation(paper, tmp_path):
-    from lalm_slu.cost_plan import AUDIO_FRAMES_PER_SECOND, layer_elements
+    from lalm_slu.planning.cost_plan import AUDIO_FRAMES_PER_SECOND, layer_elements
 
     arch = read_architecture(ARCHITECTURE)
     settings, _ = plan_settings(paper, results=tmp_path)
@@ -150,7 +150,7 @@ def test_docs_slurm_shows_the_plan_s_own_figures(paper):
 
 
 def test_a_gpu_grid_without_counts_keeps_the_config_s_resources_and_the_plan_command_names_the_key(paper):
-    from lalm_slu.cost_plan import gpu_job_plans
+    from lalm_slu.planning.cost_plan import gpu_job_plans
 
     unsized = {**paper, "plan": {**paper["plan"], "corpus_sizes": {}}}
     assert gpu_job_plans(unsized) == {}

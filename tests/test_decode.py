@@ -11,13 +11,13 @@ import pytest
 import torch
 from tiny_model import INSTRUCTION, tiny_assets  # noqa: F401 - session fixture
 
-from lalm_slu.batches import ChatItem, Collator, token_counts
-from lalm_slu.decode import batch_token_budget, decode, decode_manifest, generate_batch
-from lalm_slu.decode_batches import decode_batch_tokens, longest_first_batches
-from lalm_slu.model_loading import load_model_and_processor
-from lalm_slu.records import read_manifest
-from lalm_slu.settings import DecodingSettings
-from lalm_slu.speech.audio import load_audio
+from lalm_slu.model.batches import ChatItem, Collator, token_counts
+from lalm_slu.evaluation.decode import batch_token_budget, decode, decode_manifest, generate_batch
+from lalm_slu.evaluation.decode_batches import decode_batch_tokens, longest_first_batches
+from lalm_slu.model.loading import load_model_and_processor
+from lalm_slu.data.records import read_manifest
+from lalm_slu.config.settings import DecodingSettings
+from lalm_slu.data.audio import load_audio
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from lalm_slu.cli import main
-from lalm_slu.records import Utterance, write_manifest
-from lalm_slu.slu_json import format_target
+from lalm_slu.data.records import Utterance, write_manifest
+from lalm_slu.data.slu_json import format_target
 from test_score_cli import SLURP_GOLD, our_prediction_line, write_jsonl
 
 TIME = [{"type": "time", "filler": "six am"}]

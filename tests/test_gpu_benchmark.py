@@ -23,7 +23,7 @@ from gpu_finetune_step import (  # noqa: E402
     synthetic_batch,
 )
 
-from lalm_slu.memory_plan import GIB, Architecture, TrainingShape, plan_memory  # noqa: E402
+from lalm_slu.model.memory_plan import GIB, Architecture, TrainingShape, plan_memory  # noqa: E402
 
 # The tiny model by hand: LLM width 64, MLP 128, 2 layers, 4 heads of 16, vocabulary 1000; audio width 64, FFN 128,
 # 2 layers, 128 mel bins.

@@ -2,8 +2,8 @@
 
 import pytest
 
-from lalm_slu.config_checks import ConfigError
-from lalm_slu.grid import (
+from lalm_slu.planning.config_checks import ConfigError
+from lalm_slu.planning.grid import (
     Run,
     expand_grid,
     expand_prefixes,

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from lalm_slu.config_checks import ConfigError
-from lalm_slu.grid import Run
-from lalm_slu.job_arguments import (
+from lalm_slu.planning.config_checks import ConfigError
+from lalm_slu.planning.grid import Run
+from lalm_slu.planning.job_arguments import (
     alignment_model_setting,
     audio_frames_argument,
     cascade_settings,

@@ -13,7 +13,7 @@ from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
 from lalm_slu.cli import main
 from lalm_slu.commands.plan import read_config
-from lalm_slu.memory_plan import (
+from lalm_slu.model.memory_plan import (
     AUDIO_DEFAULTS,
     TEXT_DEFAULTS,
     Architecture,
@@ -26,7 +26,7 @@ from lalm_slu.memory_plan import (
     read_architecture,
     trainable_parameters,
 )
-from lalm_slu.trainable import set_trainable
+from lalm_slu.model.trainable import set_trainable
 
 DEMO_CONFIG = REPO / "models/demo-qwen2-audio/config.json"
 ARCHITECTURE_7B = REPO / "workflow/architectures/Qwen2-Audio-7B-Instruct.json"
@@ -211,7 +211,7 @@ def paper_job_settings(model_dir: Path) -> dict:
 def test_a_job_landing_on_too_few_gpus_stops_before_loading_naming_the_numbers(tmp_path):
     import shutil
 
-    from lalm_slu.memory_plan import MemoryPlanError, check_job_fits
+    from lalm_slu.model.memory_plan import MemoryPlanError, check_job_fits
 
     shutil.copy(REPO / "workflow" / "architectures" / "Qwen2-Audio-7B-Instruct.json", tmp_path / "config.json")
     assert check_job_fits(paper_job_settings(tmp_path), processes=8, card_gb=80).total < 80 * 2**30

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lalm_slu.metrics import (
+from lalm_slu.evaluation.metrics import (
     COUNT_FIELDS,
     METRIC_NAMES,
     LabelledExample,

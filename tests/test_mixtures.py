@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 from conftest import make_utterances
 
-from lalm_slu.batches import AUDIO_SPAN
-from lalm_slu.budgets import write_budget_ids
+from lalm_slu.model.batches import AUDIO_SPAN
+from lalm_slu.data.budgets import write_budget_ids
 from lalm_slu.cli import main
-from lalm_slu.mixtures import (
+from lalm_slu.data.mixtures import (
     LISTING_COLUMNS,
     MIXTURE_COLUMNS,
     SCHEMES,
@@ -18,9 +18,9 @@ from lalm_slu.mixtures import (
     build_mixture,
     with_item_data,
 )
-from lalm_slu.records import DataError, read_manifest, write_manifest
-from lalm_slu.schemes import BUDGET_FREE_PHASES
-from lalm_slu.slu_json import format_target
+from lalm_slu.data.records import DataError, read_manifest, write_manifest
+from lalm_slu.config.schemes import BUDGET_FREE_PHASES
+from lalm_slu.data.slu_json import format_target
 
 
 def part(lang="en", size=20, speech=5, scarce=True):

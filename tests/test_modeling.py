@@ -12,15 +12,15 @@ from tiny_model import INSTRUCTION, tiny_assets  # noqa: F401 - session fixture
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
-from lalm_slu import model_loading
-from lalm_slu.audio_encoding import encoded_audio, encoded_audio_from_layer
-from lalm_slu.batches import IGNORE_INDEX, ChatItem, Collator, audio_features, render_prompt
-from lalm_slu.length_aware_encoder import LengthAwareQwen2AudioEncoder, make_encoder_length_aware
-from lalm_slu.loss import answer_loss, is_right_padded
-from lalm_slu.model_loading import ModelNotAvailableError, load_model_and_processor
-from lalm_slu.records import read_manifest
-from lalm_slu.speech.audio import load_audio
-from lalm_slu.trainable import set_trainable
+from lalm_slu.model import loading as model_loading
+from lalm_slu.model.audio_encoding import encoded_audio, encoded_audio_from_layer
+from lalm_slu.model.batches import IGNORE_INDEX, ChatItem, Collator, audio_features, render_prompt
+from lalm_slu.model.length_aware_encoder import LengthAwareQwen2AudioEncoder, make_encoder_length_aware
+from lalm_slu.model.loss import answer_loss, is_right_padded
+from lalm_slu.model.loading import ModelNotAvailableError, load_model_and_processor
+from lalm_slu.data.records import read_manifest
+from lalm_slu.data.audio import load_audio
+from lalm_slu.model.trainable import set_trainable
 
 HUB_ID = "Qwen/Qwen2-Audio-7B-Instruct"
 
@@ -34,7 +34,7 @@ def tiny(tiny_assets):  # noqa: F811
 @pytest.fixture(scope="module")
 def clips(tiny_assets):  # noqa: F811
     """(text, answer, waveform) of every tiny utterance, shortest and longest first."""
-    from lalm_slu.slu_json import format_target
+    from lalm_slu.data.slu_json import format_target
 
     rows = read_manifest(tiny_assets.speech_manifest).sort_values("duration_s", ascending=False)
     return [(r.text, format_target(r.scenario, r.action, r.entities), load_audio(r.audio)) for r in rows.itertuples()]
@@ -275,7 +275,7 @@ def test_set_trainable_unfreezes_exactly_the_named_modules(tiny_assets):  # noqa
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_answer_loss_equals_the_stock_loss_and_its_gradients(tiny_assets, clips, lora):  # noqa: F811
-    from lalm_slu.train import apply_lora
+    from lalm_slu.model.trainable import apply_lora
 
     model, processor = load_model_and_processor(str(tiny_assets.model_dir))
     set_trainable(model, ["language_model", "lm_head"])

@@ -14,17 +14,17 @@ from conftest import REPO, WorkflowCopy
 from test_workflow_rerun import micro_config, stand_in_everything, write_config
 from tiny_model import tiny_assets  # noqa: F401 - session fixture
 
-import lalm_slu.decode as decode
-import lalm_slu.imitation as imitation
-from lalm_slu.batches import AUDIO_SPAN, Collator, audio_features, audio_token_count
-from lalm_slu.budgets import write_budget_ids
+import lalm_slu.evaluation.decode as decode
+import lalm_slu.training.imitation as imitation
+from lalm_slu.model.batches import AUDIO_SPAN, Collator, audio_features, audio_token_count
+from lalm_slu.data.budgets import write_budget_ids
 from lalm_slu.cli import main
-from lalm_slu.mixtures import ManifestCache, MixturePart, build_mixture, with_item_data
-from lalm_slu.model_loading import load_model_and_processor
-from lalm_slu.records import Utterance, read_manifest, write_manifest
-from lalm_slu.settings import GenerationSettings, ImitationTask, InterleavingSettings
+from lalm_slu.data.mixtures import ManifestCache, MixturePart, build_mixture, with_item_data
+from lalm_slu.model.loading import load_model_and_processor
+from lalm_slu.data.records import Utterance, read_manifest, write_manifest
+from lalm_slu.config.settings import GenerationSettings, ImitationTask, InterleavingSettings
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice
-from lalm_slu.training_data import load_items, sequence_lengths, to_chat_items
+from lalm_slu.training.items import load_items, sequence_lengths, to_chat_items
 
 TASKS = [{"task": "slu", "instruction": "Give the scenario, action and entities as JSON."},
          {"task": "transcribe", "instruction": "Write down what is said."}]  # fmt: skip
@@ -56,7 +56,7 @@ def test_imitation_targets_never_read_the_speech_labels(tiny_assets, tmp_path): 
     clean = read_manifest(tiny_assets.speech_manifest)
     # The same utterances at the same path, once with their labels, once poisoned.
     manifest = tmp_path / "speech.parquet"
-    from lalm_slu.records import json_columns
+    from lalm_slu.data.records import json_columns
 
     json_columns(clean).to_parquet(manifest, index=False)
     targets, mixture = imitation_mixture(tmp_path, model, manifest, ids, "clean")
@@ -105,7 +105,7 @@ def test_each_task_is_answered_by_its_own_model_from_the_transcript(monkeypatch,
 
 
 def test_label_free_speech_enlarges_the_imitation_pool_and_its_labels_are_never_used(monkeypatch, tmp_path):
-    from lalm_slu.records import json_columns
+    from lalm_slu.data.records import json_columns
 
     def manifest(name, texts):
         utterances = [Utterance(f"{name}{i}", name, "en", "train", text, "alarm", "set", [], audio=f"{name}{i}.flac",
@@ -291,7 +291,7 @@ def test_an_mtbi_phase_two_trains_only_the_projector_on_imitation_and_interleave
 ):
     from test_train import make_settings, weights
 
-    from lalm_slu.train import finetune
+    from lalm_slu.training.finetune import finetune
 
     manifest, _, _ = timed_clip
     rows = [("speech", None, None, "Write down what is said.", "wake me up"),

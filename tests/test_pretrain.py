@@ -25,7 +25,7 @@ from lalm_slu.demo_model.pretrain import (
     synthesize_clips,
     tasks_of_step,
 )
-from lalm_slu.model_loading import load_model_and_processor
+from lalm_slu.model.loading import load_model_and_processor
 from lalm_slu.speech.tts import Voice
 from tiny_model import TINY_ARCHITECTURE, checkpoint_step, kill_process_tree, subprocess_env
 

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from lalm_slu.cli import main
-from lalm_slu.metrics import METRIC_NAMES
-from lalm_slu.records import DataError
+from lalm_slu.evaluation.metrics import METRIC_NAMES
+from lalm_slu.data.records import DataError
 from lalm_slu.report.aggregate import aggregate_metrics, read_metrics_csv, write_metrics_csv
 from report_fakes import score_result, write_fake_results, write_result
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from lalm_slu.cli import main
-from lalm_slu.metrics import LabelledExample, count_matrix
-from lalm_slu.records import Utterance, write_manifest
+from lalm_slu.evaluation.metrics import LabelledExample, count_matrix
+from lalm_slu.data.records import Utterance, write_manifest
 from lalm_slu.report.aggregate import aggregate_metrics, write_metrics_csv
 from lalm_slu.report.comparisons import (
     BETTER,

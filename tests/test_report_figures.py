@@ -13,7 +13,7 @@ from lalm_slu.report.figures import (
     find_chromium,
     write_figures,
 )
-from lalm_slu.records import DataError
+from lalm_slu.data.records import DataError
 from lalm_slu.report.loss_curves import loss_curves_figure, read_loss_curves
 from lalm_slu.report.summary import CROSSLINGUAL_KEYS, MONOLINGUAL_KEYS, is_crosslingual, seed_summary
 from report_fakes import write_fake_results

@@ -5,8 +5,8 @@ import pytest
 
 from lalm_slu.cli import main
 from lalm_slu.commands.score import read_gold, read_predictions, score_files
-from lalm_slu.records import DataError, Utterance, write_manifest
-from lalm_slu.slu_json import format_target, parse_prediction
+from lalm_slu.data.records import DataError, Utterance, write_manifest
+from lalm_slu.data.slu_json import format_target, parse_prediction
 
 SLURP_DEVEL = Path(__file__).resolve().parents[1] / "data" / "slurp" / "devel.jsonl"  # vendored
 

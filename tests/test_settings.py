@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lalm_slu import job_arguments
-from lalm_slu.config_file import load_config
-from lalm_slu.grid import expand_grid
-from lalm_slu.schemes import IMITATION_SCHEMES
-from lalm_slu.settings import (
+from lalm_slu.planning import job_arguments
+from lalm_slu.config.layered import load_config
+from lalm_slu.planning.grid import expand_grid
+from lalm_slu.config.schemes import IMITATION_SCHEMES
+from lalm_slu.config.settings import (
     AlignmentSettings,
     AudioFrameSettings,
     CascadeSettings,

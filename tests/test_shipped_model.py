@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-from lalm_slu.batches import audio_token_count
+from lalm_slu.model.batches import audio_token_count
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "demo-qwen2-audio"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lalm_slu.slu_json import Prediction, format_target, parse_prediction
+from lalm_slu.data.slu_json import Prediction, format_target, parse_prediction
 
 ALARM = {"scenario": "alarm", "action": "set", "entities": [{"type": "time", "filler": "six am"}]}
 

@@ -1,5 +1,5 @@
 """The sbatch and srun lines the pinned Slurm executor (2.8) and its jobstep (0.6.1) build for our GPU jobs, made
-by the plugins' own functions from the resources the rules declare (lalm_slu.job_arguments): one node gets G GPUs
+by the plugins' own functions from the resources the rules declare (lalm_slu.planning.job_arguments): one node gets G GPUs
 and G × c CPUs as one task that torchrun splits; N nodes get one task per node running the rule's own srun
 launcher, with no step around it; a 1-GPU job one GPU and its threads."""
 
@@ -14,7 +14,7 @@ from snakemake_executor_plugin_slurm.submit_string import get_submit_command  # 
 from snakemake_executor_plugin_slurm.utils import set_gres_string  # noqa: E402
 from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting, get_gpu_setting, get_node_setting  # noqa: E402
 
-from lalm_slu.job_arguments import finetune_launcher, finetune_processes, finetune_slurm_resources  # noqa: E402
+from lalm_slu.planning.job_arguments import finetune_launcher, finetune_processes, finetune_slurm_resources  # noqa: E402
 
 PARAMS = {"run_uuid": "uuid", "slurm_logfile": "log", "comment_str": "rule", "account": "", "partition": "",
           "workdir": "/work"}

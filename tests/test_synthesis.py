@@ -6,7 +6,7 @@ import soundfile
 from conftest import make_utterances
 
 from lalm_slu.cli import main
-from lalm_slu.records import DataError, read_manifest
+from lalm_slu.data.records import DataError, read_manifest
 from lalm_slu.speech.synthesis import audio_file_name, synthesize_utterances, voices_from_json
 from lalm_slu.speech.tts import Voice
 
@@ -152,6 +152,6 @@ def test_the_speech_manifest_holds_each_words_times(tmp_path):
 
 
 def write_manifest_for(utterances, tmp_path):
-    from lalm_slu.records import write_manifest
+    from lalm_slu.data.records import write_manifest
 
     return write_manifest(utterances, tmp_path / "text.parquet")

@@ -26,16 +26,17 @@ from tiny_model import (  # noqa: F401 - tiny_assets: session fixture
 )
 from transformers import Qwen2AudioForConditionalGeneration
 
-from lalm_slu import train, training_data, training_loop
-from lalm_slu.batches import ChatItem, Collator
-from lalm_slu.distributed import DamagedCheckpoint
-from lalm_slu.length_aware_encoder import LengthAwareQwen2AudioEncoder
-from lalm_slu.mixtures import ManifestCache, with_item_data
-from lalm_slu.model_loading import load_model_and_processor
-from lalm_slu.records import DataError, read_manifest
-from lalm_slu.speech.audio import load_audio
-from lalm_slu.train import finetune
-from lalm_slu.training_data import load_items, micro_batches, sequence_lengths, to_chat_items
+from lalm_slu.model import forward
+from lalm_slu.training import finetune as train, items as training_data, loop as training_loop, run_identity
+from lalm_slu.model.batches import ChatItem, Collator
+from lalm_slu.training.distributed import DamagedCheckpoint
+from lalm_slu.model.length_aware_encoder import LengthAwareQwen2AudioEncoder
+from lalm_slu.data.mixtures import ManifestCache, with_item_data
+from lalm_slu.model.loading import load_model_and_processor
+from lalm_slu.data.records import DataError, read_manifest
+from lalm_slu.data.audio import load_audio
+from lalm_slu.training.finetune import finetune
+from lalm_slu.training.items import load_items, micro_batches, sequence_lengths, to_chat_items
 
 IDS = [f"u{i}" for i in range(8)]
 LLM_ONLY = ["language_model", "lm_head"]
@@ -413,7 +414,7 @@ def test_lora_output_is_an_adapter_that_reloads_to_the_trained_logits(tiny_asset
     def capture_then_write(out_dir, model, processor, weights, *args):
         # The trained weights, whole, in an unsharded copy of the model with the same adapters.
         trained, _ = load_model_and_processor(str(tiny_assets.model_dir))
-        trained = train.apply_lora(trained, settings["model"]["lora"], settings["scheme"]["trainable_modules"])
+        trained = apply_lora(trained, settings["model"]["lora"], settings["scheme"]["trainable_modules"])
         trained.load_state_dict(weights)
         with torch.no_grad():
             in_memory["logits"] = trained.eval()(**probe).logits
@@ -442,7 +443,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
 ):
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
     settings = make_settings(tiny_assets.model_dir, [(1, 2, 1e-3, 0.0)], checkpoint_every_steps=1)
-    real_loss = train.answer_loss
+    real_loss = forward.answer_loss
     calls = []
 
     def nan_on_fifth_micro_batch(model, batch, reduction="mean"):
@@ -450,7 +451,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
         calls.append(1)
         return loss * float("nan") if len(calls) == 5 else loss  # 2 micro-batches per step: step 3's first
 
-    monkeypatch.setattr(train, "answer_loss", nan_on_fifth_micro_batch)
+    monkeypatch.setattr(forward, "answer_loss", nan_on_fifth_micro_batch)
     work_dir = tmp_path / "work"
     with pytest.raises(FloatingPointError, match=r"non-finite loss at phase 1 epoch 1 step 0.*last good checkpoint"):
         finetune(mixture, settings, tmp_path / "out", work_dir)
@@ -755,7 +756,7 @@ def test_a_checkpoint_made_on_other_base_weights_at_the_same_path_is_discarded(t
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
     settings = make_settings(str(base), [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1)
     finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
-    assert train.fingerprint(mixture, settings) == train.fingerprint(mixture, settings)
+    assert run_identity.fingerprint(mixture, settings) == run_identity.fingerprint(mixture, settings)
     model = Qwen2AudioForConditionalGeneration.from_pretrained(base)
     with torch.no_grad():
         model.lm_head.weight.mul_(0.5)
@@ -769,7 +770,7 @@ def test_a_checkpoint_made_on_other_base_weights_at_the_same_path_is_discarded(t
 def test_an_edit_to_any_code_the_job_runs_changes_the_fingerprint_as_the_workflow_sees_it(tmp_path):
     import shutil
 
-    from lalm_slu.code_version import PACKAGE_SRC, code_version
+    from lalm_slu.core.code_version import PACKAGE_SRC, code_version
 
     copy = tmp_path / "src"
     shutil.copytree(PACKAGE_SRC / "lalm_slu", copy / "lalm_slu")
@@ -787,7 +788,7 @@ def test_an_edit_to_what_only_watches_training_keeps_the_fingerprint(tmp_path, o
     # Dev-set scores and logs must not retrain a 7B grid: the decoder and scorer they borrow included.
     import shutil
 
-    from lalm_slu.code_version import PACKAGE_SRC, code_version
+    from lalm_slu.core.code_version import PACKAGE_SRC, code_version
 
     copy = tmp_path / "src"
     shutil.copytree(PACKAGE_SRC / "lalm_slu", copy / "lalm_slu")
@@ -803,9 +804,9 @@ def test_a_checkpoint_of_other_code_is_discarded_and_training_starts_over(tiny_a
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
     settings = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1, keep_checkpoint=True)
     finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
-    before = train.fingerprint(mixture, settings)
-    monkeypatch.setattr(train, "code_version", lambda command: "edited")
-    assert train.fingerprint(mixture, settings) != before
+    before = run_identity.fingerprint(mixture, settings)
+    monkeypatch.setattr(run_identity, "code_version", lambda command: "edited")
+    assert run_identity.fingerprint(mixture, settings) != before
     finetune(mixture, settings, tmp_path / "again", tmp_path / "work")
     # Resumed, the run would have had no step left and logged none.
     assert pd.read_csv(tmp_path / "again" / "loss.csv")["step"].tolist() == [1, 2]
@@ -815,10 +816,10 @@ def test_a_checkpoint_written_under_another_checkpoint_interval_or_worker_count_
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, [(i, "text", 1) for i in IDS])
     first = make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1)
     # A resubmitted job that checkpoints more often and collates in workers continues the same run.
-    assert train.fingerprint(mixture, first) == train.fingerprint(
+    assert run_identity.fingerprint(mixture, first) == run_identity.fingerprint(
         mixture, make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=7,
                                checkpoint_every_minutes=30, data_workers=2, time_limit_margin_minutes=5))
-    assert train.fingerprint(mixture, first) != train.fingerprint(
+    assert run_identity.fingerprint(mixture, first) != run_identity.fingerprint(
         mixture, make_settings(tiny_assets.model_dir, [(1, 1, 1e-3, 0.0)], checkpoint_every_steps=1, seed=1))
 
 
@@ -828,9 +829,9 @@ def test_a_run_logs_its_steps_and_its_model_holds_the_live_loss_csv_and_tensorbo
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
     # 12 items, 4 per step, 2 epochs: 6 steps.
     settings = make_settings(tiny_assets.model_dir, [(1, 2, 1e-3, 0.0)], log_every_steps=2)
-    with caplog.at_level(logging.INFO, logger="lalm_slu.training_metrics"):
+    with caplog.at_level(logging.INFO, logger="lalm_slu.training.step_log"):
         finetune(mixture, settings, tmp_path / "out", tmp_path / "work")
-    lines = [r.getMessage() for r in caplog.records if r.name == "lalm_slu.training_metrics"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "lalm_slu.training.step_log"]
     assert [line.split()[:5] for line in lines] == [["step", f"{s}/6", "phase", "1", "epoch"] for s in (2, 4, 6)]
     assert all(re.search(r"answer tokens/s \d+ ETA", line) for line in lines)
     final = pd.read_csv(tmp_path / "out" / "loss.csv")
@@ -850,7 +851,7 @@ def test_dev_evaluation_writes_dev_csv_tensorboard_and_the_summary_at_its_steps(
                 "batch_size": 3, "max_new_tokens": 8}
     settings = make_settings(tiny_assets.model_dir, [(1, 2, 1e-3, 0.0)], dev_eval=dev_eval)  # 6 steps
     manifests = {"text": str(tiny_assets.text_manifest), "speech": str(tiny_assets.speech_manifest)}
-    with caplog.at_level(logging.INFO, logger="lalm_slu.training_metrics"):
+    with caplog.at_level(logging.INFO, logger="lalm_slu.training.step_log"):
         summary = finetune(mixture, settings, tmp_path / "out", tmp_path / "work", dev_manifests=manifests)
     dev = pd.read_csv(tmp_path / "out" / "dev.csv")
     assert dev[["step", "inputs"]].values.tolist() == [[4, "text"], [4, "speech"], [6, "text"], [6, "speech"]]

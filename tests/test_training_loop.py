@@ -16,9 +16,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import get_cosine_schedule_with_warmup
 
-from lalm_slu import distributed
-from lalm_slu.distributed import DamagedCheckpoint, ProcessGroup, WorkDirectoryInUse, work_dir_lock
-from lalm_slu.training_loop import (
+from lalm_slu.training import distributed
+from lalm_slu.training.distributed import DamagedCheckpoint, ProcessGroup, WorkDirectoryInUse, work_dir_lock
+from lalm_slu.training.loop import (
     EXIT_RESUBMIT,
     Segment,
     StoppedForResubmission,
@@ -27,7 +27,7 @@ from lalm_slu.training_loop import (
     slurm_time_left_s,
     warmup_steps,
 )
-from lalm_slu.training_metrics import LOSS_CSV, TENSORBOARD, TrainingMetrics
+from lalm_slu.training.step_log import LOSS_CSV, TENSORBOARD, TrainingMetrics
 
 
 @pytest.mark.parametrize("total, ratio", [(1, 0.0), (7, 0.04), (120, 0.02), (300, 0.25)])
@@ -349,9 +349,9 @@ def test_the_work_loss_csv_grows_step_by_step_and_a_resume_drops_the_steps_past_
 def test_a_log_line_every_n_steps_and_at_the_end_names_step_phase_loss_lr_grad_norm_and_eta(group, tmp_path,
                                                                                              caplog):
     loop = watched_loop(group, tmp_path, log_every=3)
-    with caplog.at_level(logging.INFO, logger="lalm_slu.training_metrics"):
+    with caplog.at_level(logging.INFO, logger="lalm_slu.training.step_log"):
         loop.run(SEGMENTS, gradients_of(loop))
-    lines = [r.getMessage() for r in caplog.records if r.name == "lalm_slu.training_metrics"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "lalm_slu.training.step_log"]
     assert [line.split()[1] for line in lines] == ["3/7", "6/7", "7/7"]
     record = loop.history[5]
     assert re.fullmatch(rf"step 6/7 second loss {record['loss']:.4f} lr {record['lr']:.3e} "

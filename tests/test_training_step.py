@@ -12,14 +12,15 @@ import torch.multiprocessing as mp
 from tiny_model import INSTRUCTION, UTTERANCES, tiny_assets  # noqa: F401 - tiny_assets: session fixture
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lalm_slu.batches import Collator
-from lalm_slu.distributed import ProcessGroup, parallelize
-from lalm_slu.model_loading import load_model_and_processor
-from lalm_slu.records import read_manifest
-from lalm_slu.slu_json import format_target
-from lalm_slu.train import AnswerLoss, _optimizer_step_gradients
-from lalm_slu.trainable import set_trainable
-from lalm_slu.training_data import TrainItem, collate_micro_batch, to_chat_items
+from lalm_slu.model.batches import Collator
+from lalm_slu.training.distributed import ProcessGroup, parallelize
+from lalm_slu.model.loading import load_model_and_processor
+from lalm_slu.data.records import read_manifest
+from lalm_slu.data.slu_json import format_target
+from lalm_slu.model.forward import AnswerLoss
+from lalm_slu.training.step import accumulate_gradients
+from lalm_slu.model.trainable import set_trainable
+from lalm_slu.training.items import TrainItem, collate_micro_batch, to_chat_items
 
 aten = torch.ops.aten
 
@@ -56,7 +57,7 @@ def gradients(root) -> dict[str, torch.Tensor]:
 
 def step(root, micro_batches, group, touch_audio=False):
     root.zero_grad(set_to_none=True)
-    return _optimizer_step_gradients(root, micro_batches, None, group, touch_audio=touch_audio,
+    return accumulate_gradients(root, micro_batches, None, group, touch_audio=touch_audio,
                                      trains_audio_tower=False, where="test")
 
 
@@ -215,7 +216,7 @@ def test_a_micro_batch_knows_its_answer_tokens_audio_slots_and_frames_on_the_hos
 def test_collating_in_worker_processes_trains_the_same_weights_as_in_this_one(tiny_assets, tmp_path):  # noqa: F811
     from test_train import LLM_ONLY, make_settings, mixed_rows, weights, write_mixture
 
-    from lalm_slu.train import finetune
+    from lalm_slu.training.finetune import finetune
 
     mixture = write_mixture(tmp_path / "mixture.parquet", tiny_assets.speech_manifest, mixed_rows())
     runs = {}

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import BIN, REPO, subprocess_env
 
-from lalm_slu.config_file import load_config
+from lalm_slu.config.layered import load_config
 
 RULE_FILES = sorted((REPO / "workflow/rules").glob("*.smk"))
 # The speech splits the default grid uses (as job wildcards).

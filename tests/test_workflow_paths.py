@@ -1,8 +1,8 @@
 """Where the workflow's files live and which of them a job reads, as pure functions of the config and a run."""
 
-from lalm_slu.grid import Run
-from lalm_slu.job_arguments import dev_manifests_argument
-from lalm_slu.workflow_paths import (
+from lalm_slu.planning.grid import Run
+from lalm_slu.planning.job_arguments import dev_manifests_argument
+from lalm_slu.planning.paths import (
     budget_path,
     comparison_inputs,
     corpus_inputs,

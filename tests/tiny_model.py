@@ -84,8 +84,8 @@ def build_tiny_assets(root: Path) -> TinyAssets:
     import soundfile
 
     from lalm_slu.demo_model.build import build_demo_model
-    from lalm_slu.records import Utterance, write_manifest
-    from lalm_slu.slu_json import format_target
+    from lalm_slu.data.records import Utterance, write_manifest
+    from lalm_slu.data.slu_json import format_target
     from lalm_slu.speech.tts import ESpeakSynthesizer, Voice
 
     assets = TinyAssets(root / "model", root / "speech.parquet", root / "text.parquet", root)

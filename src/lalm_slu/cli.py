@@ -11,9 +11,9 @@ import importlib
 import logging
 import sys
 
-from lalm_slu.stages import STAGES  # first: the job's clock starts before any import  # isort: skip
-from lalm_slu.records import DataError
-from lalm_slu.settings import SettingsError
+from lalm_slu.core.stages import STAGES  # first: the job's clock starts before any import  # isort: skip
+from lalm_slu.data.records import DataError
+from lalm_slu.config.settings import SettingsError
 
 COMMANDS = {
     # name: (module, one-line help)
@@ -28,13 +28,13 @@ COMMANDS = {
     "encode-audio": ("lalm_slu.commands.encode_audio", "frames of a speech manifest's clips, once for the grid"),
     "imitation-targets": ("lalm_slu.commands.imitation_targets", "phase-1 text-path answers for behaviour imitation"),
     "finetune": ("lalm_slu.commands.finetune", "fine-tune on a mixture file"),
-    "decode": ("lalm_slu.commands.decode", "batched decoding of a test set"),
+    "decode": ("lalm_slu.commands.decode_test_set", "batched decoding of a test set"),
     "transcribe-test-set": ("lalm_slu.commands.transcribe_test_set", "base-model transcripts for the cascade"),
     "score": ("lalm_slu.commands.score", "SLURP metrics for predictions against gold"),
     "export-slurp": ("lalm_slu.commands.export_slurp", "a run's predictions in SLURP's format, for its own scorer"),
-    "aggregate": ("lalm_slu.commands.aggregate", "collect run metrics into one long CSV"),
-    "tables": ("lalm_slu.commands.tables", "paper tables from the metrics CSV"),
-    "figures": ("lalm_slu.commands.figures", "paper figures from the metrics CSV"),
+    "aggregate": ("lalm_slu.commands.aggregate_metrics", "collect run metrics into one long CSV"),
+    "tables": ("lalm_slu.commands.make_tables", "paper tables from the metrics CSV"),
+    "figures": ("lalm_slu.commands.make_figures", "paper figures from the metrics CSV"),
     "compare-schemes": ("lalm_slu.commands.compare_schemes", "paired-bootstrap comparisons from the predictions"),
     "update-readme": ("lalm_slu.commands.update_readme", "show a demo table and figure in the README"),
     "download": ("lalm_slu.commands.download", "fetch hub corpora into the cache (login node)"),

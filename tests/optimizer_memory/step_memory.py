@@ -23,11 +23,12 @@ import torch  # noqa: E402
 from gpu_finetune_step import synthetic_batch  # noqa: E402
 from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration  # noqa: E402
 
-from lalm_slu.distributed import ProcessGroup, parallelize  # noqa: E402
-from lalm_slu.memory_plan import Architecture, TrainingShape, plan_memory  # noqa: E402
-from lalm_slu.settings import TrainingSettings  # noqa: E402
-from lalm_slu.train import AnswerLoss, build_optimizer  # noqa: E402
-from lalm_slu.trainable import set_trainable  # noqa: E402
+from lalm_slu.training.distributed import ProcessGroup, parallelize  # noqa: E402
+from lalm_slu.model.memory_plan import Architecture, TrainingShape, plan_memory  # noqa: E402
+from lalm_slu.config.settings import TrainingSettings  # noqa: E402
+from lalm_slu.model.forward import AnswerLoss  # noqa: E402
+from lalm_slu.training.optimizer import build_optimizer  # noqa: E402
+from lalm_slu.model.trainable import set_trainable  # noqa: E402
 
 ARCHITECTURE = REPO / "workflow" / "architectures" / "Qwen2-Audio-7B-Instruct.json"
 TEXT = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 12, "num_attention_heads": 16,

@@ -1,5 +1,5 @@
-# The workflow's glue: config checks (lalm_slu.config_checks), the grid (lalm_slu.grid), and input/params functions
-# that adapt a job's wildcards to lalm_slu.workflow_paths (files) and lalm_slu.job_arguments (settings, arguments).
+# The workflow's glue: config checks (lalm_slu.planning.config_checks), the grid (lalm_slu.planning.grid), and input/params functions
+# that adapt a job's wildcards to lalm_slu.planning.paths (files) and lalm_slu.planning.job_arguments (settings, arguments).
 # Plain Python only: nothing heavy is imported, only the package's plain-Python modules.
 
 import difflib
@@ -16,13 +16,13 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 PACKAGE_SRC = Path(workflow.basedir) / "src"  # on sys.path since the Snakefile
-from lalm_slu.code_version import code_version as package_code_version
+from lalm_slu.core.code_version import code_version as package_code_version
 from lalm_slu.speech.voice_table import read_voice_table
-from lalm_slu import job_arguments as arguments
-from lalm_slu import workflow_paths as paths
-from lalm_slu.config_checks import ConfigError, check_config
-from lalm_slu.grid import expand_grid, expand_prefixes
-from lalm_slu.schemes import IMITATION_SCHEMES
+from lalm_slu.planning import job_arguments as arguments
+from lalm_slu.planning import paths
+from lalm_slu.planning.config_checks import ConfigError, check_config
+from lalm_slu.planning.grid import expand_grid, expand_prefixes
+from lalm_slu.config.schemes import IMITATION_SCHEMES
 
 # ---------------------------------------------------------------- the jobs' interpreter
 
@@ -89,8 +89,8 @@ def planned(plan, *args):
 
 planned(check_config, config, tts_voice_table())
 # Plain Python: a fine-tuning job too big for its GPUs is refused here, before any job runs.
-from lalm_slu.memory_plan import check_memory_plan
-from lalm_slu.cost_plan import PlanError, gpu_job_plans
+from lalm_slu.model.memory_plan import check_memory_plan
+from lalm_slu.planning.cost_plan import PlanError, gpu_job_plans
 
 check_memory_plan(config)
 

@@ -22,7 +22,7 @@ rule decode_test_set:
         settings=decode_settings,
         decode_inputs=decode_input_arguments,
         audio_frames=audio_frames_argument,
-        code=code_version("decode"),
+        code=code_version("decode_test_set"),
     shell:
         "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python -m lalm_slu decode --model {input.model:q}"
         " {params.decode_inputs:q} --settings {params.settings:q}"

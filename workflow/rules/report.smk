@@ -18,7 +18,7 @@ rule aggregate_metrics:
         mem_mb=resource("light", "mem_mb"),
         runtime=resource("light", "runtime"),
     params:
-        code=code_version("aggregate"),
+        code=code_version("aggregate_metrics"),
     shell:
         "python -m lalm_slu aggregate --metrics {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -77,7 +77,7 @@ rule make_tables:
         mem_mb=resource("light", "mem_mb"),
         runtime=resource("light", "runtime"),
     params:
-        code=code_version("tables"),
+        code=code_version("make_tables"),
     shell:
         "python -m lalm_slu tables --metrics {input.metrics:q} --comparisons {input.comparisons:q}"
         " --cascade-wer {input.cascade_wer:q} --out-dir {output:q} > {log:q} 2>&1"
@@ -105,7 +105,7 @@ rule make_figures:
         mem_mb=resource("light", "mem_mb"),
         runtime=resource("light", "runtime"),
     params:
-        code=code_version("figures"),
+        code=code_version("make_figures"),
     shell:
         "python -m lalm_slu figures --metrics {input.metrics:q} --runs {input.runs:q} --out-dir {output:q}"
         " > {log:q} 2>&1"

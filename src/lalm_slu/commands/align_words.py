@@ -14,7 +14,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from lalm_slu.model_loading import set_threads
+    from lalm_slu.model.loading import set_threads
     from lalm_slu.speech.alignment import align_manifest
 
     set_threads(args.threads)

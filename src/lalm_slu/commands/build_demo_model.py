@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from lalm_slu.records import read_manifest
+from lalm_slu.data.records import read_manifest
 
 
 def add_arguments(parser):

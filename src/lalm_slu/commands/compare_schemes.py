@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 
 from lalm_slu.commands.score import matched_examples, read_gold, read_predictions
-from lalm_slu.metrics import METRIC_NAMES, count_matrix
-from lalm_slu.outputs import write_text_atomic
-from lalm_slu.records import DataError
+from lalm_slu.evaluation.metrics import METRIC_NAMES, count_matrix
+from lalm_slu.core.outputs import write_text_atomic
+from lalm_slu.data.records import DataError
 from lalm_slu.report.aggregate import read_metrics_csv
 from lalm_slu.report.comparisons import ArmScores, arms_from_metrics, compare_all, plan_comparisons
 from lalm_slu.report.tables import DEFAULT_TABLE_METRICS

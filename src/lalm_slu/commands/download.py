@@ -12,8 +12,8 @@ import logging
 import time
 from pathlib import Path
 
-from lalm_slu.corpora.hub import ITALIC_REVISION, SPEECH_MASSIVE_TEST_REPO, HubAccessError, load_hub
-from lalm_slu.outputs import write_text_atomic
+from lalm_slu.data.corpora.hub import ITALIC_REVISION, SPEECH_MASSIVE_TEST_REPO, HubAccessError, load_hub
+from lalm_slu.core.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import huggingface_hub
 from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError
 
-from lalm_slu.outputs import write_text_atomic
+from lalm_slu.core.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
 

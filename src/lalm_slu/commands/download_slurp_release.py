@@ -18,8 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from lalm_slu.outputs import atomic_output, write_text_atomic
-from lalm_slu.records import DataError
+from lalm_slu.core.outputs import atomic_output, write_text_atomic
+from lalm_slu.data.records import DataError
 
 log = logging.getLogger(__name__)
 

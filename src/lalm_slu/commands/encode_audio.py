@@ -1,4 +1,4 @@
-"""Encode a speech manifest's clips once with the frozen audio tower and projector (see lalm_slu/audio_frames.py)."""
+"""Encode a speech manifest's clips once with the frozen audio tower and projector (see lalm_slu/model/audio_frames.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from lalm_slu.audio_frames import encode_manifest
-    from lalm_slu.model_loading import set_threads
+    from lalm_slu.model.audio_frames import encode_manifest
+    from lalm_slu.model.loading import set_threads
 
     set_threads(args.threads)
     print(json.dumps(encode_manifest(args.model, args.manifest, args.out, json.loads(args.settings))))

@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 
 from lalm_slu.commands.score import matched_examples, read_gold, read_predictions, slurp_prediction_line
-from lalm_slu.records import DataError
-from lalm_slu.outputs import write_text_atomic
+from lalm_slu.data.records import DataError
+from lalm_slu.core.outputs import write_text_atomic
 
 
 def add_arguments(parser) -> None:

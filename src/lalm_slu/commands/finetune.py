@@ -1,4 +1,4 @@
-"""Fine-tune the audio LLM on one mixture file (see lalm_slu/train.py)."""
+"""Fine-tune the audio LLM on one mixture file (see lalm_slu/training/finetune.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from lalm_slu.settings import SettingsError, check_finetune_settings
+    from lalm_slu.config.settings import SettingsError, check_finetune_settings
 
     try:
         settings = json.loads(args.settings)
@@ -31,8 +31,8 @@ def run(args):
         raise SettingsError(f"--settings: not JSON ({error})") from None
     check_finetune_settings(settings, "--settings")  # before minutes of loading the model
 
-    from lalm_slu.model_loading import set_threads
-    from lalm_slu.train import finetune
+    from lalm_slu.model.loading import set_threads
+    from lalm_slu.training.finetune import finetune
 
     dev_manifests = {}
     for argument in args.dev_manifests:

@@ -1,12 +1,12 @@
 """Behaviour imitation's targets: the phase-1 (or base) model's text-path answers for the paired-speech pool
-(see lalm_slu/imitation.py)."""
+(see lalm_slu/training/imitation.py)."""
 
 from __future__ import annotations
 
 import json
 
-from lalm_slu.budgets import read_budget_ids
-from lalm_slu.records import DataError
+from lalm_slu.data.budgets import read_budget_ids
+from lalm_slu.data.records import DataError
 
 
 def add_arguments(parser):
@@ -23,8 +23,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from lalm_slu.imitation import write_imitation_targets
-    from lalm_slu.model_loading import set_threads
+    from lalm_slu.training.imitation import write_imitation_targets
+    from lalm_slu.model.loading import set_threads
 
     pools = [(manifest, read_budget_ids(ids)) for manifest, ids in args.pool]
     if not any(ids for _, ids in pools):  # nothing to imitate: no targets file, not an empty one

@@ -11,8 +11,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from lalm_slu.records import DataError, read_manifest, utterances_from_frame, write_manifest
-from lalm_slu.speech.audio import BAD_AUDIO_MODES, ingest_utterances
+from lalm_slu.data.records import DataError, read_manifest, utterances_from_frame, write_manifest
+from lalm_slu.data.audio import BAD_AUDIO_MODES, ingest_utterances
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Write one run's training mixture (see lalm_slu.mixtures for the schemes and the columns): its items listed, then
+"""Write one run's training mixture (see lalm_slu.data.mixtures for the schemes and the columns): its items listed, then
 each item's data taken from its manifest, so that training reads the mixture alone.
 
 Monolingual: --text-manifest/--speech-manifest/--speech-ids describe the one (scarce) part.
@@ -13,8 +13,8 @@ import logging
 
 import pandas as pd
 
-from lalm_slu.budgets import read_budget_ids
-from lalm_slu.mixtures import (
+from lalm_slu.data.budgets import read_budget_ids
+from lalm_slu.data.mixtures import (
     SCHEMES,
     ManifestCache,
     MixtureError,
@@ -22,8 +22,8 @@ from lalm_slu.mixtures import (
     build_mixture,
     with_item_data,
 )
-from lalm_slu.records import DataError, write_manifest
-from lalm_slu.settings import InterleavingSettings
+from lalm_slu.data.records import DataError, write_manifest
+from lalm_slu.config.settings import InterleavingSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def run(args):
     interleave = InterleavingSettings.from_json(args.interleave, "--interleave") if args.interleave else None
     imitation = None
     if args.imitation_targets:
-        from lalm_slu.imitation import read_imitation_targets  # imports torch: only imitation mixtures pay for it
+        from lalm_slu.training.imitation import read_imitation_targets  # imports torch: only imitation mixtures pay for it
 
         imitation = read_imitation_targets(args.imitation_targets)
     manifests = ManifestCache()

@@ -3,7 +3,7 @@
     lalm-slu plan --configfile workflow/configs/paper.yaml [--json]
 
 The configfiles are read as Snakemake reads them (./config.yaml over the demo model's recipe, each --configfile on
-top, the schema's defaults filled in). The formulas and assumptions are in lalm_slu.cost_plan; every GPU job of the
+top, the schema's defaults filled in). The formulas and assumptions are in lalm_slu.planning.cost_plan; every GPU job of the
 workflow asks for the GPUs and time limit printed here. `lalm-slu plan-memory` prints one job's memory table.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from lalm_slu.cost_plan import PlanError, check_plan_inputs, grid_costs, plan_settings, read_plan_config
+from lalm_slu.planning.cost_plan import PlanError, check_plan_inputs, grid_costs, plan_settings, read_plan_config
 
 BASE_CONFIGS = (Path("workflow/configs/demo_model.yaml"), Path("config.yaml"))
 SCHEMA = Path("workflow/schemas/config.schema.yaml")

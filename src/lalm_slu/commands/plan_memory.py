@@ -5,7 +5,7 @@
 The configfiles are read as Snakemake reads them: ./config.yaml first, each --configfile on top
 (mappings merged key by key, everything else replaced); training keys they leave out take the schema's
 defaults, as a fine-tuning job's do. The model's shape comes from --config-json, else the downloaded
-model's config.json, else the config's model.architecture copy. The formulas are in lalm_slu.memory_plan.
+model's config.json, else the config's model.architecture copy. The formulas are in lalm_slu.model.memory_plan.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from lalm_slu.commands.plan import read_config
-from lalm_slu.cost_plan import PlanError, read_plan_config
-from lalm_slu.memory_plan import memory_table, scheme_modules, training_shape
+from lalm_slu.planning.cost_plan import PlanError, read_plan_config
+from lalm_slu.model.memory_plan import memory_table, scheme_modules, training_shape
 
 
 def positive(text: str) -> int:

@@ -12,9 +12,9 @@ import inspect
 import logging
 from pathlib import Path
 
-from lalm_slu.corpora import BAD_RECORD_MODES, READERS, read_corpus, read_subsets, reader_options
-from lalm_slu.outputs import write_text_atomic
-from lalm_slu.records import SPLITS, write_manifest
+from lalm_slu.data.corpora import BAD_RECORD_MODES, READERS, read_corpus, read_subsets, reader_options
+from lalm_slu.core.outputs import write_text_atomic
+from lalm_slu.data.records import SPLITS, write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lalm_slu.records import read_manifest
+from lalm_slu.data.records import read_manifest
 from lalm_slu.speech.tts import Voice, pick_voice
 
 

@@ -15,11 +15,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lalm_slu.metrics import METRIC_NAMES, LabelledExample, Scores, score_examples
-from lalm_slu.records import DataError, read_manifest
-from lalm_slu.outputs import write_text_atomic
-from lalm_slu.slu_json import parse_prediction
-from lalm_slu.text_lines import read_lines
+from lalm_slu.evaluation.metrics import METRIC_NAMES, LabelledExample, Scores, score_examples
+from lalm_slu.data.records import DataError, read_manifest
+from lalm_slu.core.outputs import write_text_atomic
+from lalm_slu.data.slu_json import parse_prediction
+from lalm_slu.data.text_lines import read_lines
 
 GRANULARITIES = ("utterance", "recording")
 _ANNOTATED_ENTITY = re.compile(r"\[\s*([^\[\]:]+?)\s*:\s*([^\[\]]*?)\s*\]")

@@ -10,9 +10,9 @@ import json
 import logging
 from pathlib import Path
 
-from lalm_slu.budgets import SpeechBudget, label_coverage, select_budget, stratified_order, write_budget_ids
-from lalm_slu.outputs import write_text_atomic
-from lalm_slu.records import DataError, read_manifest
+from lalm_slu.data.budgets import SpeechBudget, label_coverage, select_budget, stratified_order, write_budget_ids
+from lalm_slu.core.outputs import write_text_atomic
+from lalm_slu.data.records import DataError, read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from lalm_slu.records import DataError, read_manifest, utterances_from_frame, write_manifest
+from lalm_slu.data.records import DataError, read_manifest, utterances_from_frame, write_manifest
 from lalm_slu.speech.synthesis import synthesize_utterances, voices_from_json
 
 log = logging.getLogger(__name__)

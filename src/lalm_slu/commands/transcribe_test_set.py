@@ -1,4 +1,4 @@
-"""Transcribe a test set's speech with the base model, once for every run's cascade decode (lalm_slu/cascade.py)."""
+"""Transcribe a test set's speech with the base model, once for every run's cascade decode (lalm_slu/evaluation/cascade.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from lalm_slu.cascade import transcribe_test_set
-    from lalm_slu.model_loading import set_threads
+    from lalm_slu.evaluation.cascade import transcribe_test_set
+    from lalm_slu.model.loading import set_threads
 
     set_threads(args.threads)
     print(json.dumps(transcribe_test_set(args.model, args.manifest, json.loads(args.settings), args.out, args.wer)))

@@ -6,7 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
-from lalm_slu.outputs import atomic_output, write_text_atomic
+from lalm_slu.core.outputs import atomic_output, write_text_atomic
 
 START, END = "<!-- demo-results:start -->", "<!-- demo-results:end -->"
 

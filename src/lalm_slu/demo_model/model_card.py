@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from string import Template
 
-from lalm_slu.outputs import write_text_atomic
-from lalm_slu.trainable import top_level
+from lalm_slu.core.outputs import write_text_atomic
+from lalm_slu.model.trainable import top_level
 
 TEMPLATE = Path(__file__).with_name("model_card.md")
 

@@ -10,7 +10,7 @@ last words, count words). Transcription alone teaches the LLM to transcribe what
 it hears audio; answering each instruction the same way for speech and text teaches it to follow the
 instruction for both, which is what a new instruction learned on text only (SLU) needs.
 Deterministic given the seed. A recipe on fine-tuning's parts: the same loop, schedule, checkpoints (a killed
-stage resumes; one of other settings never does) and frame cache (lalm_slu.training_loop, audio_encoding).
+stage resumes; one of other settings never does) and frame cache (lalm_slu.training.loop, audio_encoding).
 """
 
 from __future__ import annotations
@@ -29,22 +29,22 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from lalm_slu.audio_encoding import FrozenAudioCache, merge_audio, projected_audio
-from lalm_slu.batches import ChatItem, Collator, audio_token_count
-from lalm_slu.code_version import code_version
+from lalm_slu.model.audio_encoding import FrozenAudioCache, merge_audio, projected_audio
+from lalm_slu.model.batches import ChatItem, Collator, audio_token_count
+from lalm_slu.core.code_version import code_version
 from lalm_slu.demo_model.build import check_kept_layers, keep_language_model_layers, save_model
 from lalm_slu.demo_model.model_card import write_model_card
-from lalm_slu.distributed import ProcessGroup
-from lalm_slu.loss import answer_loss
-from lalm_slu.metrics import word_error_rate
-from lalm_slu.model_loading import load_model_and_processor
-from lalm_slu.outputs import write_text_atomic
-from lalm_slu.settings import GenerationSettings
-from lalm_slu.speech.audio import load_audio
+from lalm_slu.training.distributed import ProcessGroup
+from lalm_slu.model.loss import answer_loss
+from lalm_slu.evaluation.metrics import word_error_rate
+from lalm_slu.model.loading import load_model_and_processor
+from lalm_slu.core.outputs import write_text_atomic
+from lalm_slu.config.settings import GenerationSettings
+from lalm_slu.data.audio import load_audio
 from lalm_slu.speech.tts import Voice
-from lalm_slu.train import CHECKPOINTS, model_identity
-from lalm_slu.trainable import set_trainable, top_level
-from lalm_slu.training_loop import Segment, TrainingLoop
+from lalm_slu.training.run_identity import CHECKPOINTS, model_identity
+from lalm_slu.model.trainable import set_trainable, top_level
+from lalm_slu.training.loop import Segment, TrainingLoop
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def batch_plan(clip_lengths: list[float], num_texts: int, cfg: PretrainConfig, s
 
 def transcribe(model, processor, clips: list[Clip], batch_size: int = 16, max_new_tokens: int = 48) -> list[str]:
     """Greedy transcripts through the decode stage's generation path."""
-    from lalm_slu.decode import generate_batch
+    from lalm_slu.evaluation.decode import generate_batch
 
     collator = Collator(processor, for_generation=True)
     model.eval()

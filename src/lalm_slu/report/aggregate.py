@@ -12,9 +12,9 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from lalm_slu.metrics import METRIC_NAMES
-from lalm_slu.outputs import atomic_output
-from lalm_slu.records import DataError
+from lalm_slu.evaluation.metrics import METRIC_NAMES
+from lalm_slu.core.outputs import atomic_output
+from lalm_slu.data.records import DataError
 
 # What a run's `meta` block may carry (written by `score --meta`); other keys follow, sorted.
 META_COLUMNS = (

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from lalm_slu.metrics import metrics_from_totals
+from lalm_slu.evaluation.metrics import metrics_from_totals
 from lalm_slu.report.summary import (
     REFERENCE_SCHEMES,
     SCHEME_LABELS,

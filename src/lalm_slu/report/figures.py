@@ -21,7 +21,7 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lalm_slu.outputs import atomic_output, write_text_atomic
+from lalm_slu.core.outputs import atomic_output, write_text_atomic
 from lalm_slu.report.loss_curves import loss_curves_figure, read_loss_curves
 from lalm_slu.report.summary import (
     CROSSLINGUAL_KEYS,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lalm_slu.records import DataError
+from lalm_slu.data.records import DataError
 from lalm_slu.report.summary import SCHEME_LABELS, budget_label, budget_sort_key, scheme_sort_key
 
 RUN_KEYS = ("corpus", "lang", "source", "target", "target_text", "scheme", "budget", "seed")

@@ -6,7 +6,7 @@ import re
 
 import pandas as pd
 
-from lalm_slu.metrics import METRIC_NAMES
+from lalm_slu.evaluation.metrics import METRIC_NAMES
 
 SCHEME_ORDER = ("text_only", "direct_mixing", "curriculum", "interleaving", "behaviour_imitation", "mtbi", "oracle")
 SCHEME_LABELS = {

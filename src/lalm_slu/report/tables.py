@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lalm_slu.outputs import write_text_atomic
+from lalm_slu.core.outputs import write_text_atomic
 from lalm_slu.report.summary import (
     CROSSLINGUAL_KEYS,
     MONOLINGUAL_KEYS,

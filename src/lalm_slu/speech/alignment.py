@@ -107,13 +107,13 @@ def ctc_frames(config, samples: int) -> int | None:
 
 def align_manifest(model_dir: str, manifest_path: str, out_path: str, settings: Mapping) -> dict:
     """A speech manifest with `word_times` filled by forced alignment with the CTC model at `model_dir`.
-    `settings`: the job's --settings JSON (lalm_slu.settings.AlignmentSettings)."""
+    `settings`: the job's --settings JSON (lalm_slu.config.settings.AlignmentSettings)."""
     from transformers import AutoModelForCTC, AutoProcessor
 
-    from lalm_slu.model_loading import resolve_device
-    from lalm_slu.records import read_manifest, utterances_from_frame, write_manifest
-    from lalm_slu.settings import AlignmentSettings
-    from lalm_slu.speech.audio import load_audio
+    from lalm_slu.model.loading import resolve_device
+    from lalm_slu.data.records import read_manifest, utterances_from_frame, write_manifest
+    from lalm_slu.config.settings import AlignmentSettings
+    from lalm_slu.data.audio import load_audio
 
     started = time.time()
     device = resolve_device(AlignmentSettings.from_dict(settings, "align-words --settings").device)

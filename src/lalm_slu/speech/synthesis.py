@@ -24,7 +24,7 @@ import soundfile
 from lalm_slu.speech.tts import TARGET_RATE, ESpeakSynthesizer, Voice, pick_voice
 
 if TYPE_CHECKING:  # records imports pandas; chunk workers start fresh, so keep their imports light
-    from lalm_slu.records import Utterance
+    from lalm_slu.data.records import Utterance
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def synthesize_chunk(jobs: Sequence[SynthesisJob], seed: int, max_duration_s: fl
 
 
 def _fail(message: str) -> None:
-    from lalm_slu.records import DataError  # imported late: records pulls in pandas, slow in every fresh worker
+    from lalm_slu.data.records import DataError  # imported late: records pulls in pandas, slow in every fresh worker
 
     raise DataError(message)
 

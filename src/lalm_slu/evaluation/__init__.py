@@ -1,0 +1,1 @@
+"""Decoding, the cascade, and SLURP's metrics and scoring."""
