@@ -10,7 +10,7 @@ min_version("9.0")
 
 # Planning uses this checkout's package (plain-Python modules only), whatever is installed.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from lalm_slu.config_file import validate_config
+from lalm_slu.config.layered import validate_config
 
 
 # The demo model's recipe first: config.yaml and --configfile override it key by key.
