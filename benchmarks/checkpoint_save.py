@@ -35,8 +35,9 @@ import torch.distributed.checkpoint as dcp  # noqa: E402
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 
-from lalm_slu.training import distributed  # noqa: E402
-from lalm_slu.training.distributed import ProcessGroup, save_checkpoint  # noqa: E402
+from lalm_slu.training import checkpoints  # noqa: E402
+from lalm_slu.training.checkpoints import save_checkpoint  # noqa: E402
+from lalm_slu.training.distributed import ProcessGroup  # noqa: E402
 
 
 def bytes_read() -> int:
@@ -68,7 +69,7 @@ def previous_save(root_dir: Path, step: int, model, optimizer, group: ProcessGro
              checkpoint_id=str(tmp))
     group.barrier()
     own = [p for p in sorted(tmp.iterdir()) if p.name.startswith(f"__{group.rank}_")]
-    group.gather({p.name: distributed._sha256(p) for p in own})
+    group.gather({p.name: checkpoints._sha256(p) for p in own})
     group.barrier()
 
 
@@ -108,14 +109,14 @@ def worker(width: int, layers: int, repeats: int, out: Path) -> None:
     before = bytes_read()
     mine = [p for i, p in enumerate(sorted(previous.iterdir())) if i % group.world_size == group.rank]
     for path in mine:
-        distributed._sha256(path)
+        checkpoints._sha256(path)
     dcp.load({"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)},
              checkpoint_id=str(previous))
     read["resume_previous"] = int(group.all_sum(bytes_read() - before))
     group.barrier()
     before = bytes_read()
-    assert distributed._checkpoint_problem(checkpoint, "benchmark", group) is None
-    distributed._load(checkpoint, model, optimizer, group)
+    assert checkpoints._checkpoint_problem(checkpoint, "benchmark", group) is None
+    checkpoints._load(checkpoint, model, optimizer, group)
     read["resume_current"] = int(group.all_sum(bytes_read() - before))
     if group.is_main:
         shutil.rmtree(root_dir, ignore_errors=True)

@@ -29,10 +29,11 @@ from transformers import Qwen2AudioForConditionalGeneration
 from lalm_slu.model import forward
 from lalm_slu.training import finetune as train, items as training_data, loop as training_loop, run_identity
 from lalm_slu.model.batches import ChatItem, Collator
-from lalm_slu.training.distributed import DamagedCheckpoint
+from lalm_slu.training.checkpoints import DamagedCheckpoint
 from lalm_slu.model.length_aware_encoder import LengthAwareQwen2AudioEncoder
 from lalm_slu.data.mixtures import ManifestCache, with_item_data
 from lalm_slu.model.loading import load_model_and_processor
+from lalm_slu.model.trainable import apply_lora
 from lalm_slu.data.records import DataError, read_manifest
 from lalm_slu.data.audio import load_audio
 from lalm_slu.training.finetune import finetune

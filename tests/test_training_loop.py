@@ -16,8 +16,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import get_cosine_schedule_with_warmup
 
-from lalm_slu.training import distributed
-from lalm_slu.training.distributed import DamagedCheckpoint, ProcessGroup, WorkDirectoryInUse, work_dir_lock
+from lalm_slu.training import checkpoints as checkpoint_io
+from lalm_slu.training.checkpoints import DamagedCheckpoint, WorkDirectoryInUse, work_dir_lock
+from lalm_slu.training.distributed import ProcessGroup
 from lalm_slu.training.loop import (
     EXIT_RESUBMIT,
     Segment,
@@ -108,8 +109,8 @@ def test_only_the_newest_complete_checkpoint_is_kept_with_a_manifest_of_every_fi
 
 def test_neither_save_nor_resume_reads_a_shard_through_a_separate_hash(group, tmp_path, monkeypatch):
     hashed = []
-    real_sha256 = distributed._sha256
-    monkeypatch.setattr(distributed, "_sha256", lambda path: hashed.append(path.name) or real_sha256(path))
+    real_sha256 = checkpoint_io._sha256
+    monkeypatch.setattr(checkpoint_io, "_sha256", lambda path: hashed.append(path.name) or real_sha256(path))
     loop = new_loop(group, tmp_path, every=2)
     loop.run(SEGMENTS, gradients_of(loop), stop_after_steps=3)
     again = new_loop(group, tmp_path, every=2)
@@ -205,7 +206,7 @@ def test_any_damaged_or_extra_file_sets_the_checkpoint_aside_before_loading(grou
 def test_a_damaged_checkpoint_given_to_start_from_is_an_error_naming_it(group, tmp_path):
     checkpoint, loop = damage_and_resume(group, tmp_path, lambda c: (c / "stray.txt").write_text("x"))
     with pytest.raises(DamagedCheckpoint, match=rf"checkpoint {checkpoint} cannot be loaded: .*stray.txt is not in"):
-        distributed.load_checkpoint(checkpoint, loop.root, loop.optimizer, group)
+        checkpoint_io.load_checkpoint(checkpoint, loop.root, loop.optimizer, group)
 
 
 def test_a_second_run_on_a_locked_work_directory_fails_at_once_naming_the_holder(group, tmp_path):

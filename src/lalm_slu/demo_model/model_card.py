@@ -12,6 +12,7 @@ from pathlib import Path
 from string import Template
 
 from lalm_slu.core.outputs import write_text_atomic
+from lalm_slu.demo_model.instructions import TRANSCRIBE_INSTRUCTION
 from lalm_slu.model.trainable import top_level
 
 TEMPLATE = Path(__file__).with_name("model_card.md")
@@ -43,9 +44,6 @@ def _instructions(cfg: dict) -> str:
 
 def _transcription(summary: dict) -> str:
     """The transcription stage, or for a continuation the stage it continued; then any kept LLM layers."""
-    # Imported here: pretrain.py imports this module, and the instruction has one home.
-    from lalm_slu.demo_model.pretrain import TRANSCRIBE_INSTRUCTION
-
     cfg = summary["config"]
     text = ""
     if "continued_from" in summary:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from lalm_slu.model.audio_encoding import FrozenAudioCache, merge_audio, projected_audio
 from lalm_slu.model.batches import ChatItem, Collator, audio_token_count
 from lalm_slu.core.code_version import code_version
+from lalm_slu.demo_model.instructions import TRANSCRIBE_INSTRUCTION
 from lalm_slu.demo_model.build import check_kept_layers, keep_language_model_layers, save_model
 from lalm_slu.demo_model.model_card import write_model_card
 from lalm_slu.training.distributed import ProcessGroup
@@ -48,7 +49,6 @@ from lalm_slu.training.loop import Segment, TrainingLoop
 
 log = logging.getLogger(__name__)
 
-TRANSCRIBE_INSTRUCTION = "Write down what is said."
 # The schedule segments of a stage.
 TRANSCRIPTION, INSTRUCTIONS = "transcription", "instructions"
 

@@ -37,7 +37,8 @@ from lalm_slu.model.loading import base_model, device_and_dtype, load_model_and_
 from lalm_slu.model.memory_plan import check_job_fits
 from lalm_slu.model.trainable import AUDIO_PARTS, apply_lora, count_parameters, set_trainable, top_level
 from lalm_slu.training.dev_evaluation import DEV_CSV, dev_evaluation_hook, last_dev_results
-from lalm_slu.training.distributed import ProcessGroup, full_state_dict, parallelize, work_dir_lock
+from lalm_slu.training.checkpoints import work_dir_lock
+from lalm_slu.training.distributed import ProcessGroup, full_state_dict, parallelize
 from lalm_slu.training.items import PhaseBatches, StepLoader, data_workers, load_items, sequence_lengths
 from lalm_slu.training.loop import Segment, TrainingLoop, stop_before_time_limit, warmup_steps
 from lalm_slu.training.optimizer import build_optimizer

@@ -32,7 +32,8 @@ from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from lalm_slu.config.settings import TrainingSettings
-from lalm_slu.training.distributed import PendingCheckpoint, ProcessGroup, resume_checkpoint, save_checkpoint
+from lalm_slu.training.checkpoints import PendingCheckpoint, resume_checkpoint, save_checkpoint
+from lalm_slu.training.distributed import ProcessGroup
 from lalm_slu.core.stages import STAGES
 from lalm_slu.training.step_log import TrainingMetrics
 
@@ -126,7 +127,7 @@ class TrainingLoop:
         self.unfinished: tuple[dict, torch.Tensor, str] | None = None
 
     def resume(self) -> bool:
-        """Load this run's newest sound checkpoint, if any (see distributed.resume_checkpoint)."""
+        """Load this run's newest sound checkpoint, if any (see checkpoints.resume_checkpoint)."""
         with STAGES.stage("checkpoints"):
             state = resume_checkpoint(self.checkpoint_dir, self.root, self.optimizer, self.fingerprint, self.group)
         if state is None:

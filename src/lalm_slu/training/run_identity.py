@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from lalm_slu.core.code_version import code_version
-from lalm_slu.training.distributed import ProcessGroup, checkpoint_state, load_checkpoint
+from lalm_slu.training.checkpoints import checkpoint_state, load_checkpoint
+from lalm_slu.training.distributed import ProcessGroup
 
 log = logging.getLogger(__name__)
 
