@@ -776,11 +776,11 @@ def test_an_edit_to_any_code_the_job_runs_changes_the_fingerprint_as_the_workflo
     copy = tmp_path / "src"
     shutil.copytree(PACKAGE_SRC / "lalm_slu", copy / "lalm_slu")
     code_version.cache_clear()
-    assert code_version("finetune", copy) == code_version("finetune")
+    assert code_version("finetune_model", copy) == code_version("finetune_model")
     target_format = copy / "lalm_slu" / "slu_json.py"  # not the trainer's own file: the target's JSON layout
     target_format.write_text(target_format.read_text() + "\n# an edit\n")
     code_version.cache_clear()  # a process hashes each tree once: this one edited its copy since
-    assert code_version("finetune", copy) != code_version("finetune")
+    assert code_version("finetune_model", copy) != code_version("finetune_model")
 
 
 @pytest.mark.parametrize("observer, its_command", [("dev_evaluation.py", None), ("training_metrics.py", None),
@@ -796,7 +796,7 @@ def test_an_edit_to_what_only_watches_training_keeps_the_fingerprint(tmp_path, o
     edited = copy / "lalm_slu" / observer
     edited.write_text(edited.read_text() + "\n# an edit\n")
     code_version.cache_clear()
-    assert code_version("finetune", copy) == code_version("finetune")
+    assert code_version("finetune_model", copy) == code_version("finetune_model")
     if its_command:  # the job that produces results with it does re-run
         assert code_version(its_command, copy) != code_version(its_command)
 

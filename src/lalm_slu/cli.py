@@ -27,7 +27,7 @@ COMMANDS = {
     "pretrain-demo-model": ("lalm_slu.commands.pretrain_demo_model", "speech-text alignment pretraining"),
     "encode-audio": ("lalm_slu.commands.encode_audio", "frames of a speech manifest's clips, once for the grid"),
     "imitation-targets": ("lalm_slu.commands.imitation_targets", "phase-1 text-path answers for behaviour imitation"),
-    "finetune": ("lalm_slu.commands.finetune", "fine-tune on a mixture file"),
+    "finetune": ("lalm_slu.commands.finetune_model", "fine-tune on a mixture file"),
     "decode": ("lalm_slu.commands.decode_test_set", "batched decoding of a test set"),
     "transcribe-test-set": ("lalm_slu.commands.transcribe_test_set", "base-model transcripts for the cascade"),
     "score": ("lalm_slu.commands.score", "SLURP metrics for predictions against gold"),

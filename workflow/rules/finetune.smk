@@ -27,7 +27,7 @@ rule finetune_model:
         work_dir=work_dir,
         start_from=start_from_argument,
         dev_manifests=dev_manifests_argument,
-        code=code_version("finetune"),
+        code=code_version("finetune_model"),
     shell:
         "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True {params.launcher} -m lalm_slu finetune"
         " --mixture {input.mixture:q} --settings {params.settings:q} --out-dir {output:q}"
@@ -66,7 +66,7 @@ rule finetune_prefix:
         settings=finetune_settings,
         work_dir=work_dir,
         dev_manifests=dev_manifests_argument,
-        code=code_version("finetune"),
+        code=code_version("finetune_model"),
     shell:
         "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True {params.launcher} -m lalm_slu finetune"
         " --mixture {input.mixture:q} --settings {params.settings:q} --out-dir {output:q} --output checkpoint"

@@ -59,7 +59,7 @@ def fingerprint(mixture_path, settings: dict, code: str | None = None) -> str:
     digest = hashlib.sha256(Path(mixture_path).read_bytes())
     digest.update(json.dumps(trained_by(settings), sort_keys=True).encode())
     digest.update(model_identity(str(settings["model"]["path"])).encode())
-    digest.update((code or code_version("finetune")).encode())
+    digest.update((code or code_version("finetune_model")).encode())
     return digest.hexdigest()[:16]
 
 
@@ -82,7 +82,7 @@ def prefix_identity(mixture_path, settings: dict, phases: int) -> dict:
         "prompt": settings["prompt"],
         # The items in training order, as listed.
         "items": {"count": len(rows), "sha256": hashlib.sha256(rows.to_json(orient="values").encode()).hexdigest()},
-        "code": code_version("finetune"),
+        "code": code_version("finetune_model"),
     }
 
 
