@@ -777,14 +777,16 @@ def test_an_edit_to_any_code_the_job_runs_changes_the_fingerprint_as_the_workflo
     shutil.copytree(PACKAGE_SRC / "lalm_slu", copy / "lalm_slu")
     code_version.cache_clear()
     assert code_version("finetune_model", copy) == code_version("finetune_model")
-    target_format = copy / "lalm_slu" / "slu_json.py"  # not the trainer's own file: the target's JSON layout
+    target_format = copy / "lalm_slu" / "data" / "slu_json.py"  # not the trainer's own file: the target's JSON layout
     target_format.write_text(target_format.read_text() + "\n# an edit\n")
     code_version.cache_clear()  # a process hashes each tree once: this one edited its copy since
     assert code_version("finetune_model", copy) != code_version("finetune_model")
 
 
-@pytest.mark.parametrize("observer, its_command", [("dev_evaluation.py", None), ("training_metrics.py", None),
-                                                   ("metrics.py", "score"), ("decode.py", "decode")])
+@pytest.mark.parametrize("observer, its_command", [("training/dev_evaluation.py", None),
+                                                   ("training/step_log.py", None),
+                                                   ("evaluation/metrics.py", "score"),
+                                                   ("evaluation/decode.py", "decode_test_set")])
 def test_an_edit_to_what_only_watches_training_keeps_the_fingerprint(tmp_path, observer, its_command):
     # Dev-set scores and logs must not retrain a 7B grid: the decoder and scorer they borrow included.
     import shutil
