@@ -57,7 +57,6 @@ ITEM_COLUMNS = ("text", "target", "instruction", "audio", "duration_s", "span_st
 MIXTURE_COLUMNS = LISTING_COLUMNS + ITEM_COLUMNS
 ITEM_DTYPES = {"duration_s": "float64", "span_start_s": "float64", "span_end_s": "float64", "span_start": "Int64",
                "span_end": "Int64"}
-MODALITIES = ("text", "speech", "interleaved")
 
 
 @dataclass(frozen=True)
