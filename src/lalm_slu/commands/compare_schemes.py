@@ -11,7 +11,8 @@ import logging
 import re
 from pathlib import Path
 
-from lalm_slu.commands.score import matched_examples, read_gold, read_predictions
+from lalm_slu.config.settings import block_properties
+from lalm_slu.evaluation.scoring import matched_examples, read_gold, read_predictions
 from lalm_slu.evaluation.metrics import METRIC_NAMES, count_matrix
 from lalm_slu.core.outputs import write_text_atomic
 from lalm_slu.data.records import DataError
@@ -31,8 +32,11 @@ def add_arguments(parser) -> None:
         "--predictions", required=True, nargs="+", type=Path, help="runs/{run}/predictions/{testset}.{modality}.jsonl"
     )
     parser.add_argument("--gold", required=True, nargs="+", type=_testset_path, metavar="TESTSET=MANIFEST")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of the test utterances")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    defaults = block_properties("comparisons")
+    parser.add_argument(
+        "--bootstrap", type=int, default=defaults["bootstrap"]["default"], help="resamples of the test utterances"
+    )
+    parser.add_argument("--seed", type=int, default=defaults["seed"]["default"], help="seed of the resampling")
     parser.add_argument(
         "--scheme-pair",
         dest="scheme_pairs",
