@@ -352,9 +352,14 @@ decode_settings = of_config(arguments.decode_settings)
 cascade_settings = of_config(arguments.cascade_settings)
 audio_frames_argument = of_input(arguments.audio_frames_argument)
 comparison_pair_arguments = of_config(arguments.comparison_pair_arguments)
-score_meta = of_job_run(arguments.score_meta)
 gold_manifest = of_wildcards(paths.gold_manifest, "testset")
 cascade_speech_manifest = of_wildcards(paths.testset_speech_manifest, "testset")
+
+
+def score_meta(wildcards):
+    return arguments.score_meta(
+        job_run(wildcards), wildcards.testset, wildcards.modality
+    )
 
 
 def decode_inputs(wildcards):
