@@ -21,7 +21,8 @@ import torch
 from lalm_slu.config.settings import TrainingSettings
 from lalm_slu.core.stages import STAGES
 from lalm_slu.model.audio_encoding import audio_slot_index, encoder_padding, frame_index
-from lalm_slu.model.batches import ChatItem, Collator, audio_token_count, span_audio, token_counts
+from lalm_slu.data.interleaving import span_audio
+from lalm_slu.model.batches import ChatItem, Collator, audio_token_count, token_counts
 from lalm_slu.model.loss import answer_positions, is_right_padded
 from lalm_slu.config.vocabulary import ITEM_MODALITIES
 from lalm_slu.data.mixtures import MIXTURE_COLUMNS
