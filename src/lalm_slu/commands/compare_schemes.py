@@ -34,24 +34,10 @@ def add_arguments(parser) -> None:
         "--bootstrap", type=int, default=defaults["bootstrap"]["default"], help="resamples of the test utterances"
     )
     parser.add_argument("--seed", type=int, default=defaults["seed"]["default"], help="seed of the resampling")
-    parser.add_argument(
-        "--scheme-pair",
-        dest="scheme_pairs",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("REFERENCE", "COMPARED"),
-        help="also compare these two schemes at every budget both ran (repeatable)",
-    )
-    parser.add_argument(
-        "--modality-pair",
-        dest="modality_pairs",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("REFERENCE", "COMPARED"),
-        help="also compare these two decode inputs on every run that has both (repeatable)",
-    )
+    for field, compared in (("scheme", "two schemes at every budget both ran"),
+                            ("modality", "two decode inputs on every run that has both")):
+        parser.add_argument(f"--{field}-pair", dest=f"{field}_pairs", nargs=2, action="append", default=[],
+                            metavar=("REFERENCE", "COMPARED"), help=f"also compare these {compared} (repeatable)")
     parser.add_argument(
         "--metric", dest="metrics_compared", nargs="+", choices=METRIC_NAMES, default=list(DEFAULT_TABLE_METRICS)
     )
