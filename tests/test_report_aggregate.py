@@ -52,7 +52,8 @@ def test_run_testset_and_modality_come_from_meta_not_the_file_name(tmp_path):
     meta = {"run": "slurp-en_oracle_b100_s0", "testset": "slurp-en", "modality": "text", "scheme": "oracle"}
     path.write_text(json.dumps(score_result(0.5, meta)))
     frame = aggregate_metrics([path])
-    assert set(zip(frame["run"], frame["testset"], frame["modality"])) == {("slurp-en_oracle_b100_s0", "slurp-en", "text")}
+    identities = set(zip(frame["run"], frame["testset"], frame["modality"]))
+    assert identities == {("slurp-en_oracle_b100_s0", "slurp-en", "text")}
 
 
 def test_a_score_whose_meta_lacks_its_test_set_and_input_is_an_error(tmp_path):
