@@ -464,7 +464,8 @@ def score_json(tmp_path, run="tiny-en_text_only_b0_s0"):
     gold = write_lines(tmp_path / "gold.jsonl", [gold_line(1), gold_line(2)])
     pred = write_lines(tmp_path / "pred.jsonl", [prediction_line("1"), prediction_line("2")])
     out = tmp_path / "runs" / run / "metrics" / "tiny-en.speech.json"
-    assert score(gold, pred, "--json", "--out", str(out)) == 0
+    meta = {"run": run, "testset": "tiny-en", "modality": "speech"}
+    assert score(gold, pred, "--json", "--meta", json.dumps(meta), "--out", str(out)) == 0
     return out
 
 

@@ -106,12 +106,14 @@ def test_one_process_runs_plain_python_and_several_gpus_torchrun():
     )
 
 
-def test_score_meta_holds_the_run_s_grid_coordinates():
-    assert json.loads(score_meta(Run("xsid", "en", "de", "curriculum", "10", 1, target_text=False))) == {
+def test_score_meta_holds_the_run_s_grid_coordinates_test_set_and_input():
+    meta = score_meta(Run("xsid", "en", "de", "curriculum", "10", 1, target_text=False), "xsid-de", "cascade")
+    assert json.loads(meta) == {
         "run": "xsid-en2de-notext_curriculum_b10_s1", "corpus": "xsid", "scheme": "curriculum",
         "source": "en", "target": "de", "target_text": False, "budget": "10", "seed": 1,
+        "testset": "xsid-de", "modality": "cascade",
     }  # fmt: skip
-    assert json.loads(score_meta(MTBI))["lang"] == "en"
+    assert json.loads(score_meta(MTBI, "slurp-en", "speech"))["lang"] == "en"
 
 
 def test_comparison_pairs_and_gold_manifests_become_flag_arguments():

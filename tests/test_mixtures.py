@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from conftest import make_utterances
 
-from lalm_slu.model.batches import AUDIO_SPAN
+from lalm_slu.data.interleaving import AUDIO_SPAN
 from lalm_slu.data.budgets import write_budget_ids
 from lalm_slu.cli import main
 from lalm_slu.data.mixtures import (
@@ -179,6 +179,26 @@ def assert_items_match_their_manifests(mixture):
         assert (row.span_start_s, row.span_end_s) == (times[start][1], times[end - 1][2])
         samples = round(row.span_end_s * 16_000) - round(row.span_start_s * 16_000)
         assert row.duration_s == samples / 16_000 != row.span_end_s - row.span_start_s
+
+
+def test_an_interleaved_span_lasts_as_long_as_the_audio_training_cuts():
+    import numpy as np
+
+    from lalm_slu.data.audio import TARGET_RATE
+    from lalm_slu.data.interleaving import span_audio, span_samples
+
+    clip = np.zeros(3 * TARGET_RATE, dtype=np.float32)
+    first, last = span_samples(0.01003, 1.27777)
+    assert len(span_audio(clip, 0.01003, 1.27777)) == last - first == round(1.27777 * TARGET_RATE) - 160
+
+
+def test_making_a_mixture_imports_neither_torch_nor_the_model_layer():
+    import subprocess
+    import sys
+
+    code = "import sys, lalm_slu.data.mixtures; print(sorted({'torch', 'lalm_slu.model'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_mix_training_set_command_writes_a_crosslingual_mixture(tmp_path):

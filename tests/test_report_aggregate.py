@@ -46,29 +46,21 @@ def test_rows_are_ordered_by_run_testset_modality_then_metric_order(tmp_path):
     assert list(first_run["metric"]) == list(METRIC_NAMES)
 
 
-def test_run_testset_and_modality_come_from_the_path_when_meta_lacks_them(tmp_path):
-    path = tmp_path / "results" / "runs" / "slurp-en_oracle_b100_s0" / "metrics" / "devel.text.json"
+def test_run_testset_and_modality_come_from_meta_not_the_file_name(tmp_path):
+    path = tmp_path / "results" / "runs" / "another-run" / "metrics" / "other.speech.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(score_result(0.5, {"scheme": "oracle", "budget": "100", "seed": 0})))
+    meta = {"run": "slurp-en_oracle_b100_s0", "testset": "slurp-en", "modality": "text", "scheme": "oracle"}
+    path.write_text(json.dumps(score_result(0.5, meta)))
     frame = aggregate_metrics([path])
-    assert set(zip(frame["run"], frame["testset"], frame["modality"])) == {("slurp-en_oracle_b100_s0", "devel", "text")}
+    identities = set(zip(frame["run"], frame["testset"], frame["modality"]))
+    assert identities == {("slurp-en_oracle_b100_s0", "slurp-en", "text")}
 
 
-def test_meta_that_disagrees_with_the_path_is_an_error(tmp_path):
-    path = write_result(
-        tmp_path / "results", {"run": "r1", "modality": "speech", "scheme": "oracle", "budget": "100", "seed": 0}, 0.5
-    )
-    result = json.loads(path.read_text())
-    result["meta"]["modality"] = "text"
-    path.write_text(json.dumps(result))
-    with pytest.raises(DataError, match=r"test.speech.json: meta modality='text' disagrees with the path"):
-        aggregate_metrics([path])
-
-
-def test_file_outside_the_runs_layout_needs_meta(tmp_path):
-    path = tmp_path / "metrics.json"
-    path.write_text(json.dumps(score_result(0.5, {"scheme": "oracle"})))
-    with pytest.raises(DataError, match=r"metrics.json: no 'run' in meta"):
+def test_a_score_whose_meta_lacks_its_test_set_and_input_is_an_error(tmp_path):
+    path = tmp_path / "runs" / "r1" / "metrics" / "test.speech.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(score_result(0.5, {"run": "r1", "scheme": "oracle"})))
+    with pytest.raises(DataError, match=r"test.speech.json: meta lacks testset, modality"):
         aggregate_metrics([path])
 
 
@@ -107,7 +99,8 @@ def test_wall_time_comes_from_the_runs_model_summary(tmp_path):
 
     metrics_dir = tmp_path / "runs" / "r1" / "metrics"
     metrics_dir.mkdir(parents=True)
-    score = {"metrics": {"intent_accuracy": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}}, "counts": {}, "meta": {}}
+    score = {"metrics": {"intent_accuracy": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}}, "counts": {},
+             "meta": {"run": "r1", "testset": "t", "modality": "speech"}}
     (metrics_dir / "t.speech.json").write_text(json.dumps(score))
     (tmp_path / "runs" / "r1" / "model").mkdir()
     (tmp_path / "runs" / "r1" / "model" / "summary.json").write_text(json.dumps({"wall_time_s": 12.5}))

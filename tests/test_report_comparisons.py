@@ -228,7 +228,8 @@ def write_fake_grid(root):
                       "entities": u.entities if i < right else [], "parsed": True} for i, u in enumerate(gold)]  # fmt: skip
             path.write_text("".join(json.dumps(line) + "\n" for line in lines))
             predictions.append(path)
-            meta = {"run": run, "corpus": "slurp", "lang": "en", "scheme": scheme, "budget": budget, "seed": seed}
+            meta = {"run": run, "corpus": "slurp", "lang": "en", "scheme": scheme, "budget": budget, "seed": seed,
+                    "testset": "slurp-en", "modality": "speech"}  # fmt: skip
             metric_files.append(root / f"runs/{run}/metrics/slurp-en.speech.json")
             main(["score", "--gold", str(manifest), "--pred", str(path), "--bootstrap", "0", "--json",
                   "--meta", json.dumps(meta), "--out", str(metric_files[-1])])  # fmt: skip
@@ -255,6 +256,17 @@ def test_compare_schemes_scores_the_predictions_and_tables_write_comparisons_and
     findings = (tmp_path / "tables/findings.md").read_text()
     assert "Adding 2–5 % speech improves on text-only" in findings and "| shown |" in findings
     assert "56.8 % of oracle" in findings  # 21 / 37
+
+
+def test_compare_schemes_names_the_run_whose_predictions_are_missing(tmp_path, capsys):
+    manifest, predictions, metrics_csv = write_fake_grid(tmp_path)
+    given = [str(path) for path in predictions if "text_only_b0_s1" not in str(path)]
+    arguments = ["compare-schemes", "--metrics", str(metrics_csv), "--predictions", *given,
+                 "--gold", f"slurp-en={manifest}", "--bootstrap", "10", "--out", str(tmp_path / "c.csv")]  # fmt: skip
+    assert main(arguments) == 1
+    error = capsys.readouterr().err
+    assert "no predictions of run 'slurp-en_text_only_b0_s1' on slurp-en.speech" in error
+    assert "runs/slurp-en_text_only_b0_s1/predictions/slurp-en.speech.jsonl" in error
 
 
 def test_a_grid_without_comparable_settings_writes_empty_tables_with_headers(tmp_path):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from lalm_slu.cli import main
-from lalm_slu.commands.score import read_gold, read_predictions, score_files
+from lalm_slu.evaluation.scoring import read_gold, read_predictions, score_files
 from lalm_slu.data.records import DataError, Utterance, write_manifest
 from lalm_slu.data.slu_json import format_target, parse_prediction
 
@@ -360,3 +360,20 @@ def test_release_file_scored_against_itself_is_perfect_per_recording(tmp_path):
     assert result["counts"]["n_gold"] == len(lines) > len(gold)
     assert result["metrics"]["slu_f1"]["value"] == 1.0
     assert result["metrics"]["intent_accuracy"]["value"] == 1.0
+
+
+def test_bootstrap_default_is_the_config_schemas(tmp_path, manifest_gold, capsys):
+    from lalm_slu.config.settings import block_properties
+
+    pred = write_jsonl(tmp_path / "pred.jsonl", [{"id": "u1", "raw": "{}"}])
+    result = json.loads(run_score("--gold", manifest_gold, "--pred", pred, "--json", capsys=capsys))
+    assert result["bootstrap"]["resamples"] == block_properties("scoring")["bootstrap"]["default"]
+
+
+def test_the_scoring_library_is_importable_without_the_command():
+    import subprocess
+    import sys
+
+    code = "import sys, lalm_slu.evaluation.scoring; print('lalm_slu.commands' in ' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

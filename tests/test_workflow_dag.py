@@ -223,7 +223,10 @@ def test_commands_receive_the_run_settings_and_score_metadata(workflow_copy):
     settings = json.loads(arguments("finetune", "xsid-en2de_direct_mixing_b10shot_s0")["--settings"])
     assert settings["training"]["seed"] == 0 and settings["scheme"]["name"] == "direct_mixing"
     assert set(settings) == {"model", "training", "scheme", "prompt"}
-    meta = json.loads(arguments("score", "xsid-en2de_direct_mixing_b10shot_s0")["--meta"])
+    score = arguments("score", "xsid-en2de_direct_mixing_b10shot_s0")
+    meta = json.loads(score["--meta"])
+    # The test set and input scored are the predictions file's: {testset}.{modality}.jsonl.
+    assert f"{meta.pop('testset')}.{meta.pop('modality')}.jsonl" == score["--pred"].rsplit("/", 1)[-1]
     assert meta == {"run": "xsid-en2de_direct_mixing_b10shot_s0", "corpus": "xsid", "scheme": "direct_mixing",
                     "source": "en", "target": "de", "target_text": True, "budget": "10shot", "seed": 0}  # fmt: skip
     decode = json.loads(arguments("decode", "slurp-en_oracle_b100_s0")["--settings"])

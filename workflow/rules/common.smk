@@ -23,6 +23,7 @@ from lalm_slu.planning import paths
 from lalm_slu.planning.config_checks import ConfigError, check_config
 from lalm_slu.planning.grid import expand_grid, expand_prefixes
 from lalm_slu.config.schemes import IMITATION_SCHEMES
+from lalm_slu.config.vocabulary import TEST_INPUTS
 
 # ---------------------------------------------------------------- the jobs' interpreter
 
@@ -131,7 +132,7 @@ wildcard_constraints:
     split="train|dev|test",
     seed="[0-9]+",
     budget="[0-9]+(shot)?",
-    modality="speech|text|cascade",
+    modality="|".join(TEST_INPUTS),
     run=alternatives(RUNS),
     prefix=alternatives(PREFIXES),
     testset="[a-z][a-z0-9]*-[a-z]{2,3}(-[a-z]{2,3})?",
@@ -351,9 +352,14 @@ decode_settings = of_config(arguments.decode_settings)
 cascade_settings = of_config(arguments.cascade_settings)
 audio_frames_argument = of_input(arguments.audio_frames_argument)
 comparison_pair_arguments = of_config(arguments.comparison_pair_arguments)
-score_meta = of_job_run(arguments.score_meta)
 gold_manifest = of_wildcards(paths.gold_manifest, "testset")
 cascade_speech_manifest = of_wildcards(paths.testset_speech_manifest, "testset")
+
+
+def score_meta(wildcards):
+    return arguments.score_meta(
+        job_run(wildcards), wildcards.testset, wildcards.modality
+    )
 
 
 def decode_inputs(wildcards):

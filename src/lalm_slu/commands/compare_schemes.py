@@ -1,17 +1,18 @@
 """`lalm-slu compare-schemes`: paired-bootstrap comparisons of the grid's settings from their predictions.
 
-Reads each run's predictions (`runs/{run}/predictions/{testset}.{modality}.jsonl`), scores every test utterance
-with the one scorer, and writes one CSV row per comparison × metric (see lalm_slu.report.comparisons).
+Each arm's runs, test set and input come from the aggregate CSV (their scores' meta); a run's predictions on them
+are the workflow's `runs/{run}/predictions/{testset}.{modality}.jsonl` among --predictions. Every test utterance is
+scored with the one scorer; one CSV row per comparison × metric (see lalm_slu.report.comparisons).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import re
 from pathlib import Path
 
-from lalm_slu.commands.score import matched_examples, read_gold, read_predictions
+from lalm_slu.config.settings import block_properties
+from lalm_slu.evaluation.scoring import matched_examples, read_gold, read_predictions
 from lalm_slu.evaluation.metrics import METRIC_NAMES, count_matrix
 from lalm_slu.core.outputs import write_text_atomic
 from lalm_slu.data.records import DataError
@@ -20,9 +21,6 @@ from lalm_slu.report.comparisons import ArmScores, arms_from_metrics, compare_al
 from lalm_slu.report.tables import DEFAULT_TABLE_METRICS
 
 log = logging.getLogger(__name__)
-_PREDICTIONS_PATH = re.compile(
-    r"(?:^|/)runs/(?P<run>[^/]+)/predictions/(?P<testset>[^/]+)\.(?P<modality>[^./]+)\.jsonl$"
-)
 
 
 def add_arguments(parser) -> None:
@@ -31,26 +29,15 @@ def add_arguments(parser) -> None:
         "--predictions", required=True, nargs="+", type=Path, help="runs/{run}/predictions/{testset}.{modality}.jsonl"
     )
     parser.add_argument("--gold", required=True, nargs="+", type=_testset_path, metavar="TESTSET=MANIFEST")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of the test utterances")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    defaults = block_properties("comparisons")
     parser.add_argument(
-        "--scheme-pair",
-        dest="scheme_pairs",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("REFERENCE", "COMPARED"),
-        help="also compare these two schemes at every budget both ran (repeatable)",
+        "--bootstrap", type=int, default=defaults["bootstrap"]["default"], help="resamples of the test utterances"
     )
-    parser.add_argument(
-        "--modality-pair",
-        dest="modality_pairs",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("REFERENCE", "COMPARED"),
-        help="also compare these two decode inputs on every run that has both (repeatable)",
-    )
+    parser.add_argument("--seed", type=int, default=defaults["seed"]["default"], help="seed of the resampling")
+    for field, compared in (("scheme", "two schemes at every budget both ran"),
+                            ("modality", "two decode inputs on every run that has both")):
+        parser.add_argument(f"--{field}-pair", dest=f"{field}_pairs", nargs=2, action="append", default=[],
+                            metavar=("REFERENCE", "COMPARED"), help=f"also compare these {compared} (repeatable)")
     parser.add_argument(
         "--metric", dest="metrics_compared", nargs="+", choices=METRIC_NAMES, default=list(DEFAULT_TABLE_METRICS)
     )
@@ -68,7 +55,7 @@ def run(args) -> int:
     arms = arms_from_metrics(read_metrics_csv(args.metrics))
     comparisons = plan_comparisons(arms, args.scheme_pairs, args.modality_pairs)
     needed = {arm for comparison in comparisons for arm in (comparison.compared, comparison.reference)}
-    predictions = predictions_by_run(args.predictions)
+    predictions = {Path(path).parts[-4:]: Path(path) for path in args.predictions}
     gold = {testset: read_gold(path) for testset, path in args.gold}
     scores = {}
     for arm in needed:
@@ -76,24 +63,14 @@ def run(args) -> int:
             raise DataError(f"no --gold manifest for test set {arm.testset!r}")
         counts = {}
         for seed, run_name in arms[arm].items():
-            path = predictions.get((run_name, arm.testset, arm.modality))
-            if path is None:
-                raise DataError(f"no predictions of run {run_name!r} on {arm.testset}.{arm.modality}")
-            pairs, _ = matched_examples(gold[arm.testset], read_predictions(path))
+            layout = ("runs", run_name, "predictions", f"{arm.testset}.{arm.modality}.jsonl")
+            if layout not in predictions:
+                raise DataError(f"no predictions of run {run_name!r} on {arm.testset}.{arm.modality} "
+                                f"(no --predictions path ends in {'/'.join(layout)})")
+            pairs, _ = matched_examples(gold[arm.testset], read_predictions(predictions[layout]))
             counts[seed] = count_matrix(pairs)
         scores[arm] = ArmScores(arm, counts)
     frame = compare_all(comparisons, scores, args.metrics_compared, args.bootstrap, args.seed)
     write_text_atomic(args.out, frame.to_csv(index=False, lineterminator="\n", float_format="%.6f"))
     log.info("wrote %d comparisons to %s", len(comparisons), args.out)
     return 0
-
-
-def predictions_by_run(paths) -> dict[tuple[str, str, str], Path]:
-    """(run, testset, modality) → prediction file, read off the workflow's path layout."""
-    found = {}
-    for path in paths:
-        match = _PREDICTIONS_PATH.search(Path(path).as_posix())
-        if match is None:
-            raise DataError("not a runs/{run}/predictions/{testset}.{modality}.jsonl path", path)
-        found[(match["run"], match["testset"], match["modality"])] = Path(path)
-    return found

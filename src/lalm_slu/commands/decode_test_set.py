@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from lalm_slu.config.vocabulary import TEST_INPUTS
+
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True, help="fine-tuned model directory (full weights or a LoRA adapter)")
@@ -19,12 +21,12 @@ def add_arguments(parser):
 
 
 def run(args):
-    from lalm_slu.evaluation.decode import MODALITIES, decode
+    from lalm_slu.evaluation.decode import decode
     from lalm_slu.model.loading import set_threads
 
     for modality, manifest, _ in args.input:
-        if modality not in MODALITIES:
-            raise SystemExit(f"--input: modality must be one of {', '.join(MODALITIES)}, not {modality!r}")
+        if modality not in TEST_INPUTS:
+            raise SystemExit(f"--input: modality must be one of {', '.join(TEST_INPUTS)}, not {modality!r}")
         check_input(modality, manifest)
     set_threads(args.threads)
     print(json.dumps(decode(args.model, [tuple(i) for i in args.input], json.loads(args.settings),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lalm_slu.commands.score import matched_examples, read_gold, read_predictions, slurp_prediction_line
+from lalm_slu.evaluation.scoring import matched_examples, read_gold, read_predictions, slurp_prediction_line
 from lalm_slu.data.records import DataError
 from lalm_slu.core.outputs import write_text_atomic
 

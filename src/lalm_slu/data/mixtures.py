@@ -3,7 +3,7 @@
 A mixture has one row per training item, in training order within each phase (MIXTURE_COLUMNS): `id`, `lang`,
 `modality` (text|speech|interleaved), `phase` (the scheme's phase numbers, schemes.MIXTURE_PHASES) and `manifest`
 (the manifest the item came from, for provenance), then the item itself, taken from its manifest row when the
-mixture is made: `text` (the transcript; interleaved: with its spoken span replaced by batches.AUDIO_SPAN),
+mixture is made: `text` (the transcript; interleaved: with its spoken span replaced by interleaving.AUDIO_SPAN),
 `target` (an imitation item's own, else the utterance's SLU label as slu_json.format_target writes it),
 `instruction` (an imitation item's own, else null: the prompt's), `audio` and `duration_s` (the clip and its
 length; interleaved: the span's length in whole samples; null for text), `span_start_s`/`span_end_s` (an
@@ -43,6 +43,9 @@ import pandas as pd
 from lalm_slu.data.records import DataError, read_manifest
 from lalm_slu.config.schemes import IMITATION_SCHEMES, INTERLEAVING_SCHEMES, MIXTURE_PHASES
 from lalm_slu.config.settings import InterleavingSettings
+from lalm_slu.config.vocabulary import ITEM_MODALITIES
+from lalm_slu.data.audio import TARGET_RATE
+from lalm_slu.data.interleaving import interleaved_text, span_samples
 from lalm_slu.data.slu_json import format_target
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,6 @@ ITEM_COLUMNS = ("text", "target", "instruction", "audio", "duration_s", "span_st
 MIXTURE_COLUMNS = LISTING_COLUMNS + ITEM_COLUMNS
 ITEM_DTYPES = {"duration_s": "float64", "span_start_s": "float64", "span_end_s": "float64", "span_start": "Int64",
                "span_end": "Int64"}
-MODALITIES = ("text", "speech", "interleaved")
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,7 @@ def _item_data(row, utt: dict) -> tuple:
     instruction = None if _absent(instruction) else instruction
     if row.modality == "text":
         return utt["text"], target, instruction, None, None, None, None, None, None
-    if row.modality not in ("speech", "interleaved"):
+    if row.modality not in ITEM_MODALITIES:
         raise DataError(f"unknown modality {row.modality!r} for id {row.id!r}", row.manifest)
     audio = utt["audio"]
     if _absent(audio) or not audio:
@@ -260,13 +262,10 @@ def _item_data(row, utt: dict) -> tuple:
                         "words", row.manifest)
     start, end = int(start), int(end)
     begin_s, end_s = float(times[start][1]), float(times[end - 1][2])
-    # The batch code imports torch: only mixtures with interleaved items pay for it.
-    from lalm_slu.model.batches import SAMPLE_RATE, interleaved_text
-
     text = interleaved_text([word for word, _, _ in times], start, end)
-    # The span's length as its audio is cut: whole samples from each end.
-    samples = int(round(end_s * SAMPLE_RATE)) - int(round(begin_s * SAMPLE_RATE))
-    return text, target, instruction, audio, samples / SAMPLE_RATE, begin_s, end_s, start, end
+    # The span's length as its audio is cut.
+    first, last = span_samples(begin_s, end_s)
+    return text, target, instruction, audio, (last - first) / TARGET_RATE, begin_s, end_s, start, end
 
 
 def _absent(value) -> bool:

@@ -26,13 +26,12 @@ from lalm_slu.model.loading import device_and_dtype, load_model_and_processor
 from lalm_slu.core.outputs import atomic_output
 from lalm_slu.data.records import read_manifest
 from lalm_slu.config.settings import DecodingSettings, GenerationSettings
+from lalm_slu.config.vocabulary import TEST_INPUTS
 from lalm_slu.data.slu_json import parse_prediction
 from lalm_slu.data.audio import load_audio
 from lalm_slu.core.stages import STAGES
 
 log = logging.getLogger(__name__)
-# cascade: text input from a manifest whose `text` is the base model's transcript (lalm_slu.evaluation.cascade).
-MODALITIES = ("speech", "text", "cascade")
 
 
 def generate_batch(model, processor, collator: Collator, items: list[ChatItem], settings: GenerationSettings,
@@ -114,8 +113,8 @@ def decode_manifest(model, processor, manifest, modality: str, settings: Generat
                     instruction: str, frames: FrameStore | None = None) -> list[dict]:
     """Predictions for every row of `manifest` (a DataFrame), in its order. `frames`: the clips' precomputed
     frames (speech only), valid for this model's audio tower and projector."""
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, not {modality!r}")
+    if modality not in TEST_INPUTS:
+        raise ValueError(f"modality must be one of {TEST_INPUTS}, not {modality!r}")
     if frames is not None and modality != "speech":
         raise ValueError("precomputed audio frames are for speech input only")
     rows = manifest.to_dict("records")
@@ -153,8 +152,8 @@ def decode(model_dir: str, inputs: list[tuple[str, str, str]], settings: Mapping
     decoding = DecodingSettings.from_dict(settings, "decode settings")
     modalities = [modality for modality, _, _ in inputs]
     for modality in modalities:
-        if modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {MODALITIES}, not {modality!r}")
+        if modality not in TEST_INPUTS:
+            raise ValueError(f"modality must be one of {TEST_INPUTS}, not {modality!r}")
     if len(set(modalities)) != len(modalities):
         raise ValueError(f"each modality is decoded once, not {modalities}")
     if audio_frames is not None and "speech" not in modalities:

@@ -14,30 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lalm_slu.data.audio import TARGET_RATE
+from lalm_slu.data.interleaving import AUDIO_SPAN
 from lalm_slu.model.length_aware_encoder import MEL_FRAMES_MULTIPLE
 
 IGNORE_INDEX = -100
-
-SAMPLE_RATE = 16_000
 
 
 def audio_token_count(mel_frames: int) -> int:
     """Number of `<|AUDIO|>` tokens for a clip of `mel_frames` frames (Qwen2AudioProcessor's formula)."""
     return (((mel_frames - 1) // 2 + 1) - 2) // 2 + 1
-
-
-# Where an interleaved item's spoken span stands in its transcript: Qwen2-Audio's audio markers, inline.
-AUDIO_SPAN = "<|audio_bos|><|AUDIO|><|audio_eos|>"
-
-
-def interleaved_text(words: list[str], start: int, end: int) -> str:
-    """The transcript with words [start, end) replaced by AUDIO_SPAN (their audio goes there)."""
-    return " ".join([*words[:start], AUDIO_SPAN, *words[end:]])
-
-
-def span_audio(audio: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
-    """The samples of a clip from start_s to end_s."""
-    return audio[int(round(start_s * SAMPLE_RATE)) : int(round(end_s * SAMPLE_RATE))]
 
 
 @dataclass
@@ -80,7 +66,7 @@ def token_counts(processor, items: list[ChatItem], durations_s: list[float | Non
     hop = processor.feature_extractor.hop_length
     # The audio placeholder (one token) becomes one token per encoder frame pair.
     return [
-        n - 1 + audio_token_count(math.ceil(duration * SAMPLE_RATE / hop)) if it.audio is not None else n
+        n - 1 + audio_token_count(math.ceil(duration * TARGET_RATE / hop)) if it.audio is not None else n
         for n, it, duration in zip(lengths, items, durations_s)
     ]
 
@@ -88,7 +74,7 @@ def token_counts(processor, items: list[ChatItem], durations_s: list[float | Non
 def audio_features(processor, waveforms: list[np.ndarray], length_aware: bool = True):
     """Log-mel features padded to the longest clip (or to the full window), with the feature mask."""
     extractor = processor.feature_extractor
-    kwargs = dict(sampling_rate=SAMPLE_RATE, return_attention_mask=True, return_tensors="pt")
+    kwargs = dict(sampling_rate=TARGET_RATE, return_attention_mask=True, return_tensors="pt")
     if length_aware:
         # The last encoder positions of a clip see two mel frames past its end (conv1, then conv2 with stride 2),
         # and those frames' STFT windows reach n_fft/2 further. Padding with real silence past all of them gives

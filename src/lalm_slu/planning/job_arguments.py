@@ -216,14 +216,15 @@ def cascade_settings(config: dict) -> str:
     return json.dumps({**decode_block(config), **config["cascade"]}, sort_keys=True)
 
 
-def score_meta(run: Run) -> str:
-    """The run's grid coordinates, copied into its metric files (and so into metrics.csv)."""
+def score_meta(run: Run, testset: str, modality: str) -> str:
+    """What a metric file scores: the run's grid coordinates, the test set and its input, copied into the file
+    (and so into metrics.csv, which reads them from there)."""
     meta = {"run": run.name, "corpus": run.corpus, "scheme": run.scheme}
     if run.target is None:
         meta["lang"] = run.source
     else:
         meta.update(source=run.source, target=run.target, target_text=run.target_text)
-    meta.update(budget=run.budget, seed=run.seed)
+    meta.update(budget=run.budget, seed=run.seed, testset=testset, modality=modality)
     return json.dumps(meta)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Iterable
 
@@ -35,11 +34,12 @@ META_COLUMNS = (
 VALUE_COLUMNS = ("metric", "value", "ci_low", "ci_high")
 COUNT_COLUMNS = ("n_gold", "n_missing", "n_extra", "n_parse_failures", "parse_failure_rate")
 
-_METRICS_PATH = re.compile(r"(?:^|/)runs/(?P<run>[^/]+)/metrics/(?P<testset>[^/]+)\.(?P<modality>[^./]+)\.json$")
+# What a score must say it scores (score --meta); a file's name is never read for them.
+IDENTITY_KEYS = ("run", "testset", "modality")
 
 
 def metric_rows(path: str | os.PathLike) -> list[dict]:
-    """One row per metric of one score JSON; run/testset/modality come from `meta`, else from the path."""
+    """One row per metric of one score JSON; run, testset and modality come from its `meta`."""
     path = Path(path)
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
@@ -50,22 +50,13 @@ def metric_rows(path: str | os.PathLike) -> list[dict]:
         raise DataError(f"not a score result ({type(error).__name__}: {error})", path) from None
     meta = dict(result.get("meta") or {})
     meta.setdefault("granularity", result.get("granularity"))
-    match = _METRICS_PATH.search(path.as_posix())
-    for key in ("run", "testset", "modality"):
-        from_path = match.group(key) if match else None
-        if meta.get(key) is None:
-            if from_path is None:
-                raise DataError(
-                    f"no {key!r} in meta and the path is not runs/{{run}}/metrics/{{testset}}.{{modality}}.json", path
-                )
-            meta[key] = from_path
-        elif from_path is not None and str(meta[key]) != from_path:
-            raise DataError(f"meta {key}={meta[key]!r} disagrees with the path ({from_path!r})", path)
-    if meta.get("wall_time_s") is None and match:
+    missing = [key for key in IDENTITY_KEYS if meta.get(key) is None]
+    if missing:
+        raise DataError(f"meta lacks {', '.join(missing)} (written by `score --meta`)", path)
+    summary = path.parent.parent / "model" / "summary.json"
+    if meta.get("wall_time_s") is None and path.parent.name == "metrics" and summary.exists():
         # The fine-tuning run's wall time, from the model directory beside the run's metrics.
-        summary = path.parent.parent / "model" / "summary.json"
-        if summary.exists():
-            meta["wall_time_s"] = json.loads(summary.read_text(encoding="utf-8")).get("wall_time_s")
+        meta["wall_time_s"] = json.loads(summary.read_text(encoding="utf-8")).get("wall_time_s")
     shared = {**meta, **{key: counts.get(key) for key in COUNT_COLUMNS}}
     for name in (name for name in METRIC_NAMES if name in metrics):
         check_finite(metrics[name], name, path)

@@ -97,9 +97,9 @@ def plan_comparisons(
     found = [
         *_vs_reference_scheme(arms, "text_only", VS_TEXT_ONLY),
         *_vs_reference_scheme(arms, "oracle", VS_ORACLE),
-        *_scheme_pairs(arms, scheme_pairs),
+        *_pairs_differing_in(arms, "scheme", scheme_pairs, SCHEME_PAIR),
         *_crosslingual_without(arms),
-        *_modality_pairs(arms, modality_pairs),
+        *_pairs_differing_in(arms, "modality", modality_pairs, MODALITY_PAIR),
     ]
     return sorted(found, key=lambda c: (QUESTIONS.index(c.question), _arm_sort_key(c.compared)))
 
@@ -118,15 +118,6 @@ def _vs_reference_scheme(arms: list[Arm], reference_scheme: str, question: str) 
             yield Comparison(question, arm, reference)
 
 
-def _scheme_pairs(arms: list[Arm], scheme_pairs) -> Iterator[Comparison]:
-    for reference_scheme, compared_scheme in scheme_pairs:
-        for arm in arms:
-            if arm.scheme == compared_scheme:
-                reference = _find(arms, replace(arm, scheme=reference_scheme))
-                if reference is not None:
-                    yield Comparison(SCHEME_PAIR, arm, reference)
-
-
 def _crosslingual_without(arms: list[Arm]) -> Iterator[Comparison]:
     """Cross-lingual: each target speech budget against none, and target text against none."""
     for arm in arms:
@@ -142,13 +133,15 @@ def _crosslingual_without(arms: list[Arm]) -> Iterator[Comparison]:
                 yield Comparison(VS_NO_TARGET_TEXT, arm, reference)
 
 
-def _modality_pairs(arms: list[Arm], modality_pairs) -> Iterator[Comparison]:
-    for reference_modality, compared_modality in modality_pairs:
+def _pairs_differing_in(arms: list[Arm], field: str, pairs, question: str) -> Iterator[Comparison]:
+    """For each (reference, compared) pair of values of `field` (a scheme, a decode input): every arm with the
+    compared value against the arm that differs from it only there."""
+    for reference_value, compared_value in pairs:
         for arm in arms:
-            if arm.modality == compared_modality:
-                reference = _find(arms, replace(arm, modality=reference_modality))
+            if getattr(arm, field) == compared_value:
+                reference = _find(arms, replace(arm, **{field: reference_value}))
                 if reference is not None:
-                    yield Comparison(MODALITY_PAIR, arm, reference)
+                    yield Comparison(question, arm, reference)
 
 
 def _find(arms: list[Arm], wanted: Arm, ignore_budget: bool = False) -> Arm | None:

@@ -157,12 +157,8 @@ def budget_curves_figure(summary: pd.DataFrame, metrics=FIGURE_METRICS) -> Figur
             axes.set_xlim(-0.3, max(percents) * 1.3 if percents else 1)
             axes.set_xticks(percents, [f"{p:g}" for p in percents])
             axes.minorticks_off()
-            if row == 0:
-                axes.set_title(_panel_title(dict(zip(MONOLINGUAL_KEYS, keys))), fontsize=9)
-            if row == len(metrics) - 1:
-                axes.set_xlabel("speech budget (% of training utterances)")
-            if column == 0:
-                axes.set_ylabel(f"{metric_label(metric)} (%)")
+            _label_panel(axes, row, column, metrics, _panel_title(dict(zip(MONOLINGUAL_KEYS, keys))),
+                         "speech budget (% of training utterances)")
     _figure_legend(figure, grid)
     return figure
 
@@ -222,14 +218,20 @@ def crosslingual_figure(summary: pd.DataFrame, mono: pd.DataFrame, metrics=FIGUR
                 )
             axes.set_xticks(range(len(budgets)), [budget_label(b) for b in budgets])
             axes.set_xlim(-0.5, len(budgets) - 0.5)
-            if row == 0:
-                axes.set_title(_panel_title(keys), fontsize=9)
-            if row == len(metrics) - 1:
-                axes.set_xlabel("target-language speech budget")
-            if column == 0:
-                axes.set_ylabel(f"{metric_label(metric)} (%)")
+            _label_panel(axes, row, column, metrics, _panel_title(keys), "target-language speech budget")
     _figure_legend(figure, grid)
     return figure
+
+
+def _label_panel(axes, row: int, column: int, metrics, title: str, budget_axis: str) -> None:
+    """A grid's labels: the test set atop each column, the budget axis under the last row, the metric left of
+    the first column (one metric a row)."""
+    if row == 0:
+        axes.set_title(title, fontsize=9)
+    if row == len(metrics) - 1:
+        axes.set_xlabel(budget_axis)
+    if column == 0:
+        axes.set_ylabel(f"{metric_label(metrics[row])} (%)")
 
 
 def _figure_legend(figure: Figure, grid) -> None:

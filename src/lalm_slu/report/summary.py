@@ -6,6 +6,7 @@ import re
 
 import pandas as pd
 
+from lalm_slu.config.vocabulary import TEST_INPUTS
 from lalm_slu.evaluation.metrics import METRIC_NAMES
 
 SCHEME_ORDER = ("text_only", "direct_mixing", "curriculum", "interleaving", "behaviour_imitation", "mtbi", "oracle")
@@ -33,8 +34,6 @@ METRIC_LABELS = {
     "slu_recall": "SLU-R",
     "slu_f1": "SLU-F1",
 }
-# Inputs a test set is decoded from: end to end, its gold transcript, and the base model's transcript (cascade).
-MODALITY_ORDER = ("speech", "text", "cascade")
 MONOLINGUAL_KEYS = ("corpus", "lang", "testset", "modality")
 CROSSLINGUAL_KEYS = ("corpus", "source", "target", "testset", "modality")
 _SHOTS = re.compile(r"^(\d+)shot$")
@@ -67,7 +66,7 @@ def scheme_sort_key(scheme: str) -> tuple[int, str]:
 
 
 def modality_sort_key(modality: str) -> tuple[int, str]:
-    return (MODALITY_ORDER.index(modality), "") if modality in MODALITY_ORDER else (len(MODALITY_ORDER), modality)
+    return (TEST_INPUTS.index(modality), "") if modality in TEST_INPUTS else (len(TEST_INPUTS), modality)
 
 
 def metric_label(metric: str) -> str:

@@ -118,13 +118,11 @@ def _monolingual_table(keys: dict, group: pd.DataFrame, metrics, cascade_wer: di
         cell = {"Scheme": SCHEME_LABELS.get(scheme, scheme), "Speech budget": budget_label(budget)}
         for metric in metrics:
             _metric_columns(number, cell, rows, metric, modalities, oracle[metric], "pct_of_oracle", "% of oracle")
-        cell["Seeds"] = str(number["n_seeds"])
         numbers.append(number)
         cells.append(cell)
     name = f"{keys['corpus']}-{keys['lang']}.{keys['testset']}"
-    title = f"{keys['corpus']} ({keys['lang']}), {keys['testset']} set, {', '.join(modalities)} input"
-    note = _note(modalities, keys["testset"], cascade_wer)
-    return Table(name, title, pd.DataFrame(numbers), pd.DataFrame(cells), tuple(rules), note)
+    return _table(name, f"{keys['corpus']} ({keys['lang']})", keys["testset"], modalities, numbers, cells, rules,
+                  cascade_wer)
 
 
 def _crosslingual_table(keys: dict, group: pd.DataFrame, metrics, mono: pd.DataFrame, cascade_wer: dict) -> Table:
@@ -165,12 +163,19 @@ def _crosslingual_table(keys: dict, group: pd.DataFrame, metrics, mono: pd.DataF
         for metric in metrics:
             oracle = {x: _mean(target_mono[target_mono["modality"] == x], "oracle", metric) for x in modalities}
             _metric_columns(number, cell, rows, metric, modalities, oracle, "pct_of_target_oracle", "% of target oracle")
-        cell["Seeds"] = str(number["n_seeds"])
         numbers.append(number)
         cells.append(cell)
     name = f"{keys['corpus']}-crosslingual.{keys['testset']}"
-    title = f"{keys['corpus']} cross-lingual, {keys['testset']} set, {', '.join(modalities)} input"
-    note = _note(modalities, keys["testset"], cascade_wer)
+    return _table(name, f"{keys['corpus']} cross-lingual", keys["testset"], modalities, numbers, cells, rules,
+                  cascade_wer)
+
+
+def _table(name: str, subject: str, testset: str, modalities, numbers, cells, rules, cascade_wer: dict) -> Table:
+    """A metrics table: each row's seeds in the last column, a title naming the test set and its inputs."""
+    for number, cell in zip(numbers, cells):
+        cell["Seeds"] = str(number["n_seeds"])
+    title = f"{subject}, {testset} set, {', '.join(modalities)} input"
+    note = _note(modalities, testset, cascade_wer)
     return Table(name, title, pd.DataFrame(numbers), pd.DataFrame(cells), tuple(rules), note)
 
 

@@ -21,9 +21,11 @@ import torch
 from lalm_slu.config.settings import TrainingSettings
 from lalm_slu.core.stages import STAGES
 from lalm_slu.model.audio_encoding import audio_slot_index, encoder_padding, frame_index
-from lalm_slu.model.batches import ChatItem, Collator, audio_token_count, span_audio, token_counts
+from lalm_slu.data.interleaving import span_audio
+from lalm_slu.model.batches import ChatItem, Collator, audio_token_count, token_counts
 from lalm_slu.model.loss import answer_positions, is_right_padded
-from lalm_slu.data.mixtures import MIXTURE_COLUMNS, MODALITIES
+from lalm_slu.config.vocabulary import ITEM_MODALITIES
+from lalm_slu.data.mixtures import MIXTURE_COLUMNS
 from lalm_slu.data.records import DataError
 from lalm_slu.data.audio import load_audio
 
@@ -54,7 +56,7 @@ def load_items(mixture_path: str | Path, phase: int) -> list[TrainItem]:
                         mixture_path)
     items = []
     for row in mixture[mixture["phase"] == phase].itertuples(index=False):
-        if row.modality not in MODALITIES:
+        if row.modality not in ITEM_MODALITIES:
             raise DataError(f"unknown modality {row.modality!r} for id {row.id!r}", mixture_path)
         instruction = None if pd.isna(row.instruction) else row.instruction
         if row.modality == "text":

@@ -125,6 +125,23 @@ def speaker_of(row: dict) -> str | None:
     return None
 
 
+def collect_row(collector: RecordCollector, utterance, row: dict, where: str, line: int, audio_dir: str | None,
+                max_duration_s: float) -> Utterance | None:
+    """Row `line` of a hub split as `utterance(row, line)` builds it, its audio stored when `audio_dir` is given,
+    added to the collector; None where the row is bad (the collector's policy has it)."""
+    try:
+        utt = utterance(row, line)
+        if audio_dir:
+            store_audio(utt, row["audio"], f"{where} row {line}", audio_dir, max_duration_s)
+    except DataError as error:
+        collector.reject(error)
+        return None
+    collector.add(utt, where, line)
+    if line % PROGRESS_EVERY == 0:
+        log.info("%s: %d rows read", where, line)
+    return utt
+
+
 def read_speech_massive(
     source: str, corpus: str, lang: str, policy: BadRecordPolicy, config: str | None = None,
     test_source: str | None = SPEECH_MASSIVE_TEST_REPO, cache_dir: str | None = None,
@@ -150,30 +167,26 @@ def read_speech_massive(
         dataset, split = loaded[hub_split], HUB_SPLITS[hub_split]
         where = f"{test_source if hub_split == 'test' and test_source else source}[{config or data_dir}/{hub_split}]"
         require_columns(dataset, ("id", "utt", "annot_utt", "scenario") + (("audio",) if audio_dir else ()), where)
+
+        def utterance(row: dict, line: int) -> Utterance:
+            record = {
+                "id": row["id"], "utt": row["utt"], "annot_utt": row["annot_utt"],
+                "scenario": row["scenario_str"] if "scenario_str" in row else label_text(row, dataset.features, "scenario"),
+                "intent": row["intent_str"] if "intent_str" in row else label_text(
+                    row, dataset.features, "intent_idx" if "intent_idx" in row else "intent"),
+            }
+            utt = utterance_from_massive_fields(record, corpus, lang, split, where, line)
+            utt.voice = speaker_of(row)
+            if "audio" in row:
+                utt.recordings = [row["audio"].get("path") or row.get("path") or ""]
+            return utt
+
         for index, row in enumerate(dataset):
             if split == "train" and str(row["id"]) in train_ids:
                 continue
-            try:
-                record = {
-                    "id": row["id"], "utt": row["utt"], "annot_utt": row["annot_utt"],
-                    "scenario": row["scenario_str"] if "scenario_str" in row else label_text(row, dataset.features, "scenario"),
-                    "intent": row["intent_str"] if "intent_str" in row else label_text(
-                        row, dataset.features, "intent_idx" if "intent_idx" in row else "intent"),
-                }
-                utt = utterance_from_massive_fields(record, corpus, lang, split, where, index + 1)
-                utt.voice = speaker_of(row)
-                if "audio" in row:
-                    utt.recordings = [row["audio"].get("path") or row.get("path") or ""]
-                if audio_dir:
-                    store_audio(utt, row["audio"], f"{where} row {index + 1}", audio_dir, max_duration_s)
-            except DataError as error:
-                collector.reject(error)
-                continue
-            collector.add(utt, where, index + 1)
-            if split == "train":
+            utt = collect_row(collector, utterance, row, where, index + 1, audio_dir, max_duration_s)
+            if split == "train" and utt is not None:
                 train_ids.add(utt.id)
-            if (index + 1) % PROGRESS_EVERY == 0:
-                log.info("%s: %d rows read", where, index + 1)
     return collector.utterances
 
 
@@ -200,22 +213,17 @@ def read_italic(
             continue
         where = f"{source}[{config}/{hub_split}]"
         require_columns(dataset, ("id", "utt", "intent", "audio"), where)
+
+        def utterance(row: dict, line: int) -> Utterance:
+            scenario, action = split_scenario_action(label_text(row, dataset.features, "intent"), where, line)
+            return Utterance(
+                id=str(row["id"]), corpus=corpus, lang=lang, split=HUB_SPLITS[hub_split], text=row["utt"],
+                scenario=scenario, action=action, entities=[], voice=speaker_of(row),
+                recordings=[row["audio"].get("path") or ""],
+            )
+
         for index, row in enumerate(dataset):
-            try:
-                scenario, action = split_scenario_action(label_text(row, dataset.features, "intent"), where, index + 1)
-                utt = Utterance(
-                    id=str(row["id"]), corpus=corpus, lang=lang, split=HUB_SPLITS[hub_split], text=row["utt"],
-                    scenario=scenario, action=action, entities=[], voice=speaker_of(row),
-                    recordings=[row["audio"].get("path") or ""],
-                )
-                if audio_dir:
-                    store_audio(utt, row["audio"], f"{where} row {index + 1}", audio_dir, max_duration_s)
-            except DataError as error:
-                collector.reject(error)
-                continue
-            collector.add(utt, where, index + 1)
-            if (index + 1) % PROGRESS_EVERY == 0:
-                log.info("%s: %d rows read", where, index + 1)
+            collect_row(collector, utterance, row, where, index + 1, audio_dir, max_duration_s)
     return collector.utterances
 
 
