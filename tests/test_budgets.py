@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -15,6 +16,8 @@ from lalm_slu.data.budgets import (
     stratified_order,
 )
 from lalm_slu.cli import main
+from lalm_slu.config.budget_label import LABEL_PATTERN, budget_label
+from lalm_slu.config.schemes import FIXED_BUDGETS
 from lalm_slu.data.records import DataError
 
 
@@ -38,6 +41,34 @@ def test_budget_parses_percent_and_shots(text, amount, unit, label):
 def test_budget_rejects_malformed_values(text):
     with pytest.raises(ValueError, match="speech budget"):
         SpeechBudget.parse(text)
+
+
+@pytest.mark.parametrize("label", ["0", "7", "100", "10shot"])
+def test_a_canonical_label_reads_back_as_the_budget_it_names(label):
+    assert SpeechBudget.from_label(label).label == label
+
+
+@pytest.mark.parametrize("text", ["05", "007shot", " 5", "5 ", "+5"])
+def test_a_job_rejects_another_spelling_of_a_budget_naming_the_canonical_label(text):
+    with pytest.raises(ValueError, match="canonical|speech budget"):
+        SpeechBudget.from_label(text)
+
+
+def test_the_wildcard_pattern_matches_exactly_the_labels_a_job_reads():
+    texts = [str(n) for n in range(0, 130)] + [f"0{n}" for n in range(0, 12)]
+    texts += [f"{n}shot" for n in range(0, 25)] + ["05shot", "shot", "5%", "1e2", ""]
+    for text in texts:
+        reads = True
+        try:
+            SpeechBudget.from_label(text)
+        except ValueError:
+            reads = False
+        assert bool(re.fullmatch(LABEL_PATTERN, text)) == reads, text
+
+
+def test_config_values_get_their_canonical_label():
+    assert [budget_label(value) for value in (0, 25, 100, "10shot")] == ["0", "25", "100", "10shot"]
+    assert all(SpeechBudget.from_label(label).label == label for label in FIXED_BUDGETS.values())
 
 
 def test_budget_size_rounds_half_up_and_never_rounds_a_positive_percent_to_zero():
@@ -126,6 +157,13 @@ def test_subsample_budget_command_rejects_a_bad_budget(tmp_path, manifest_file):
     manifest = manifest_file(make_utterances(5))
     with pytest.raises(SystemExit, match="--budgets"):
         main(["subsample-budget", "--manifest", str(manifest), "--budgets", "150", "--seed", "0", "--out-dir", str(tmp_path)])
+
+
+def test_subsample_budget_command_takes_only_the_label_its_files_are_named_by(tmp_path, manifest_file):
+    manifest = manifest_file(make_utterances(5))
+    with pytest.raises(SystemExit, match="'05' is not a canonical label; it is written '5'"):
+        main(["subsample-budget", "--manifest", str(manifest), "--budgets", "05", "--seed", "0", "--out-dir", str(tmp_path)])
+    assert not list(tmp_path.glob("*.txt"))
 
 
 def test_read_budget_ids_names_file_and_line_of_a_duplicate(tmp_path):

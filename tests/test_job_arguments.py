@@ -15,6 +15,7 @@ from lalm_slu.planning.job_arguments import (
     decode_settings,
     download_arguments,
     finetune_launcher,
+    finetune_output_option,
     gold_arguments,
     imitation_decode_settings,
     imitation_pool_arguments,
@@ -26,6 +27,7 @@ from lalm_slu.planning.job_arguments import (
     score_meta,
     settings_json,
     start_from_argument,
+    start_from_option,
 )
 
 DECODE = {"modalities": ["speech", "text"], "num_beams": 1, "batch_size": 8, "max_new_tokens": 128}
@@ -83,9 +85,17 @@ def test_the_cascade_block_overrides_decode_s_settings():
 
 def test_each_modality_is_decoded_from_its_manifest_to_its_output():
     inputs = {"manifest_speech": "speech.parquet", "manifest_text": "text.parquet"}
-    assert decode_input_arguments(job_config(), inputs, ["speech.jsonl", "text.jsonl"]) == [
+    # Outputs are matched by name, whatever their order: the modalities' order makes the arguments.
+    outputs = {"text": "text.jsonl", "speech": "speech.jsonl"}
+    assert decode_input_arguments(job_config(), inputs, outputs) == [
         "--input", "speech", "speech.parquet", "speech.jsonl", "--input", "text", "text.parquet", "text.jsonl",
     ]  # fmt: skip
+
+
+def test_a_modality_without_its_named_output_is_an_error_not_a_shifted_pair():
+    inputs = {"manifest_speech": "speech.parquet", "manifest_text": "text.parquet"}
+    with pytest.raises(KeyError, match="text"):
+        decode_input_arguments(job_config(), inputs, {"speech": "speech.jsonl", "other": "text.jsonl"})
 
 
 def test_frames_and_a_start_checkpoint_are_passed_only_when_the_job_has_them():
@@ -93,6 +103,14 @@ def test_frames_and_a_start_checkpoint_are_passed_only_when_the_job_has_them():
     assert audio_frames_argument({}) == []
     assert start_from_argument({"start_from": ["ckpt"]}) == ["--start-from", "ckpt"]
     assert start_from_argument({"start_from": []}) == []
+
+
+def test_the_start_checkpoint_and_a_prefix_s_output_are_quoted_shell_text_of_one_command():
+    # The text follows --audio-frames FILE: a space, then the quoted option (a lone space without a checkpoint).
+    assert start_from_option({"start_from": ["work dir/ckpt"]}) == " --start-from 'work dir/ckpt'"
+    assert start_from_option({"start_from": []}) == " "
+    assert finetune_output_option(prefix=True) == " --output checkpoint"
+    assert finetune_output_option(prefix=False) == ""
 
 
 def test_one_process_runs_plain_python_and_several_gpus_torchrun():

@@ -85,6 +85,26 @@ def test_every_rule_has_a_log_and_a_verb_noun_name():
             assert "\n    log:" in "\n" + body, f"rule {name} has no log"
 
 
+def test_rules_take_every_results_and_resources_path_from_planning_paths():
+    # One source per path: a rule's outputs and the input functions of the jobs that read them both come from
+    # lalm_slu.planning.paths (logs, which nothing reads, stay in the rules).
+    for path in [REPO / "Snakefile", *RULE_FILES]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not re.search(r"[\"'](results|resources)/", line), f"{path.name}:{number}: {line.strip()}"
+
+
+def test_a_budget_file_is_planned_only_under_its_canonical_label(workflow_copy):
+    prepare(workflow_copy)
+    budgets = "results/budgets/slurp/en/train/seed0"
+    assert sorted(planned_jobs(workflow_copy, f"{budgets}/5.txt")) == [
+        ("prepare_corpus", "corpus=slurp, lang=en"),
+        ("subsample_budget", "corpus=slurp, lang=en, split=train, seed=0, budget=5"),
+    ]
+    result = workflow_copy.snakemake("--dry-run", f"{budgets}/05.txt", check=False)
+    assert result.returncode != 0
+    assert "MissingRuleException" in result.stdout + result.stderr
+
+
 def test_default_grid_plans_every_run_once_with_its_name(workflow_copy):
     prepare(workflow_copy)
     jobs = planned_jobs(workflow_copy)

@@ -1,5 +1,11 @@
 """Where the workflow's files live and which of them a job reads, as pure functions of the config and a run."""
 
+import inspect
+
+import pytest
+
+from lalm_slu.planning import paths
+
 from lalm_slu.planning.grid import Run
 from lalm_slu.planning.job_arguments import dev_manifests_argument
 from lalm_slu.planning.paths import (
@@ -7,11 +13,13 @@ from lalm_slu.planning.paths import (
     comparison_inputs,
     corpus_inputs,
     decode_inputs,
+    decode_outputs,
     finetune_inputs,
     imitation_pool_inputs,
     imitation_pool_name,
     imitation_targets_path,
     metrics_paths,
+    prediction_paths,
     mixture_inputs,
     mixture_scheme_inputs,
     model_download_stamp,
@@ -186,3 +194,32 @@ def test_label_free_speech_joins_the_pool_with_its_own_budget():
     pool = imitation_pool_inputs(config, run)
     assert pool["label_free_speech"] == "results/speech/slurp/en/dev.parquet"
     assert pool["label_free_ids"] == "results/budgets/slurp/en/dev/seed0/100.txt"
+
+
+def path_functions():
+    """The functions naming one file each: a path of their arguments alone (no config, no run)."""
+    for name, function in inspect.getmembers(paths, inspect.isfunction):
+        signature = inspect.signature(function)
+        parameters = list(signature.parameters)
+        plain = parameters and not {"config", "run", "runs"} & set(parameters)
+        # gold_manifest and testset_speech_manifest read a test set name's parts: input functions only.
+        derived = name in ("gold_manifest", "testset_speech_manifest")
+        if function.__module__ == paths.__name__ and plain and signature.return_annotation == "str" and not derived:
+            yield pytest.param(function, parameters, id=name)
+
+
+@pytest.mark.parametrize("function, parameters", list(path_functions()))
+def test_a_rule_s_wildcard_pattern_names_the_files_the_input_functions_name(function, parameters):
+    # Rules call these with "{wildcard}" arguments; the jobs that read the files call them with values.
+    values = {parameter: f"v{index}x" for index, parameter in enumerate(parameters)}
+    pattern = function(*(f"{{{parameter}}}" for parameter in parameters))
+    assert pattern.format(**values) == function(*values.values())
+
+
+def test_a_decode_job_s_outputs_are_named_by_modality_and_are_the_predictions_scored():
+    config = workflow_config(modalities=("text", "speech", "cascade"))
+    outputs = decode_outputs(config["decode"]["modalities"], "{run}", "{testset}")
+    assert list(outputs) == ["text", "speech", "cascade"]
+    assert outputs["cascade"] == "results/runs/{run}/predictions/{testset}.cascade.jsonl"
+    planned = [path.format(run=MONO.name, testset="slurp-en") for path in outputs.values()]
+    assert prediction_paths(config, {MONO.name: MONO}) == planned

@@ -117,7 +117,7 @@ def edit_source(copy, module_path):
 
 
 def test_editing_budget_code_reruns_budgets_and_everything_downstream_only(planned):
-    edit_source(planned, "budgets.py")
+    edit_source(planned, "data/budgets.py")
     summary = planned.summary()
     pending = {path for path, (_, _, plan) in summary.items() if plan == "update pending"}
     budgets = budget_outputs("en", "train", 0) | budget_outputs("en", "train", 10) | budget_outputs("en", "train", 50)
@@ -130,7 +130,7 @@ def test_editing_budget_code_reruns_budgets_and_everything_downstream_only(plann
 
 
 def test_editing_plotting_code_reruns_only_the_figures(planned):
-    edit_source(planned, "commands/figures.py")
+    edit_source(planned, "commands/make_figures.py")
     assert planned.pending() == {"results/figures"}
 
 

@@ -4,21 +4,19 @@
 
 rule encode_audio:
     input:
-        manifest="results/speech/{corpus}/{lang}/{split}.parquet",
+        manifest=paths.speech_manifest_path("{corpus}", "{lang}", "{split}"),
         model=config["model"]["path"],
     output:
-        "results/audio_frames/{corpus}/{lang}/{split}.safetensors",
+        paths.audio_frames_path("{corpus}", "{lang}", "{split}"),
     log:
         "logs/encode_audio/{corpus}/{lang}/{split}.log",
     benchmark:
-        "results/benchmarks/encode_audio/{corpus}/{lang}/{split}.tsv"
+        paths.benchmark_path("encode_audio/{corpus}/{lang}/{split}")
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("encode_audio", "threads")
     resources:
-        mem_mb=resource("encode_audio", "mem_mb"),
-        runtime=resource("encode_audio", "runtime"),
-        gpu=resource("encode_audio", "gpu"),
+        **job_resources("encode_audio", gpu=True),
     params:
         settings=audio_frames_settings,
         code=code_version("encode_audio"),

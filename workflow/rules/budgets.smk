@@ -6,8 +6,10 @@ rule subsample_budget:
     input:
         manifest=budget_pool,
     output:
-        ids="results/budgets/{corpus}/{lang}/{split}/seed{seed}/{budget}.txt",
-        coverage="results/budgets/{corpus}/{lang}/{split}/seed{seed}/{budget}.json",
+        ids=paths.budget_path("{corpus}", "{lang}", "{split}", "{seed}", "{budget}"),
+        coverage=paths.budget_coverage_path(
+            "{corpus}", "{lang}", "{split}", "{seed}", "{budget}"
+        ),
     log:
         "logs/subsample_budget/{corpus}/{lang}/{split}/seed{seed}/{budget}.log",
     # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
@@ -16,8 +18,7 @@ rule subsample_budget:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
     resources:
-        mem_mb=resource("light", "mem_mb"),
-        runtime=resource("light", "runtime"),
+        **job_resources("light"),
     params:
         out_dir=parent_dir,
         code=code_version("subsample_budget"),

@@ -22,6 +22,7 @@ from lalm_slu.planning import job_arguments as arguments
 from lalm_slu.planning import paths
 from lalm_slu.planning.config_checks import ConfigError, check_config
 from lalm_slu.planning.grid import expand_grid, expand_prefixes
+from lalm_slu.config.budget_label import LABEL_PATTERN as BUDGET_LABEL_PATTERN
 from lalm_slu.config.schemes import IMITATION_SCHEMES
 from lalm_slu.config.vocabulary import TEST_INPUTS
 
@@ -131,7 +132,8 @@ wildcard_constraints:
     lang="[a-z]{2,3}(-[a-z]{2,3})?",
     split="train|dev|test",
     seed="[0-9]+",
-    budget="[0-9]+(shot)?",
+    # A budget's canonical label only (run names and paths carry it; config.budget_label).
+    budget=BUDGET_LABEL_PATTERN,
     modality="|".join(TEST_INPUTS),
     run=alternatives(RUNS),
     prefix=alternatives(PREFIXES),
@@ -177,9 +179,9 @@ def of_input(function):
 
 
 def all_targets():
-    plan = ["results/plan/gpu_hours.png"] if GPU_JOBS else []  # a GPU grid's cost plan
+    plan = [paths.GPU_HOURS_FIGURE] if GPU_JOBS else []  # a GPU grid's cost plan
     return (
-        ["results/metrics.csv", "results/tables", "results/figures", *plan]
+        [paths.METRICS_TABLE, paths.TABLES_DIR, paths.FIGURES_DIR, *plan]
         if RUNS
         else []
     )
@@ -231,6 +233,22 @@ def resource(rule_name, key):
     return config["resources"][rule_name][key]
 
 
+def job_resources(block, gpu=False, planned_as=None):
+    """A rule's resources from config resources.<block>: mem_mb, runtime and, for a GPU job, gpu;
+    `planned_as`: the rule name of a GPU job whose runtime and gpu come from the cost plan (planned_resource).
+    """
+    resources = {
+        "mem_mb": resource(block, "mem_mb"),
+        "runtime": resource(block, "runtime"),
+    }
+    if planned_as is not None:
+        resources["runtime"] = planned_resource(planned_as, block, "runtime")
+        resources["gpu"] = planned_resource(planned_as, block, "gpu")
+    elif gpu:
+        resources["gpu"] = resource(block, "gpu")
+    return resources
+
+
 def gpu_job_key(wildcards):
     """The cost plan's name of a GPU job: its run, prefix, pool, test set or run/test set."""
     if "run" in wildcards.keys() and "testset" in wildcards.keys():
@@ -252,28 +270,44 @@ def planned_resource(rule_name, block, key):
     return lookup
 
 
-def finetune_gpus(wildcards, rule_name):
-    return planned_resource(rule_name, "finetune", "gpu")(wildcards)
+def training_rule(wildcards):
+    """The name the cost plan gives the job's rule (finetune_prefix trains a prefix, finetune_model a run)."""
+    return "finetune_prefix" if "prefix" in wildcards.keys() else "finetune_model"
 
 
-def finetune_threads(rule_name):
+def finetune_gpus(wildcards):
+    return planned_resource(training_rule(wildcards), "finetune", "gpu")(wildcards)
+
+
+def finetune_threads(wildcards):
     """The job's CPUs: resources.finetune.threads for each of its processes on a node."""
-    return lambda wildcards: arguments.finetune_processes(
-        config, finetune_gpus(wildcards, rule_name)
-    ) * resource("finetune", "threads")
+    processes = arguments.finetune_processes(config, finetune_gpus(wildcards))
+    return processes * resource("finetune", "threads")
 
 
-def finetune_resource(rule_name, key):
+def finetune_resource(key):
     """Slurm geometry of a fine-tuning job (arguments.finetune_slurm_resources; None: not asked)."""
     return lambda wildcards: arguments.finetune_slurm_resources(
-        config, finetune_gpus(wildcards, rule_name)
+        config, finetune_gpus(wildcards)
     )[key]
 
 
-def finetune_launcher(rule_name):
-    return lambda wildcards: arguments.finetune_launcher(
-        config, finetune_gpus(wildcards, rule_name)
-    )
+def finetune_resources():
+    """A fine-tuning job's resources: GPUs and time limit from the cost plan, the Slurm geometry from its launch."""
+    return {
+        "mem_mb": resource("finetune", "mem_mb"),
+        "runtime": lambda wildcards: planned_resource(
+            training_rule(wildcards), "finetune", "runtime"
+        )(wildcards),
+        **{
+            key: finetune_resource(key)
+            for key in ("gpu", "gres", "nodes", "tasks", "tasks_per_gpu", "mpi")
+        },
+    }
+
+
+def finetune_launcher(wildcards):
+    return arguments.finetune_launcher(config, finetune_gpus(wildcards))
 
 
 # A rule's params carry a hash of the package source its command runs, so editing that code
@@ -334,16 +368,13 @@ def of_training_job(function):
 finetune_inputs = of_training_job(paths.finetune_inputs)
 finetune_settings = of_training_job(arguments.finetune_settings)
 work_dir = of_training_job(paths.work_dir)
-start_from_argument = of_input(arguments.start_from_argument)
+start_from_option = of_input(arguments.start_from_option)
 dev_manifests_argument = of_input(arguments.dev_manifests_argument)
 
 
-def threads_per_process(rule_name):
-    return lambda wildcards, threads: max(
-        1,
-        threads
-        // arguments.finetune_processes(config, finetune_gpus(wildcards, rule_name)),
-    )
+def threads_per_process(wildcards, threads):
+    processes = arguments.finetune_processes(config, finetune_gpus(wildcards))
+    return max(1, threads // processes)
 
 
 # ---------------------------------------------------------------- decoding, scoring and comparisons

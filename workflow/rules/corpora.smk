@@ -1,6 +1,6 @@
 rule download_corpus:
     output:
-        "resources/downloads/{corpus}.json",
+        paths.corpus_download_stamp("{corpus}"),
     log:
         "logs/download_corpus/{corpus}.log",
     localrule: True
@@ -14,7 +14,7 @@ rule download_corpus:
 
 rule download_slurp_release:
     output:
-        "resources/downloads/{corpus}-release.json",
+        paths.release_download_stamp("{corpus}"),
     log:
         "logs/download_slurp_release/{corpus}.log",
     localrule: True
@@ -31,17 +31,16 @@ rule prepare_corpus:
     input:
         corpus_input,
     output:
-        train="results/manifests/{corpus}/{lang}/train.parquet",
-        dev="results/manifests/{corpus}/{lang}/dev.parquet",
-        test="results/manifests/{corpus}/{lang}/test.parquet",
+        train=paths.manifest_path("{corpus}", "{lang}", "train"),
+        dev=paths.manifest_path("{corpus}", "{lang}", "dev"),
+        test=paths.manifest_path("{corpus}", "{lang}", "test"),
     log:
         "logs/prepare_corpus/{corpus}/{lang}.log",
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("prepare_corpus", "threads")
     resources:
-        mem_mb=resource("prepare_corpus", "mem_mb"),
-        runtime=resource("prepare_corpus", "runtime"),
+        **job_resources("prepare_corpus"),
     params:
         reader=corpus_setting("reader"),
         source=corpus_source,

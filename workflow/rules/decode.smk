@@ -2,22 +2,18 @@
 rule decode_test_set:
     input:
         unpack(decode_inputs),
+    # Named by modality: each --input argument pairs a modality's manifest with its own output.
     output:
-        expand(
-            "results/runs/{{run}}/predictions/{{testset}}.{modality}.jsonl",
-            modality=config["decode"]["modalities"],
-        ),
+        **paths.decode_outputs(config["decode"]["modalities"], "{run}", "{testset}"),
     log:
         "logs/decode_test_set/{run}/{testset}.log",
     benchmark:
-        "results/benchmarks/decode_test_set/{run}/{testset}.tsv"
+        paths.benchmark_path("decode_test_set/{run}/{testset}")
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("decode", "threads")
     resources:
-        mem_mb=resource("decode", "mem_mb"),
-        runtime=planned_resource("decode_test_set", "decode", "runtime"),
-        gpu=planned_resource("decode_test_set", "decode", "gpu"),
+        **job_resources("decode", planned_as="decode_test_set"),
     params:
         settings=decode_settings,
         decode_inputs=decode_input_arguments,
@@ -35,23 +31,21 @@ rule transcribe_test_set:
         manifest=cascade_speech_manifest,
         model=config["model"]["path"],
     output:
-        manifest="results/cascade/{testset}.parquet",
+        manifest=paths.cascade_manifest_path("{testset}"),
         wer=report(
-            "results/cascade/{testset}.wer.json",
+            paths.cascade_wer_path("{testset}"),
             caption="../report/cascade.rst",
             category="Cascade",
         ),
     log:
         "logs/transcribe_test_set/{testset}.log",
     benchmark:
-        "results/benchmarks/transcribe_test_set/{testset}.tsv"
+        paths.benchmark_path("transcribe_test_set/{testset}")
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("decode", "threads")
     resources:
-        mem_mb=resource("decode", "mem_mb"),
-        runtime=planned_resource("transcribe_test_set", "decode", "runtime"),
-        gpu=planned_resource("transcribe_test_set", "decode", "gpu"),
+        **job_resources("decode", planned_as="transcribe_test_set"),
     params:
         settings=cascade_settings,
         code=code_version("transcribe_test_set"),

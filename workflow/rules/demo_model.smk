@@ -7,9 +7,9 @@ include: "demo_model_inputs.smk"
 
 use rule prepare_corpus as prepare_demo_model_text with:
     output:
-        train="results/demo_model/manifests/{corpus}/{lang}/train.parquet",
-        dev="results/demo_model/manifests/{corpus}/{lang}/dev.parquet",
-        test="results/demo_model/manifests/{corpus}/{lang}/test.parquet",
+        train=paths.demo_model_manifest_path("{corpus}", "{lang}", "train"),
+        dev=paths.demo_model_manifest_path("{corpus}", "{lang}", "dev"),
+        test=paths.demo_model_manifest_path("{corpus}", "{lang}", "test"),
     log:
         "logs/prepare_demo_model_text/{corpus}/{lang}.log",
     params:
@@ -20,17 +20,16 @@ rule build_demo_model:
     input:
         train=data_manifests("train_data"),
     output:
-        directory("results/demo_model/initial"),
+        directory(paths.demo_model_dir("initial")),
     log:
         "logs/build_demo_model.log",
     benchmark:
-        "results/benchmarks/build_demo_model.tsv"
+        paths.benchmark_path("build_demo_model")
     conda:
         "../../envs/demo-model.yaml"
     threads: resource("build_demo_model", "threads")
     resources:
-        mem_mb=resource("build_demo_model", "mem_mb"),
-        runtime=resource("build_demo_model", "runtime"),
+        **job_resources("build_demo_model"),
     params:
         architecture=settings_json("demo_model", "architecture"),
         seed=config["demo_model"]["seed"],
@@ -43,22 +42,20 @@ rule build_demo_model:
 
 rule pretrain_demo_model:
     input:
-        model="results/demo_model/initial",
+        model=paths.demo_model_dir("initial"),
         train=data_manifests("train_data"),
         eval=data_manifests("eval_data"),
     output:
-        directory("results/demo_model/pretrained"),
+        directory(paths.demo_model_dir("pretrained")),
     log:
         "logs/pretrain_demo_model.log",
     benchmark:
-        "results/benchmarks/pretrain_demo_model.tsv"
+        paths.benchmark_path("pretrain_demo_model")
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("pretrain_demo_model", "threads")
     resources:
-        mem_mb=resource("pretrain_demo_model", "mem_mb"),
-        runtime=resource("pretrain_demo_model", "runtime"),
-        gpu=resource("pretrain_demo_model", "gpu"),
+        **job_resources("pretrain_demo_model", gpu=True),
     params:
         voices=pretrain_voices_json,
         options=pretrain_options,
@@ -80,16 +77,14 @@ use rule pretrain_demo_model as continue_demo_model with:
         train=data_manifests("train_data"),
         eval=data_manifests("eval_data"),
     output:
-        directory("results/demo_model/continued"),
+        directory(paths.demo_model_dir("continued")),
     log:
         "logs/continue_demo_model.log",
     benchmark:
-        "results/benchmarks/continue_demo_model.tsv"
+        paths.benchmark_path("continue_demo_model")
     threads: resource("continue_demo_model", "threads")
     resources:
-        mem_mb=resource("continue_demo_model", "mem_mb"),
-        runtime=resource("continue_demo_model", "runtime"),
-        gpu=resource("continue_demo_model", "gpu"),
+        **job_resources("continue_demo_model", gpu=True),
     params:
         settings=settings_json("demo_model", "continue_pretrain"),
         work_dir="work/demo_model_continue",

@@ -2,7 +2,7 @@
 def data_manifests(key):
     """The demo model's own text manifests named by a demo_model list of {corpus, lang, split}."""
     return [
-        f"results/demo_model/manifests/{ref['corpus']}/{ref['lang']}/{ref['split']}.parquet"
+        paths.demo_model_manifest_path(ref["corpus"], ref["lang"], ref["split"])
         for ref in config["demo_model"][key]
     ]
 

@@ -7,20 +7,18 @@ rule imitation_targets:
     input:
         unpack(imitation_pool_inputs),
     output:
-        "results/imitation_targets/{pool}.parquet",
+        paths.imitation_pool_path("{pool}"),
     log:
         "logs/imitation_targets/{pool}.log",
     benchmark:
-        "results/benchmarks/imitation_targets/{pool}.tsv"
+        paths.benchmark_path("imitation_targets/{pool}")
     wildcard_constraints:
         pool=alternatives(IMITATION_POOLS),
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("decode", "threads")
     resources:
-        mem_mb=resource("decode", "mem_mb"),
-        runtime=planned_resource("imitation_targets", "decode", "runtime"),
-        gpu=planned_resource("imitation_targets", "decode", "gpu"),
+        **job_resources("decode", planned_as="imitation_targets"),
     params:
         pool=imitation_pool_arguments,
         tasks=imitation_tasks,

@@ -2,7 +2,7 @@ rule mix_training_set:
     input:
         unpack(mixture_scheme_inputs),
     output:
-        "results/mixtures/{run}.parquet",
+        paths.mixture_path("{run}"),
     log:
         "logs/mix_training_set/{run}.log",
     # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
@@ -11,8 +11,7 @@ rule mix_training_set:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
     resources:
-        mem_mb=resource("light", "mem_mb"),
-        runtime=resource("light", "runtime"),
+        **job_resources("light"),
     params:
         scheme=run_scheme,
         seed=run_seed,
@@ -32,7 +31,7 @@ rule mix_prefix_set:
     input:
         unpack(mixture_inputs),
     output:
-        "results/prefixes/{prefix}/mixture.parquet",
+        paths.prefix_mixture_path("{prefix}"),
     log:
         "logs/mix_prefix_set/{prefix}.log",
     # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
@@ -41,8 +40,7 @@ rule mix_prefix_set:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
     resources:
-        mem_mb=resource("light", "mem_mb"),
-        runtime=resource("light", "runtime"),
+        **job_resources("light"),
     params:
         scheme=run_scheme,
         seed=run_seed,

@@ -3,7 +3,7 @@ rule aggregate_metrics:
         metrics_paths(),
     output:
         report(
-            "results/metrics.csv",
+            paths.METRICS_TABLE,
             caption="../report/metrics.rst",
             category="Metrics",
         ),
@@ -15,8 +15,7 @@ rule aggregate_metrics:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
     resources:
-        mem_mb=resource("light", "mem_mb"),
-        runtime=resource("light", "runtime"),
+        **job_resources("light"),
     params:
         code=code_version("aggregate_metrics"),
     shell:
@@ -28,7 +27,7 @@ rule compare_schemes:
         unpack(comparison_inputs),
     output:
         report(
-            "results/comparisons.csv",
+            paths.COMPARISONS_TABLE,
             caption="../report/comparisons.rst",
             category="Comparisons",
         ),
@@ -40,8 +39,7 @@ rule compare_schemes:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
     resources:
-        mem_mb=resource("light", "mem_mb"),
-        runtime=resource("light", "runtime"),
+        **job_resources("light"),
     params:
         gold=gold_arguments,
         pairs=comparison_pair_arguments,
@@ -56,12 +54,12 @@ rule compare_schemes:
 
 rule make_tables:
     input:
-        metrics="results/metrics.csv",
-        comparisons="results/comparisons.csv",
+        metrics=paths.METRICS_TABLE,
+        comparisons=paths.COMPARISONS_TABLE,
         cascade_wer=cascade_wer_paths(),
     output:
         report(
-            directory("results/tables"),
+            directory(paths.TABLES_DIR),
             patterns=["{name}.csv", "{name}.md", "{name}.tex"],
             caption="../report/tables.rst",
             category="Tables",
@@ -74,8 +72,7 @@ rule make_tables:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
     resources:
-        mem_mb=resource("light", "mem_mb"),
-        runtime=resource("light", "runtime"),
+        **job_resources("light"),
     params:
         code=code_version("make_tables"),
     shell:
@@ -85,11 +82,11 @@ rule make_tables:
 
 rule make_figures:
     input:
-        metrics="results/metrics.csv",
+        metrics=paths.METRICS_TABLE,
         runs=evaluated_model_dirs(),
     output:
         report(
-            directory("results/figures"),
+            directory(paths.FIGURES_DIR),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
@@ -102,8 +99,7 @@ rule make_figures:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
     resources:
-        mem_mb=resource("light", "mem_mb"),
-        runtime=resource("light", "runtime"),
+        **job_resources("light"),
     params:
         code=code_version("make_figures"),
     shell:
@@ -115,11 +111,11 @@ rule make_figures:
 rule plan_gpu_hours:
     output:
         figure=report(
-            "results/plan/gpu_hours.png",
+            paths.GPU_HOURS_FIGURE,
             caption="../report/plan.rst",
             category="Cost plan",
         ),
-        plan="results/plan/plan.json",
+        plan=paths.COST_PLAN,
     log:
         "logs/plan_gpu_hours.log",
     localrule: True
@@ -127,8 +123,7 @@ rule plan_gpu_hours:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
     resources:
-        mem_mb=resource("light", "mem_mb"),
-        runtime=resource("light", "runtime"),
+        **job_resources("light"),
     params:
         config=config_json,
         code=code_version("plan"),

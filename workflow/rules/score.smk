@@ -1,9 +1,9 @@
 rule score_predictions:
     input:
         gold=gold_manifest,
-        predictions="results/runs/{run}/predictions/{testset}.{modality}.jsonl",
+        predictions=paths.prediction_path("{run}", "{testset}", "{modality}"),
     output:
-        "results/runs/{run}/metrics/{testset}.{modality}.json",
+        paths.run_metrics_path("{run}", "{testset}", "{modality}"),
     log:
         "logs/score_predictions/{run}/{testset}.{modality}.log",
     # Seconds of CPU work: run on the submit host, not as a cluster job of its own.
@@ -12,8 +12,7 @@ rule score_predictions:
         "../../envs/lalm-slu.yaml"
     threads: resource("light", "threads")
     resources:
-        mem_mb=resource("light", "mem_mb"),
-        runtime=resource("light", "runtime"),
+        **job_resources("light"),
     params:
         meta=score_meta,
         bootstrap=config["scoring"]["bootstrap"],

@@ -4,22 +4,21 @@
 
 rule synthesize_speech:
     input:
-        manifest="results/manifests/{corpus}/{lang}/{split}.parquet",
+        manifest=paths.manifest_path("{corpus}", "{lang}", "{split}"),
     output:
-        manifest="results/speech/{corpus}/{lang}/{split}.parquet",
-        audio=directory("results/speech/{corpus}/{lang}/{split}"),
+        manifest=paths.speech_manifest_path("{corpus}", "{lang}", "{split}"),
+        audio=directory(paths.speech_audio_dir("{corpus}", "{lang}", "{split}")),
     log:
         "logs/synthesize_speech/{corpus}/{lang}/{split}.log",
     benchmark:
-        "results/benchmarks/synthesize_speech/{corpus}/{lang}/{split}.tsv"
+        paths.benchmark_path("synthesize_speech/{corpus}/{lang}/{split}")
     wildcard_constraints:
         corpus=alternatives(corpora_with_speech("tts")),
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("synthesize_speech", "threads")
     resources:
-        mem_mb=resource("synthesize_speech", "mem_mb"),
-        runtime=resource("synthesize_speech", "runtime"),
+        **job_resources("synthesize_speech"),
     params:
         voices=tts_voices_json,
         seed=config["speech"]["tts"]["seed"],
@@ -36,22 +35,21 @@ rule synthesize_speech:
 
 rule ingest_audio:
     input:
-        manifest="results/manifests/{corpus}/{lang}/{split}.parquet",
+        manifest=paths.manifest_path("{corpus}", "{lang}", "{split}"),
     output:
-        manifest="results/speech/{corpus}/{lang}/{split}.parquet",
-        audio=directory("results/speech/{corpus}/{lang}/{split}"),
+        manifest=paths.speech_manifest_path("{corpus}", "{lang}", "{split}"),
+        audio=directory(paths.speech_audio_dir("{corpus}", "{lang}", "{split}")),
     log:
         "logs/ingest_audio/{corpus}/{lang}/{split}.log",
     benchmark:
-        "results/benchmarks/ingest_audio/{corpus}/{lang}/{split}.tsv"
+        paths.benchmark_path("ingest_audio/{corpus}/{lang}/{split}")
     wildcard_constraints:
         corpus=alternatives(corpora_with_speech("recorded")),
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("ingest_audio", "threads")
     resources:
-        mem_mb=resource("ingest_audio", "mem_mb"),
-        runtime=resource("ingest_audio", "runtime"),
+        **job_resources("ingest_audio"),
     params:
         audio_root=corpus_setting("audio_root"),
         max_duration_s=config["speech"]["max_duration_s"],
@@ -67,8 +65,8 @@ rule ingest_audio:
 # per language (alignment.models), fetched by the download stage, forced-aligns each transcript.
 rule download_alignment_model:
     output:
-        model=directory("resources/models/alignment/{lang}"),
-        stamp="resources/downloads/models/alignment-{lang}.json",
+        model=directory(paths.alignment_model_dir("{lang}")),
+        stamp=paths.alignment_model_stamp("{lang}"),
     log:
         "logs/download_alignment_model/{lang}.log",
     localrule: True
@@ -84,23 +82,21 @@ rule download_alignment_model:
 
 rule align_words:
     input:
-        manifest="results/speech/{corpus}/{lang}/{split}.parquet",
-        model="resources/models/alignment/{lang}",
+        manifest=paths.speech_manifest_path("{corpus}", "{lang}", "{split}"),
+        model=paths.alignment_model_dir("{lang}"),
     output:
-        "results/aligned/{corpus}/{lang}/{split}.parquet",
+        paths.aligned_manifest_path("{corpus}", "{lang}", "{split}"),
     log:
         "logs/align_words/{corpus}/{lang}/{split}.log",
     benchmark:
-        "results/benchmarks/align_words/{corpus}/{lang}/{split}.tsv"
+        paths.benchmark_path("align_words/{corpus}/{lang}/{split}")
     wildcard_constraints:
         corpus=alternatives(corpora_with_speech("recorded")),
     conda:
         "../../envs/lalm-slu.yaml"
     threads: resource("decode", "threads")
     resources:
-        mem_mb=resource("decode", "mem_mb"),
-        runtime=resource("decode", "runtime"),
-        gpu=resource("decode", "gpu"),
+        **job_resources("decode", gpu=True),
     params:
         settings=settings_json("alignment", "settings"),
         code=code_version("align_words"),

@@ -19,14 +19,14 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser):
     parser.add_argument("--manifest", required=True, help="manifest of the pool (e.g. a train split)")
-    parser.add_argument("--budgets", required=True, nargs="+", help="percentages 0-100 and/or <N>shot")
+    parser.add_argument("--budgets", required=True, nargs="+", help="budget labels, as in the file names: percentages 0-100 and/or <N>shot")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out-dir", required=True)
 
 
 def run(args):
     try:
-        budgets = [SpeechBudget.parse(text) for text in args.budgets]
+        budgets = [SpeechBudget.from_label(text) for text in args.budgets]
     except ValueError as error:
         raise SystemExit(f"--budgets: {error}") from None
     frame = read_manifest(args.manifest)

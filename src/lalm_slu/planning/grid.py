@@ -10,7 +10,7 @@ from itertools import product
 
 from lalm_slu.planning.config_checks import ConfigError
 from lalm_slu.config.schemes import BUDGET_FREE_PHASES, FIXED_BUDGETS, IMITATION_SCHEMES
-from lalm_slu.config.budget_label import SpeechBudget
+from lalm_slu.config.budget_label import budget_label
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def scheme_budgets(scheme: str, budgets: list) -> list[str]:
     """The budget labels a scheme runs at: its fixed one (schemes.FIXED_BUDGETS), else each of the entry's."""
     if scheme in FIXED_BUDGETS:
         return [FIXED_BUDGETS[scheme]]
-    return [SpeechBudget.parse(budget).label for budget in budgets]
+    return [budget_label(budget) for budget in budgets]
 
 
 def grid_runs(config: dict):
@@ -140,7 +140,10 @@ def scheme_block(config: dict, run: Run) -> dict:
 def start_model(config: dict, run: Run) -> str:
     """The model a run's training starts from: its phase-1 run's for imitation schemes, else model.path."""
     if run.scheme in IMITATION_SCHEMES:
-        return f"results/runs/{phase_one_run(run).name}/model"
+        # paths imports this module: imported here, where it is used, so that paths.py names every file.
+        from lalm_slu.planning.paths import run_model_dir
+
+        return run_model_dir(phase_one_run(run).name)
     return config["model"]["path"]
 
 

@@ -7,6 +7,7 @@ name is ever split or read by the shell. `inputs` is a job's named input files (
 from __future__ import annotations
 
 import json
+import shlex
 
 from lalm_slu.planning.config_checks import ConfigError
 from lalm_slu.planning.grid import Run, run_settings, scheme_block
@@ -147,6 +148,17 @@ def start_from_argument(inputs) -> list[str]:
     return ["--start-from", *inputs["start_from"]] if inputs["start_from"] else []
 
 
+def start_from_option(inputs) -> str:
+    """start_from_argument as quoted shell text after a space (the space stands alone without a checkpoint): the
+    one fine-tuning command's text for runs, finetune_output_option's for prefixes."""
+    return " " + shlex.join(start_from_argument(inputs))
+
+
+def finetune_output_option(prefix: bool) -> str:
+    """Shell text after --out-dir: a prefix's job writes only its checkpoint (no config value, nothing to quote)."""
+    return " --output checkpoint" if prefix else ""
+
+
 def dev_manifests_argument(inputs) -> list[str]:
     """--dev-manifests text=MANIFEST speech=MANIFEST, those the run evaluates on (planning.paths.dev_manifests)."""
     given = [f"{name}={path}" for name in ("text", "speech") for path in inputs[f"dev_{name}"]]
@@ -200,10 +212,11 @@ def decode_settings(config: dict) -> str:
 
 
 def decode_input_arguments(config: dict, inputs, outputs) -> list[str]:
-    """--input MODALITY MANIFEST OUT for each configured modality (outputs follow the modalities' order)."""
+    """--input MODALITY MANIFEST OUT for each configured modality: its manifest (`manifest_<modality>`, from
+    planning.paths.decode_inputs) and its predictions (the output named after it, planning.paths.decode_outputs)."""
     arguments = []
-    for modality, predictions in zip(config["decode"]["modalities"], outputs):
-        arguments += ["--input", modality, inputs[f"manifest_{modality}"], predictions]
+    for modality in config["decode"]["modalities"]:
+        arguments += ["--input", modality, inputs[f"manifest_{modality}"], outputs[modality]]
     return arguments
 
 

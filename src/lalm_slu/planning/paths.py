@@ -1,5 +1,9 @@
 """Where the workflow's files live, and which of them a job reads: pure functions of the (validated) config and a
-run. Plain Python: the workflow plans with these (common.smk adapts a job's wildcards to them)."""
+run. Plain Python: the workflow plans with these (common.smk adapts a job's wildcards to them).
+
+Each kind of file has one function here. Rules declare their outputs with the same functions, called with wildcard
+patterns (`manifest_path("{corpus}", "{lang}", "{split}")`), so a path is written once for the job that makes it
+and the jobs that read it. Logs (logs/...) are written by their rule alone and stay in the rules."""
 
 from __future__ import annotations
 
@@ -8,10 +12,19 @@ import json
 from pathlib import PurePath
 
 from lalm_slu.planning.grid import Run, parse_testset, phase_one_run, prefix_of, run_testsets, scheme_block, start_model
+from lalm_slu.config.budget_label import budget_label
 from lalm_slu.config.schemes import FIXED_BUDGETS, IMITATION_SCHEMES, INTERLEAVING_SCHEMES
 from lalm_slu.config.settings import DevEvalSettings
 
 # ---------------------------------------------------------------- one file each
+
+# The report's inputs and outputs, and the cost plan of a GPU grid.
+METRICS_TABLE = "results/metrics.csv"
+COMPARISONS_TABLE = "results/comparisons.csv"
+TABLES_DIR = "results/tables"
+FIGURES_DIR = "results/figures"
+GPU_HOURS_FIGURE = "results/plan/gpu_hours.png"
+COST_PLAN = "results/plan/plan.json"
 
 
 def manifest_path(corpus: str, lang: str, split: str) -> str:
@@ -22,20 +35,100 @@ def speech_manifest_path(corpus: str, lang: str, split: str) -> str:
     return f"results/speech/{corpus}/{lang}/{split}.parquet"
 
 
+def speech_audio_dir(corpus: str, lang: str, split: str) -> str:
+    """The audio files of a speech manifest, beside it."""
+    return f"results/speech/{corpus}/{lang}/{split}"
+
+
 def aligned_manifest_path(corpus: str, lang: str, split: str) -> str:
     return f"results/aligned/{corpus}/{lang}/{split}.parquet"
 
 
 def budget_path(corpus: str, lang: str, split: str, seed, budget: str) -> str:
+    """A budget's utterance ids; `budget` is its label (config.budget_label), as in run names."""
     return f"results/budgets/{corpus}/{lang}/{split}/seed{seed}/{budget}.txt"
+
+
+def budget_coverage_path(corpus: str, lang: str, split: str, seed, budget: str) -> str:
+    """A budget's size and intent coverage, beside its ids."""
+    return f"results/budgets/{corpus}/{lang}/{split}/seed{seed}/{budget}.json"
 
 
 def audio_frames_path(corpus: str, lang: str, split: str) -> str:
     return f"results/audio_frames/{corpus}/{lang}/{split}.safetensors"
 
 
+def mixture_path(run_name: str) -> str:
+    return f"results/mixtures/{run_name}.parquet"
+
+
+def prefix_mixture_path(prefix: str) -> str:
+    return f"results/prefixes/{prefix}/mixture.parquet"
+
+
 def prefix_checkpoint_path(prefix: str) -> str:
     return f"results/prefixes/{prefix}/checkpoint"
+
+
+def run_model_dir(name: str) -> str:
+    """A run's fine-tuned model (rule finetune_model's output), with its loss.csv, dev.csv and summary.json."""
+    return f"results/runs/{name}/model"
+
+
+def prediction_path(run_name: str, testset: str, modality: str) -> str:
+    return f"results/runs/{run_name}/predictions/{testset}.{modality}.jsonl"
+
+
+def run_metrics_path(run_name: str, testset: str, modality: str) -> str:
+    return f"results/runs/{run_name}/metrics/{testset}.{modality}.json"
+
+
+def decode_outputs(modalities, run_name: str, testset: str) -> dict[str, str]:
+    """Modality -> its predictions: the outputs of one decoding job, named by the modality each holds."""
+    return {modality: prediction_path(run_name, testset, modality) for modality in modalities}
+
+
+def imitation_pool_path(pool: str) -> str:
+    return f"results/imitation_targets/{pool}.parquet"
+
+
+def cascade_manifest_path(testset: str) -> str:
+    return f"results/cascade/{testset}.parquet"
+
+
+def cascade_wer_path(testset: str) -> str:
+    return f"results/cascade/{testset}.wer.json"
+
+
+def benchmark_path(name: str) -> str:
+    """A job's measured time and memory (Snakemake's benchmark): `name` is its rule and wildcards."""
+    return f"results/benchmarks/{name}.tsv"
+
+
+def demo_model_manifest_path(corpus: str, lang: str, split: str) -> str:
+    """The demo model's own text manifests (prepared with its caps, apart from the runs' manifests)."""
+    return f"results/demo_model/manifests/{corpus}/{lang}/{split}.parquet"
+
+
+def demo_model_dir(stage: str) -> str:
+    """The demo model after a stage of its recipe: initial, pretrained or continued."""
+    return f"results/demo_model/{stage}"
+
+
+def corpus_download_stamp(corpus_name: str) -> str:
+    return f"resources/downloads/{corpus_name}.json"
+
+
+def release_download_stamp(corpus_name: str) -> str:
+    return f"resources/downloads/{corpus_name}-release.json"
+
+
+def alignment_model_dir(lang: str) -> str:
+    return f"resources/models/alignment/{lang}"
+
+
+def alignment_model_stamp(lang: str) -> str:
+    return f"resources/downloads/models/alignment-{lang}.json"
 
 
 def gold_manifest(testset: str) -> str:
@@ -45,10 +138,6 @@ def gold_manifest(testset: str) -> str:
 
 def testset_speech_manifest(testset: str) -> str:
     return speech_manifest_path(*parse_testset(testset), "test")
-
-
-def cascade_manifest_path(testset: str) -> str:
-    return f"results/cascade/{testset}.parquet"
 
 
 def model_download_stamp(config: dict) -> str:
@@ -70,9 +159,9 @@ def corpus_inputs(config: dict, corpus_name: str, lang: str):
     corpus = config["corpora"][corpus_name]
     stamps = []
     if corpus["download"]:
-        stamps.append(f"resources/downloads/{corpus_name}.json")
+        stamps.append(corpus_download_stamp(corpus_name))
     if corpus["download_release_text"]:
-        stamps.append(f"resources/downloads/{corpus_name}-release.json")
+        stamps.append(release_download_stamp(corpus_name))
     return stamps or corpus_source(config, corpus_name, lang)
 
 
@@ -87,20 +176,15 @@ def release_text_dir(config: dict, corpus_name: str) -> str:
 # ---------------------------------------------------------------- the grid's outputs
 
 
-def run_outputs(config: dict, runs: dict[str, Run], kind: str, suffix: str) -> list[str]:
-    """results/runs/{run}/{kind}/{testset}.{modality}{suffix} of every evaluated run, test set and modality."""
+def run_outputs(config: dict, runs: dict[str, Run], path) -> list[str]:
+    """path(run, testset, modality) of every evaluated run, test set and modality."""
     return [
-        f"results/runs/{name}/{kind}/{testset}.{modality}{suffix}"
+        path(name, testset, modality)
         for name, run in runs.items()
         if run.evaluated
         for testset in run_testsets(run)
         for modality in config["decode"]["modalities"]
     ]
-
-
-def run_model_dir(name: str) -> str:
-    """A run's fine-tuned model (rule finetune_model's output), with its loss.csv, dev.csv and summary.json."""
-    return f"results/runs/{name}/model"
 
 
 def evaluated_model_dirs(runs: dict[str, Run]) -> list[str]:
@@ -109,11 +193,11 @@ def evaluated_model_dirs(runs: dict[str, Run]) -> list[str]:
 
 
 def metrics_paths(config: dict, runs: dict[str, Run]) -> list[str]:
-    return run_outputs(config, runs, "metrics", ".json")
+    return run_outputs(config, runs, run_metrics_path)
 
 
 def prediction_paths(config: dict, runs: dict[str, Run]) -> list[str]:
-    return run_outputs(config, runs, "predictions", ".jsonl")
+    return run_outputs(config, runs, prediction_path)
 
 
 def gold_manifests(runs: dict[str, Run]) -> dict[str, str]:
@@ -129,7 +213,7 @@ def gold_manifests(runs: dict[str, Run]) -> dict[str, str]:
 def comparison_inputs(config: dict, runs: dict[str, Run]) -> dict:
     """Every run's predictions, with the settings (metrics.csv) and the gold labels they are scored on."""
     return {
-        "metrics": "results/metrics.csv",
+        "metrics": METRICS_TABLE,
         "predictions": prediction_paths(config, runs),
         "gold": sorted(set(gold_manifests(runs).values())),
     }
@@ -139,7 +223,7 @@ def cascade_wer_paths(config: dict, runs: dict[str, Run]) -> list[str]:
     """The cascade transcripts' WER per test set, for the tables' notes (none without a cascade input)."""
     if "cascade" not in config["decode"]["modalities"]:
         return []
-    return [f"results/cascade/{testset}.wer.json" for testset in sorted(gold_manifests(runs))]
+    return [cascade_wer_path(testset) for testset in sorted(gold_manifests(runs))]
 
 
 # ---------------------------------------------------------------- a run's inputs
@@ -203,9 +287,9 @@ def finetune_inputs(config: dict, run: Run, prefix: str | None = None) -> dict:
     all the job reads of its items; their audio exists once it does (the speech manifests it is made from come with
     their audio)."""
     if prefix is not None:
-        mixture, start_from = f"results/prefixes/{prefix}/mixture.parquet", []
+        mixture, start_from = prefix_mixture_path(prefix), []
     else:
-        mixture = f"results/mixtures/{run.name}.parquet"
+        mixture = mixture_path(run.name)
         start_from = [prefix_checkpoint_path(prefix_of(run))] if prefix_of(run) else []
     return {
         "mixture": mixture,
@@ -268,7 +352,7 @@ def imitation_pool_name(config: dict, run: Run) -> str:
 
 
 def imitation_targets_path(config: dict, run: Run) -> str:
-    return f"results/imitation_targets/{imitation_pool_name(config, run)}.parquet"
+    return imitation_pool_path(imitation_pool_name(config, run))
 
 
 def label_free_inputs(config: dict, run: Run) -> dict[str, str]:
@@ -279,7 +363,7 @@ def label_free_inputs(config: dict, run: Run) -> dict[str, str]:
     corpus, lang, split = extra["corpus"], extra["lang"], extra["split"]
     return {
         "label_free_speech": speech_manifest_path(corpus, lang, split),
-        "label_free_ids": budget_path(corpus, lang, split, run.seed, extra["budget"]),
+        "label_free_ids": budget_path(corpus, lang, split, run.seed, budget_label(extra["budget"])),
     }
 
 
