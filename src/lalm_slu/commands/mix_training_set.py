@@ -8,7 +8,6 @@ and --target-* describe the target language, whose speech is the budgeted resour
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pandas as pd
