@@ -12,6 +12,7 @@ from lalm_slu.planning import job_arguments
 from lalm_slu.config.layered import load_config
 from lalm_slu.planning.grid import expand_grid
 from lalm_slu.config.schemes import IMITATION_SCHEMES
+from lalm_slu.config.files import schema_path
 from lalm_slu.config.settings import (
     AlignmentSettings,
     AudioFrameSettings,
@@ -27,7 +28,7 @@ from lalm_slu.config.settings import (
 )
 
 REPO = Path(__file__).parents[1]
-SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load(schema_path().read_text())
 IMITATION_TASK = SCHEMA["$defs"]["imitation"]["properties"]["tasks"]["items"]["properties"]
 
 
@@ -90,7 +91,7 @@ def test_an_imitation_task_needs_its_name_and_instruction_and_defaults_its_answe
 
 def test_each_job_s_settings_json_is_accepted_by_its_view():
     # What job_arguments (and speech.smk's settings_json) hand the commands, from the demo's config.
-    config = load_config(REPO / "config.yaml")
+    config = load_config(workdir=REPO)
     imitation_run = next(run for run in expand_grid(config).values() if run.scheme in IMITATION_SCHEMES)
     DecodingSettings.from_dict(json.loads(job_arguments.decode_settings(config)), "decode")
     AudioFrameSettings.from_dict(json.loads(job_arguments.audio_frames_settings(config)), "encode-audio")
