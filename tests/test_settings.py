@@ -137,3 +137,56 @@ def test_an_unknown_key_is_an_error_naming_it_and_its_source():
 def test_a_value_the_schema_does_not_allow_is_an_error_naming_its_key(view, settings, message):
     with pytest.raises(ValueError, match=f"test: {message}"):
         view.from_dict(settings, "test")
+
+
+def test_a_key_s_default_is_what_the_schema_fills_into_a_config_that_leaves_it_out():
+    from snakemake.utils import validate
+
+    from lalm_slu.config.settings import schema_default
+
+    config = {"corpora": {"demo": {"reader": "massive", "source": "raw", "languages": ["en"]}}, "grid": {},
+              "model": {"path": "model"}, "prompt": {"instruction": "Answer."}}  # fmt: skip
+    validate(config, str(schema_path()))
+    # An enclosing block's default (resources.synthesize_speech: {threads: 2}) wins over the key's own (1).
+    for keys in [("resources", "synthesize_speech", "threads"), ("resources", "light", "threads"),
+                 ("speech", "tts", "chunk_size"), ("speech", "max_duration_s"), ("alignment", "settings", "device")]:
+        value = config
+        for key in keys:
+            value = value[key]
+        assert schema_default(*keys) == value, keys
+    assert schema_default("resources", "synthesize_speech", "threads") == 2
+    with pytest.raises(KeyError, match="model.path"):
+        schema_default("model", "path")
+
+
+def test_pretraining_s_defaults_are_the_schema_s_and_a_stage_names_only_what_it_changes():
+    import jsonschema
+
+    from lalm_slu.demo_model.pretrain import PretrainConfig
+
+    stage = SCHEMA["$defs"]["pretrain_stage"]
+    assert dataclasses.asdict(PretrainConfig()) == stage["default"]
+    assert set(stage["default"]) == set(stage["properties"]) == field_names(PretrainConfig)
+    jsonschema.validate(stage["default"], {**stage, "$defs": SCHEMA["$defs"]})
+    assert PretrainConfig(steps=7).steps == 7 and PretrainConfig(steps=7).batch_size == stage["default"]["batch_size"]
+    # Not filled in per key: the recipe's stages reach the job as written.
+    config = load_config(workdir=REPO)
+    assert config["demo_model"]["pretrain"] == yaml.safe_load(
+        (REPO / "workflow/configs/demo_model.yaml").read_text())["demo_model"]["pretrain"]
+
+
+def test_synthesize_speech_s_defaults_are_the_config_s():
+    import argparse
+
+    from lalm_slu.commands.synthesize_speech import add_arguments
+    from lalm_slu.config.settings import schema_default
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--manifest", "m", "--out-manifest", "o", "--audio-dir", "a", "--voices-json", "[]",
+                              "--seed", "0"])  # fmt: skip
+    assert (args.threads, args.chunk_size, args.max_duration_s) == (
+        schema_default("resources", "synthesize_speech", "threads"),
+        schema_default("speech", "tts", "chunk_size"),
+        schema_default("speech", "max_duration_s"),
+    )
