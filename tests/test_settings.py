@@ -190,3 +190,19 @@ def test_synthesize_speech_s_defaults_are_the_config_s():
         schema_default("speech", "tts", "chunk_size"),
         schema_default("speech", "max_duration_s"),
     )
+
+
+def test_pretraining_s_options_default_to_the_schema_s_and_are_not_filled_into_the_config():
+    import argparse
+
+    from lalm_slu.commands.pretrain_demo_model import add_arguments
+
+    options = SCHEMA["$defs"]["pretrain_options"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model-dir", "m", "--train-manifests", "t", "--eval-manifests", "e", "--voices-json",
+                              "{}", "--work-dir", "w", "--out-dir", "o"])  # fmt: skip
+    assert {key: getattr(args, key) for key in options["properties"]} == options["default"]
+    # Only the keys the recipe sets reach the job (demo_model.yaml leaves voices_per_sentence out).
+    recipe = yaml.safe_load((REPO / "workflow/configs/demo_model.yaml").read_text())["demo_model"]["pretrain_options"]
+    assert load_config(workdir=REPO)["demo_model"]["pretrain_options"] == recipe != options["default"]

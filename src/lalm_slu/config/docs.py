@@ -85,7 +85,9 @@ class Tables:
             return
         if default is not MISSING and not (children and isinstance(default, dict)):
             rows.append((path, shown(default), description))
-        below = default if isinstance(default, dict) else {}
+        # A $defs block may keep its keys' defaults whole (lalm_slu.config.settings.whole_default).
+        kept = config_schema()["$defs"].get(name, {}).get("default") if name else None
+        below = {**(kept if isinstance(kept, dict) else {}), **(default if isinstance(default, dict) else {})}
         for key, child in children.items():
             self.walk(child, f"{path}.{key}".lstrip("."), below.get(key, MISSING), rows, block)
         if isinstance(node.get("additionalProperties"), dict):

@@ -59,9 +59,11 @@ def schema_default(*keys: str):
     return copy.deepcopy(value)
 
 
-def pretrain_defaults() -> dict:
-    """A pretraining stage's settings where it leaves a key out ($defs.pretrain_stage's default)."""
-    return copy.deepcopy(config_schema()["$defs"]["pretrain_stage"]["default"])
+def whole_default(block: str) -> dict:
+    """The default a $defs block keeps whole (a pretraining stage's settings, pretraining's options): what a key
+    the config leaves out takes. Kept whole, not per key, so that Snakemake fills nothing in and the keys set
+    reach the job as written."""
+    return copy.deepcopy(config_schema()["$defs"][block]["default"])
 
 
 def block_properties(block: str) -> dict[str, dict]:

@@ -40,7 +40,7 @@ from lalm_slu.model.loss import answer_loss
 from lalm_slu.evaluation.metrics import word_error_rate
 from lalm_slu.model.loading import load_model_and_processor
 from lalm_slu.core.outputs import write_text_atomic
-from lalm_slu.config.settings import GenerationSettings, pretrain_defaults
+from lalm_slu.config.settings import GenerationSettings, whole_default
 from lalm_slu.data.audio import load_audio
 from lalm_slu.speech.tts import Voice
 from lalm_slu.training.run_identity import CHECKPOINTS, model_identity
@@ -92,7 +92,7 @@ INSTRUCTION_TASKS = {
 }
 
 
-PRETRAIN_DEFAULTS = pretrain_defaults()
+PRETRAIN_DEFAULTS = whole_default("pretrain_stage")
 
 
 def stage_default(key: str):
