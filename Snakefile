@@ -10,16 +10,17 @@ min_version("9.0")
 
 # Planning uses this checkout's package (plain-Python modules only), whatever is installed.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from lalm_slu.config.layered import validate_config
+from lalm_slu.config.layered import layered_config
 
-
-# The demo model's recipe first: config.yaml and --configfile override it key by key.
-configfile: "workflow/configs/demo_model.yaml"
-configfile: "config.yaml"
-
-
-# A bad key or value stops here, before any job, naming the key and why.
-validate_config(config, "workflow/schemas/config.schema.yaml")
+# The demo model's recipe, config.yaml over it, each --configfile and --config on top, as `lalm-slu plan` reads
+# them; a bad key or value stops here, before any job, naming the key and why.
+command_line = workflow.config_settings
+layers, base_files = layered_config(
+    command_line.overwrite_config, bool(command_line.configfiles)
+)
+config.update(layers)
+# The run's header and the report list the files read, as after a `configfile:` directive.
+workflow.configfiles.extend(base_files)
 
 
 report: "workflow/report/workflow.rst"

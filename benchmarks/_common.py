@@ -40,7 +40,7 @@ VOICES = [
     Voice("en-us+f4", 180, 55),
 ]
 # The demo's own settings, so that benchmarks measure what the pipeline runs.
-DEMO_CONFIG = load_config(REPO / "config.yaml")
+DEMO_CONFIG = load_config(workdir=REPO)
 DEMO_TRAINING = TrainingSettings.from_dict(DEMO_CONFIG["training"], "config.yaml training")
 INSTRUCTION = DEMO_CONFIG["prompt"]["instruction"]
 

@@ -46,8 +46,9 @@ from lalm_slu.model.forward import AnswerLoss  # noqa: E402
 from lalm_slu.training.finetune import training_precision  # noqa: E402
 from lalm_slu.training.optimizer import build_optimizer  # noqa: E402
 from lalm_slu.model.trainable import set_trainable  # noqa: E402
+from lalm_slu.config.files import architecture_path  # noqa: E402
 
-ARCHITECTURE = REPO / "workflow" / "architectures" / "Qwen2-Audio-7B-Instruct.json"
+ARCHITECTURE = architecture_path("Qwen2-Audio-7B-Instruct")
 RESULT = REPO / "benchmarks" / "results" / "gpu_finetune_step.json"
 # Dense bf16 peak per device (no sparsity), for MFU; the first name found in the device's name counts.
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}

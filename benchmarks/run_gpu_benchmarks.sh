@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one short run (under 10 minutes) on one GPU machine (H100 or H200):
-#   1. benchmarks/gpu_finetune_step.py: fine-tuning steps of the 7B architecture (workflow/architectures/
+#   1. benchmarks/gpu_finetune_step.py: fine-tuning steps of the 7B architecture (src/lalm_slu/config/architectures/
 #      Qwen2-Audio-7B-Instruct.json, random weights) on 1 GPU, with as many LLM layers as the memory plan fits on
 #      the card (all 32 where they fit); should that run fail, once more with 12 layers.
 #   2. benchmarks/decode_throughput.py: decoding throughput of the shipped demo model.

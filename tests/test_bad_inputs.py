@@ -36,6 +36,7 @@ from lalm_slu.cli import main
 from lalm_slu.commands import download_slurp_release
 from lalm_slu.data.records import Utterance, read_manifest, write_manifest
 from lalm_slu.data.audio import write_flac
+from lalm_slu.config.files import schema_path
 
 # A file or folder name a shell would split, expand or run, and its parts.
 NASTY = "it's \"a\" $(rm -f canary) `rm -f canary`; rm -f canary &"
@@ -132,7 +133,7 @@ def test_schema_refuses_a_path_no_command_line_can_carry(path):
     config = default_config()
     config["corpora"]["slurp"]["source"] = {"en": path}
     with pytest.raises(WorkflowError, match="source"):
-        validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+        validate(config, str(schema_path()))
 
 
 # ================================================================ readers: prepare-corpus
@@ -664,7 +665,7 @@ def test_failing_budget_write_leaves_no_partial_id_list(tmp_path, monkeypatch):
 def validate_config(config) -> None:
     from snakemake.utils import validate
 
-    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    validate(config, str(schema_path()))
 
 
 def set_key(path: str, value):
@@ -735,7 +736,7 @@ def test_config_error_is_refused_by_the_schema_naming_the_key(edit, message):
 def test_reader_options_in_the_schema_are_the_readers_keyword_arguments():
     from lalm_slu.data.corpora import READERS, reader_options
 
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load(schema_path().read_text())
     corpus = schema["properties"]["corpora"]["additionalProperties"]
     listed = {}
     for rule in corpus["allOf"]:
@@ -753,14 +754,14 @@ def test_pretraining_keys_in_the_schema_are_the_pretrain_config_fields():
 
     from lalm_slu.demo_model.pretrain import PretrainConfig
 
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load(schema_path().read_text())
     assert set(schema["$defs"]["pretrain_stage"]["properties"]) == {f.name for f in fields(PretrainConfig)}
 
 
 def test_demo_architecture_keys_in_the_schema_are_the_default_architecture():
     from lalm_slu.demo_model.build import DEFAULT_ARCHITECTURE
 
-    architecture = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())["$defs"]["demo_architecture"]
+    architecture = yaml.safe_load(schema_path().read_text())["$defs"]["demo_architecture"]
     assert set(architecture["properties"]) == set(DEFAULT_ARCHITECTURE)
     for part in ("audio", "text"):
         assert set(architecture["properties"][part]["properties"]) == set(DEFAULT_ARCHITECTURE[part])

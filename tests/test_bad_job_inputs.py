@@ -33,8 +33,9 @@ from lalm_slu.config.settings import InterleavingSettings
 from lalm_slu.speech import synthesis
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice, word_times
 from lalm_slu.speech.voice_table import read_voice_table
+from lalm_slu.config.files import schema_path
 
-VOICE_SCHEMA = REPO / "workflow/schemas/voices.schema.yaml"
+VOICE_SCHEMA = schema_path("voices")
 
 
 def error_line(capsys) -> str:
@@ -398,7 +399,7 @@ def finetune_settings() -> dict:
     from lalm_slu.config.layered import load_config
     from lalm_slu.planning.grid import expand_grid, run_settings
 
-    config = load_config(REPO / "config.yaml")
+    config = load_config(workdir=REPO)
     run = next(run for run in expand_grid(config).values() if run.scheme == "curriculum")
     return json.loads(json.dumps(run_settings(config, run)))
 
@@ -452,7 +453,7 @@ def test_every_run_of_the_demo_passes_the_fine_tuning_check():
     from lalm_slu.planning.grid import expand_grid, run_settings
     from lalm_slu.config.settings import check_finetune_settings
 
-    config = load_config(REPO / "config.yaml")
+    config = load_config(workdir=REPO)
     for run in expand_grid(config).values():
         check_finetune_settings(json.loads(json.dumps(run_settings(config, run))))
 
@@ -543,7 +544,7 @@ def demo_config() -> dict:
     from snakemake.utils import validate
 
     config = default_config()
-    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    validate(config, str(schema_path()))
     return config
 
 
@@ -587,7 +588,7 @@ def test_misspelt_comparison_pair_is_refused_by_the_schema(key, pair):
     config = default_config()
     config.setdefault("comparisons", {})[key] = [pair]
     with pytest.raises(WorkflowError, match=f"{key}"):
-        validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+        validate(config, str(schema_path()))
 
 
 def test_the_demo_config_passes_every_planning_check():

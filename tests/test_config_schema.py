@@ -6,8 +6,9 @@ import yaml
 from conftest import REPO
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+from lalm_slu.config.files import schema_path
 
-SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
+SCHEMA = str(schema_path())
 
 
 def default_config():
@@ -32,13 +33,13 @@ def test_voice_table_rows_are_checked_naming_the_file_and_line():
 
     table = voice_table(extra="en\ttest\ten-us+m9\t150\t120\n")
     with pytest.raises(ValueError, match=r"voices.tsv, line 78 \(pitch\): 120 is greater than the maximum of 99"):
-        read_voice_table(table, str(REPO / "workflow/schemas/voices.schema.yaml"))
+        read_voice_table(table, str(schema_path("voices")))
 
 
 def test_voice_table_reads_as_the_voice_records_handed_to_synthesis():
     from lalm_slu.speech.voice_table import read_voice_table
 
-    voices = read_voice_table(str(REPO / "workflow/configs/voices.tsv"), str(REPO / "workflow/schemas/voices.schema.yaml"))
+    voices = read_voice_table(str(REPO / "workflow/configs/voices.tsv"), str(schema_path("voices")))
     assert voices["de"]["test"][0] == {"name": "de+m7", "rate_wpm": [150, 180], "pitch": [45, 60]}
     assert sorted(voices) == ["de", "en", "it"] and all(sorted(v) == ["test", "train"] for v in voices.values())
 

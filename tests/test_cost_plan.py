@@ -13,10 +13,11 @@ from lalm_slu.cli import main
 from lalm_slu.commands.plan import plan, read_config
 from lalm_slu.planning.cost_plan import PlanError, grid_costs, plan_settings, read_plan_config
 from lalm_slu.model.memory_plan import TrainingShape, parameter_sizes, plan_memory, read_architecture
+from lalm_slu.config.files import architecture_path
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = Path("workflow/configs/paper.yaml")
-ARCHITECTURE = REPO / "workflow/architectures/Qwen2-Audio-7B-Instruct.json"
+ARCHITECTURE = architecture_path("Qwen2-Audio-7B-Instruct")
 
 
 def in_clean_checkout(monkeypatch, tmp_path) -> None:

@@ -18,11 +18,12 @@ from lalm_slu.model.loading import load_model_and_processor
 from lalm_slu.data.records import read_manifest
 from lalm_slu.config.settings import DecodingSettings
 from lalm_slu.data.audio import load_audio
+from lalm_slu.config.files import architecture_path
 
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPO / "models/demo-qwen2-audio"
-ARCHITECTURE_7B = REPO / "workflow/architectures/Qwen2-Audio-7B-Instruct.json"
+ARCHITECTURE_7B = architecture_path("Qwen2-Audio-7B-Instruct")
 
 
 def settings(**overrides) -> dict:

@@ -27,9 +27,10 @@ from lalm_slu.model.memory_plan import (
     trainable_parameters,
 )
 from lalm_slu.model.trainable import set_trainable
+from lalm_slu.config.files import architecture_path
 
 DEMO_CONFIG = REPO / "models/demo-qwen2-audio/config.json"
-ARCHITECTURE_7B = REPO / "workflow/architectures/Qwen2-Audio-7B-Instruct.json"
+ARCHITECTURE_7B = architecture_path("Qwen2-Audio-7B-Instruct")
 PAPER_MODULES = ("language_model", "lm_head")
 
 
@@ -47,12 +48,11 @@ def real_sizes(model):
 
 
 def paper_config():
-    """config.yaml with workflow/configs/paper.yaml on top, as Snakemake reads them; paths absolute."""
+    """config.yaml with workflow/configs/paper.yaml on top, as Snakemake reads them; the model path absolute."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)
         config = read_config([Path("workflow/configs/paper.yaml")])
     config["model"]["path"] = str(REPO / config["model"]["path"])
-    config["model"]["architecture"] = str(REPO / config["model"]["architecture"])
     return config
 
 
@@ -213,7 +213,7 @@ def test_a_job_landing_on_too_few_gpus_stops_before_loading_naming_the_numbers(t
 
     from lalm_slu.model.memory_plan import MemoryPlanError, check_job_fits
 
-    shutil.copy(REPO / "workflow" / "architectures" / "Qwen2-Audio-7B-Instruct.json", tmp_path / "config.json")
+    shutil.copy(architecture_path("Qwen2-Audio-7B-Instruct"), tmp_path / "config.json")
     assert check_job_fits(paper_job_settings(tmp_path), processes=8, card_gb=80).total < 80 * 2**30
     with pytest.raises(MemoryPlanError, match=r"needs 128\.\d GB per GPU; the card has 80 GB.*resources\.finetune\.gpu"):
         check_job_fits(paper_job_settings(tmp_path), processes=1, card_gb=80)

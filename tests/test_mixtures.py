@@ -21,6 +21,7 @@ from lalm_slu.data.mixtures import (
 from lalm_slu.data.records import DataError, read_manifest, write_manifest
 from lalm_slu.config.schemes import BUDGET_FREE_PHASES
 from lalm_slu.data.slu_json import format_target
+from lalm_slu.config.files import schema_path
 
 
 def part(lang="en", size=20, speech=5, scarce=True):
@@ -141,7 +142,7 @@ def test_schemes_match_the_config_schema():
 
     from conftest import REPO
 
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load(schema_path().read_text())
     assert tuple(schema["$defs"]["scheme"]["enum"]) == SCHEMES
 
 

@@ -17,9 +17,10 @@ from fixtures.hub_schema import make_model_repo
 from lalm_slu.cli import main
 from lalm_slu.commands.download_model import REVISION_FILE, is_commit
 from lalm_slu.planning.job_arguments import model_revision_pinning
+from lalm_slu.config.files import architecture_path
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-ARCHITECTURE_7B = REPO / "workflow/architectures/Qwen2-Audio-7B-Instruct.json"
+ARCHITECTURE_7B = architecture_path("Qwen2-Audio-7B-Instruct")
 
 
 class Killed(Exception):

@@ -12,6 +12,7 @@ from lalm_slu.planning import job_arguments
 from lalm_slu.config.layered import load_config
 from lalm_slu.planning.grid import expand_grid
 from lalm_slu.config.schemes import IMITATION_SCHEMES
+from lalm_slu.config.files import schema_path
 from lalm_slu.config.settings import (
     AlignmentSettings,
     AudioFrameSettings,
@@ -27,7 +28,7 @@ from lalm_slu.config.settings import (
 )
 
 REPO = Path(__file__).parents[1]
-SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load(schema_path().read_text())
 IMITATION_TASK = SCHEMA["$defs"]["imitation"]["properties"]["tasks"]["items"]["properties"]
 
 
@@ -90,7 +91,7 @@ def test_an_imitation_task_needs_its_name_and_instruction_and_defaults_its_answe
 
 def test_each_job_s_settings_json_is_accepted_by_its_view():
     # What job_arguments (and speech.smk's settings_json) hand the commands, from the demo's config.
-    config = load_config(REPO / "config.yaml")
+    config = load_config(workdir=REPO)
     imitation_run = next(run for run in expand_grid(config).values() if run.scheme in IMITATION_SCHEMES)
     DecodingSettings.from_dict(json.loads(job_arguments.decode_settings(config)), "decode")
     AudioFrameSettings.from_dict(json.loads(job_arguments.audio_frames_settings(config)), "encode-audio")
@@ -136,3 +137,72 @@ def test_an_unknown_key_is_an_error_naming_it_and_its_source():
 def test_a_value_the_schema_does_not_allow_is_an_error_naming_its_key(view, settings, message):
     with pytest.raises(ValueError, match=f"test: {message}"):
         view.from_dict(settings, "test")
+
+
+def test_a_key_s_default_is_what_the_schema_fills_into_a_config_that_leaves_it_out():
+    from snakemake.utils import validate
+
+    from lalm_slu.config.settings import schema_default
+
+    config = {"corpora": {"demo": {"reader": "massive", "source": "raw", "languages": ["en"]}}, "grid": {},
+              "model": {"path": "model"}, "prompt": {"instruction": "Answer."}}  # fmt: skip
+    validate(config, str(schema_path()))
+    # An enclosing block's default (resources.synthesize_speech: {threads: 2}) wins over the key's own (1).
+    for keys in [("resources", "synthesize_speech", "threads"), ("resources", "light", "threads"),
+                 ("speech", "tts", "chunk_size"), ("speech", "max_duration_s"), ("alignment", "settings", "device")]:
+        value = config
+        for key in keys:
+            value = value[key]
+        assert schema_default(*keys) == value, keys
+    assert schema_default("resources", "synthesize_speech", "threads") == 2
+    with pytest.raises(KeyError, match="model.path"):
+        schema_default("model", "path")
+
+
+def test_pretraining_s_defaults_are_the_schema_s_and_a_stage_names_only_what_it_changes():
+    import jsonschema
+
+    from lalm_slu.demo_model.pretrain import PretrainConfig
+
+    stage = SCHEMA["$defs"]["pretrain_stage"]
+    assert dataclasses.asdict(PretrainConfig()) == stage["default"]
+    assert set(stage["default"]) == set(stage["properties"]) == field_names(PretrainConfig)
+    jsonschema.validate(stage["default"], {**stage, "$defs": SCHEMA["$defs"]})
+    assert PretrainConfig(steps=7).steps == 7 and PretrainConfig(steps=7).batch_size == stage["default"]["batch_size"]
+    # Not filled in per key: the recipe's stages reach the job as written.
+    config = load_config(workdir=REPO)
+    assert config["demo_model"]["pretrain"] == yaml.safe_load(
+        (REPO / "workflow/configs/demo_model.yaml").read_text())["demo_model"]["pretrain"]
+
+
+def test_synthesize_speech_s_defaults_are_the_config_s():
+    import argparse
+
+    from lalm_slu.commands.synthesize_speech import add_arguments
+    from lalm_slu.config.settings import schema_default
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--manifest", "m", "--out-manifest", "o", "--audio-dir", "a", "--voices-json", "[]",
+                              "--seed", "0"])  # fmt: skip
+    assert (args.threads, args.chunk_size, args.max_duration_s) == (
+        schema_default("resources", "synthesize_speech", "threads"),
+        schema_default("speech", "tts", "chunk_size"),
+        schema_default("speech", "max_duration_s"),
+    )
+
+
+def test_pretraining_s_options_default_to_the_schema_s_and_are_not_filled_into_the_config():
+    import argparse
+
+    from lalm_slu.commands.pretrain_demo_model import add_arguments
+
+    options = SCHEMA["$defs"]["pretrain_options"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model-dir", "m", "--train-manifests", "t", "--eval-manifests", "e", "--voices-json",
+                              "{}", "--work-dir", "w", "--out-dir", "o"])  # fmt: skip
+    assert {key: getattr(args, key) for key in options["properties"]} == options["default"]
+    # Only the keys the recipe sets reach the job (demo_model.yaml leaves voices_per_sentence out).
+    recipe = yaml.safe_load((REPO / "workflow/configs/demo_model.yaml").read_text())["demo_model"]["pretrain_options"]
+    assert load_config(workdir=REPO)["demo_model"]["pretrain_options"] == recipe != options["default"]

@@ -132,7 +132,7 @@ def test_only_needed_speech_is_synthesized(workflow_copy):
 
 
 def test_recorded_corpora_are_ingested_not_synthesized(workflow_copy):
-    config = load_config(REPO / "config.yaml")
+    config = load_config(workdir=REPO)
     config["corpora"]["slurp"].update(speech="recorded", audio_root="data/slurp/audio")
     config["alignment"]["models"]["en"] = {"hub_id": "facebook/wav2vec2-base-960h"}
     prepare(workflow_copy, config)

@@ -29,8 +29,9 @@ from lalm_slu.config.settings import TrainingSettings  # noqa: E402
 from lalm_slu.model.forward import AnswerLoss  # noqa: E402
 from lalm_slu.training.optimizer import build_optimizer  # noqa: E402
 from lalm_slu.model.trainable import set_trainable  # noqa: E402
+from lalm_slu.config.files import architecture_path  # noqa: E402
 
-ARCHITECTURE = REPO / "workflow" / "architectures" / "Qwen2-Audio-7B-Instruct.json"
+ARCHITECTURE = architecture_path("Qwen2-Audio-7B-Instruct")
 TEXT = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 12, "num_attention_heads": 16,
         "num_key_value_heads": 16, "vocab_size": 8192}
 AUDIO = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 128}

@@ -23,6 +23,7 @@ from lalm_slu.planning import paths
 from lalm_slu.planning.config_checks import ConfigError, check_config
 from lalm_slu.planning.grid import expand_grid, expand_prefixes
 from lalm_slu.config.budget_label import LABEL_PATTERN as BUDGET_LABEL_PATTERN
+from lalm_slu.config.files import schema_path
 from lalm_slu.config.schemes import IMITATION_SCHEMES
 from lalm_slu.config.vocabulary import TEST_INPUTS
 
@@ -67,7 +68,7 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     jobs_bin = shlex.quote(str(interpreter_bin())).replace("{", "{{").replace("}", "}}")
     shell.prefix(f'set -euo pipefail; export PATH={jobs_bin}:"$PATH"; ')
 
-VOICE_SCHEMA = str(Path(workflow.basedir) / "workflow/schemas/voices.schema.yaml")
+VOICE_SCHEMA = str(schema_path("voices"))
 
 
 def tts_voice_table():

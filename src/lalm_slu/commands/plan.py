@@ -2,9 +2,9 @@
 
     lalm-slu plan --configfile workflow/configs/paper.yaml [--json]
 
-The configfiles are read as Snakemake reads them (./config.yaml over the demo model's recipe, each --configfile on
-top, the schema's defaults filled in). The formulas and assumptions are in lalm_slu.planning.cost_plan; every GPU job of the
-workflow asks for the GPUs and time limit printed here. `lalm-slu plan-memory` prints one job's memory table.
+The configfiles are read as the Snakefile reads them (lalm_slu.config.layered: ./config.yaml over the demo model's
+recipe, each --configfile on top, the schema's defaults filled in). The formulas and assumptions are in
+lalm_slu.planning.cost_plan; every GPU job of the workflow asks for the GPUs and time limit printed here. `lalm-slu plan-memory` prints one job's memory table.
 """
 
 from __future__ import annotations
@@ -15,12 +15,9 @@ from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
-import yaml
-
+from lalm_slu.config.files import shown_path
+from lalm_slu.config.layered import load_config
 from lalm_slu.planning.cost_plan import PlanError, check_plan_inputs, grid_costs, plan_settings, read_plan_config
-
-BASE_CONFIGS = (Path("workflow/configs/demo_model.yaml"), Path("config.yaml"))
-SCHEMA = Path("workflow/schemas/config.schema.yaml")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,23 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_config(configfiles: list[Path]) -> dict:
-    """The merged, validated config; a file that is not a YAML mapping is named."""
-    from snakemake.utils import update_config, validate
+    """The config `snakemake --configfile <configfiles>` runs with here; its errors name the file or key."""
+    from snakemake.exceptions import WorkflowError
 
-    config: dict = {}
-    for path in [p for p in BASE_CONFIGS if p.is_file()] + list(configfiles):
-        try:
-            layer = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as error:
-            raise PlanError(f"{path}: {error}") from None
-        if not isinstance(layer, (dict, type(None))):
-            raise PlanError(f"{path}: a config file is a mapping of keys, not a YAML {type(layer).__name__}")
-        update_config(config, layer or {})
     try:
-        validate(config, str(SCHEMA))
-    except Exception as error:  # snakemake's WorkflowError names the key the schema refuses
+        return load_config(configfiles)
+    except WorkflowError as error:
         raise PlanError(f"config ({', '.join(map(str, configfiles)) or 'config.yaml'}): {error}") from None
-    return config
 
 
 def plan(config: dict) -> dict:
@@ -56,7 +43,7 @@ def plan(config: dict) -> dict:
     arch, config_json = read_plan_config(config)
     settings, sources = plan_settings(config)
     costs = grid_costs(config, arch, settings)
-    return {"model_shape": str(config_json), "assumptions": {**settings.to_dict(), "sources": sources},
+    return {"model_shape": shown_path(config_json), "assumptions": {**settings.to_dict(), "sources": sources},
             "jobs": [{**asdict(cost), "gpu_hours": cost.gpu_hours, "runtime_minutes": cost.runtime_minutes(settings)}
                      for cost in costs],
             "by_rule": totals(costs, lambda c: c.rule), "by_scheme": totals(costs, lambda c: c.scheme),

@@ -2,10 +2,10 @@
 
     lalm-slu plan-memory --configfile workflow/configs/paper.yaml --gpus 1 4 8 --gpu-memory-gb 80
 
-The configfiles are read as Snakemake reads them: ./config.yaml first, each --configfile on top
-(mappings merged key by key, everything else replaced); training keys they leave out take the schema's
-defaults, as a fine-tuning job's do. The model's shape comes from --config-json, else the downloaded
-model's config.json, else the config's model.architecture copy. The formulas are in lalm_slu.model.memory_plan.
+The configfiles are read as the Snakefile reads them (lalm_slu.config.layered): ./config.yaml over the demo model's
+recipe, each --configfile on top (mappings merged key by key, everything else replaced); training keys they leave
+out take the schema's defaults, as a fine-tuning job's do. The model's shape comes from --config-json, else the downloaded
+model's config.json, else the config's model.architecture (a packaged architecture's name, or a copy's path). The formulas are in lalm_slu.model.memory_plan.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lalm_slu.commands.plan import read_config
+from lalm_slu.config.files import shown_path
 from lalm_slu.planning.cost_plan import PlanError, read_plan_config
 from lalm_slu.model.memory_plan import memory_table, scheme_modules, training_shape
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             f"{', '.join(schemes)}: trains {', '.join(modules)}"
             f"{' (token embeddings frozen)' if shape.freeze_token_embeddings else ''}; {shape.precision}, "
             f"per-device batch {shape.per_device_batch_size} × {shape.sequence_tokens} tokens, gradient checkpointing "
-            f"{'on' if shape.gradient_checkpointing else 'off'}; model shape from {config_json}\n"
+            f"{'on' if shape.gradient_checkpointing else 'off'}; model shape from {shown_path(config_json)}\n"
         )
         print(memory_table(arch, shapes, card) + "\n")
     return 0

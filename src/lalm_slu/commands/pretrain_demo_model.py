@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lalm_slu.config.settings import whole_default
 from lalm_slu.data.records import read_manifest
 from lalm_slu.speech.tts import Voice, pick_voice
 
@@ -19,10 +20,14 @@ def add_arguments(parser):
     parser.add_argument(
         "--voices-json", required=True, help='{"en": {"train": [voice records], "test": [...]}, ...} (config format)'
     )
-    parser.add_argument("--voices-per-sentence", type=int, default=1)
-    parser.add_argument("--min-clips-per-lang", type=int, default=1500, help="more voices for small languages")
-    parser.add_argument("--max-sentences-per-lang", type=int, default=20000)
-    parser.add_argument("--eval-per-lang", type=int, default=200)
+    # Defaults: the schema's (config demo_model.pretrain_options).
+    options = whole_default("pretrain_options")
+    parser.add_argument("--voices-per-sentence", type=int, default=options["voices_per_sentence"])
+    parser.add_argument(
+        "--min-clips-per-lang", type=int, default=options["min_clips_per_lang"], help="more voices for small languages"
+    )
+    parser.add_argument("--max-sentences-per-lang", type=int, default=options["max_sentences_per_lang"])
+    parser.add_argument("--eval-per-lang", type=int, default=options["eval_per_lang"])
     parser.add_argument(
         "--settings", default="{}",
         help="JSON overrides of PretrainConfig fields; a list of them runs stages in order, each from the last",

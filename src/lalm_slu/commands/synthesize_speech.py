@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+from lalm_slu.config.settings import schema_default
 from lalm_slu.data.records import DataError, read_manifest, utterances_from_frame, write_manifest
 from lalm_slu.speech.synthesis import synthesize_utterances, voices_from_json
 
@@ -21,9 +22,25 @@ def add_arguments(parser):
         help='JSON list of voices for this split, e.g. [{"name": "en-us+m3", "rate_wpm": 160, "pitch": 50}]',
     )
     parser.add_argument("--seed", type=int, required=True, help="seeds voice choice and eSpeak NG's noise")
-    parser.add_argument("--threads", type=int, default=1, help="worker processes (does not change the audio)")
-    parser.add_argument("--chunk-size", type=int, default=256, help="utterances per fresh process (changes the audio)")
-    parser.add_argument("--max-duration-s", type=float, default=None, help="fail on longer utterances")
+    # Defaults: the config's (the schema's), as the workflow passes them.
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=schema_default("resources", "synthesize_speech", "threads"),
+        help="worker processes (does not change the audio); default: resources.synthesize_speech.threads",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=schema_default("speech", "tts", "chunk_size"),
+        help="utterances per fresh process (changes the audio); default: speech.tts.chunk_size",
+    )
+    parser.add_argument(
+        "--max-duration-s",
+        type=float,
+        default=schema_default("speech", "max_duration_s"),
+        help="fail on longer utterances; default: speech.max_duration_s",
+    )
 
 
 def run(args):

@@ -4,24 +4,24 @@ cascade's transcription (transcribe-test-set's --settings), imitation tasks (imi
 alignment (align-words' --settings), interleaving (mix-training-set's --interleave); and the check of a fine-tuning
 job's whole --settings (check_finetune_settings).
 
-The schema (workflow/schemas/config.schema.yaml) is the one source of their defaults: a key that a mapping leaves
-out takes the schema's default, and is an error where the schema has none. A key the schema does not know is an
-error naming it, so a misspelt setting never falls back to a default unseen. Plain Python (yaml)."""
+The schema (lalm_slu/config/schemas/config.schema.yaml, package data) is the one source of their defaults: a key
+that a mapping leaves out takes the schema's default, and is an error where the schema has none. A key the schema
+does not know is an error naming it, so a misspelt setting never falls back to a default unseen. Plain Python (yaml)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[3] / "workflow/schemas/config.schema.yaml"
+from lalm_slu.config.files import schema_path
 
 
 class SettingsError(ValueError):
@@ -30,7 +30,40 @@ class SettingsError(ValueError):
 
 @functools.cache
 def config_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return yaml.safe_load(schema_path().read_text(encoding="utf-8"))
+
+
+def resolved(schema: dict) -> dict:
+    """A schema node with its local `$ref` ("#/$defs/name") followed, its own keys over the target's."""
+    if "$ref" not in schema:
+        return schema
+    target = config_schema()
+    for part in schema["$ref"].removeprefix("#/").split("/"):
+        target = target[part]
+    return {**resolved(target), **{key: value for key, value in schema.items() if key != "$ref"}}
+
+
+def schema_default(*keys: str):
+    """The value config key keys[0].keys[1]... takes when no config file sets it, as the schema's defaults fill
+    it in (an enclosing block's default first, then the key's own): e.g. ("speech", "tts", "chunk_size")."""
+    node, value = config_schema(), {}
+    for key in keys:
+        prop = resolved(node)["properties"][key]
+        if key in value:
+            value = value[key]
+        elif "default" in prop:
+            value = prop["default"]
+        else:
+            raise KeyError(f"the schema gives config {'.'.join(keys)} no default")
+        node = prop
+    return copy.deepcopy(value)
+
+
+def whole_default(block: str) -> dict:
+    """The default a $defs block keeps whole (a pretraining stage's settings, pretraining's options): what a key
+    the config leaves out takes. Kept whole, not per key, so that Snakemake fills nothing in and the keys set
+    reach the job as written."""
+    return copy.deepcopy(config_schema()["$defs"][block]["default"])
 
 
 def block_properties(block: str) -> dict[str, dict]:

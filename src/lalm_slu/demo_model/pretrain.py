@@ -15,6 +15,7 @@ stage resumes; one of other settings never does) and frame cache (lalm_slu.train
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -40,7 +41,7 @@ from lalm_slu.model.loss import answer_loss
 from lalm_slu.evaluation.metrics import word_error_rate
 from lalm_slu.model.loading import load_model_and_processor
 from lalm_slu.core.outputs import write_text_atomic
-from lalm_slu.config.settings import GenerationSettings
+from lalm_slu.config.settings import GenerationSettings, whole_default
 from lalm_slu.data.audio import load_audio
 from lalm_slu.speech.tts import Voice
 from lalm_slu.training.run_identity import CHECKPOINTS, model_identity
@@ -91,48 +92,55 @@ INSTRUCTION_TASKS = {
 }
 
 
+PRETRAIN_DEFAULTS = whole_default("pretrain_stage")
+
+
+def stage_default(key: str):
+    """A PretrainConfig field whose default is the schema's ($defs.pretrain_stage's default, the one source)."""
+    value = PRETRAIN_DEFAULTS[key]
+    return field(default_factory=lambda: copy.deepcopy(value))
+
+
 @dataclass
 class PretrainConfig:
-    steps: int = 4000
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    warmup_steps: int = 200
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    text_fraction: float = 0.25
-    trainable: list = field(default_factory=lambda: ["multi_modal_projector", "language_model", "lm_head"])
-    checkpoint_every: int = 250
-    eval_every: int = 1000
-    eval_utterances: int = 60
-    seed: int = 0
-    threads: int = 2
+    """A pretraining stage's settings: the schema's $defs.pretrain_stage describes each key."""
+
+    steps: int = stage_default("steps")
+    batch_size: int = stage_default("batch_size")
+    learning_rate: float = stage_default("learning_rate")
+    warmup_steps: int = stage_default("warmup_steps")
+    min_lr_ratio: float = stage_default("min_lr_ratio")
+    weight_decay: float = stage_default("weight_decay")
+    text_fraction: float = stage_default("text_fraction")
+    trainable: list = stage_default("trainable")
+    checkpoint_every: int = stage_default("checkpoint_every")
+    eval_every: int = stage_default("eval_every")
+    eval_utterances: int = stage_default("eval_utterances")
+    seed: int = stage_default("seed")
+    threads: int = stage_default("threads")
     # End this session after so many steps (checkpointed, no final output): fits a job's time limit.
-    stop_after_steps: int | None = None
+    stop_after_steps: int | None = stage_default("stop_after_steps")
     # Embedding alignment, from `alignment_start_step` on: CTC of the projected audio frames against the
     # transcript's tokens, scored by cosine similarity with the LLM's token embeddings (blank = pad token),
     # and a penalty keeping projected frames at the token embeddings' norm. Without it the projector's
     # output is ~25x larger than a token embedding and the LLM reads speech and text in different ways.
-    alignment_start_step: int | None = None
-    ctc_weight: float = 0.5
-    norm_weight: float = 1.0
-    ctc_scale: float = 16.0
+    alignment_start_step: int | None = stage_default("alignment_start_step")
+    ctc_weight: float = stage_default("ctc_weight")
+    norm_weight: float = stage_default("norm_weight")
+    ctc_scale: float = stage_default("ctc_scale")
     # Instruction imitation after the `steps` above: its own warm-up and cosine schedule, and task weights.
-    instruction_steps: int = 0
-    instruction_learning_rate: float = 5e-4
-    instruction_warmup_steps: int = 50
-    instruction_tasks: dict = field(
-        default_factory=lambda: {
-            "transcribe": 0.3, "quote_json": 0.2, "first_words": 0.2, "last_words": 0.15, "count_words": 0.15
-        }
-    )
+    instruction_steps: int = stage_default("instruction_steps")
+    instruction_learning_rate: float = stage_default("instruction_learning_rate")
+    instruction_warmup_steps: int = stage_default("instruction_warmup_steps")
+    instruction_tasks: dict = stage_default("instruction_tasks")
 
     # Encode every training clip once before the first step and train on the cached frames: the encoder is
     # most of a speech step. Frozen lower layers are cached too when only upper ones train (`audio_tower.layers.N`,
     # `audio_tower.layer_norm`): a step then runs the trained layers alone.
-    cache_encoder_frames: bool = True
+    cache_encoder_frames: bool = stage_default("cache_encoder_frames")
     # Start the stage by keeping only these LLM decoder layers (indices of the model it starts from): a
     # shallower LLM makes every fine-tuning step cheaper; the stage's training heals the gap.
-    keep_language_model_layers: list | None = None
+    keep_language_model_layers: list | None = stage_default("keep_language_model_layers")
 
     def __post_init__(self):
         if self.cache_encoder_frames:

@@ -47,6 +47,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lalm_slu.config.files import architecture_path
 from lalm_slu.config.settings import TrainingSettings
 
 GIB = 2**30
@@ -364,7 +365,7 @@ def model_config_json(model: dict) -> Path | None:
     downloaded = Path(model["path"]) / "config.json"
     if downloaded.is_file():
         return downloaded
-    return Path(model["architecture"]) if model.get("architecture") else None
+    return architecture_path(model["architecture"]) if model.get("architecture") else None
 
 
 def scheme_modules(config: dict) -> dict[tuple[str, ...], list[str]]:
