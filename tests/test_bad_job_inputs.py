@@ -397,7 +397,8 @@ def test_transcribing_an_empty_test_set_is_an_error_not_a_wer_of_zero(tmp_path, 
 
 def finetune_settings() -> dict:
     from lalm_slu.config.layered import load_config
-    from lalm_slu.planning.grid import expand_grid, run_settings
+    from lalm_slu.planning.grid import expand_grid
+    from lalm_slu.planning.job_arguments import run_settings
 
     config = load_config(workdir=REPO)
     run = next(run for run in expand_grid(config).values() if run.scheme == "curriculum")
@@ -450,8 +451,9 @@ def test_fine_tuning_settings_that_are_no_object_are_named(tmp_path, capsys, set
 
 def test_every_run_of_the_demo_passes_the_fine_tuning_check():
     from lalm_slu.config.layered import load_config
-    from lalm_slu.planning.grid import expand_grid, run_settings
     from lalm_slu.config.settings import check_finetune_settings
+    from lalm_slu.planning.grid import expand_grid
+    from lalm_slu.planning.job_arguments import run_settings
 
     config = load_config(workdir=REPO)
     for run in expand_grid(config).values():

@@ -11,11 +11,11 @@ from lalm_slu.planning.grid import (
     phase_one_run,
     prefix_of,
     run_name,
-    run_settings,
     run_testsets,
     scheme_budgets,
-    start_model,
 )
+from lalm_slu.planning.job_arguments import run_settings
+from lalm_slu.planning.paths import start_model
 
 PHASE = {"phase": 1, "epochs": 1, "learning_rate": 1e-3, "warmup_ratio": 0.0}
 

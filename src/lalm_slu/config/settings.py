@@ -144,7 +144,7 @@ class SchemaView:
 
 @dataclass(frozen=True)
 class TrainingSettings(SchemaView):
-    """The config's `training` block, and `seed`: the run's seed, which grid.run_settings adds to a fine-tuning
+    """The config's `training` block, and `seed`: the run's seed, which job_arguments.run_settings adds to a fine-tuning
     job's training settings (None in the config's block, which belongs to no run)."""
 
     per_device_batch_size: int
@@ -315,7 +315,7 @@ FINETUNE_BLOCKS = ("model", "training", "scheme", "prompt")
 
 @functools.cache
 def finetune_settings_schema() -> dict:
-    """The schema of a fine-tuning job's --settings (grid.run_settings), from the config schema's blocks."""
+    """The schema of a fine-tuning job's --settings (job_arguments.run_settings), from the config schema's blocks."""
     schema = config_schema()
     blocks = schema["properties"]
     model = blocks["model"]["properties"]

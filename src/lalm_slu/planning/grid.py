@@ -137,16 +137,6 @@ def scheme_block(config: dict, run: Run) -> dict:
     return {**config["schemes"][run.scheme], **run.scheme_settings}
 
 
-def start_model(config: dict, run: Run) -> str:
-    """The model a run's training starts from: its phase-1 run's for imitation schemes, else model.path."""
-    if run.scheme in IMITATION_SCHEMES:
-        # paths imports this module: imported here, where it is used, so that paths.py names every file.
-        from lalm_slu.planning.paths import run_model_dir
-
-        return run_model_dir(phase_one_run(run).name)
-    return config["model"]["path"]
-
-
 def prefix_of(run: Run) -> str | None:
     """The name of the job that trains the run's budget-free first phases (schemes.BUDGET_FREE_PHASES), shared by
     every budget of its seed and data: slurp-en_curriculum_phase1_s0. None: the run trains all of its phases.
@@ -158,18 +148,11 @@ def prefix_of(run: Run) -> str | None:
     return f"{data}_{run.scheme}_phase{phases}_s{run.seed}"
 
 
-def run_settings(config: dict, run: Run, phases: int | None = None) -> dict:
-    """Everything training needs besides the data; `phases`: only the first ones (a prefix)."""
+def run_scheme(config: dict, run: Run, phases: int | None = None) -> dict:
+    """The run's scheme as its job is told it (the entry's scheme_settings applied); `phases`: only the first ones."""
     scheme = {"name": run.scheme, **scheme_block(config, run)}
     scheme["phases"] = scheme["phases"][:phases]
-    return {
-        # What the weights are; where they came from (hub_id, revision) or how planning sized them does not
-        # identify the run.
-        "model": {**{key: config["model"][key] for key in ("path", "lora")}, "path": start_model(config, run)},
-        "training": {**config["training"], "seed": run.seed},
-        "scheme": scheme,
-        "prompt": config["prompt"],
-    }
+    return scheme
 
 
 def expand_prefixes(config: dict, runs: dict[str, Run]) -> dict[str, Run]:
@@ -180,7 +163,8 @@ def expand_prefixes(config: dict, runs: dict[str, Run]) -> dict[str, Run]:
         if name is None:
             continue
         prefix, phases = replace(run, budget="0"), BUDGET_FREE_PHASES[run.scheme]
-        if name in prefixes and run_settings(config, prefixes[name], phases) != run_settings(config, prefix, phases):
+        # The rest of their settings (model, training, prompt, seed) is the same by the prefix's name.
+        if name in prefixes and run_scheme(config, prefixes[name], phases) != run_scheme(config, prefix, phases):
             raise ConfigError(
                 f"grid: runs sharing first phases {name!r} have different settings for them "
                 "(scheme_settings of two entries for the same data?)"

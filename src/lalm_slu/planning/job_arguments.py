@@ -10,7 +10,8 @@ import json
 import shlex
 
 from lalm_slu.planning.config_checks import ConfigError
-from lalm_slu.planning.grid import Run, run_settings, scheme_block
+from lalm_slu.planning.grid import Run, run_scheme, scheme_block
+from lalm_slu.planning.paths import start_model
 from lalm_slu.config.schemes import BUDGET_FREE_PHASES, IMITATION_SCHEMES, INTERLEAVING_SCHEMES
 from lalm_slu.config.settings import AudioFrameSettings, ImitationTask, TrainingSettings
 
@@ -135,6 +136,18 @@ def audio_frames_settings(config: dict) -> str:
 def prefix_phases(run: Run) -> int:
     """How many of a curriculum run's phases its shared prefix trains (they need no speech budget)."""
     return BUDGET_FREE_PHASES[run.scheme]
+
+
+def run_settings(config: dict, run: Run, phases: int | None = None) -> dict:
+    """Everything training needs besides the data; `phases`: only the first ones (a prefix)."""
+    return {
+        # What the weights are; where they came from (hub_id, revision) or how planning sized them does not
+        # identify the run.
+        "model": {**{key: config["model"][key] for key in ("path", "lora")}, "path": start_model(config, run)},
+        "training": {**config["training"], "seed": run.seed},
+        "scheme": run_scheme(config, run, phases),
+        "prompt": config["prompt"],
+    }
 
 
 def finetune_settings(config: dict, run: Run, prefix: str | None = None) -> str:

@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import PurePath
 
-from lalm_slu.planning.grid import Run, parse_testset, phase_one_run, prefix_of, run_testsets, scheme_block, start_model
+from lalm_slu.planning.grid import Run, parse_testset, phase_one_run, prefix_of, run_testsets, scheme_block
 from lalm_slu.config.budget_label import budget_label
 from lalm_slu.config.schemes import FIXED_BUDGETS, IMITATION_SCHEMES, INTERLEAVING_SCHEMES
 from lalm_slu.config.settings import DevEvalSettings
@@ -73,6 +73,13 @@ def prefix_checkpoint_path(prefix: str) -> str:
 def run_model_dir(name: str) -> str:
     """A run's fine-tuned model (rule finetune_model's output), with its loss.csv, dev.csv and summary.json."""
     return f"results/runs/{name}/model"
+
+
+def start_model(config: dict, run: Run) -> str:
+    """The model a run's training starts from: its phase-1 run's for imitation schemes, else model.path."""
+    if run.scheme in IMITATION_SCHEMES:
+        return run_model_dir(phase_one_run(run).name)
+    return config["model"]["path"]
 
 
 def prediction_path(run_name: str, testset: str, modality: str) -> str:
