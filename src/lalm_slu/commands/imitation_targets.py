@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 
-from lalm_slu.data.budgets import read_budget_ids
-from lalm_slu.data.records import DataError
+from lalm_slu.commands.arguments import add_threads_argument
 
 
 def add_arguments(parser):
@@ -18,17 +17,14 @@ def add_arguments(parser):
                         help='JSON list of {"task": name, "instruction": text, "model": "phase1" or "base"}')
     parser.add_argument("--settings", required=True, help="JSON: num_beams, batch_size, max_new_tokens, device")
     parser.add_argument("--out", required=True, help="targets parquet")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (a resource: it does not identify the output)")
+    add_threads_argument(parser, "output")
 
 
 def run(args):
-    from lalm_slu.training.imitation import write_imitation_targets
+    from lalm_slu.training.imitation import read_paired_speech_pool, write_imitation_targets
     from lalm_slu.model.loading import set_threads
 
-    pools = [(manifest, read_budget_ids(ids)) for manifest, ids in args.pool]
-    if not any(ids for _, ids in pools):  # nothing to imitate: no targets file, not an empty one
-        raise DataError("the paired-speech pool is empty (no ids in " + ", ".join(ids for _, ids in args.pool) + ")")
+    pools = read_paired_speech_pool(args.pool)
     set_threads(args.threads)
     models = {"phase1": args.model, **({"base": args.base_model} if args.base_model else {})}
     print(json.dumps(write_imitation_targets(models, pools, json.loads(args.tasks), json.loads(args.settings),
