@@ -11,8 +11,3 @@ def add_metrics_argument(parser, dest: str, default, help: str) -> None:
         "--metric", dest=dest, nargs="+", choices=METRIC_NAMES, metavar="METRIC", default=list(default), help=help
     )
 
-
-def add_threads_argument(parser, identifies: str) -> None:
-    """--threads N: CPU threads of torch, a resource that does not identify what the job makes (`identifies`)."""
-    parser.add_argument("--threads", type=int, default=None,
-                        help=f"CPU threads (a resource: it does not identify the {identifies})")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-from lalm_slu.commands.arguments import add_threads_argument
-
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True, help="the phase-1 (text-only) fine-tuned model")
@@ -17,7 +15,8 @@ def add_arguments(parser):
                         help='JSON list of {"task": name, "instruction": text, "model": "phase1" or "base"}')
     parser.add_argument("--settings", required=True, help="JSON: num_beams, batch_size, max_new_tokens, device")
     parser.add_argument("--out", required=True, help="targets parquet")
-    add_threads_argument(parser, "output")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (a resource: it does not identify the output)")
 
 
 def run(args):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lalm_slu.data.audio import BAD_AUDIO_MODES, ingest_manifest
+from lalm_slu.data.audio import BAD_AUDIO_MODES
+from lalm_slu.data.recorded_audio import ingest_manifest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

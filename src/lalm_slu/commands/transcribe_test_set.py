@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from lalm_slu.commands.arguments import add_threads_argument
-
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True, help="the base model (before SLU fine-tuning)")
@@ -14,7 +12,8 @@ def add_arguments(parser):
                         help="JSON: instruction, answer_pattern, num_beams, batch_size, max_new_tokens")
     parser.add_argument("--out", required=True, help="cascade manifest (the transcripts as text)")
     parser.add_argument("--wer", required=True, help="JSON summary with the transcripts' WER")
-    add_threads_argument(parser, "output")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (a resource: it does not identify the output)")
 
 
 def run(args):
