@@ -33,7 +33,7 @@ from conftest import BIN, REPO, WorkflowCopy, make_utterances, subprocess_env
 
 from lalm_slu.data.budgets import write_budget_ids
 from lalm_slu.cli import main
-from lalm_slu.commands import download_slurp_release
+from lalm_slu.data.corpora import slurp_release
 from lalm_slu.data.records import Utterance, read_manifest, write_manifest
 from lalm_slu.data.audio import write_flac
 from lalm_slu.config.files import schema_path
@@ -785,9 +785,9 @@ def release_mirror(tmp_path, monkeypatch):
     """A file:// copy of the three release files, and their blob ids pinned in place of the real ones."""
     mirror = tmp_path / "mirror"
     write_release(mirror, good_release_records())
-    blobs = {name: download_slurp_release.git_blob_id((mirror / name).read_bytes()) for name in RELEASE_NAMES}
-    monkeypatch.setattr(download_slurp_release, "RELEASE_BLOBS", blobs)
-    monkeypatch.setattr(download_slurp_release.time, "sleep", lambda seconds: None)
+    blobs = {name: slurp_release.git_blob_id((mirror / name).read_bytes()) for name in RELEASE_NAMES}
+    monkeypatch.setattr(slurp_release, "RELEASE_BLOBS", blobs)
+    monkeypatch.setattr(slurp_release.time, "sleep", lambda seconds: None)
     return mirror
 
 
@@ -804,12 +804,12 @@ def test_release_download_writes_the_three_checked_files_then_the_stamp(tmp_path
     for name in RELEASE_NAMES:
         assert (tmp_path / "slurp" / name).read_bytes() == (release_mirror / name).read_bytes()
     stamp = json.loads((tmp_path / "stamp.json").read_text())
-    assert stamp["commit"] == download_slurp_release.SLURP_COMMIT
-    assert stamp["files"]["test.jsonl"]["git_blob"] == download_slurp_release.RELEASE_BLOBS["test.jsonl"]
+    assert stamp["commit"] == slurp_release.SLURP_COMMIT
+    assert stamp["files"]["test.jsonl"]["git_blob"] == slurp_release.RELEASE_BLOBS["test.jsonl"]
 
 
 def test_pinned_blob_id_is_gits_checksum_of_the_content():
-    assert download_slurp_release.git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+    assert slurp_release.git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
 
 
 def flaky_fetch(failures: list, real_fetch):
@@ -837,15 +837,15 @@ def flaky_fetch(failures: list, real_fetch):
     ids=["connection-dropped-mid-file", "connection-reset", "timeout", "short-body-wrong-checksum"],
 )
 def test_interrupted_release_download_is_retried_and_completes(tmp_path, release_mirror, monkeypatch, caplog, failure):
-    real_fetch = download_slurp_release.fetch
-    monkeypatch.setattr(download_slurp_release, "fetch", flaky_fetch([failure], real_fetch))
+    real_fetch = slurp_release.fetch
+    monkeypatch.setattr(slurp_release, "fetch", flaky_fetch([failure], real_fetch))
     assert download_release_command(release_mirror, tmp_path / "slurp", tmp_path / "stamp.json") == 0
     assert "attempt 1/3 failed" in caplog.text
     assert (tmp_path / "slurp" / "train.jsonl").read_bytes() == (release_mirror / "train.jsonl").read_bytes()
 
 
 def test_release_download_that_keeps_failing_leaves_no_file_and_no_stamp(tmp_path, release_mirror, monkeypatch, capsys):
-    monkeypatch.setattr(download_slurp_release, "fetch", lambda url: b"<html>rate limited</html>")
+    monkeypatch.setattr(slurp_release, "fetch", lambda url: b"<html>rate limited</html>")
     assert download_release_command(release_mirror, tmp_path / "slurp", tmp_path / "stamp.json") == 1
     assert "download failed after 3 attempts; last: checksum mismatch" in capsys.readouterr().err
     assert not (tmp_path / "stamp.json").exists()
@@ -868,7 +868,7 @@ def test_half_written_release_file_from_a_crash_is_replaced_not_trusted(tmp_path
 
 def test_complete_release_files_are_kept_not_fetched_again(tmp_path, release_mirror, monkeypatch):
     assert download_release_command(release_mirror, tmp_path / "slurp", tmp_path / "stamp.json") == 0
-    monkeypatch.setattr(download_slurp_release, "fetch", lambda url: pytest.fail(f"fetched {url} again"))
+    monkeypatch.setattr(slurp_release, "fetch", lambda url: pytest.fail(f"fetched {url} again"))
     assert download_release_command(release_mirror, tmp_path / "slurp", tmp_path / "stamp2.json") == 0
 
 

@@ -171,3 +171,23 @@ def test_read_budget_ids_names_file_and_line_of_a_duplicate(tmp_path):
     path.write_text("a\nb\na\n")
     with pytest.raises(DataError, match=r"ids.txt:3: duplicate id 'a'"):
         read_budget_ids(path)
+
+
+def test_write_budgets_lists_are_prefixes_of_one_another(tmp_path, manifest_file):
+    from lalm_slu.data.budgets import write_budgets
+
+    manifest = manifest_file(make_utterances(30))
+    write_budgets(str(manifest), [SpeechBudget.from_label(label) for label in ("10", "2shot", "50")], 4, tmp_path)
+    ten, shots, fifty = (read_budget_ids(tmp_path / f"{label}.txt") for label in ("10", "2shot", "50"))
+    assert fifty[: len(ten)] == ten and len(fifty) == 15
+    assert json.loads((tmp_path / "2shot.json").read_text())["seed"] == 4
+
+
+def test_write_budgets_refuses_a_pool_with_a_repeated_id_naming_its_manifest(tmp_path, manifest_file):
+    from lalm_slu.data.budgets import write_budgets
+
+    utterances = make_utterances(4)
+    manifest = manifest_file([*utterances, utterances[1]])
+    with pytest.raises(DataError, match=rf"{re.escape(str(manifest))}: duplicate utterance id 'utt0001'"):
+        write_budgets(str(manifest), [SpeechBudget.from_label("50")], 0, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

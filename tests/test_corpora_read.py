@@ -114,3 +114,11 @@ def test_prepare_corpus_manifest_round_trips_entities(tmp_path):
     row = dev.iloc[0]
     assert row["intent"] == "weather_find" and row["entities"][0] == {"type": "weather/attribute", "filler": "Pioverà"}
     assert pd.isna(row["audio"])
+
+
+def test_reader_options_given_as_text_become_numbers_where_the_readers_default_is_one():
+    from lalm_slu.data.corpora.prepare import convert_option
+
+    assert convert_option("speech_massive_hub", "max_duration_s", "12.5") == 12.5
+    assert convert_option("speech_massive_hub", "config", "fr-FR") == "fr-FR"
+    assert convert_option("slurp_release", "recording", "headset") == "headset"

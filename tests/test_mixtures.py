@@ -305,3 +305,23 @@ def test_mix_training_set_command_names_the_speech_manifest_when_a_clip_has_no_d
                    "--seed", "0", "--out", str(tmp_path / "mix.parquet")])  # fmt: skip
     assert status == 1 and not (tmp_path / "mix.parquet").exists()
     assert re.search(r"speech.parquet: speech item 'utt0002' has audio but no duration_s", capsys.readouterr().err)
+
+
+def test_write_training_mixture_makes_the_target_the_scarce_part_and_can_leave_its_text_out(tmp_path):
+    from lalm_slu.data.mixture_files import write_training_mixture
+
+    source, target = make_utterances(6, prefix="en"), make_utterances(6, lang="de", prefix="de")
+    files = {}
+    for name, utterances, speech_ids in (("source", source, [u.id for u in source]), ("target", target, ["de0002"])):
+        files[name] = (str(write_manifest(utterances, tmp_path / f"{name}-text.parquet")),
+                       str(write_manifest(with_audio(utterances, {u.id for u in utterances}),
+                                          tmp_path / f"{name}-speech.parquet")),
+                       str(tmp_path / f"{name}-ids.txt"))  # fmt: skip
+        write_budget_ids(speech_ids, files[name][2])
+    out = tmp_path / "mix.parquet"
+    mixture = write_training_mixture("direct_mixing", files["source"], 0, str(out), target=files["target"],
+                                     target_text=False)  # fmt: skip
+    pd.testing.assert_frame_equal(pd.read_parquet(out), mixture.reset_index(drop=True))
+    german = items(mixture, lang="de")
+    assert list(german["modality"]) == ["speech"] and list(german["id"]) == ["de0002"]
+    assert len(items(mixture, lang="en", modality="text")) == 6 and len(items(mixture, lang="en", modality="speech")) == 6

@@ -15,7 +15,7 @@ from huggingface_hub import errors
 
 from fixtures.hub_schema import make_model_repo
 from lalm_slu.cli import main
-from lalm_slu.commands.download_model import REVISION_FILE, is_commit
+from lalm_slu.model.hub_snapshot import REVISION_FILE, is_commit
 from lalm_slu.planning.job_arguments import model_revision_pinning
 from lalm_slu.config.files import architecture_path
 
@@ -101,7 +101,7 @@ def test_the_resolved_commit_is_recorded_inside_the_model_folder(hub, tmp_path):
 
 
 def test_a_branch_name_is_downloaded_with_a_warning_naming_its_commit(hub, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="lalm_slu.commands.download_model"):
+    with caplog.at_level(logging.WARNING, logger="lalm_slu.model.hub_snapshot"):
         assert download(tmp_path) == 0
     assert "'main' is not a commit" in caplog.text and COMMIT in caplog.text
 
@@ -113,7 +113,7 @@ def test_a_required_commit_refuses_a_branch_name_before_downloading_anything(hub
 
 
 def test_a_required_commit_downloads_that_commit_without_warning(hub, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="lalm_slu.commands.download_model"):
+    with caplog.at_level(logging.WARNING, logger="lalm_slu.model.hub_snapshot"):
         assert download(tmp_path, "Qwen/Qwen2-Audio-7B-Instruct", COMMIT, "--require-commit") == 0
     assert hub.downloads == [("Qwen/Qwen2-Audio-7B-Instruct", COMMIT)] and not caplog.records
     assert json.loads((tmp_path / "stamp.json").read_text())["revision"] == COMMIT

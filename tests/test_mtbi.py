@@ -21,7 +21,7 @@ from lalm_slu.data.budgets import write_budget_ids
 from lalm_slu.cli import main
 from lalm_slu.data.mixtures import ManifestCache, MixturePart, build_mixture, with_item_data
 from lalm_slu.model.loading import load_model_and_processor
-from lalm_slu.data.records import Utterance, read_manifest, write_manifest
+from lalm_slu.data.records import DataError, Utterance, read_manifest, write_manifest
 from lalm_slu.config.settings import GenerationSettings, ImitationTask, InterleavingSettings
 from lalm_slu.speech.tts import ESpeakSynthesizer, Voice
 from lalm_slu.training.items import load_items, sequence_lengths, to_chat_items
@@ -309,3 +309,12 @@ def test_an_mtbi_phase_two_trains_only_the_projector_on_imitation_and_interleave
     changed = [name for name in before if not torch.equal(before[name], after[name])]
     assert changed and all("multi_modal_projector" in name for name in changed)
     assert summary["optimizer_steps"] == 2
+
+
+def test_paired_speech_pool_is_each_manifests_id_list_and_an_empty_pool_is_refused(tmp_path):
+    write_budget_ids(["u2", "u0"], tmp_path / "a.txt")
+    write_budget_ids([], tmp_path / "b.txt")
+    pool_files = [("a.parquet", str(tmp_path / "a.txt")), ("b.parquet", str(tmp_path / "b.txt"))]
+    assert imitation.read_paired_speech_pool(pool_files) == [("a.parquet", ["u2", "u0"]), ("b.parquet", [])]
+    with pytest.raises(DataError, match="the paired-speech pool is empty"):
+        imitation.read_paired_speech_pool(pool_files[1:])

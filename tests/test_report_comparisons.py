@@ -278,3 +278,22 @@ def test_a_grid_without_comparable_settings_writes_empty_tables_with_headers(tmp
     empty = pd.DataFrame(columns=COMPARISON_COLUMNS)
     assert "| Question | Test set |" in to_markdown(comparisons_table(empty, METRICS))
     assert "| Paper's claim | Test set |" in to_markdown(findings_table(empty, METRICS))
+
+
+def test_compare_predictions_gives_a_row_per_comparison_and_metric(tmp_path):
+    from lalm_slu.report.comparisons import compare_predictions
+
+    manifest, predictions, metrics_csv = write_fake_grid(tmp_path)
+    metrics = ["intent_accuracy", "slu_f1"]
+    frame = compare_predictions(metrics_csv, predictions, [("slurp-en", manifest)], [], [], metrics, 20, 0)
+    per_comparison = frame.groupby(["question", "compared_label", "reference_label"])["metric"].apply(list)
+    assert len(per_comparison) > 0 and all(listed == metrics for listed in per_comparison)
+
+
+def test_compare_predictions_refuses_a_test_set_without_its_gold_manifest(tmp_path):
+    from lalm_slu.data.records import DataError
+    from lalm_slu.report.comparisons import compare_predictions
+
+    _, predictions, metrics_csv = write_fake_grid(tmp_path)
+    with pytest.raises(DataError, match="no --gold manifest for test set 'slurp-en'"):
+        compare_predictions(metrics_csv, predictions, [], [], [], ["intent_accuracy"], 10, 0)

@@ -167,3 +167,29 @@ def test_tables_command_reads_the_cascade_wer_files(metrics_csv, tmp_path):
     out_dir = tmp_path / "tables"
     main(["tables", "--metrics", str(metrics_csv), "--cascade-wer", str(wer), "--out-dir", str(out_dir)])
     assert "WER 50.0 %" in (out_dir / "slurp-en.test.md").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"wer": 0.25}', None),
+        ('{"wer": -0.1}', "'wer' is -0.1, expected a finite number ≥ 0"),
+        ('{"wer": NaN}', "'wer' is nan, expected a finite number ≥ 0"),
+        ('{"wer": true}', "'wer' is True, expected a finite number ≥ 0"),
+        ('{"utterances": 3}', "not a transcription summary with a 'wer' \\(KeyError"),
+        ("[0.25", "not a transcription summary with a 'wer' \\(JSONDecodeError"),
+    ],
+    ids=["valid", "negative", "nan", "boolean", "no-wer", "not-json"],
+)
+def test_a_cascade_wer_file_is_read_or_refused_naming_it(tmp_path, content, message):
+    from lalm_slu.data.records import DataError
+    from lalm_slu.report.paper_tables import read_cascade_wer
+
+    path = tmp_path / "test.wer.json"
+    path.write_text(content)
+    if message is None:
+        assert read_cascade_wer(path) == 0.25
+    else:
+        with pytest.raises(DataError, match=message) as error:
+            read_cascade_wer(path)
+        assert str(path) in str(error.value)

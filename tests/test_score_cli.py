@@ -377,3 +377,16 @@ def test_the_scoring_library_is_importable_without_the_command():
     code = "import sys, lalm_slu.evaluation.scoring; print('lalm_slu.commands' in ' '.join(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_score_report_puts_the_meta_block_first_and_counts_bad_lines_when_asked(tmp_path, manifest_gold):
+    from lalm_slu.evaluation.scoring import score_report
+
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text(json.dumps(our_prediction_line("u2", format_target("weather", "query", []))) + "\n{not json\n")
+    report = json.loads(score_report(manifest_gold, pred, bootstrap_resamples=0, on_bad_line="count",
+                                     meta={"run": "r"}, as_json=True))  # fmt: skip
+    assert list(report)[0] == "meta" and report["meta"] == {"run": "r"}
+    assert report["counts"]["n_bad_lines"] == 1 and report["counts"]["n_gold"] == 3
+    table = score_report(manifest_gold, pred, bootstrap_resamples=0, on_bad_line="count")
+    assert table.startswith("metric") and "n_bad_lines=1" in table

@@ -3,7 +3,7 @@
 import pytest
 
 from lalm_slu.cli import main
-from lalm_slu.commands.update_readme import END, START
+from lalm_slu.report.readme_block import END, START
 
 
 def test_update_readme_replaces_only_the_marked_block(tmp_path):

@@ -12,12 +12,9 @@ import logging
 from pathlib import Path
 
 from lalm_slu.config.settings import block_properties
-from lalm_slu.evaluation.scoring import matched_examples, read_gold, read_predictions
-from lalm_slu.evaluation.metrics import METRIC_NAMES, count_matrix
 from lalm_slu.core.outputs import write_text_atomic
-from lalm_slu.data.records import DataError
-from lalm_slu.report.aggregate import read_metrics_csv
-from lalm_slu.report.comparisons import ArmScores, arms_from_metrics, compare_all, plan_comparisons
+from lalm_slu.evaluation.metrics import METRIC_NAMES
+from lalm_slu.report.comparisons import compare_predictions
 from lalm_slu.report.tables import DEFAULT_TABLE_METRICS
 
 log = logging.getLogger(__name__)
@@ -52,25 +49,8 @@ def _testset_path(text: str) -> tuple[str, Path]:
 
 
 def run(args) -> int:
-    arms = arms_from_metrics(read_metrics_csv(args.metrics))
-    comparisons = plan_comparisons(arms, args.scheme_pairs, args.modality_pairs)
-    needed = {arm for comparison in comparisons for arm in (comparison.compared, comparison.reference)}
-    predictions = {Path(path).parts[-4:]: Path(path) for path in args.predictions}
-    gold = {testset: read_gold(path) for testset, path in args.gold}
-    scores = {}
-    for arm in needed:
-        if arm.testset not in gold:
-            raise DataError(f"no --gold manifest for test set {arm.testset!r}")
-        counts = {}
-        for seed, run_name in arms[arm].items():
-            layout = ("runs", run_name, "predictions", f"{arm.testset}.{arm.modality}.jsonl")
-            if layout not in predictions:
-                raise DataError(f"no predictions of run {run_name!r} on {arm.testset}.{arm.modality} "
-                                f"(no --predictions path ends in {'/'.join(layout)})")
-            pairs, _ = matched_examples(gold[arm.testset], read_predictions(predictions[layout]))
-            counts[seed] = count_matrix(pairs)
-        scores[arm] = ArmScores(arm, counts)
-    frame = compare_all(comparisons, scores, args.metrics_compared, args.bootstrap, args.seed)
+    frame = compare_predictions(args.metrics, args.predictions, args.gold, args.scheme_pairs, args.modality_pairs,
+                                args.metrics_compared, args.bootstrap, args.seed)
     write_text_atomic(args.out, frame.to_csv(index=False, lineterminator="\n", float_format="%.6f"))
-    log.info("wrote %d comparisons to %s", len(comparisons), args.out)
+    log.info("wrote %d comparisons to %s", len(frame) // len(args.metrics_compared), args.out)
     return 0

@@ -1,31 +1,16 @@
-"""`lalm-slu download`: fetch hub corpora into a cache once, on a node with network.
-
-Later jobs read the cache with HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1. A stamp file (JSON) lists
-what was fetched: repository, config, revision, and rows per split.
-"""
+"""`lalm-slu download`: fetch hub corpora into a cache once, on a node with network
+(lalm_slu.data.corpora.hub_download; later jobs read the cache offline)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import time
 from pathlib import Path
 
-from lalm_slu.data.corpora.hub import ITALIC_REVISION, SPEECH_MASSIVE_TEST_REPO, HubAccessError, load_hub
-from lalm_slu.core.outputs import write_text_atomic
+from lalm_slu.data.corpora.hub import HubAccessError
+from lalm_slu.data.corpora.hub_download import HUB_CORPORA, NEEDS_LOCALES, download_hub_corpus
 
 log = logging.getLogger(__name__)
-
-# corpus: (repository, how a locale/config is selected, revision, default configs)
-HUB_CORPORA = {
-    "speech_massive": [("FBK-MT/Speech-MASSIVE", "config", None), (SPEECH_MASSIVE_TEST_REPO, "config", None)],
-    "italic": [("RiTA-nlp/ITALIC", "data_dir", ITALIC_REVISION)],
-    "massive": [("AmazonScience/massive", "data_dir", "refs/convert/parquet")],
-    "slurp": [("marcel-gohsen/slurp", None, None)],
-}
-DEFAULT_CONFIGS = {"italic": ["massive"]}
-NEEDS_LOCALES = ("speech_massive", "massive")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,25 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    configs = args.locales or DEFAULT_CONFIGS.get(args.corpus, [])
-    if args.corpus in NEEDS_LOCALES and not configs:
+    if args.corpus in NEEDS_LOCALES and not args.locales:
         raise SystemExit(f"download: --corpus {args.corpus} needs --locales (e.g. fr-FR de-DE)")
-    fetched = []
     try:
-        for repo, selector, revision in HUB_CORPORA[args.corpus]:
-            repo = args.repo if args.repo and repo == HUB_CORPORA[args.corpus][0][0] else repo
-            for config in configs if selector else [None]:
-                selection = {"config": config} if selector == "config" else {"data_dir": config}
-                loaded = load_hub(repo, revision=revision, cache_dir=args.cache_dir, **selection)
-                splits = {name: loaded[name].num_rows for name in loaded}
-                log.info("fetched %s %s: %s", repo, config or "", splits)
-                fetched.append({"repo": repo, "config": config, "revision": revision, "splits": splits})
+        stamp = download_hub_corpus(args.corpus, args.locales, args.cache_dir, args.repo, args.stamp)
     except HubAccessError as error:
         raise SystemExit(f"download: {error}") from None
-    stamp = args.stamp or args.cache_dir / f"download-{args.corpus}.json"
-    write_text_atomic(stamp, json.dumps({
-        "corpus": args.corpus, "cache_dir": str(args.cache_dir), "fetched": fetched,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }, indent=2) + "\n")
     log.info("wrote %s", stamp)
     return 0

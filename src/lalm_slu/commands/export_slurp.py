@@ -13,12 +13,9 @@ scored (lower case, single spaces).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from lalm_slu.evaluation.scoring import matched_examples, read_gold, read_predictions, slurp_prediction_line
-from lalm_slu.data.records import DataError
-from lalm_slu.core.outputs import write_text_atomic
+from lalm_slu.evaluation.scoring import write_slurp_predictions
 
 
 def add_arguments(parser) -> None:
@@ -29,23 +26,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="where to write SLURP's format (.jsonl)")
 
 
-def export_lines(gold_path: Path, predictions_path: Path) -> list[dict]:
-    gold, predictions = read_gold(gold_path), read_predictions(predictions_path)
-    if predictions.key_kind == "recording":
-        raise DataError("already keyed by recording file (SLURP's format)", predictions_path)
-    matched_examples(gold, predictions)  # the scorer's checks: predictions exist, and for this gold
-    lines, written = [], {}
-    for utterance in gold:
-        for file in utterance.recording_keys():
-            if file in written:  # SLURP's scorer would keep one of them silently
-                raise DataError(f"recording {file!r} belongs to utterances {written[file]!r} and {utterance.key!r}; "
-                                "SLURP's format has one line per recording", gold_path)
-            written[file] = utterance.key
-            lines.append(slurp_prediction_line(file, predictions.by_key.get(utterance.key)))
-    return lines
-
-
 def run(args) -> int:
-    lines = export_lines(args.gold, args.pred)
-    write_text_atomic(args.out, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+    write_slurp_predictions(args.gold, args.pred, args.out)
     return 0

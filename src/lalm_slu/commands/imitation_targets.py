@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 
-from lalm_slu.data.budgets import read_budget_ids
-from lalm_slu.data.records import DataError
-
 
 def add_arguments(parser):
     parser.add_argument("--model", required=True, help="the phase-1 (text-only) fine-tuned model")
@@ -23,12 +20,10 @@ def add_arguments(parser):
 
 
 def run(args):
-    from lalm_slu.training.imitation import write_imitation_targets
+    from lalm_slu.training.imitation import read_paired_speech_pool, write_imitation_targets
     from lalm_slu.model.loading import set_threads
 
-    pools = [(manifest, read_budget_ids(ids)) for manifest, ids in args.pool]
-    if not any(ids for _, ids in pools):  # nothing to imitate: no targets file, not an empty one
-        raise DataError("the paired-speech pool is empty (no ids in " + ", ".join(ids for _, ids in args.pool) + ")")
+    pools = read_paired_speech_pool(args.pool)
     set_threads(args.threads)
     models = {"phase1": args.model, **({"base": args.base_model} if args.base_model else {})}
     print(json.dumps(write_imitation_targets(models, pools, json.loads(args.tasks), json.loads(args.settings),

@@ -8,13 +8,10 @@ silent, missing and over-long files stop the run (--on-bad-audio error) or are d
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-from lalm_slu.data.records import DataError, read_manifest, utterances_from_frame, write_manifest
-from lalm_slu.data.audio import BAD_AUDIO_MODES, ingest_utterances
-
-log = logging.getLogger(__name__)
+from lalm_slu.data.audio import BAD_AUDIO_MODES
+from lalm_slu.data.recorded_audio import ingest_manifest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,17 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    utterances = utterances_from_frame(read_manifest(args.manifest))
-    log.info("ingesting audio of %d utterances from %s", len(utterances), args.manifest)
-    kept, report = ingest_utterances(
-        utterances, args.audio_root, args.audio_dir, max_duration_s=args.max_duration_s,
-        on_bad_audio=args.on_bad_audio, threads=args.threads,
-    )
-    for reason, errors in sorted(report.rejected.items()):
-        log.warning("dropped %d utterance(s) with %s audio", len(errors), reason)
-    if utterances and not kept:
-        raise DataError(f"all {len(utterances)} utterances were rejected; nothing to write", args.manifest)
-    write_manifest(kept, args.out_manifest)
-    total = sum(u.duration_s for u in kept)
-    log.info("wrote %s: %d utterances, %.1f h of audio", args.out_manifest, len(kept), total / 3600)
+    ingest_manifest(args.manifest, args.audio_root, args.out_manifest, args.audio_dir, args.max_duration_s,
+                    args.on_bad_audio, args.threads)
     return 0

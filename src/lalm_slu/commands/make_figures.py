@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lalm_slu.evaluation.metrics import METRIC_NAMES
+from lalm_slu.commands.arguments import add_metrics_argument
 from lalm_slu.report.aggregate import read_metrics_csv
 from lalm_slu.report.figures import FIGURE_METRICS, screenshot_html, write_figures
 
@@ -16,15 +16,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser) -> None:
     parser.add_argument("--metrics", required=True, type=Path, help="aggregate CSV written by `lalm-slu aggregate`")
     parser.add_argument("--out-dir", required=True, type=Path)
-    parser.add_argument(
-        "--metric",
-        dest="figure_metrics",
-        nargs="+",
-        choices=METRIC_NAMES,
-        metavar="METRIC",
-        default=list(FIGURE_METRICS),
-        help="metrics plotted (one row of panels each)",
-    )
+    add_metrics_argument(parser, "figure_metrics", FIGURE_METRICS, "metrics plotted (one row of panels each)")
     parser.add_argument(
         "--runs",
         nargs="*",

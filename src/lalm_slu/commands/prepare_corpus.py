@@ -8,15 +8,11 @@ named train subsets (Speech-MASSIVE's `train_115`) are written as DIR/subsets/<n
 from __future__ import annotations
 
 import argparse
-import inspect
-import logging
 from pathlib import Path
 
-from lalm_slu.data.corpora import BAD_RECORD_MODES, READERS, read_corpus, read_subsets, reader_options
-from lalm_slu.core.outputs import write_text_atomic
-from lalm_slu.data.records import SPLITS, write_manifest
-
-log = logging.getLogger(__name__)
+from lalm_slu.data.corpora import BAD_RECORD_MODES, READERS, reader_options
+from lalm_slu.data.corpora.prepare import prepare_corpus
+from lalm_slu.data.records import SPLITS
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -62,30 +58,6 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise SystemExit(f"prepare-corpus: reader {args.reader!r} has no option(s) {unknown}; it accepts {accepted}")
-    options = {key: convert_option(args.reader, key, value) for key, value in options.items()}
-    splits = read_corpus(
-        args.reader, args.source, args.corpus, args.lang, on_bad_record=args.on_bad_record,
-        max_utterances=dict(args.max_utterances), seed=args.seed, **options,
-    )
-    for split in SPLITS:
-        path = write_manifest(splits[split], args.out_dir / f"{split}.parquet")
-        if splits[split]:
-            log.info("wrote %d %s utterances to %s", len(splits[split]), split, path)
-        else:
-            log.warning("%s/%s has no %s split: wrote an empty manifest %s", args.corpus, args.lang, split, path)
-    train_ids = {utt.id for utt in splits["train"]}
-    for name, ids in read_subsets(args.reader, args.source, args.lang, train_ids, **options).items():
-        path = args.out_dir / "subsets" / f"{name}.txt"
-        write_text_atomic(path, "".join(f"{i}\n" for i in ids))
-        log.info("wrote subset %s (%d ids) to %s", name, len(ids), path)
+    prepare_corpus(args.reader, args.source, args.corpus, args.lang, args.out_dir, options, args.on_bad_record,
+                   dict(args.max_utterances), args.seed)
     return 0
-
-
-def convert_option(reader: str, key: str, value: str):
-    """Reader options arrive as text; numbers are converted where the reader's default is a number."""
-    default = inspect.signature(READERS[reader]).parameters[key].default
-    if isinstance(default, float):
-        return float(value)
-    if isinstance(default, int) and not isinstance(default, bool):
-        return int(value)
-    return value

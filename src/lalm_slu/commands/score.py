@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lalm_slu.config.settings import block_properties
 from lalm_slu.core.outputs import write_text_atomic
-from lalm_slu.evaluation.scoring import GRANULARITIES, format_table, read_gold, read_predictions, score_files
+from lalm_slu.evaluation.scoring import GRANULARITIES, score_report
 
 
 def add_arguments(parser) -> None:
@@ -49,12 +49,8 @@ def _json_object(text: str) -> dict:
 
 
 def run(args) -> int:
-    gold = read_gold(args.gold)
-    predictions = read_predictions(args.pred, on_bad_line=args.on_bad_line)
-    result = score_files(gold, predictions, args.granularity, args.bootstrap, args.seed)
-    if args.meta is not None:
-        result = {"meta": args.meta, **result}
-    text = json.dumps(result, indent=2, ensure_ascii=False) + "\n" if args.json else format_table(result)
+    text = score_report(args.gold, args.pred, args.granularity, args.bootstrap, args.seed, args.on_bad_line, args.meta,
+                        args.json)
     if args.out is None:
         print(text, end="")
     else:

@@ -6,15 +6,7 @@ OUT_DIR/B.json (sizes and intent coverage).
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
-
-from lalm_slu.data.budgets import SpeechBudget, label_coverage, select_budget, stratified_order, write_budget_ids
-from lalm_slu.core.outputs import write_text_atomic
-from lalm_slu.data.records import DataError, read_manifest
-
-log = logging.getLogger(__name__)
+from lalm_slu.data.budgets import SpeechBudget, write_budgets
 
 
 def add_arguments(parser):
@@ -29,32 +21,4 @@ def run(args):
         budgets = [SpeechBudget.from_label(text) for text in args.budgets]
     except ValueError as error:
         raise SystemExit(f"--budgets: {error}") from None
-    frame = read_manifest(args.manifest)
-    if frame.empty:
-        log.warning("%s: empty pool; every budget is empty", args.manifest)
-    if frame["id"].duplicated().any():
-        duplicate = frame.loc[frame["id"].duplicated(), "id"].iloc[0]
-        raise DataError(f"duplicate utterance id {duplicate!r}", args.manifest)
-    ids = frame["id"].astype(str).tolist()
-    intents = frame["intent"].astype(str).tolist()
-    order = stratified_order(ids, intents, args.seed)
-    intent_of = dict(zip(ids, intents))
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for budget in budgets:
-        selected = select_budget(order, budget)
-        coverage = label_coverage(selected, intent_of)
-        summary = {"budget": budget.label, "unit": budget.unit, "seed": args.seed, **coverage}
-        if budget.unit == "shot" and budget.amount > len(order):
-            summary["capped_from"] = budget.amount
-            log.warning("budget %s exceeds the pool of %d utterances: using all", budget.label, len(order))
-        write_budget_ids(selected, out_dir / f"{budget.label}.txt")
-        write_text_atomic(out_dir / f"{budget.label}.json", json.dumps(summary, indent=2) + "\n")
-        log.info(
-            "budget %s: %d/%d utterances, intents covered %d/%d",
-            budget.label,
-            coverage["utterances"],
-            coverage["pool_utterances"],
-            coverage["intents_covered"],
-            coverage["intents_total"],
-        )
+    write_budgets(args.manifest, budgets, args.seed, args.out_dir)

@@ -15,6 +15,8 @@ on every machine and Python version.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -22,8 +24,10 @@ from typing import Sequence
 import numpy as np
 
 from lalm_slu.core.outputs import write_text_atomic
-from lalm_slu.data.records import DataError
+from lalm_slu.data.records import DataError, read_manifest
 from lalm_slu.config.budget_label import SpeechBudget
+
+log = logging.getLogger(__name__)
 
 def stable_seed(*parts: object) -> int:
     """A 64-bit seed from any values, identical on every machine."""
@@ -93,3 +97,37 @@ def read_budget_ids(path) -> list[str]:
             raise DataError(f"duplicate id {uid!r}", path, number)
         seen.add(uid)
     return ids
+
+
+def write_budgets(manifest: str, budgets: Sequence[SpeechBudget], seed: int, out_dir: str | Path) -> None:
+    """For each budget B, OUT_DIR/B.txt (the ids, in selection order) and OUT_DIR/B.json (sizes and intent
+    coverage), nested: every budget's ids start with the smaller budgets' ids."""
+    frame = read_manifest(manifest)
+    if frame.empty:
+        log.warning("%s: empty pool; every budget is empty", manifest)
+    if frame["id"].duplicated().any():
+        duplicate = frame.loc[frame["id"].duplicated(), "id"].iloc[0]
+        raise DataError(f"duplicate utterance id {duplicate!r}", manifest)
+    ids = frame["id"].astype(str).tolist()
+    intents = frame["intent"].astype(str).tolist()
+    order = stratified_order(ids, intents, seed)
+    intent_of = dict(zip(ids, intents))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for budget in budgets:
+        selected = select_budget(order, budget)
+        coverage = label_coverage(selected, intent_of)
+        summary = {"budget": budget.label, "unit": budget.unit, "seed": seed, **coverage}
+        if budget.unit == "shot" and budget.amount > len(order):
+            summary["capped_from"] = budget.amount
+            log.warning("budget %s exceeds the pool of %d utterances: using all", budget.label, len(order))
+        write_budget_ids(selected, out_dir / f"{budget.label}.txt")
+        write_text_atomic(out_dir / f"{budget.label}.json", json.dumps(summary, indent=2) + "\n")
+        log.info(
+            "budget %s: %d/%d utterances, intents covered %d/%d",
+            budget.label,
+            coverage["utterances"],
+            coverage["pool_utterances"],
+            coverage["intents_covered"],
+            coverage["intents_total"],
+        )

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lalm_slu.core.outputs import write_text_atomic
 from lalm_slu.data.records import DataError, read_manifest
 from lalm_slu.data.slu_json import parse_prediction
 from lalm_slu.data.text_lines import read_lines
@@ -213,6 +214,25 @@ def score_files(
     }
 
 
+def score_report(
+    gold_path: Path,
+    predictions_path: Path,
+    granularity: str | None = None,
+    bootstrap_resamples: int = 1000,
+    seed: int = 0,
+    on_bad_line: str = "error",
+    meta: dict | None = None,
+    as_json: bool = False,
+) -> str:
+    """The scores of a prediction file against its gold, as JSON text (with `meta` first, if given) or a table."""
+    gold = read_gold(gold_path)
+    predictions = read_predictions(predictions_path, on_bad_line=on_bad_line)
+    result = score_files(gold, predictions, granularity, bootstrap_resamples, seed)
+    if meta is not None:
+        result = {"meta": meta, **result}
+    return json.dumps(result, indent=2, ensure_ascii=False) + "\n" if as_json else format_table(result)
+
+
 def matched_examples(
     gold: list[GoldUtterance], predictions: PredictionFile, granularity: str = "utterance"
 ) -> tuple[list[tuple[LabelledExample, LabelledExample | None]], set[str]]:
@@ -263,3 +283,28 @@ def format_table(result: dict) -> str:
         )
     )
     return "\n".join(lines) + "\n"
+
+
+# --- SLURP's prediction format, for SLURP's own scorer ---------------------------------------------
+
+
+def slurp_export_lines(gold_path: Path, predictions_path: Path) -> list[dict]:
+    """One SLURP prediction line per recording of every gold utterance, in gold order."""
+    gold, predictions = read_gold(gold_path), read_predictions(predictions_path)
+    if predictions.key_kind == "recording":
+        raise DataError("already keyed by recording file (SLURP's format)", predictions_path)
+    matched_examples(gold, predictions)  # the scorer's checks: predictions exist, and for this gold
+    lines, written = [], {}
+    for utterance in gold:
+        for file in utterance.recording_keys():
+            if file in written:  # SLURP's scorer would keep one of them silently
+                raise DataError(f"recording {file!r} belongs to utterances {written[file]!r} and {utterance.key!r}; "
+                                "SLURP's format has one line per recording", gold_path)
+            written[file] = utterance.key
+            lines.append(slurp_prediction_line(file, predictions.by_key.get(utterance.key)))
+    return lines
+
+
+def write_slurp_predictions(gold_path: Path, predictions_path: Path, out: Path) -> None:
+    lines = slurp_export_lines(gold_path, predictions_path)
+    write_text_atomic(out, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))

@@ -9,12 +9,16 @@ the percentile range of the compared arm's metric minus the reference arm's.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
-from lalm_slu.evaluation.metrics import metrics_from_totals
+from lalm_slu.data.records import DataError
+from lalm_slu.evaluation.metrics import count_matrix, metrics_from_totals
+from lalm_slu.evaluation.scoring import matched_examples, read_gold, read_predictions
+from lalm_slu.report.aggregate import read_metrics_csv
 from lalm_slu.report.summary import (
     REFERENCE_SCHEMES,
     SCHEME_LABELS,
@@ -289,6 +293,41 @@ def compare_all(
         }
         rows.extend({**shared, "metric": metric, **results[metric]} for metric in metrics)
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def compare_predictions(
+    metrics_csv: Path,
+    prediction_paths: Iterable[Path],
+    gold_manifests: Iterable[tuple[str, Path]],
+    scheme_pairs: Sequence[Sequence[str]],
+    modality_pairs: Sequence[Sequence[str]],
+    metrics: Sequence[str],
+    resamples: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Every comparison the aggregate CSV's arms allow, re-scored per utterance from the runs' predictions.
+
+    A run's predictions are the path among `prediction_paths` ending in runs/{run}/predictions/{testset}.{modality}.jsonl;
+    `gold_manifests` holds (testset, manifest) pairs."""
+    arms = arms_from_metrics(read_metrics_csv(metrics_csv))
+    comparisons = plan_comparisons(arms, scheme_pairs, modality_pairs)
+    needed = {arm for comparison in comparisons for arm in (comparison.compared, comparison.reference)}
+    predictions = {Path(path).parts[-4:]: Path(path) for path in prediction_paths}
+    gold = {testset: read_gold(path) for testset, path in gold_manifests}
+    scores = {}
+    for arm in needed:
+        if arm.testset not in gold:
+            raise DataError(f"no --gold manifest for test set {arm.testset!r}")
+        counts = {}
+        for run_seed, run_name in arms[arm].items():
+            layout = ("runs", run_name, "predictions", f"{arm.testset}.{arm.modality}.jsonl")
+            if layout not in predictions:
+                raise DataError(f"no predictions of run {run_name!r} on {arm.testset}.{arm.modality} "
+                                f"(no --predictions path ends in {'/'.join(layout)})")
+            pairs, _ = matched_examples(gold[arm.testset], read_predictions(predictions[layout]))
+            counts[run_seed] = count_matrix(pairs)
+        scores[arm] = ArmScores(arm, counts)
+    return compare_all(comparisons, scores, metrics, resamples, seed)
 
 
 COMPARISON_COLUMNS = (

@@ -21,6 +21,7 @@ from lalm_slu.model.batches import ChatItem, token_counts
 from lalm_slu.evaluation.decode import answers_longest_first
 from lalm_slu.model.loading import device_and_dtype, load_model_and_processor
 from lalm_slu.core.outputs import atomic_output
+from lalm_slu.data.budgets import read_budget_ids
 from lalm_slu.data.records import DataError, read_manifest
 from lalm_slu.config.settings import GenerationSettings, ImitationTask, SettingsError
 
@@ -88,6 +89,15 @@ def task_models(tasks: list[ImitationTask]) -> list[str]:
     """The answering models the tasks name, in ANSWERING_MODELS order."""
     named = {task.model for task in tasks}
     return [name for name in ANSWERING_MODELS if name in named]
+
+
+def read_paired_speech_pool(pool_files: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """(manifest, ids file) pairs -> (manifest, ids); an empty pool is an error: nothing to imitate makes no
+    targets file, not an empty one."""
+    pools = [(manifest, read_budget_ids(ids)) for manifest, ids in pool_files]
+    if not any(ids for _, ids in pools):
+        raise DataError("the paired-speech pool is empty (no ids in " + ", ".join(ids for _, ids in pool_files) + ")")
+    return pools
 
 
 def write_imitation_targets(model_dirs: dict[str, str], pools: list[tuple[str, list[str]]], tasks: list[Mapping],
