@@ -10,7 +10,7 @@ DEMO_TABLE ?= results/tables/slurp-en.slurp-en.md
 DEMO_FIGURE := results/figures/budget_curves.png
 DEMO_FINDINGS := results/tables/findings.md
 
-.PHONY: setup demo readme test test-fast browser lint report clean-results
+.PHONY: setup demo readme test test-fast browser lint report clean-results dev-alignment
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ readme: $(STAMP)
 		test -f $$file || { echo "make readme: $$file is missing; run \`make demo\` first" >&2; exit 1; }; \
 	done
 	$(BIN)/lalm-slu update-readme --table $(DEMO_TABLE) --figure $(DEMO_FIGURE) --findings $(DEMO_FINDINGS)
+
+## Speech/text alignment on the SLURP dev split (the number to optimise; test stays for the demo's findings):
+## text-only fine-tuning of MODEL, then speech, text and cascade decoding of dev. Makes missing demo manifests with
+## the workflow's rules; writes benchmarks/results/dev_alignment.json (work files in work/dev_alignment/).
+MODEL ?= models/demo-qwen2-audio
+SEED ?= 0
+dev-alignment: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/dev_alignment.py --model $(MODEL) --seed $(SEED) \
+		--cores $(CORES) --threads $(CORES)
 
 ## Unit tests plus the slow end-to-end tests (the whole suite, as CI runs it).
 test: $(STAMP) browser
