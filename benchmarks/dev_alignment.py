@@ -108,10 +108,10 @@ def main() -> None:
     make_missing([*mixture_inputs.values(), dev_text, dev_speech], args.cores)
 
     work = REPO / args.work_dir
-    if work.exists():  # a fresh run: an old checkpoint of another model must not be resumed
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
     mixture, model_dir = work / "mixture.parquet", work / "model"
+    for previous in (model_dir, work / "checkpoints"):  # train afresh, so that the timing is the whole fine-tuning
+        shutil.rmtree(previous, ignore_errors=True)
     cascade_manifest, cascade_wer = work / "cascade.parquet", work / "cascade.wer.json"
     predictions = {modality: work / f"{modality}.jsonl" for modality in INPUTS}
     steps = Steps()
