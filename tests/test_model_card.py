@@ -74,3 +74,14 @@ def test_a_missing_field_raises_key_error_naming_it(tmp_path, drop, field):
         write_model_card(model_dir, summary)
     assert raised.value.args == (field,)
     assert not (model_dir / "README.md").exists()
+
+
+def test_a_behaviour_alignment_stage_is_described_with_its_weights(tmp_path):
+    summary = json.loads(json.dumps(SINGLE_STAGE))
+    summary["config"].update(distill_weight=1.0, hidden_weight=0.5)
+    card = write_model_card(_model_dir(tmp_path), summary).read_text()
+    assert "Behaviour alignment on every speech step" in card
+    assert "(KL, weight 1.0)" in card and "weight 0.5)" in card
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert "Behaviour alignment" not in write_model_card(_model_dir(plain), SINGLE_STAGE).read_text()

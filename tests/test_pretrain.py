@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import asdict
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -301,3 +302,114 @@ def test_kept_language_model_layers_keep_their_weights_and_reload_at_the_new_dep
             keep_language_model_layers(reloaded, bad)
     with pytest.raises(ValueError, match=r"keep_language_model_layers: \[2, 1\]"):
         PretrainConfig(keep_language_model_layers=[2, 1])
+
+
+def test_behaviour_alignment_vanishes_for_the_transcript_itself_and_not_for_its_clip(tiny_setup):
+    from lalm_slu.data.audio import load_audio
+    from lalm_slu.demo_model.pretrain import behaviour_alignment_losses, shared_suffix_positions
+    from lalm_slu.model.audio_encoding import merge_audio, projected_audio
+    from lalm_slu.model.batches import ChatItem, Collator
+    from lalm_slu.model.loss import answer_loss, answer_positions
+
+    model_dir, clips = tiny_setup
+    model, processor = load_model_and_processor(str(model_dir))
+    collator = Collator(processor)
+    instruction, answer = INSTRUCTION_TASKS["first_words"]
+    chosen = clips[:3]
+    text_batch = collator([ChatItem(instruction, answer(c.text), text=c.text) for c in chosen])
+    text_inputs = {key: text_batch[key] for key in ("input_ids", "attention_mask", "labels")}
+
+    same_answer, kl, hidden, _ = behaviour_alignment_losses(model, text_inputs, text_inputs)
+    assert kl.item() == pytest.approx(0.0, abs=1e-6) and hidden.item() == pytest.approx(0.0, abs=1e-6)
+    assert same_answer.item() == pytest.approx(answer_loss(model, text_inputs).item(), rel=1e-5)
+
+    speech_batch = collator([ChatItem(instruction, answer(c.text), audio=load_audio(c.audio)) for c in chosen])
+    audio = projected_audio(model, speech_batch["input_features"], speech_batch["feature_attention_mask"])
+    speech_inputs = {"inputs_embeds": merge_audio(model, speech_batch["input_ids"], audio),
+                     "attention_mask": speech_batch["attention_mask"], "labels": speech_batch["labels"]}
+    speech_answer, kl, hidden, _ = behaviour_alignment_losses(model, speech_inputs, text_inputs)
+    assert kl.item() > 1e-3 and hidden.item() > 1e-3
+    assert speech_answer.item() == pytest.approx(answer_loss(model, speech_inputs).item(), rel=1e-5)
+    (kl + hidden).backward()
+    assert model.model.multi_modal_projector.linear.weight.grad.abs().sum() > 0
+
+    # After the input: the instruction, the template and the answer, the same tokens in both batches.
+    speech_positions, text_positions = shared_suffix_positions(
+        speech_batch["input_ids"], speech_batch["attention_mask"], text_batch["input_ids"], text_batch["attention_mask"])
+    assert len(speech_positions) == len(text_positions) > len(answer_positions(text_batch["labels"])[0])
+    assert torch.equal(speech_batch["input_ids"].flatten()[speech_positions], text_batch["input_ids"].flatten()[text_positions])
+    instruction_ids = processor.tokenizer(instruction, add_special_tokens=False)["input_ids"]
+    assert all(token in text_batch["input_ids"].flatten()[text_positions].tolist() for token in instruction_ids)
+    _, kl_after, hidden_after, _ = behaviour_alignment_losses(model, speech_inputs, text_inputs, speech_batch["input_ids"])
+    assert kl_after.item() > 1e-3 and hidden_after.item() > 1e-3
+    _, kl_same, _, _ = behaviour_alignment_losses(model, text_inputs, text_inputs, text_batch["input_ids"])
+    assert kl_same.item() == pytest.approx(0.0, abs=1e-6)
+
+    other = collator([ChatItem(instruction, answer(c.text), text=c.text) for c in clips[3:6]])
+    with pytest.raises(ValueError, match="tokenize differently"):
+        behaviour_alignment_losses(model, speech_inputs,
+                                   {key: other[key] for key in ("input_ids", "attention_mask", "labels")})
+
+
+@pytest.mark.slow
+def test_a_behaviour_alignment_stage_lowers_its_loss_with_the_llm_frozen(tiny_setup, tmp_path):
+    model_dir, clips = tiny_setup
+    cfg = _config(steps=0, instruction_steps=12, instruction_learning_rate=3e-3, instruction_warmup_steps=1,
+                  text_fraction=0.0, distill_weight=1.0, hidden_weight=1.0,
+                  trainable=["multi_modal_projector"], alignment_start_step=None)
+    before, _ = load_model_and_processor(str(model_dir))
+    pretrain(model_dir, tmp_path / "out", tmp_path / "work", clips, SENTENCES, {"en": clips[:2]}, cfg)
+    losses = pd.read_csv(tmp_path / "out" / "pretraining_loss.csv")["loss"].tolist()
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    after = load_model_and_processor(str(tmp_path / "out"))[0].state_dict()
+    changed = {name for name, value in before.state_dict().items() if not torch.equal(after[name], value)}
+    assert changed and all("multi_modal_projector" in name for name in changed)
+
+
+def _peaked(path: list[int], vocabulary: int = 9) -> np.ndarray:
+    """Log-probabilities with each frame's mass on one token."""
+    log_probs = np.full((len(path), vocabulary), np.log(0.01 / (vocabulary - 1)))
+    log_probs[np.arange(len(path)), path] = np.log(0.99)
+    return log_probs
+
+
+def test_ctc_token_ends_mark_where_each_token_has_been_heard():
+    from lalm_slu.demo_model.pretrain import ctc_token_ends
+
+    # blank a a blank b blank: a is heard by frame 3 (b starts at 4), b by the end.
+    assert ctc_token_ends(_peaked([0, 5, 5, 0, 7, 0]), [5, 7], blank=0) == [3, 5]
+    # A repeated token needs a blank between its two emissions.
+    assert ctc_token_ends(_peaked([5, 0, 5, 0]), [5, 5], blank=0) == [1, 3]
+    assert ctc_token_ends(_peaked([5, 5]), [5, 5], blank=0) is None
+    assert ctc_token_ends(_peaked([5]), [5, 7], blank=0) is None
+
+
+def test_input_token_pairs_pair_each_transcript_token_with_a_frame_of_its_own_clip(tiny_setup):
+    from lalm_slu.data.audio import load_audio
+    from lalm_slu.demo_model.pretrain import input_token_pairs
+    from lalm_slu.model.audio_encoding import projected_audio
+    from lalm_slu.model.batches import ChatItem, Collator, audio_token_count
+
+    model_dir, clips = tiny_setup
+    model, processor = load_model_and_processor(str(model_dir))
+    collator = Collator(processor)
+    instruction, answer = INSTRUCTION_TASKS["transcribe"]
+    chosen = clips[:2]
+    text_batch = collator([ChatItem(instruction, answer(c.text), text=c.text) for c in chosen])
+    speech_batch = collator([ChatItem(instruction, answer(c.text), audio=load_audio(c.audio)) for c in chosen])
+    with torch.no_grad():
+        audio = projected_audio(model, speech_batch["input_features"], speech_batch["feature_attention_mask"])
+    counts = [audio_token_count(int(n)) for n in speech_batch["feature_attention_mask"].sum(-1)]
+    speech_positions, text_positions = input_token_pairs(
+        model, processor, speech_batch["input_ids"], text_batch["input_ids"], list(audio.split(counts)),
+        [c.text for c in chosen], _config())
+    transcript_tokens = sum(len(processor.tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in chosen)
+    assert len(speech_positions) == len(text_positions) == transcript_tokens
+    audio_token = model.config.audio_token_id
+    assert (speech_batch["input_ids"].flatten()[speech_positions] == audio_token).all()
+    width = speech_batch["input_ids"].shape[1]
+    rows = speech_positions // width
+    assert rows.tolist() == sorted(rows.tolist()) and set(rows.tolist()) == {0, 1}
+    transcript = processor.tokenizer(chosen[0].text, add_special_tokens=False)["input_ids"]
+    first_row = text_positions[text_positions < text_batch["input_ids"].shape[1]]
+    assert text_batch["input_ids"].flatten()[first_row].tolist() == transcript

@@ -42,6 +42,18 @@ def _instructions(cfg: dict) -> str:
     )
 
 
+def _behaviour_alignment(cfg: dict) -> str:
+    if not (cfg.get("distill_weight") or cfg.get("hidden_weight")):
+        return ""
+    return (
+        "\n- Behaviour alignment on every speech step: the same items with the transcript as text are the teacher"
+        f" (no gradient); the clip's next-token distributions at the answer positions learn the teacher's (KL,"
+        f" weight {cfg['distill_weight']}) and so do every LLM layer's hidden states there (relative squared error,"
+        f" weight {cfg['hidden_weight']}), so that the LLM reads a clip in the states it reads its transcript in,"
+        " the states text-only fine-tuning changes."
+    )
+
+
 def _transcription(summary: dict) -> str:
     """The transcription stage, or for a continuation the stage it continued; then any kept LLM layers."""
     cfg = summary["config"]
@@ -85,6 +97,7 @@ def write_model_card(out_dir: str | Path, summary: dict) -> Path:
         "transcription": _transcription(summary),
         "alignment": _alignment(cfg),
         "instructions": _instructions(cfg),
+        "behaviour_alignment": _behaviour_alignment(cfg),
         "wall_time_s": summary.get("wall_time_s_total", summary["wall_time_s_this_session"]),
         "wer_rows": "\n".join(f"| {lang} | {wer:.3f} | {summary['eval_utterances'][lang]} |"
                               for lang, wer in sorted(summary["final_wer"].items())),

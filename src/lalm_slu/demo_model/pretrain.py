@@ -37,9 +37,9 @@ from lalm_slu.demo_model.instructions import TRANSCRIBE_INSTRUCTION
 from lalm_slu.demo_model.build import check_kept_layers, keep_language_model_layers, save_model
 from lalm_slu.demo_model.model_card import write_model_card
 from lalm_slu.training.distributed import ProcessGroup
-from lalm_slu.model.loss import answer_loss
+from lalm_slu.model.loss import HOST_KEYS, answer_loss, answer_positions
 from lalm_slu.evaluation.metrics import word_error_rate
-from lalm_slu.model.loading import load_model_and_processor
+from lalm_slu.model.loading import base_model, load_model_and_processor
 from lalm_slu.core.outputs import write_text_atomic
 from lalm_slu.config.settings import GenerationSettings, whole_default
 from lalm_slu.data.audio import load_audio
@@ -128,6 +128,16 @@ class PretrainConfig:
     ctc_weight: float = stage_default("ctc_weight")
     norm_weight: float = stage_default("norm_weight")
     ctc_scale: float = stage_default("ctc_scale")
+    # Behaviour alignment (speech steps): the same items with the transcript as text are the teacher (no gradient),
+    # and the speech path learns its next-token distributions and every LLM layer's hidden states at the answer
+    # positions. Transcription and imitation align what the model answers; this aligns the states the answer is
+    # read from, which text-only fine-tuning changes and the speech path must follow.
+    distill_weight: float = stage_default("distill_weight")
+    hidden_weight: float = stage_default("hidden_weight")
+    behaviour_positions: str = stage_default("behaviour_positions")
+    # The transcript tokens' own states: each LLM layer's state of a token matched at the frame where CTC has just
+    # heard it, so that the input itself reads alike, not only what follows it.
+    token_state_weight: float = stage_default("token_state_weight")
     # Instruction imitation after the `steps` above: its own warm-up and cosine schedule, and task weights.
     instruction_steps: int = stage_default("instruction_steps")
     instruction_learning_rate: float = stage_default("instruction_learning_rate")
@@ -296,6 +306,131 @@ def alignment_losses(model, processor, clip_frames: list[torch.Tensor], texts, c
     return ctc, norm
 
 
+def ctc_token_ends(log_probs: np.ndarray, targets: list[int], blank: int) -> list[int] | None:
+    """On the most likely CTC path of (frames × vocabulary) `log_probs` through `targets`, the last frame before
+    each next token starts (for the last token, the last frame): where a token has been heard and the next one not
+    yet. None when the frames are too few for the tokens."""
+    frames, extended = len(log_probs), [blank]
+    for token in targets:
+        extended += [token, blank]
+    states = len(extended)
+    if not targets or frames < len(targets):
+        return None
+    emission = log_probs[:, extended]
+    score = np.full(states, -np.inf)
+    score[:2] = emission[0, :2]
+    came_from = np.zeros((frames, states), dtype=np.int64)
+    index = np.arange(states)
+    # A state is reached from itself, the one before, or (a token differing from the one two back) two before.
+    skip = np.array([s >= 2 and extended[s] != blank and extended[s] != extended[s - 2] for s in range(states)])
+    for t in range(1, frames):
+        stay, step = score, np.concatenate([[-np.inf], score[:-1]])
+        jump = np.where(skip, np.concatenate([[-np.inf, -np.inf], score[:-2]]), -np.inf)
+        best = np.argmax(np.stack([stay, step, jump]), axis=0)
+        score = np.stack([stay, step, jump])[best, index] + emission[t]
+        came_from[t] = index - best
+    state = states - 1 if score[-1] >= score[-2] else states - 2
+    if not np.isfinite(score[state]):
+        return None
+    path = [state]
+    for t in range(frames - 1, 0, -1):
+        state = came_from[t, state]
+        path.append(state)
+    path.reverse()
+    starts = [path.index(2 * k + 1) for k in range(len(targets))]
+    return [start - 1 for start in starts[1:]] + [frames - 1]
+
+
+def input_token_pairs(model, processor, speech_ids, text_ids, clip_frames: list[torch.Tensor], texts: list[str],
+                      cfg: "PretrainConfig") -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat positions pairing each transcript token of the text batch with the audio frame of the speech batch where
+    CTC (the alignment head: cosine with token embeddings) has just heard it. Items whose transcript tokens do not
+    appear as such in the text prompt, or whose clip is too short for them, add no pair."""
+    embeddings = torch.nn.functional.normalize(base_model(model).model.language_model.embed_tokens.weight, dim=-1)
+    blank = processor.tokenizer.pad_token_id
+    slots = (speech_ids == base_model(model).config.audio_token_id).nonzero(as_tuple=False)
+    speech_positions, text_positions = [], []
+    for row, (frames, text) in enumerate(zip(clip_frames, texts)):
+        targets = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = cfg.ctc_scale * torch.nn.functional.normalize(frames, dim=-1) @ embeddings.T
+        ends = ctc_token_ends(logits.log_softmax(-1).float().numpy(), targets, blank)
+        prompt = text_ids[row].tolist()
+        start = next((i for i in range(len(prompt) - len(targets) + 1) if prompt[i : i + len(targets)] == targets),
+                     None)
+        if ends is None or start is None:
+            continue
+        columns = slots[slots[:, 0] == row, 1]
+        speech_positions += (row * speech_ids.shape[1] + columns[ends]).tolist()
+        text_positions += [row * text_ids.shape[1] + start + k for k in range(len(targets))]
+    return torch.tensor(speech_positions, dtype=torch.long), torch.tensor(text_positions, dtype=torch.long)
+
+
+def layer_states(model, batch: dict) -> list[torch.Tensor]:
+    """Every LLM layer's output (the last one normed), flattened to (rows × width, hidden)."""
+    inputs = {key: value for key, value in batch.items() if key not in HOST_KEYS}
+    hidden = base_model(model).model(**inputs, use_cache=False, output_hidden_states=True).hidden_states
+    return [h.reshape(-1, h.shape[-1]) for h in hidden[1:]]
+
+
+def shared_suffix_positions(speech_ids, speech_mask, text_ids, text_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat positions of each row's tokens after its input (instruction, template, answer: the tokens a clip's
+    item and its transcript's share at their ends) in a right-padded speech and text batch, paired in order."""
+    speech_positions, text_positions = [], []
+    for row, (speech, speech_length, text, text_length) in enumerate(
+        zip(speech_ids.tolist(), speech_mask.sum(-1).tolist(), text_ids.tolist(), text_mask.sum(-1).tolist())
+    ):
+        shared = 0
+        while (shared < min(speech_length, text_length)
+               and speech[speech_length - 1 - shared] == text[text_length - 1 - shared]):
+            shared += 1
+        speech_end, text_end = row * speech_ids.shape[1] + speech_length, row * text_ids.shape[1] + text_length
+        speech_positions += range(speech_end - shared, speech_end)
+        text_positions += range(text_end - shared, text_end)
+    return torch.tensor(speech_positions), torch.tensor(text_positions)
+
+
+def behaviour_alignment_losses(model, speech_inputs: dict, text_inputs: dict, speech_ids: torch.Tensor | None = None,
+                               token_pairs: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """The speech items' answer loss, and their behaviour alignment against the same items given as text: KL
+    divergence of the next-token distributions (teacher: text) and the layers' mean relative squared error, at
+    the positions that predict the answer or, given the speech batch's `speech_ids`, at every position after the
+    input (the shared instruction and answer). Both batches hold the same answers, so positions pair up. With
+    `token_pairs` (`input_token_pairs`), also the layers' relative squared error between each transcript token's
+    states and those of the frame where it has just been heard (0 without)."""
+    lm_head = base_model(model).lm_head
+    with torch.no_grad():
+        teacher_states = layer_states(model, text_inputs)
+    states = layer_states(model, speech_inputs)
+    speech_answer, targets = answer_positions(speech_inputs["labels"])
+    text_answer, teacher_targets = answer_positions(text_inputs["labels"])
+    if not torch.equal(targets, teacher_targets):
+        raise ValueError("behaviour alignment: the speech and text items' answers tokenize differently")
+    answer = torch.nn.functional.cross_entropy(lm_head(states[-1][speech_answer]).float(), targets)
+    if speech_ids is None:
+        speech_positions, text_positions = speech_answer, text_answer
+    else:
+        speech_positions, text_positions = shared_suffix_positions(
+            speech_ids, speech_inputs["attention_mask"], text_inputs["input_ids"], text_inputs["attention_mask"])
+    teacher = [layer[text_positions] for layer in teacher_states]
+    student = [layer[speech_positions] for layer in states]
+    log_probs = lm_head(student[-1]).float().log_softmax(-1)
+    teacher_log_probs = lm_head(teacher[-1]).float().log_softmax(-1)
+    kl = torch.nn.functional.kl_div(log_probs, teacher_log_probs, log_target=True, reduction="batchmean")
+    hidden = relative_squared_error(student, teacher)
+    tokens = torch.zeros(())
+    if token_pairs is not None and len(token_pairs[0]):
+        tokens = relative_squared_error([layer[token_pairs[0]] for layer in states],
+                                        [layer[token_pairs[1]] for layer in teacher_states])
+    return answer, kl, hidden, tokens
+
+
+def relative_squared_error(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over layers of the squared error relative to the teacher's mean squared norm."""
+    errors = [((s - t) ** 2).sum(-1).mean() / (t ** 2).sum(-1).mean() for s, t in zip(student, teacher)]
+    return torch.stack(errors).mean()
+
+
 # Settings that change how a session runs or reports, not what it trains: a checkpoint written under other values of
 # these is resumed.
 SESSION_SETTINGS = ("stop_after_steps", "threads", "checkpoint_every", "eval_every", "eval_utterances")
@@ -355,6 +490,7 @@ def _pretrain(model_dir: Path, out_dir: Path, work_dir: Path, train_clips, train
         cache = FrozenAudioCache(processor, trained_from="projector" if layer is None else layer)
         cache.precompute(model, [(clip.audio, clip.audio) for clip in train_clips])
     alignment_log: list[tuple[float, float]] = []
+    behaviour_log: list[tuple[float, float]] = []
     evaluation_seconds = 0.0
 
     def gradients(segment_index: int, step_in_segment: int) -> dict:
@@ -382,7 +518,21 @@ def _pretrain(model_dir: Path, out_dir: Path, work_dir: Path, train_clips, train
                 audio = projected_audio(model, batch["input_features"], batch["feature_attention_mask"])
         inputs = {"inputs_embeds": merge_audio(model, batch["input_ids"], audio),
                   "attention_mask": batch["attention_mask"], "labels": batch["labels"]}
-        loss = answer_loss(model, inputs)
+        if audio is not None and (cfg.distill_weight or cfg.hidden_weight or cfg.token_state_weight):
+            teacher = collator([ChatItem(item.instruction, item.answer, text=text)
+                                for item, text in zip(items, transcripts)])
+            text_inputs = {key: teacher[key] for key in ("input_ids", "attention_mask", "labels")}
+            after_input = batch["input_ids"] if cfg.behaviour_positions == "after_input" else None
+            token_pairs = None
+            if cfg.token_state_weight:
+                counts = [audio_token_count(int(n)) for n in batch["feature_attention_mask"].sum(-1)]
+                token_pairs = input_token_pairs(model, processor, batch["input_ids"], teacher["input_ids"],
+                                                list(audio.detach().split(counts)), transcripts, cfg)
+            loss, kl, hidden, tokens = behaviour_alignment_losses(model, inputs, text_inputs, after_input, token_pairs)
+            loss = loss + cfg.distill_weight * kl + cfg.hidden_weight * hidden + cfg.token_state_weight * tokens
+            behaviour_log.append((kl.item(), hidden.item(), tokens.item()))
+        else:
+            loss = answer_loss(model, inputs)
         aligning = cfg.alignment_start_step is not None and step >= cfg.alignment_start_step
         if aligning and audio is not None:
             counts = [audio_token_count(int(n)) for n in batch["feature_attention_mask"].sum(-1)]
@@ -404,6 +554,10 @@ def _pretrain(model_dir: Path, out_dir: Path, work_dir: Path, train_clips, train
             if alignment_log:
                 ctc_mean, norm_mean = np.mean(alignment_log[-30:], axis=0)
                 log.info("step %d alignment: ctc %.3f norm penalty %.3f", step, ctc_mean, norm_mean)
+            if behaviour_log:
+                kl_mean, hidden_mean, tokens_mean = np.mean(behaviour_log[-30:], axis=0)
+                log.info("step %d behaviour alignment: KL %.4f hidden-state error %.4f token-state error %.4f", step,
+                         kl_mean, hidden_mean, tokens_mean)
         if step % cfg.eval_every == 0 and step < cfg.total_steps:
             evaluation_started = time.time()
             subset = {lang: clips[: cfg.eval_utterances] for lang, clips in eval_clips.items()}
