@@ -304,27 +304,37 @@ def test_kept_language_model_layers_keep_their_weights_and_reload_at_the_new_dep
         PretrainConfig(keep_language_model_layers=[2, 1])
 
 
-def test_behaviour_alignment_vanishes_for_the_transcript_itself_and_not_for_its_clip(tiny_setup):
+def _paired_batches(model_dir, chosen, task: str):
+    """The tiny model, its processor, and `chosen` clips as one text batch and one speech batch of `task`, with the
+    speech batch's projected audio frames."""
     from lalm_slu.data.audio import load_audio
+    from lalm_slu.model.audio_encoding import projected_audio
+    from lalm_slu.model.batches import ChatItem, Collator
+
+    model, processor = load_model_and_processor(str(model_dir))
+    collator = Collator(processor)
+    instruction, answer = INSTRUCTION_TASKS[task]
+    text_batch = collator([ChatItem(instruction, answer(c.text), text=c.text) for c in chosen])
+    speech_batch = collator([ChatItem(instruction, answer(c.text), audio=load_audio(c.audio)) for c in chosen])
+    audio = projected_audio(model, speech_batch["input_features"], speech_batch["feature_attention_mask"])
+    return model, processor, text_batch, speech_batch, audio
+
+
+def test_behaviour_alignment_vanishes_for_the_transcript_itself_and_not_for_its_clip(tiny_setup):
     from lalm_slu.demo_model.pretrain import behaviour_alignment_losses, shared_suffix_positions
-    from lalm_slu.model.audio_encoding import merge_audio, projected_audio
+    from lalm_slu.model.audio_encoding import merge_audio
     from lalm_slu.model.batches import ChatItem, Collator
     from lalm_slu.model.loss import answer_loss, answer_positions
 
     model_dir, clips = tiny_setup
-    model, processor = load_model_and_processor(str(model_dir))
-    collator = Collator(processor)
+    model, processor, text_batch, speech_batch, audio = _paired_batches(model_dir, clips[:3], "first_words")
     instruction, answer = INSTRUCTION_TASKS["first_words"]
-    chosen = clips[:3]
-    text_batch = collator([ChatItem(instruction, answer(c.text), text=c.text) for c in chosen])
     text_inputs = {key: text_batch[key] for key in ("input_ids", "attention_mask", "labels")}
 
     same_answer, kl, hidden, _ = behaviour_alignment_losses(model, text_inputs, text_inputs)
     assert kl.item() == pytest.approx(0.0, abs=1e-6) and hidden.item() == pytest.approx(0.0, abs=1e-6)
     assert same_answer.item() == pytest.approx(answer_loss(model, text_inputs).item(), rel=1e-5)
 
-    speech_batch = collator([ChatItem(instruction, answer(c.text), audio=load_audio(c.audio)) for c in chosen])
-    audio = projected_audio(model, speech_batch["input_features"], speech_batch["feature_attention_mask"])
     speech_inputs = {"inputs_embeds": merge_audio(model, speech_batch["input_ids"], audio),
                      "attention_mask": speech_batch["attention_mask"], "labels": speech_batch["labels"]}
     speech_answer, kl, hidden, _ = behaviour_alignment_losses(model, speech_inputs, text_inputs)
@@ -345,7 +355,7 @@ def test_behaviour_alignment_vanishes_for_the_transcript_itself_and_not_for_its_
     _, kl_same, _, _ = behaviour_alignment_losses(model, text_inputs, text_inputs, text_batch["input_ids"])
     assert kl_same.item() == pytest.approx(0.0, abs=1e-6)
 
-    other = collator([ChatItem(instruction, answer(c.text), text=c.text) for c in clips[3:6]])
+    other = Collator(processor)([ChatItem(instruction, answer(c.text), text=c.text) for c in clips[3:6]])
     with pytest.raises(ValueError, match="tokenize differently"):
         behaviour_alignment_losses(model, speech_inputs,
                                    {key: other[key] for key in ("input_ids", "attention_mask", "labels")})
@@ -385,20 +395,13 @@ def test_ctc_token_ends_mark_where_each_token_has_been_heard():
 
 
 def test_input_token_pairs_pair_each_transcript_token_with_a_frame_of_its_own_clip(tiny_setup):
-    from lalm_slu.data.audio import load_audio
     from lalm_slu.demo_model.pretrain import input_token_pairs
-    from lalm_slu.model.audio_encoding import projected_audio
-    from lalm_slu.model.batches import ChatItem, Collator, audio_token_count
+    from lalm_slu.model.batches import audio_token_count
 
     model_dir, clips = tiny_setup
-    model, processor = load_model_and_processor(str(model_dir))
-    collator = Collator(processor)
-    instruction, answer = INSTRUCTION_TASKS["transcribe"]
     chosen = clips[:2]
-    text_batch = collator([ChatItem(instruction, answer(c.text), text=c.text) for c in chosen])
-    speech_batch = collator([ChatItem(instruction, answer(c.text), audio=load_audio(c.audio)) for c in chosen])
-    with torch.no_grad():
-        audio = projected_audio(model, speech_batch["input_features"], speech_batch["feature_attention_mask"])
+    model, processor, text_batch, speech_batch, audio = _paired_batches(model_dir, chosen, "transcribe")
+    audio = audio.detach()
     counts = [audio_token_count(int(n)) for n in speech_batch["feature_attention_mask"].sum(-1)]
     speech_positions, text_positions = input_token_pairs(
         model, processor, speech_batch["input_ids"], text_batch["input_ids"], list(audio.split(counts)),
