@@ -281,15 +281,19 @@ def evaluate_wer(model, processor, eval_clips: dict[str, list[Clip]]) -> dict[st
     }
 
 
+def alignment_logits(model, frames: torch.Tensor, cfg: "PretrainConfig") -> torch.Tensor:
+    """The alignment's CTC logits of projected frames: cosine similarity with each token embedding, scaled."""
+    embeddings = model.model.language_model.embed_tokens.weight
+    return cfg.ctc_scale * torch.nn.functional.normalize(frames, dim=-1) @ torch.nn.functional.normalize(
+        embeddings, dim=-1).T
+
+
 def alignment_losses(model, processor, clip_frames: list[torch.Tensor], texts, cfg: PretrainConfig):
     """CTC of each clip's projected frames against its transcript's tokens (cosine with token embeddings) + a
     norm penalty keeping the frames at the token embeddings' norm."""
     embeddings = model.model.language_model.embed_tokens.weight
     lengths = torch.tensor([len(f) for f in clip_frames])
-    projected = torch.nn.utils.rnn.pad_sequence(clip_frames, batch_first=True)
-    logits = cfg.ctc_scale * torch.nn.functional.normalize(projected, dim=-1) @ torch.nn.functional.normalize(
-        embeddings, dim=-1
-    ).T
+    logits = alignment_logits(model, torch.nn.utils.rnn.pad_sequence(clip_frames, batch_first=True), cfg)
     targets = [processor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     target_lengths = torch.tensor([len(t) for t in targets])
     ctc = torch.nn.functional.ctc_loss(
@@ -346,14 +350,13 @@ def input_token_pairs(model, processor, speech_ids, text_ids, clip_frames: list[
     """Flat positions pairing each transcript token of the text batch with the audio frame of the speech batch where
     CTC (the alignment head: cosine with token embeddings) has just heard it. Items whose transcript tokens do not
     appear as such in the text prompt, or whose clip is too short for them, add no pair."""
-    embeddings = torch.nn.functional.normalize(base_model(model).model.language_model.embed_tokens.weight, dim=-1)
     blank = processor.tokenizer.pad_token_id
     slots = (speech_ids == base_model(model).config.audio_token_id).nonzero(as_tuple=False)
     speech_positions, text_positions = [], []
     for row, (frames, text) in enumerate(zip(clip_frames, texts)):
         targets = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            logits = cfg.ctc_scale * torch.nn.functional.normalize(frames, dim=-1) @ embeddings.T
+            logits = alignment_logits(model, frames, cfg)
         ends = ctc_token_ends(logits.log_softmax(-1).float().numpy(), targets, blank)
         prompt = text_ids[row].tolist()
         start = next((i for i in range(len(prompt) - len(targets) + 1) if prompt[i : i + len(targets)] == targets),
@@ -490,7 +493,7 @@ def _pretrain(model_dir: Path, out_dir: Path, work_dir: Path, train_clips, train
         cache = FrozenAudioCache(processor, trained_from="projector" if layer is None else layer)
         cache.precompute(model, [(clip.audio, clip.audio) for clip in train_clips])
     alignment_log: list[tuple[float, float]] = []
-    behaviour_log: list[tuple[float, float]] = []
+    behaviour_log: list[tuple[float, float, float]] = []
     evaluation_seconds = 0.0
 
     def gradients(segment_index: int, step_in_segment: int) -> dict:
